@@ -1,0 +1,1 @@
+//! The keep-alive prober: measures what a server or proxy does with idle connections.

@@ -1,0 +1,7 @@
+//! HTTP/1.x keep-alive server (`server`) and prober (`client`), on tokio + httparse.
+
+pub mod client;
+pub mod error;
+pub mod server;
+
+pub use error::Error;

@@ -1,0 +1,1 @@
+//! The keep-alive server behind `kaprobe serve`.

@@ -1,0 +1,11 @@
+//! One module per subcommand; each has `Args` (clap) and `run(Args) -> anyhow::Result<ExitCode>`.
+
+pub mod defaults;
+pub mod demo;
+pub mod hold;
+pub mod probe;
+pub mod race;
+pub mod read;
+pub mod serve;
+pub mod sockets;
+pub mod watch;

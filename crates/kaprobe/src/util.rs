@@ -1,0 +1,68 @@
+//! Small helpers shared by commands: duration parsing, JSON lines, tables.
+
+use std::time::Duration;
+
+/// Parse a duration the way every kaprobe flag does: humantime (`75s`, `2h`, `1m30s`,
+/// `250ms`), or a bare number meaning seconds (`5`, `2.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration: use e.g. 75s, 2h, 1m30s or a number of seconds".into());
+    }
+    if let Ok(secs) = t.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(format!("'{s}' is not a valid duration: it must be >= 0"));
+        }
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("'{s}' is too large for a duration"));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("'{s}' is not a valid duration ({e}): use e.g. 75s, 2h, 1m30s, 250ms or a number of seconds")
+    })
+}
+
+/// Seconds as a float, the unit every JSON duration uses.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Print one JSON object as a line on stdout.
+pub fn print_json_line(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+/// A comfy-table preset used by every command, sized to the terminal.
+pub fn table() -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_numbers_are_seconds() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn humantime_forms_parse() {
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn garbage_and_negative_are_rejected_with_the_value() {
+        let e = parse_duration("soon").unwrap_err();
+        assert!(e.contains("'soon'"), "{e}");
+        let e = parse_duration("-3").unwrap_err();
+        assert!(e.contains("'-3'"), "{e}");
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1e400").is_err());
+    }
+}

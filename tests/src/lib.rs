@@ -1,0 +1,280 @@
+//! Shared helpers for the end-to-end tests: the built binary, root/tool checks, network
+//! namespaces that clean up after themselves, and child processes that die with the test.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path to a freshly built `kaprobe` binary (built once per test process with the same
+/// cargo and profile that runs the tests, so it is never stale).
+pub fn kaprobe_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = workspace_root();
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "kaprobe", "--bin", "kaprobe"])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build for the kaprobe binary");
+        assert!(status.success(), "cargo build -p kaprobe failed");
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let bin = target.join("debug").join("kaprobe");
+        assert!(bin.exists(), "built binary not found at {}", bin.display());
+        bin
+    })
+}
+
+/// The workspace root (parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A `Command` for the kaprobe binary.
+pub fn kaprobe() -> Command {
+    Command::new(kaprobe_bin())
+}
+
+/// Run kaprobe with arguments and collect its output.
+pub fn run(args: &[&str]) -> Output {
+    kaprobe().args(args).output().expect("run kaprobe")
+}
+
+/// stdout as a string.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as a string.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Parse each non-empty stdout line as JSON.
+pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// True when running as root (uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// True when `tool` is on PATH.
+pub fn have_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True in CI (`CI=true`), where skipping for want of root or a tool is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Skip the calling test (loudly) unless running as root; in CI, fail instead.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            assert!(!$crate::in_ci(), "CI must run this test as root");
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+/// Skip the calling test (loudly) unless `tool` is installed; in CI, fail instead.
+#[macro_export]
+macro_rules! require_tool {
+    ($tool:expr) => {
+        if !$crate::have_tool($tool) {
+            assert!(!$crate::in_ci(), "CI must have {} installed", $tool);
+            eprintln!("skipped: needs {}", $tool);
+            return;
+        }
+    };
+}
+
+/// A child process that is killed (and reaped) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Spawn `cmd` with piped stdout/stderr.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn child"),
+        )
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run a shell command line, panic with its output if it fails.
+pub fn sh(cmdline: &str) -> String {
+    let o = Command::new("sh").args(["-c", cmdline]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "`{cmdline}` failed: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// A network namespace made for one test, deleted (with its veths) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Netns {
+    /// Create a uniquely named namespace with `lo` up. `tag` is a short test label.
+    pub fn new(tag: &str) -> Self {
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("kp-{tag}-{}-{n}", std::process::id());
+        sh(&format!("ip netns add {name}"));
+        let ns = Self { name };
+        ns.exec("ip link set lo up");
+        ns
+    }
+
+    /// Run a shell command line inside the namespace; panic on failure.
+    pub fn exec(&self, cmdline: &str) -> String {
+        sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmdline))
+    }
+
+    /// A `Command` that runs `program` inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` is 10.200.`subnet`.1/24 and `b` is
+/// 10.200.`subnet`.2/24. Both are removed on drop.
+pub struct NsPair {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_addr: String,
+    pub b_addr: String,
+}
+
+static SUBNET: AtomicU32 = AtomicU32::new(0);
+
+impl NsPair {
+    /// Create the pair. Each test process uses its own /24 so parallel tests never clash.
+    pub fn new(tag: &str) -> Self {
+        let a = Netns::new(&format!("{tag}a"));
+        let b = Netns::new(&format!("{tag}b"));
+        let subnet = (std::process::id() % 200 + SUBNET.fetch_add(1, Ordering::SeqCst)) % 250 + 1;
+        let a_addr = format!("10.200.{subnet}.1");
+        let b_addr = format!("10.200.{subnet}.2");
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let va = format!("kpa{}x{n}", std::process::id() % 100_000);
+        let vb = format!("kpb{}x{n}", std::process::id() % 100_000);
+        sh(&format!(
+            "ip link add {va} netns {} type veth peer name {vb} netns {}",
+            a.name, b.name
+        ));
+        a.exec(&format!(
+            "ip addr add {a_addr}/24 dev {va} && ip link set {va} up"
+        ));
+        b.exec(&format!(
+            "ip addr add {b_addr}/24 dev {vb} && ip link set {vb} up"
+        ));
+        Self {
+            a,
+            b,
+            a_addr,
+            b_addr,
+        }
+    }
+}
+
+/// Poll `f` every 10 ms until it returns `Some`, or panic after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Read lines from a child's stdout on a thread; returns a receiver of lines.
+pub fn line_reader(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait until a line matching `pred` arrives on `rx`, returning it and the lines before.
+pub fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    timeout: Duration,
+    mut pred: impl FnMut(&str) -> bool,
+) -> Result<String, Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if pred(&l) => return Ok(l),
+            Ok(l) => seen.push(l),
+            Err(_) => return Err(seen),
+        }
+    }
+}
