@@ -1,0 +1,1 @@
+//! System keep-alive defaults from /proc/sys/net/ipv4.

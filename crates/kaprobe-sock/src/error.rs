@@ -1,0 +1,46 @@
+//! The crate's one error enum: each variant reads as a sentence naming what was being done.
+
+use std::io;
+
+/// Errors from socket tuning, system defaults and sock_diag.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A keep-alive value is outside what the kernel accepts.
+    #[error("{flag} {value} is out of range: {range}")]
+    OutOfRange {
+        flag: String,
+        value: String,
+        range: String,
+    },
+    /// A socket operation failed; `what` names the operation and the socket.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A kernel answer could not be understood.
+    #[error("{what}: {detail}")]
+    Parse { what: String, detail: String },
+}
+
+impl Error {
+    /// Wrap an I/O error with what was being done.
+    pub fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The underlying I/O error, if any (for mapping to exit codes).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

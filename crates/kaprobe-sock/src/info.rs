@@ -1,0 +1,1 @@
+//! TCP_INFO: the kernel counters of one socket.

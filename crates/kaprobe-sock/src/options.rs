@@ -1,0 +1,1 @@
+//! Keep-alive options on one socket: validate, set, read back.
