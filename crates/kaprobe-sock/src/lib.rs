@@ -7,7 +7,9 @@
 pub mod defaults;
 pub mod diag;
 pub mod error;
+pub mod hold;
 pub mod info;
 pub mod options;
+pub mod ser;
 
 pub use error::Error;
