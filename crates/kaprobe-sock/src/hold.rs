@@ -158,9 +158,8 @@ impl Tracker {
         }
         if got > 0 || data > 0 {
             // the kernel knows to the millisecond when it last heard from the peer
-            let since = Duration::from_millis(u64::from(
-                info.last_ack_recv_ms.min(info.last_data_recv_ms),
-            ));
+            let since =
+                Duration::from_millis(u64::from(info.last_ack_recv_ms.min(info.last_data_recv_ms)));
             self.last_heard = now.checked_sub(since).unwrap_or(now).max(self.start);
         }
         self.unanswered = info.probes;
@@ -196,14 +195,15 @@ pub fn hold(
         if stop.load(Ordering::Relaxed) || max.is_some_and(|m| start.elapsed() >= m) {
             break Outcome::Stopped;
         }
-        let readable = poll_readable(sock, POLL, peer)?;
-        if let Ok(info) = tcp_info(sock, peer) {
-            // read counters before draining so the probes right before the end count
-            t.update(Instant::now(), info, &mut on_event);
-        }
-        if !readable {
+        if !poll_readable(sock, POLL, peer)? {
+            if let Ok(info) = tcp_info(sock, peer) {
+                t.update(Instant::now(), info, &mut on_event);
+            }
             continue;
         }
+        // readable: data, EOF or an error. Counters are not read first, since the segments
+        // the kernel sends at the end (its RST after the last probe, the ACK of a FIN) are
+        // not probes; they were last read at most one poll interval ago.
         match recv(sock, &mut buf) {
             Ok(0) => break Outcome::PeerFin,
             Ok(_) => {
@@ -297,9 +297,16 @@ mod tests {
         let eff = read(&c, "t").unwrap();
         let mut events = Vec::new();
         let stop = AtomicBool::new(false);
-        let r = hold(&c, &eff, "t", &stop, Some(Duration::from_millis(2600)), |e| {
-            events.push(*e);
-        })
+        let r = hold(
+            &c,
+            &eff,
+            "t",
+            &stop,
+            Some(Duration::from_millis(2600)),
+            |e| {
+                events.push(*e);
+            },
+        )
         .unwrap();
         assert_eq!(r.outcome, Outcome::Stopped);
         assert_eq!(r.probes_sent, 2, "{events:?}");

@@ -18,11 +18,20 @@ pub const KEEPALIVE_COUNT: RangeInclusive<u32> = 1..=127;
 /// TCP_USER_TIMEOUT is an unsigned 32-bit number of milliseconds; 0 means "off".
 pub const USER_TIMEOUT_MS: RangeInclusive<u64> = 0..=u32::MAX as u64;
 
+/// A duration as a user would write it: `32768s`, `1s500ms`.
+fn show(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        humantime::format_duration(d).to_string().replace(' ', "")
+    }
+}
+
 /// Validate a keep-alive timer given as a duration: whole seconds in 1..=32767.
 ///
 /// `flag` is how the user named it (`--idle`), `option` the kernel's name (`TCP_KEEPIDLE`).
 pub fn check_keepalive_secs(flag: &str, option: &str, d: Duration) -> Result<u32> {
-    let shown = humantime::format_duration(d).to_string();
+    let shown = show(d);
     let range = format!(
         "{option} takes whole seconds in {}..={} s",
         KEEPALIVE_SECS.start(),
@@ -67,8 +76,8 @@ pub fn check_keepalive_count(flag: &str, n: u64) -> Result<u32> {
 
 /// Validate TCP_USER_TIMEOUT: whole milliseconds that fit in u32 (0 = off).
 pub fn check_user_timeout(flag: &str, d: Duration) -> Result<Duration> {
-    let shown = humantime::format_duration(d).to_string();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    let shown = show(d);
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return Err(Error::OutOfRange {
             flag: flag.into(),
             value: shown,
@@ -220,7 +229,9 @@ pub fn read(sock: &Socket, peer: &str) -> Result<Effective> {
     Ok(Effective {
         keepalive: sock.keepalive().map_err(ctx("SO_KEEPALIVE"))?,
         idle: sock.tcp_keepalive_time().map_err(ctx("TCP_KEEPIDLE"))?,
-        interval: sock.tcp_keepalive_interval().map_err(ctx("TCP_KEEPINTVL"))?,
+        interval: sock
+            .tcp_keepalive_interval()
+            .map_err(ctx("TCP_KEEPINTVL"))?,
         count: sock.tcp_keepalive_retries().map_err(ctx("TCP_KEEPCNT"))?,
         user_timeout: sock.tcp_user_timeout().map_err(ctx("TCP_USER_TIMEOUT"))?,
     })
@@ -242,10 +253,13 @@ mod tests {
         let e = check_keepalive_secs("--idle", "TCP_KEEPIDLE", s(32_768)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "--idle 9h 6m 8s is out of range: TCP_KEEPIDLE takes whole seconds in 1..=32767 s"
+            "--idle 32768s is out of range: TCP_KEEPIDLE takes whole seconds in 1..=32767 s"
         );
         let e = check_keepalive_secs("--interval", "TCP_KEEPINTVL", s(0)).unwrap_err();
-        assert!(e.to_string().starts_with("--interval 0s is out of range"), "{e}");
+        assert!(
+            e.to_string().starts_with("--interval 0s is out of range"),
+            "{e}"
+        );
         assert!(check_keepalive_count("--count", 0).is_err());
         assert!(check_keepalive_count("--count", 127).is_ok());
         let e = check_keepalive_count("--count", 128).unwrap_err();
@@ -261,7 +275,7 @@ mod tests {
         let e = check_keepalive_secs("--idle", "TCP_KEEPIDLE", Duration::from_millis(1500))
             .unwrap_err();
         assert!(e.to_string().contains("sub-second"), "{e}");
-        assert!(e.to_string().contains("1s 500ms"), "{e}");
+        assert!(e.to_string().contains("--idle 1s500ms"), "{e}");
     }
 
     #[test]
@@ -269,8 +283,11 @@ mod tests {
         assert!(check_user_timeout("--user-timeout", Duration::from_millis(2500)).is_ok());
         assert!(check_user_timeout("--user-timeout", Duration::ZERO).is_ok());
         assert!(check_user_timeout("--user-timeout", Duration::from_micros(1500)).is_err());
-        let e = check_user_timeout("--user-timeout", Duration::from_millis(u64::from(u32::MAX) + 1))
-            .unwrap_err();
+        let e = check_user_timeout(
+            "--user-timeout",
+            Duration::from_millis(u64::from(u32::MAX) + 1),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("0..=4294967295 ms"), "{e}");
     }
 
