@@ -4,6 +4,7 @@
 //!
 //! Nothing here prints; everything takes plain values and returns typed results.
 
+pub mod conn;
 pub mod defaults;
 pub mod diag;
 pub mod error;

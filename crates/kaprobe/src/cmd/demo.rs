@@ -1,14 +1,14 @@
 //! `kaprobe demo`: a bounded tour on loopback for a newcomer; no arguments, no root.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use kaprobe_sock::conn::{self, Conn};
 use kaprobe_sock::defaults::SystemDefaults;
 use kaprobe_sock::hold::{hold, HoldEvent};
 use kaprobe_sock::options::{self, KeepaliveConfig};
-use socket2::Socket;
 
 use crate::util;
 
@@ -24,15 +24,13 @@ const WATCH: Duration = Duration::from_millis(3600);
 
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     println!("kaprobe demo: how TCP keep-alive keeps an idle connection honest\n");
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let client = Socket::from(TcpStream::connect(addr)?);
-    let (_server, _) = listener.accept()?;
-    let local = client
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .map_or_else(|| "?".to_string(), |a| a.to_string());
+    let (listener, addr) = conn::listen(SocketAddr::from(([127, 0, 0, 1], 0)), 1)?;
+    let Conn {
+        sock: client,
+        local,
+        ..
+    } = conn::connect(&[addr], Duration::from_secs(5))?;
+    let _server = conn::accept(&listener, addr)?;
     let cfg = KeepaliveConfig {
         idle: Some(Duration::from_secs(1)),
         interval: Some(Duration::from_secs(1)),

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use kaprobe_sock::conn::{self, Conn};
 use kaprobe_sock::hold::{hold, HoldEvent, HoldReport, Outcome};
 use kaprobe_sock::options::{self, Effective, KeepaliveConfig};
 use serde_json::json;
-use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::exit::{self, Failure};
 use crate::util;
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Err(Failure::usage("--connect-timeout 0s: use a positive duration").into());
     }
     let stop = util::stop_flag()?;
-    let (sock, local, peer) = match &args.listen {
+    let Conn { sock, local, peer } = match &args.listen {
         Some(l) => accept_one(l, args.json)?,
         None => connect(
             args.target.as_deref().unwrap_or_default(),
@@ -99,53 +99,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(outcome_code(report.outcome)))
 }
 
-fn connect(target: &str, timeout: Duration) -> anyhow::Result<(Socket, SocketAddr, SocketAddr)> {
-    let addrs = util::resolve_host_port("target", target)?;
-    let mut last: Option<(SocketAddr, std::io::Error)> = None;
-    for addr in addrs {
-        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)
-            .map_err(|e| Failure::new(exit::FAILURE, format!("create a socket for {addr}: {e}")))?;
-        match sock.connect_timeout(&SockAddr::from(addr), timeout) {
-            Ok(()) => {
-                let local = sock
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .unwrap_or(addr);
-                return Ok((sock, local, addr));
-            }
-            Err(e) => last = Some((addr, e)),
-        }
-    }
-    let Some((addr, e)) = last else {
-        return Err(Failure::new(exit::RESOLVE, format!("cannot resolve '{target}'")).into());
-    };
-    let code = exit::connect_code(&e);
-    let what = match code {
-        exit::REFUSED => "connection refused (nothing listens there)".to_string(),
-        exit::UNREACHABLE if e.kind() == std::io::ErrorKind::TimedOut => {
-            format!("no answer within {}", util::human(timeout))
-        }
-        exit::UNREACHABLE => format!("unreachable ({e})"),
-        exit::PERMISSION => format!("permission denied ({e})"),
-        _ => e.to_string(),
-    };
-    Err(Failure::new(code, format!("connect to {addr}: {what}")).into())
+fn io_code(e: &kaprobe_sock::Error) -> u8 {
+    e.io_error().map_or(exit::FAILURE, exit::connect_code)
 }
 
-fn accept_one(listen: &str, json: bool) -> anyhow::Result<(Socket, SocketAddr, SocketAddr)> {
+fn connect(target: &str, timeout: Duration) -> anyhow::Result<Conn> {
+    let addrs = util::resolve_host_port("target", target)?;
+    conn::connect(&addrs, timeout).map_err(|e| {
+        let code = io_code(&e);
+        let why = match code {
+            exit::REFUSED => "connection refused (nothing listens there)".to_string(),
+            exit::UNREACHABLE
+                if e.io_error().map(std::io::Error::kind) == Some(std::io::ErrorKind::TimedOut) =>
+            {
+                format!("no answer within {}", util::human(timeout))
+            }
+            exit::UNREACHABLE => format!(
+                "unreachable ({})",
+                e.io_error().map_or_else(String::new, ToString::to_string)
+            ),
+            _ => return Failure::new(code, e.to_string()).into(),
+        };
+        let what = e.to_string();
+        let head = what.split(": ").next().unwrap_or(&what).to_string();
+        anyhow::Error::from(Failure::new(code, format!("{head}: {why}")))
+    })
+}
+
+fn accept_one(listen: &str, json: bool) -> anyhow::Result<Conn> {
     let addr: SocketAddr = listen.parse().map_err(|_| {
         Failure::usage(format!(
             "--listen '{listen}' is not an address: use IP:PORT, e.g. 127.0.0.1:9000 or [::1]:9000"
         ))
     })?;
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)
-        .map_err(|e| Failure::new(exit::FAILURE, format!("create a socket for {addr}: {e}")))?;
-    let _ = sock.set_reuse_address(true);
-    let bind_err = |e: std::io::Error| {
-        let code = match e.kind() {
-            std::io::ErrorKind::PermissionDenied => exit::PERMISSION,
-            std::io::ErrorKind::AddrNotAvailable => exit::UNREACHABLE,
+    let (listener, bound) = conn::listen(addr, 1).map_err(|e| {
+        let code = match e.io_error().map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::PermissionDenied) => exit::PERMISSION,
+            Some(std::io::ErrorKind::AddrNotAvailable) => exit::UNREACHABLE,
             _ => exit::FAILURE,
         };
         let hint = if code == exit::PERMISSION {
@@ -153,25 +143,14 @@ fn accept_one(listen: &str, json: bool) -> anyhow::Result<(Socket, SocketAddr, S
         } else {
             ""
         };
-        Failure::new(code, format!("listen on {addr}: {e}{hint}"))
-    };
-    sock.bind(&SockAddr::from(addr)).map_err(bind_err)?;
-    sock.listen(1).map_err(bind_err)?;
-    let bound = sock
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(addr);
+        Failure::new(code, format!("{e}{hint}"))
+    })?;
     if json {
         util::print_json_line(&json!({"type": "listening", "addr": bound.to_string()}));
     } else {
         println!("listening on {bound}, waiting for one connection");
     }
-    let (conn, peer) = sock
-        .accept()
-        .map_err(|e| Failure::new(exit::FAILURE, format!("accept on {bound}: {e}")))?;
-    let peer = peer.as_socket().unwrap_or(bound);
-    Ok((conn, bound, peer))
+    Ok(conn::accept(&listener, bound)?)
 }
 
 fn describe_settings(eff: &Effective) -> String {
