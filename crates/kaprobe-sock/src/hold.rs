@@ -71,6 +71,12 @@ pub enum HoldEvent {
         at: Duration,
         n: u32,
     },
+    /// The peer probed us and our kernel answered (the peer runs keep-alive too).
+    PeerProbeAnswered {
+        #[serde(serialize_with = "crate::ser::secs")]
+        at: Duration,
+        n: u32,
+    },
     /// The peer sent data (read and discarded); it restarts the idle timer.
     DataReceived {
         #[serde(serialize_with = "crate::ser::secs")]
@@ -97,6 +103,8 @@ pub struct HoldReport {
     pub probes_sent: u32,
     /// Probes the peer answered.
     pub probes_answered: u32,
+    /// Keep-alive probes the peer sent us, answered by our kernel.
+    pub peer_probes: u32,
     /// Probes in flight, unanswered, when the connection ended.
     pub unanswered: u8,
     /// What the settings predict for `silent_for` when the peer is silently gone.
@@ -114,14 +122,19 @@ pub fn tolerance(expected: Duration) -> Duration {
 
 struct Tracker {
     start: Instant,
+    idle: Duration,
     last: TcpInfo,
     last_heard: Instant,
     heard_probe_answer: bool,
     probes_sent: u32,
     probes_answered: u32,
+    peer_probes: u32,
     unanswered: u8,
     pending: u32,
 }
+
+/// Timer slack when deciding whether our own keep-alive timer could have fired.
+const SLACK: Duration = Duration::from_millis(50);
 
 impl Tracker {
     fn update(&mut self, now: Instant, info: TcpInfo, on_event: &mut impl FnMut(&HoldEvent)) {
@@ -133,8 +146,18 @@ impl Tracker {
             on_event(&HoldEvent::DataReceived { at, bytes: data });
             self.pending = 0;
             self.heard_probe_answer = false;
-        } else {
-            for _ in 0..sent {
+        } else if sent > 0 || got > 0 {
+            // The kernel sends a keep-alive probe only when it has heard nothing for at
+            // least `idle` (tcp_keepalive_timer). Any other segment we sent answered a
+            // probe of the peer's, which arrived in the same window.
+            let due = now.saturating_duration_since(self.last_heard) + SLACK >= self.idle;
+            let peer_probes = if due {
+                sent.saturating_sub(1).min(got)
+            } else {
+                sent.min(got)
+            };
+            let ours = sent - peer_probes;
+            for _ in 0..ours {
                 self.probes_sent += 1;
                 self.pending += 1;
                 on_event(&HoldEvent::ProbeSent {
@@ -143,7 +166,14 @@ impl Tracker {
                     unanswered: info.probes.max(1),
                 });
             }
-            let answered = got.min(self.pending.max(u32::from(got > 0)));
+            for _ in 0..peer_probes {
+                self.peer_probes += 1;
+                on_event(&HoldEvent::PeerProbeAnswered {
+                    at,
+                    n: self.peer_probes,
+                });
+            }
+            let answered = (got - peer_probes).min(self.pending);
             for _ in 0..answered {
                 self.probes_answered += 1;
                 on_event(&HoldEvent::ProbeAnswered {
@@ -182,6 +212,8 @@ pub fn hold(
     let first = tcp_info(sock, peer)?;
     let mut t = Tracker {
         start,
+        idle: eff.idle,
+        peer_probes: 0,
         last: first,
         last_heard: start,
         heard_probe_answer: false,
@@ -235,6 +267,7 @@ pub fn hold(
         silent_for,
         probes_sent: t.probes_sent,
         probes_answered: t.probes_answered,
+        peer_probes: t.peer_probes,
         unanswered: if outcome == Outcome::Stopped {
             t.unanswered
         } else {
@@ -282,6 +315,35 @@ mod tests {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         (Socket::from(c), Socket::from(s))
+    }
+
+    #[test]
+    fn probes_from_both_sides_are_told_apart() {
+        let (c, s) = pair();
+        let cfg = KeepaliveConfig {
+            idle: Some(Duration::from_secs(1)),
+            interval: Some(Duration::from_secs(1)),
+            count: Some(3),
+            user_timeout: None,
+        };
+        apply(&c, &cfg, "t").unwrap();
+        apply(&s, &cfg, "t").unwrap();
+        let eff = read(&c, "t").unwrap();
+        let stop = AtomicBool::new(false);
+        let r = hold(
+            &c,
+            &eff,
+            "t",
+            &stop,
+            Some(Duration::from_millis(2600)),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            (r.probes_sent, r.probes_answered, r.peer_probes),
+            (2, 2, 2),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
                 at.as_secs_f64()
             );
         }
-        HoldEvent::DataReceived { .. } => {}
+        HoldEvent::DataReceived { .. } | HoldEvent::PeerProbeAnswered { .. } => {}
     })?;
     let d = SystemDefaults::read().ok();
     println!("\n3. What you saw");

@@ -220,6 +220,12 @@ fn print_event(json: bool, e: &HoldEvent) {
                 at.as_secs_f64()
             );
         }
+        HoldEvent::PeerProbeAnswered { at, n } => {
+            println!(
+                "{:>9.3}s  the peer probed us (#{n}); our kernel answered",
+                at.as_secs_f64()
+            );
+        }
         HoldEvent::DataReceived { at, bytes } => {
             println!(
                 "{:>9.3}s  peer sent {bytes} bytes (discarded); idle timer restarts",
@@ -245,8 +251,8 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) {
         r.outcome.describe()
     );
     println!(
-        "probes: {} sent, {} answered, {} unanswered at the end",
-        r.probes_sent, r.probes_answered, r.unanswered
+        "probes: {} sent, {} answered, {} unanswered at the end; {} probes from the peer answered",
+        r.probes_sent, r.probes_answered, r.unanswered, r.peer_probes
     );
     if let Some(m) = r.matches_config {
         let formula = match eff.user_timeout {
