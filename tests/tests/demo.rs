@@ -23,4 +23,18 @@ fn demo_shows_answered_probes_and_explains_them_within_fifteen_seconds() {
     assert!(sent >= 2, "at least two probes in the window: {out}");
     assert_eq!(sent, answered, "every probe on loopback is answered: {out}");
     assert!(out.contains("after 4s of silence"), "{out}");
+    if kaprobe_tests::is_root() {
+        assert!(out.contains("4. Now the peer vanishes"), "{out}");
+        assert!(
+            out.contains("probe #3 sent ... no answer (3 unanswered)"),
+            "{out}"
+        );
+        assert!(out.contains("(ETIMEDOUT)"), "{out}");
+        assert!(
+            out.contains("3 unanswered probes, 4.") || out.contains("3 unanswered probes, 3.9"),
+            "{out}"
+        );
+    } else {
+        assert!(out.contains("Run as root"), "{out}");
+    }
 }

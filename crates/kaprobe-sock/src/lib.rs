@@ -10,6 +10,7 @@ pub mod diag;
 pub mod error;
 pub mod hold;
 pub mod info;
+pub mod netns;
 pub mod options;
 pub mod ser;
 

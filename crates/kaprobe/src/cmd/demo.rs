@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use kaprobe_sock::conn::{self, Conn};
 use kaprobe_sock::defaults::SystemDefaults;
-use kaprobe_sock::hold::{hold, HoldEvent};
+use kaprobe_sock::hold::{hold, HoldEvent, HoldReport};
+use kaprobe_sock::netns;
 use kaprobe_sock::options::{self, KeepaliveConfig};
 
 use crate::util;
@@ -31,12 +32,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         ..
     } = conn::connect(&[addr], Duration::from_secs(5))?;
     let _server = conn::accept(&listener, addr)?;
-    let cfg = KeepaliveConfig {
-        idle: Some(Duration::from_secs(1)),
-        interval: Some(Duration::from_secs(1)),
-        count: Some(3),
-        user_timeout: None,
-    };
+    let cfg = demo_config();
     let peer = addr.to_string();
     options::apply(&client, &cfg, &peer)?;
     let eff = options::read(&client, &peer)?;
@@ -94,6 +90,13 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
             "   turn SO_KEEPALIVE on at all; most do not, and an idle connection to a dead peer lives on."
         );
     }
+    if is_root() {
+        dead_peer_step()?;
+    } else {
+        println!(
+            "\n   (Run as root to also see a peer vanish, inside a private network namespace.)"
+        );
+    }
     println!("\nNext:");
     println!("   kaprobe defaults                          the system settings and what they mean");
     println!(
@@ -101,4 +104,84 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("   kaprobe --help                            everything else");
     Ok(ExitCode::SUCCESS)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Root only: in a private network namespace, silence the peer with a firewall rule and let
+/// the kernel find out. The host's network is never touched.
+fn dead_peer_step() -> anyhow::Result<()> {
+    println!("\n4. Now the peer vanishes (root: a private network namespace, its own firewall):");
+    let outcome = netns::in_private_netns(|| -> anyhow::Result<Option<HoldReport>> {
+        let (listener, addr) = conn::listen(SocketAddr::from(([127, 0, 0, 1], 0)), 1)?;
+        let Conn { sock: client, .. } = conn::connect(&[addr], Duration::from_secs(5))?;
+        let _server = conn::accept(&listener, addr)?;
+        let peer = addr.to_string();
+        options::apply(&client, &demo_config(), &peer)?;
+        let eff = options::read(&client, &peer)?;
+        let rule = format!("iptables -A INPUT -p tcp --dport {} -j DROP", addr.port());
+        let dropped = std::process::Command::new("iptables")
+            .args([
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &addr.port().to_string(),
+                "-j",
+                "DROP",
+            ])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !dropped {
+            println!("   (skipped: iptables is not installed or did not work)");
+            return Ok(None);
+        }
+        println!("   `{rule}`: everything sent to the peer now disappears, nothing comes back");
+        let stop = AtomicBool::new(false);
+        let report = hold(
+            &client,
+            &eff,
+            &peer,
+            &stop,
+            Some(Duration::from_secs(10)),
+            |e| {
+                if let HoldEvent::ProbeSent { at, n, unanswered } = *e {
+                    println!(
+                        "   {:>6.3}s  probe #{n} sent ... no answer ({unanswered} unanswered)",
+                        at.as_secs_f64()
+                    );
+                }
+            },
+        )?;
+        Ok(Some(report))
+    })??;
+    if let Some(r) = outcome {
+        println!(
+            "   {:>6.3}s  {}",
+            r.lifetime.as_secs_f64(),
+            r.outcome.describe()
+        );
+        println!(
+            "   {} unanswered probes, {:.2} s after the peer's last segment (the settings predict {:.0} s:",
+            r.unanswered,
+            r.silent_for.as_secs_f64(),
+            r.expected_silent_for.as_secs_f64()
+        );
+        println!("   idle 1 s + 3 probes x 1 s). The kernel then sends RST and the application sees ETIMEDOUT.");
+    }
+    Ok(())
+}
+
+fn demo_config() -> KeepaliveConfig {
+    KeepaliveConfig {
+        idle: Some(Duration::from_secs(1)),
+        interval: Some(Duration::from_secs(1)),
+        count: Some(3),
+        user_timeout: None,
+    }
 }
