@@ -6,6 +6,7 @@ use kaprobe_tests::{run, stderr, stdout};
 
 #[test]
 fn demo_shows_answered_probes_and_explains_them_within_fifteen_seconds() {
+    kaprobe_tests::kaprobe_bin(); // build first: the time limit is the demo's, not cargo's
     let start = Instant::now();
     let o = run(&["demo"]);
     let took = start.elapsed();
