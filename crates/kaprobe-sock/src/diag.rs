@@ -41,6 +41,7 @@ const INET_DIAG_BC_D_LE: u8 = 5;
 const DIAG_MSG_LEN: usize = 72;
 /// Size of `struct inet_diag_req_v2`.
 const DIAG_REQ_LEN: usize = 56;
+const TCP_LISTEN: u8 = 10;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_TCP: u8 = 6;
@@ -135,6 +136,30 @@ impl SocketEntry {
     /// The state's name as `ss` prints it (`ESTAB`, `TIME-WAIT`, ...).
     pub fn state_name(&self) -> &'static str {
         state_name(self.state)
+    }
+
+    /// Whether tcp_info's "since last ..." ages mean anything: not for a listener, which
+    /// never exchanged segments, nor without tcp_info.
+    fn ages(&self) -> Option<&TcpInfo> {
+        self.info.as_ref().filter(|_| self.state != TCP_LISTEN)
+    }
+
+    /// Time since an ACK was last received (a keep-alive answer resets it).
+    pub fn last_ack_age(&self) -> Option<Duration> {
+        self.ages()
+            .map(|i| Duration::from_millis(u64::from(i.last_ack_recv_ms)))
+    }
+
+    /// Time since data was last received.
+    pub fn last_data_recv_age(&self) -> Option<Duration> {
+        self.ages()
+            .map(|i| Duration::from_millis(u64::from(i.last_data_recv_ms)))
+    }
+
+    /// Time since data was last sent.
+    pub fn last_data_sent_age(&self) -> Option<Duration> {
+        self.ages()
+            .map(|i| Duration::from_millis(u64::from(i.last_data_sent_ms)))
     }
 }
 
