@@ -184,6 +184,7 @@ const STATE_NAMES: &[(&str, u32)] = &[
     ("listening", 1 << 10),
     ("closing", 1 << 11),
     ("all", States::ALL.0),
+    ("open", States::OPEN.0),
     ("connected", States::CONNECTED.0),
     ("synchronized", States::SYNCHRONIZED.0),
     ("bucket", (1 << 3) | (1 << 12) | (1 << 6)),
@@ -195,6 +196,9 @@ impl States {
     pub const ALL: Self = Self(0x1ffe);
     /// Every state but LISTEN and CLOSE.
     pub const CONNECTED: Self = Self(0x1ffe & !((1 << 10) | (1 << 7)));
+    /// What `ss` lists when given no state: every state but LISTEN, CLOSE, TIME-WAIT and
+    /// SYN-RECV (the connections a process holds).
+    pub const OPEN: Self = Self(0x1ffe & !((1 << 10) | (1 << 7) | (1 << 6) | (1 << 3) | (1 << 12)));
     /// Connected and past SYN-SENT.
     pub const SYNCHRONIZED: Self = Self(0x1ffe & !((1 << 10) | (1 << 7) | (1 << 2)));
 
@@ -231,7 +235,7 @@ impl States {
 
 impl Default for States {
     fn default() -> Self {
-        Self::CONNECTED
+        Self::OPEN
     }
 }
 

@@ -1,7 +1,7 @@
 //! `kaprobe sockets`: live TCP sockets (IPv4 and IPv6) with their timers, like `ss -tno`,
 //! read through the sock_diag netlink interface. No root needed.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ use crate::exit::{Failure, FAILURE, PERMISSION};
 ///
 /// Filtering is done by the kernel. Examples:
 ///
-///   kaprobe sockets                          every connected socket
+///   kaprobe sockets                          every open connection (as ss lists them)
+///   kaprobe sockets --state all              listeners and TIME-WAIT too
 ///   kaprobe sockets --port 443 --json        sockets to or from port 443, as JSON lines
 ///   kaprobe sockets --state established,close-wait
 #[derive(Debug, clap::Args)]
@@ -37,8 +38,9 @@ pub struct Args {
 
     /// Only sockets in these states (repeat or comma-separate). Names as in ss:
     /// established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, close,
-    /// close-wait, last-ack, listen, closing; groups: all, connected (all but listen and
-    /// close; the default), synchronized (connected but syn-sent), bucket, big.
+    /// close-wait, last-ack, listen, closing; groups: open (the default, as ss: all but
+    /// listen, close, time-wait and syn-recv), all, connected (all but listen and close),
+    /// synchronized (connected but syn-sent), bucket (syn-recv, time-wait), big.
     #[arg(long, value_name = "STATE")]
     pub state: Vec<String>,
 
@@ -53,8 +55,8 @@ pub struct Args {
 #[derive(Serialize)]
 struct JsonSocket {
     family: &'static str,
-    local: String,
-    peer: String,
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
     state: &'static str,
     timer: &'static str,
     expires: f64,
@@ -76,8 +78,8 @@ impl JsonSocket {
         let info = e.info.as_ref();
         Self {
             family: if e.local.is_ipv4() { "ipv4" } else { "ipv6" },
-            local: e.local.to_string(),
-            peer: e.peer.to_string(),
+            local: e.local,
+            peer: e.peer,
             state: e.state_name(),
             timer: e.timer.as_str(),
             expires: e.expires.as_secs_f64(),
@@ -97,16 +99,22 @@ impl JsonSocket {
 }
 
 /// A short human duration: `830ms`, `1.5s`, `1h 59m 58s`.
-fn short(d: Duration) -> String {
-    if d.is_zero() {
-        "0".into()
+fn push_short(buf: &mut String, d: Duration) {
+    use std::fmt::Write as _;
+    // Writing into a String cannot fail.
+    let _ = if d.is_zero() {
+        write!(buf, "0")
     } else if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
+        write!(buf, "{}ms", d.as_millis())
     } else if d < Duration::from_secs(60) {
-        format!("{:.1}s", d.as_secs_f64())
+        write!(buf, "{:.1}s", d.as_secs_f64())
     } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-    }
+        write!(
+            buf,
+            "{}",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        )
+    };
 }
 
 fn usage(e: &kaprobe_sock::Error) -> anyhow::Error {
@@ -160,28 +168,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return write_failed(&e);
         }
     } else {
-        let mut rows = Vec::new();
-        diag::visit(&filter, |e| rows.push(row(&e))).map_err(fail)?;
-        if rows.is_empty() {
-            eprintln!("no TCP sockets match");
-            return Ok(ExitCode::SUCCESS);
-        }
-        let mut t = crate::util::table();
-        t.set_header([
-            "Local",
-            "Peer",
-            "State",
-            "Timer",
-            "Expires",
-            "Retrans/Probes",
-            "Last ACK",
-            "UID",
-            "Inode",
-        ]);
-        for r in rows {
-            t.add_row(r);
-        }
-        if let Err(e) = writeln!(out, "{t}") {
+        let r = if std::io::stdout().is_terminal() {
+            // Width-aware (wraps to the terminal); a terminal is slower than any table.
+            let mut t = crate::util::table();
+            t.set_header(HEADER);
+            diag::visit(&filter, |e| {
+                t.add_row(row(&e));
+            })
+            .map_err(fail)?;
+            if t.row_count() == 0 {
+                eprintln!("no TCP sockets match");
+                return Ok(ExitCode::SUCCESS);
+            }
+            writeln!(out, "{t}")
+        } else {
+            // Piped or redirected: the same table, drawn without comfy-table's per-cell
+            // allocations (it costs ~10 us a row, too slow for tens of thousands of sockets).
+            let mut t = PlainTable::new();
+            diag::visit(&filter, |e| t.add(&e)).map_err(fail)?;
+            if t.is_empty() {
+                eprintln!("no TCP sockets match");
+                return Ok(ExitCode::SUCCESS);
+            }
+            t.write(&mut out)
+        };
+        if let Err(e) = r {
             return write_failed(&e);
         }
     }
@@ -191,23 +202,161 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn row(e: &SocketEntry) -> [String; 9] {
-    [
-        e.local.to_string(),
-        e.peer.to_string(),
-        e.state_name().to_string(),
-        e.timer.as_str().to_string(),
-        if matches!(e.timer, diag::TimerKind::None) {
-            "-".into()
-        } else {
-            short(e.expires)
-        },
-        e.retrans.to_string(),
-        e.last_ack_age()
-            .map_or_else(|| "-".into(), |d| format!("{} ago", short(d))),
-        e.uid.to_string(),
-        e.inode.to_string(),
-    ]
+const HEADER: [&str; 9] = [
+    "Local",
+    "Peer",
+    "State",
+    "Timer",
+    "Expires",
+    "Retrans/Probes",
+    "Last ACK",
+    "UID",
+    "Inode",
+];
+
+/// The nine cells of one socket's row, written one after the other into `buf`; `ends[i]`
+/// is where cell `i` ends.
+fn cells(e: &SocketEntry, buf: &mut String, ends: &mut [usize; 9]) {
+    use std::fmt::Write as _;
+    buf.clear();
+    let mut i = 0;
+    let mut end = |buf: &String| {
+        ends[i] = buf.len();
+        i += 1;
+    };
+    // Writing into a String cannot fail.
+    let _ = write!(buf, "{}", e.local);
+    end(buf);
+    let _ = write!(buf, "{}", e.peer);
+    end(buf);
+    buf.push_str(e.state_name());
+    end(buf);
+    buf.push_str(e.timer.as_str());
+    end(buf);
+    if matches!(e.timer, diag::TimerKind::None) {
+        buf.push('-');
+    } else {
+        push_short(buf, e.expires);
+    }
+    end(buf);
+    let _ = write!(buf, "{}", e.retrans);
+    end(buf);
+    match e.last_ack_age() {
+        Some(d) => {
+            push_short(buf, d);
+            buf.push_str(" ago");
+        }
+        None => buf.push('-'),
+    }
+    end(buf);
+    let _ = write!(buf, "{}", e.uid);
+    end(buf);
+    let _ = write!(buf, "{}", e.inode);
+    end(buf);
+}
+
+/// Split what [`cells`] wrote into the cells.
+fn split<'a>(buf: &'a str, ends: &[usize; 9]) -> impl Iterator<Item = &'a str> + 'a {
+    let ends = *ends;
+    (0..9).map(move |i| {
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        buf.get(start..ends[i]).unwrap_or("")
+    })
+}
+
+fn row(e: &SocketEntry) -> Vec<String> {
+    let mut buf = String::new();
+    let mut ends = [0; 9];
+    cells(e, &mut buf, &mut ends);
+    split(&buf, &ends).map(str::to_string).collect()
+}
+
+/// The table exactly as `util::table()` draws it when it has no terminal width to fit
+/// (same borders and padding), built while the kernel's answers stream in: every row is
+/// formatted once into one shared buffer, then padded out on output. No per-cell
+/// allocation, no stored socket list.
+struct PlainTable {
+    width: [usize; 9],
+    arena: String,
+    spans: Vec<[usize; 9]>,
+    buf: String,
+}
+
+impl PlainTable {
+    fn new() -> Self {
+        Self {
+            width: HEADER.map(|h| h.chars().count()),
+            arena: String::with_capacity(64 * 1024),
+            spans: Vec::new(),
+            buf: String::with_capacity(128),
+        }
+    }
+
+    fn add(&mut self, e: &SocketEntry) {
+        let mut ends = [0; 9];
+        cells(e, &mut self.buf, &mut ends);
+        for (w, c) in self.width.iter_mut().zip(split(&self.buf, &ends)) {
+            *w = (*w).max(c.chars().count());
+        }
+        let base = self.arena.len();
+        self.arena.push_str(&self.buf);
+        self.spans.push(ends.map(|x| x + base));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let width = self.width;
+        let mut line = String::with_capacity(256);
+        let mut rule = |out: &mut dyn Write, l: char, fill: char, mid: char, r: char| {
+            line.clear();
+            line.push(l);
+            for (i, w) in width.iter().enumerate() {
+                if i > 0 {
+                    line.push(mid);
+                }
+                line.extend(std::iter::repeat_n(fill, w + 2));
+            }
+            line.push(r);
+            line.push('\n');
+            out.write_all(line.as_bytes())
+        };
+        let mut row_line = String::with_capacity(256);
+        let mut row = |out: &mut dyn Write, text: &str, start: usize, ends: &[usize; 9]| {
+            row_line.clear();
+            row_line.push('│');
+            let mut from = start;
+            for (i, (&to, w)) in ends.iter().zip(width).enumerate() {
+                let c = text.get(from..to).unwrap_or("");
+                from = to;
+                if i > 0 {
+                    row_line.push('┆');
+                }
+                row_line.push(' ');
+                row_line.push_str(c);
+                row_line.extend(std::iter::repeat_n(' ', w - c.chars().count() + 1));
+            }
+            row_line.push_str("│\n");
+            out.write_all(row_line.as_bytes())
+        };
+        rule(out, '┌', '─', '┬', '┐')?;
+        let mut header = String::new();
+        let mut header_ends = [0; 9];
+        for (h, e) in HEADER.iter().zip(header_ends.iter_mut()) {
+            header.push_str(h);
+            *e = header.len();
+        }
+        row(out, &header, 0, &header_ends)?;
+        rule(out, '╞', '═', '╪', '╡')?;
+        let mut start = 0;
+        for ends in &self.spans {
+            row(out, &self.arena, start, ends)?;
+            start = ends[8];
+        }
+        rule(out, '└', '─', '┴', '┘')
+    }
 }
 
 /// Writing to stdout failed: a closed pipe (`| head`) is not an error worth a message.
@@ -216,4 +365,71 @@ fn write_failed(e: &std::io::Error) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     Err(Failure::new(FAILURE, format!("write the socket list to stdout: {e}")).into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn plain_table_draws_what_comfy_table_draws_off_a_terminal() {
+        let est = SocketEntry {
+            local: "127.0.0.1:40000".parse().unwrap(),
+            peer: "127.0.0.1:8080".parse().unwrap(),
+            state: 1,
+            timer: diag::TimerKind::Keepalive,
+            expires: Duration::from_millis(830),
+            retrans: 0,
+            recv_q: 0,
+            send_q: 0,
+            uid: 1000,
+            inode: 4242,
+            cookie: 1,
+            info: Some(kaprobe_sock::info::TcpInfo {
+                state: 1,
+                last_ack_recv_ms: 170,
+                ..Default::default()
+            }),
+        };
+        let listen = SocketEntry {
+            local: "[::1]:443".parse().unwrap(),
+            peer: "[::]:0".parse().unwrap(),
+            state: 10,
+            timer: diag::TimerKind::None,
+            expires: Duration::ZERO,
+            inode: 12,
+            info: None,
+            ..est.clone()
+        };
+        let entries = [est, listen];
+        let mut t = crate::util::table();
+        t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+        t.set_header(HEADER);
+        for e in &entries {
+            t.add_row(row(e));
+        }
+        let mut plain = PlainTable::new();
+        for e in &entries {
+            plain.add(e);
+        }
+        let mut out = Vec::new();
+        plain.write(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{t}\n"));
+        assert!(t.to_string().contains("170ms ago"), "{t}");
+    }
+
+    fn short(d: Duration) -> String {
+        let mut s = String::new();
+        push_short(&mut s, d);
+        s
+    }
+
+    #[test]
+    fn short_durations_read_naturally() {
+        assert_eq!(short(Duration::ZERO), "0");
+        assert_eq!(short(Duration::from_millis(830)), "830ms");
+        assert_eq!(short(Duration::from_millis(1540)), "1.5s");
+        assert_eq!(short(Duration::from_secs(7198)), "1h 59m 58s");
+    }
 }
