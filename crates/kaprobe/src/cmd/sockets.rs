@@ -33,7 +33,7 @@ use crate::exit::{Failure, FAILURE, PERMISSION};
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Only sockets whose local or peer port is PORT (1..=65535).
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
     pub port: Option<String>,
 
     /// Only sockets in these states (repeat or comma-separate). Names as in ss:
