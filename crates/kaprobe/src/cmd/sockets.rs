@@ -10,27 +10,31 @@ use serde::Serialize;
 
 use crate::exit::{Failure, FAILURE, PERMISSION};
 
-/// List live TCP sockets with their keep-alive and other timers.
-///
-/// For each socket: local and peer address, state, the pending timer and when it fires,
-/// the timer's counter, and when an ACK was last received. Timers, as `ss -o` names them:
-///
-///   keepalive  idle connection with SO_KEEPALIVE: a probe goes out when it expires;
-///              the counter is probes sent without an answer (0 = the peer answers)
-///   on         retransmission: data in flight not yet acknowledged; counter = retries
-///   persist    zero-window probe: the peer's receive window is 0; counter = probes
-///   timewait   TIME-WAIT: the socket disappears when it expires
-///   none       nothing pending (e.g. idle without keep-alive: such a connection can be
-///              dead for hours before anyone notices)
-///
-/// Filtering is done by the kernel. Examples:
-///
-///   kaprobe sockets                          every open connection (as ss lists them)
-///   kaprobe sockets --state all              listeners and TIME-WAIT too
-///   kaprobe sockets --port 443 --json        sockets to or from port 443, as JSON lines
-///   kaprobe sockets --state established,close-wait
+const AFTER_HELP: &str = "\
+For each socket: local and peer address, state, the pending timer and when it fires, the
+timer's counter, and how long ago an ACK last arrived. Timers, as `ss -o` names them:
+
+  keepalive  idle connection with SO_KEEPALIVE: a probe goes out when it expires; the
+             counter is probes sent without an answer (0 = the peer answers)
+  on         retransmission: data in flight not yet acknowledged; counter = retries
+  persist    zero-window probe: the peer's receive window is 0; counter = probes
+  timewait   TIME-WAIT: the socket disappears when it expires
+  none       nothing pending (idle without keep-alive: such a connection can be dead
+             for hours before anyone notices)
+
+Read through the kernel's sock_diag interface (no root needed); the kernel does the
+filtering. Examples:
+
+  kaprobe sockets                        open connections (the states ss lists by default)
+  kaprobe sockets --port 443 --json      sockets to or from port 443, as JSON lines
+  kaprobe sockets --state established,close-wait
+  kaprobe sockets --state all            listeners and TIME-WAIT too
+
+Fields and their meaning: docs/sockets.md.";
+
+/// `kaprobe sockets` arguments.
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = AFTER_HELP)]
 pub struct Args {
     /// Only sockets whose local or peer port is PORT (1..=65535).
     #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
