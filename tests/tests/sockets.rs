@@ -315,6 +315,38 @@ fn zero_window_shows_the_persist_timer() {
     assert!(written > 0);
 }
 
+#[test]
+fn unacknowledged_data_shows_the_retransmit_timer_counting() {
+    kaprobe_tests::require_root!();
+    kaprobe_tests::require_tool!("iptables");
+    let ns = Netns::new("sockrt");
+    let mut p = pair_in(&ns);
+    let port = p.port();
+    // The server's side of the namespace's loopback now drops everything sent to it.
+    ns.exec(&format!("iptables -A INPUT -p tcp --dport {port} -j DROP"));
+    p.client.write_all(b"hello?").unwrap();
+    let client = p.client.local_addr().unwrap();
+    let port = port.to_string();
+    let c = wait_for("two retransmissions", Duration::from_secs(10), || {
+        let lines = sockets_json(
+            ns.command(kaprobe_bin())
+                .args(["sockets", "--port", &port, "--json"]),
+        );
+        let c = find(&lines, client).expect("client listed");
+        assert_eq!(c["state"], "ESTAB", "{c}");
+        (c["timer"] == "on" && c["retrans"].as_u64().unwrap() >= 2).then_some(c)
+    });
+    assert!(
+        c["send_q"].as_u64().unwrap() >= 6,
+        "the unacknowledged bytes: {c}"
+    );
+    assert!(c["expires"].as_f64().unwrap() > 0.0, "{c}");
+    assert!(
+        c["last_ack_age"].as_f64().unwrap() >= 0.2,
+        "no ACK since the data went out: {c}"
+    );
+}
+
 fn failed_with(o: &Output, code: i32, needles: &[&str]) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(code), "stderr: {err}");
