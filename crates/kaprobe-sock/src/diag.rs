@@ -452,7 +452,8 @@ pub fn parse_diag_msg(p: &[u8]) -> Result<SocketEntry> {
         peer,
         state,
         timer,
-        expires: if timer_live {
+        // Older kernels report an overdue timer as a negative count of milliseconds.
+        expires: if timer_live && i32::try_from(expires_ms).is_ok() {
             Duration::from_millis(u64::from(expires_ms))
         } else {
             Duration::ZERO
