@@ -184,6 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("no TCP sockets match");
                 return Ok(ExitCode::SUCCESS);
             }
+            fit_terminal(&mut t);
             writeln!(out, "{t}")
         } else {
             // Piped or redirected: the same table, drawn without comfy-table's per-cell
@@ -207,16 +208,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 const HEADER: [&str; 9] = [
-    "Local",
-    "Peer",
-    "State",
-    "Timer",
-    "Expires",
-    "Retrans/Probes",
-    "Last ACK",
-    "UID",
-    "Inode",
+    "Local", "Peer", "State", "Timer", "Expires", "Probes", "Last ACK", "UID", "Inode",
 ];
+
+/// On a terminal: addresses never wrap, and below 140 columns the UID and Inode columns
+/// give their room to the rest.
+fn fit_terminal(t: &mut comfy_table::Table) {
+    use comfy_table::ColumnConstraint::{ContentWidth, Hidden};
+    if t.width().is_some_and(|w| w < 140) {
+        for i in [7, 8] {
+            if let Some(c) = t.column_mut(i) {
+                c.set_constraint(Hidden);
+            }
+        }
+    }
+    for i in [0, 1] {
+        if let Some(c) = t.column_mut(i) {
+            c.set_constraint(ContentWidth);
+        }
+    }
+}
 
 /// The nine cells of one socket's row, written one after the other into `buf`; `ends[i]`
 /// is where cell `i` ends.
