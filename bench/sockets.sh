@@ -57,14 +57,14 @@ n_ss=$(ss -tnoH | wc -l)
 echo "sockets held: $((CONNS * 2)) in $HOLDERS processes; kaprobe lists $n_kp, ss lists $n_ss"
 
 cmds=("$kp sockets" "$kp sockets --json" "ss -tno" "ss -tnoi")
-declare -A mean
+declare -A mean min
 if command -v hyperfine >/dev/null; then
     hyperfine -N --warmup 3 --runs "$RUNS" --output=null --export-json "$tmp/h.json" \
         "${cmds[@]}" >&2
-    while IFS=$'\t' read -r c m; do mean[$c]=$m; done < <(
+    while IFS=$'\t' read -r c m lo; do mean[$c]=$m; min[$c]=$lo; done < <(
         python3 -c 'import json,sys
 for r in json.load(open(sys.argv[1]))["results"]:
-    print(r["command"] + "\t" + str(r["mean"]))' "$tmp/h.json")
+    print(r["command"] + "\t" + str(r["mean"]) + "\t" + str(r["min"]))' "$tmp/h.json")
 else
     for c in "${cmds[@]}"; do
         $c >/dev/null
@@ -72,14 +72,19 @@ else
         for _ in $(seq 1 "$RUNS"); do $c >/dev/null; done
         t1=$(date +%s%N)
         mean[$c]=$(awk -v a="$t0" -v b="$t1" -v n="$RUNS" 'BEGIN{print (b-a)/n/1e9}')
+        min[$c]=${mean[$c]}
     done
 fi
 
 ms() { awk -v s="$1" 'BEGIN{printf "%.1f ms", s*1000}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo
-echo "== kaprobe sockets vs ss -tno over $((CONNS * 2)) loopback sockets (mean of $RUNS runs) =="
-for c in "${cmds[@]}"; do printf '%-40s %s\n' "${c##*/}" "$(ms "${mean[$c]}")"; done
-echo "ratio ss -tno / kaprobe sockets         : $(ratio "${mean["ss -tno"]}" "${mean["$kp sockets"]}") (> 1: kaprobe faster)"
-echo "ratio ss -tno / kaprobe sockets --json  : $(ratio "${mean["ss -tno"]}" "${mean["$kp sockets --json"]}")"
+echo "== kaprobe sockets vs ss -tno over $((CONNS * 2)) loopback sockets ($RUNS runs each) =="
+printf '%-40s %10s %10s\n' command mean min
+for c in "${cmds[@]}"; do
+    printf '%-40s %10s %10s\n' "${c##*/}" "$(ms "${mean[$c]}")" "$(ms "${min[$c]}")"
+done
+echo "ratios of means (> 1: kaprobe faster); of minimums in brackets"
+echo "ratio ss -tno / kaprobe sockets         : $(ratio "${mean["ss -tno"]}" "${mean["$kp sockets"]}") ($(ratio "${min["ss -tno"]}" "${min["$kp sockets"]}"))"
+echo "ratio ss -tno / kaprobe sockets --json  : $(ratio "${mean["ss -tno"]}" "${mean["$kp sockets --json"]}") ($(ratio "${min["ss -tno"]}" "${min["$kp sockets --json"]}"))"
 echo "ratio ss -tnoi / kaprobe sockets --json : $(ratio "${mean["ss -tnoi"]}" "${mean["$kp sockets --json"]}")"

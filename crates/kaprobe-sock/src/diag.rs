@@ -645,25 +645,55 @@ impl DiagSocket {
             n += self.dump(AF_INET, filter, &mut f)?;
         }
         if filter.ipv6 {
-            match self.dump(AF_INET6, filter, &mut f) {
-                Ok(k) => n += k,
-                // A kernel without IPv6 has no IPv6 sockets to show.
-                Err(Error::Io { source, .. })
-                    if matches!(
-                        source.raw_os_error(),
-                        Some(libc::ENOENT | libc::EAFNOSUPPORT)
-                    ) => {}
-                Err(e) => return Err(e),
-            }
+            n += self.dump_ipv6(filter, &mut f)?;
         }
         Ok(n)
     }
+
+    /// The IPv6 dump; a kernel without IPv6 has no IPv6 sockets to show.
+    fn dump_ipv6(&mut self, filter: &Filter, f: &mut impl FnMut(SocketEntry)) -> Result<usize> {
+        match self.dump(AF_INET6, filter, f) {
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOENT | libc::EAFNOSUPPORT)
+                ) =>
+            {
+                Ok(0)
+            }
+            r => r,
+        }
+    }
 }
 
-/// Stream the live TCP sockets matching `filter` to `f` without collecting them; returns how
-/// many there were.
-pub fn visit(filter: &Filter, f: impl FnMut(SocketEntry)) -> Result<usize> {
-    DiagSocket::open()?.visit(filter, f)
+/// Stream the live TCP sockets matching `filter` to `f` without collecting them (IPv4
+/// first); returns how many there were.
+///
+/// Each family's dump walks the kernel's whole TCP socket table, so when both are asked for
+/// the IPv6 dump runs on a second thread while IPv4 sockets stream to `f`; its (usually few)
+/// sockets are handed over afterwards.
+pub fn visit(filter: &Filter, mut f: impl FnMut(SocketEntry)) -> Result<usize> {
+    if !(filter.ipv4 && filter.ipv6) {
+        return DiagSocket::open()?.visit(filter, f);
+    }
+    std::thread::scope(|scope| {
+        let v6 = scope.spawn(|| -> Result<Vec<SocketEntry>> {
+            let mut v = Vec::new();
+            DiagSocket::open()?.dump_ipv6(filter, &mut |e| v.push(e))?;
+            Ok(v)
+        });
+        let v4 = DiagSocket::open().and_then(|mut d| d.dump(AF_INET, filter, &mut f));
+        let v6 = v6.join().unwrap_or_else(|_| {
+            Err(Error::Parse {
+                what: "dump IPv6 TCP sockets".into(),
+                detail: "the dump thread panicked".into(),
+            })
+        });
+        let (n4, v6) = (v4?, v6?);
+        let n6 = v6.len();
+        v6.into_iter().for_each(&mut f);
+        Ok(n4 + n6)
+    })
 }
 
 /// The live TCP sockets matching `filter`, IPv4 first, in the kernel's order.
