@@ -4,6 +4,7 @@
 //! clients to it, accepts them all, sets keep-alive on every client (default idle 600 s, so
 //! each shows a `keepalive` timer), prints `ready PORT SOCKETS` and waits for stdin to close.
 //! Each pair costs two file descriptors; the soft fd limit is raised to the hard one.
+//! Clients close with RST (SO_LINGER 0), so nothing lingers in TIME-WAIT afterwards.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -55,6 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..n {
         let c = TcpStream::connect(local)?;
         SockRef::from(&c).set_tcp_keepalive(&ka)?;
+        // Close with RST when we exit: no 2N TIME-WAIT sockets left behind for a minute.
+        SockRef::from(&c).set_linger(Some(Duration::ZERO))?;
         clients.push(c);
     }
     let servers = acceptor.join().map_err(|_| "accept thread panicked")??;

@@ -133,11 +133,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let states = if args.state.is_empty() {
         States::default()
     } else {
-        let mut bits = 0;
-        for s in &args.state {
-            bits |= States::parse(s).map_err(|e| usage(&e))?.0;
-        }
-        States(bits)
+        // Repeated flags add up like a comma-separated list.
+        States::parse(&args.state.join(",")).map_err(|e| usage(&e))?
     };
     let filter = Filter {
         port,
