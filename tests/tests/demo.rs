@@ -24,6 +24,10 @@ fn demo_shows_answered_probes_and_explains_them_within_fifteen_seconds() {
     assert!(sent >= 2, "at least two probes in the window: {out}");
     assert_eq!(sent, answered, "every probe on loopback is answered: {out}");
     assert!(out.contains("after 4s of silence"), "{out}");
+    assert!(
+        out.matches("timer: keepalive fires in").count() >= 3,
+        "the keep-alive timer is shown ticking: {out}"
+    );
     if kaprobe_tests::is_root() {
         assert!(out.contains("4. Now the peer vanishes"), "{out}");
         assert!(

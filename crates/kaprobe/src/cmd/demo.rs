@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use kaprobe_sock::conn::{self, Conn};
 use kaprobe_sock::defaults::SystemDefaults;
+use kaprobe_sock::diag;
 use kaprobe_sock::hold::{hold, HoldEvent, HoldReport};
 use kaprobe_sock::netns;
 use kaprobe_sock::options::{self, KeepaliveConfig};
@@ -45,10 +48,15 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("   (read back from the kernel with getsockopt, not just what we asked for)\n");
     println!(
+        "   Lines marked 'timer' are the client's keep-alive timer as `kaprobe sockets` reads it"
+    );
+    println!("   from the kernel (sock_diag), like `ss -o` shows it.\n");
+    println!(
         "2. Nobody sends anything for {:.1} s. Watch the kernel probe the peer:",
         WATCH.as_secs_f64()
     );
     let stop = AtomicBool::new(false);
+    let ticker = timer_ticker(local, addr.port());
     let mut last_sent = None;
     let report = hold(&client, &eff, &peer, &stop, Some(WATCH), |e| match *e {
         HoldEvent::ProbeSent { at, n, .. } => {
@@ -67,6 +75,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         }
         HoldEvent::DataReceived { .. } | HoldEvent::PeerProbeAnswered { .. } => {}
     })?;
+    ticker.store(true, Ordering::Relaxed);
     let d = SystemDefaults::read().ok();
     println!("\n3. What you saw");
     println!(
@@ -184,4 +193,38 @@ fn demo_config() -> KeepaliveConfig {
         count: Some(3),
         user_timeout: None,
     }
+}
+
+/// Every 500 ms, print the client socket's keep-alive timer as sock_diag reports it, until
+/// the returned flag is set.
+fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let filter = diag::Filter {
+            port: Some(port),
+            ipv6: false,
+            ..diag::Filter::default()
+        };
+        while !flag.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(500));
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(list) = diag::list(&filter) else {
+                return;
+            };
+            if let Some(e) = list.iter().find(|e| e.local == local) {
+                println!(
+                    "   {:>6.3}s  timer: {} fires in {} ms, {} probes unanswered",
+                    start.elapsed().as_secs_f64(),
+                    e.timer.as_str(),
+                    e.expires.as_millis(),
+                    e.retrans
+                );
+            }
+        }
+    });
+    done
 }
