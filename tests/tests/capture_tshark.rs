@@ -91,7 +91,10 @@ fn check(sc: &Scenario, path: &Path) -> Vec<String> {
         let want = fr.expect.map(|k| k.as_str().to_string());
         let got = ours.get(&n).cloned();
         if got != want {
-            bad.push(format!("{} frame {n}: kaprobe says {got:?}, label says {want:?}", sc.name));
+            bad.push(format!(
+                "{} frame {n}: kaprobe says {got:?}, label says {want:?}",
+                sc.name
+            ));
         }
         let ours_ka = got.filter(|k| k == "keepalive" || k == "keepalive_ack");
         let theirs = ws.get(&n).cloned();
@@ -146,7 +149,11 @@ fn tshark_agrees_on_every_link_type() {
     let mut bad = Vec::new();
     // Two scenarios per link type keep tshark runs few; together they cover probes, ACKs,
     // zero-window probes, IPv4 and IPv6.
-    let picks = ["linux_keepalive_answered", "server_side_keepalive_ipv6", "linux_zero_window_probe"];
+    let picks = [
+        "linux_keepalive_answered",
+        "server_side_keepalive_ipv6",
+        "linux_zero_window_probe",
+    ];
     for (link, qinq) in [
         (LinkType::Ethernet, true),
         (LinkType::LinuxSll, false),
@@ -156,7 +163,11 @@ fn tshark_agrees_on_every_link_type() {
     ] {
         for sc in scenarios.iter().filter(|s| picks.contains(&s.name)) {
             let path = write_fixture(&dir, sc, link, qinq);
-            bad.extend(check(sc, &path).into_iter().map(|b| format!("{link:?}: {b}")));
+            bad.extend(
+                check(sc, &path)
+                    .into_iter()
+                    .map(|b| format!("{link:?}: {b}")),
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -157,7 +157,10 @@ mod tests {
             &[75.004, 75.0, 75.01],
             Some(9),
         );
-        assert_eq!(i.name, "idle 7200 s, interval 75 s, 9 probes: Linux defaults (net.ipv4.tcp_keepalive_*)");
+        assert_eq!(
+            i.name,
+            "idle 7200 s, interval 75 s, 9 probes: Linux defaults (net.ipv4.tcp_keepalive_*)"
+        );
         let i = infer(Some(Duration::from_secs(7200)), &[], &[75.0], None);
         assert!(i.name.contains("Linux defaults"), "{}", i.name);
         assert!(i.name.contains("macOS"), "{}", i.name);
@@ -165,9 +168,17 @@ mod tests {
 
     #[test]
     fn custom_settings_are_called_custom() {
-        let i = infer(Some(Duration::from_millis(1004)), &[1.004], &[1.0, 1.0], Some(3));
+        let i = infer(
+            Some(Duration::from_millis(1004)),
+            &[1.004],
+            &[1.0, 1.0],
+            Some(3),
+        );
         assert_eq!(i.idle, Some(1.004));
-        assert_eq!(i.name, "idle 1 s, interval 1 s, 3 probes: custom (set per socket or by sysctl)");
+        assert_eq!(
+            i.name,
+            "idle 1 s, interval 1 s, 3 probes: custom (set per socket or by sysctl)"
+        );
         let none = infer(None, &[], &[], None);
         assert!(none.name.starts_with("not enough"));
     }

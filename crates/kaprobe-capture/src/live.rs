@@ -90,7 +90,11 @@ impl LiveSource {
         let arphrd = std::fs::read_to_string(format!("/sys/class/net/{iface}/type"))
             .ok()
             .and_then(|s| s.trim().parse::<u16>().ok())
-            .unwrap_or(if loopback { libc::ARPHRD_LOOPBACK } else { libc::ARPHRD_ETHER });
+            .unwrap_or(if loopback {
+                libc::ARPHRD_LOOPBACK
+            } else {
+                libc::ARPHRD_ETHER
+            });
         // Ethernet-framed devices (Ethernet, veth, loopback) give Ethernet headers; anything
         // else (tun, ppp, ...) is read cooked, as raw IP.
         let (kind, link) = if arphrd == libc::ARPHRD_ETHER || arphrd == libc::ARPHRD_LOOPBACK {
@@ -134,7 +138,10 @@ impl LiveSource {
             )
         };
         if r != 0 {
-            return Err(sock_err("bind the packet socket", io::Error::last_os_error()));
+            return Err(sock_err(
+                "bind the packet socket",
+                io::Error::last_os_error(),
+            ));
         }
         if loopback {
             // Best effort: older kernels lack it, and pkttype filtering covers them.
@@ -248,8 +255,7 @@ impl PacketSource for LiveSource {
                     if (*c).cmsg_level == libc::SOL_SOCKET
                         && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
                     {
-                        let t: libc::timespec =
-                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        let t: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         ts = Some(Duration::new(
                             u64::try_from(t.tv_sec).unwrap_or(0),
                             u32::try_from(t.tv_nsec).unwrap_or(0).min(999_999_999),

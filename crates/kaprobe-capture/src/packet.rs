@@ -585,7 +585,12 @@ fn parse_ipv4(data: &[u8]) -> Result<TcpPacket, Skip> {
         return Err(Skip::Fragment);
     }
     let seg_len = ip.total_len() - ip.header_len();
-    parse_tcp(IpAddr::V4(ip.src()), IpAddr::V4(ip.dst()), ip.payload(), seg_len)
+    parse_tcp(
+        IpAddr::V4(ip.src()),
+        IpAddr::V4(ip.dst()),
+        ip.payload(),
+        seg_len,
+    )
 }
 
 fn parse_ipv6(data: &[u8]) -> Result<TcpPacket, Skip> {

@@ -132,7 +132,14 @@ impl Conv {
         });
         self.frames.push(Labeled {
             ts: t + Duration::from_micros(20),
-            ip: mk(1, s, c.wrapping_add(1), TcpFlags::SYN | TcpFlags::ACK, 65_483, self.eps),
+            ip: mk(
+                1,
+                s,
+                c.wrapping_add(1),
+                TcpFlags::SYN | TcpFlags::ACK,
+                65_483,
+                self.eps,
+            ),
             expect: None,
             wireshark_wrong: None,
         });
@@ -156,15 +163,36 @@ impl Conv {
     }
 
     /// A keep-alive from `from` at snd_una - 1 (0 bytes, or 1 byte Windows-style).
-    pub fn keepalive(&mut self, from: usize, one_byte: bool, ws: Option<WiresharkWrong>) -> &mut Self {
+    pub fn keepalive(
+        &mut self,
+        from: usize,
+        one_byte: bool,
+        ws: Option<WiresharkWrong>,
+    ) -> &mut Self {
         let (seq, ack) = (self.next[from].wrapping_sub(1), self.next[1 - from]);
-        self.seg(from, seq, ack, TcpFlags::ACK, u32::from(one_byte), Some(Kind::Keepalive), ws)
+        self.seg(
+            from,
+            seq,
+            ack,
+            TcpFlags::ACK,
+            u32::from(one_byte),
+            Some(Kind::Keepalive),
+            ws,
+        )
     }
 
     /// The peer `from` answering a keep-alive.
     pub fn keepalive_ack(&mut self, from: usize, ws: Option<WiresharkWrong>) -> &mut Self {
         let (seq, ack) = (self.next[from], self.next[1 - from]);
-        self.seg(from, seq, ack, TcpFlags::ACK, 0, Some(Kind::KeepaliveAck), ws)
+        self.seg(
+            from,
+            seq,
+            ack,
+            TcpFlags::ACK,
+            0,
+            Some(Kind::KeepaliveAck),
+            ws,
+        )
     }
 
     /// RST|ACK from `from` at its snd_nxt.
@@ -189,7 +217,8 @@ pub struct Scenario {
 }
 
 fn ep(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 const T0: Duration = Duration::from_secs(1_700_000_000);
@@ -203,9 +232,16 @@ pub fn all() -> Vec<Scenario> {
 
     // Kernel keep-alives answered, idle 10 s, then FIN.
     let mut k = Conv::new(c, s, [1_000, 5_000_000], T0);
-    k.handshake(Some(7)).data(0, 100).data(1, 200).ack(0).wait(10.0);
+    k.handshake(Some(7))
+        .data(0, 100)
+        .data(1, 200)
+        .ack(0)
+        .wait(10.0);
     for _ in 0..3 {
-        k.keepalive(0, false, None).wait(0.0001).keepalive_ack(1, None).wait(10.0);
+        k.keepalive(0, false, None)
+            .wait(0.0001)
+            .keepalive_ack(1, None)
+            .wait(10.0);
     }
     k.fin(0).fin(1).ack(0);
     out.push(Scenario {
@@ -261,9 +297,25 @@ pub fn all() -> Vec<Scenario> {
     k.win[1] = 0;
     k.ack(1).wait(0.2);
     let (seq, ack) = (k.next[0].wrapping_sub(1), k.next[1]);
-    k.seg(0, seq, ack, TcpFlags::ACK, 0, Some(Kind::ZeroWindowProbe), Some(W::LinuxZeroWindowProbe));
+    k.seg(
+        0,
+        seq,
+        ack,
+        TcpFlags::ACK,
+        0,
+        Some(Kind::ZeroWindowProbe),
+        Some(W::LinuxZeroWindowProbe),
+    );
     k.ack(1).wait(0.4);
-    k.seg(0, seq, ack, TcpFlags::ACK, 0, Some(Kind::ZeroWindowProbe), Some(W::LinuxZeroWindowProbe));
+    k.seg(
+        0,
+        seq,
+        ack,
+        TcpFlags::ACK,
+        0,
+        Some(Kind::ZeroWindowProbe),
+        Some(W::LinuxZeroWindowProbe),
+    );
     k.ack(1).wait(0.1);
     k.win[1] = 500;
     k.ack(1).data(0, 500).ack(1);
@@ -279,7 +331,15 @@ pub fn all() -> Vec<Scenario> {
     k.ack(1).wait(0.5);
     for _ in 0..2 {
         let (seq, ack) = (k.next[0], k.next[1]);
-        k.seg(0, seq, ack, TcpFlags::ACK, 1, Some(Kind::ZeroWindowProbe), None);
+        k.seg(
+            0,
+            seq,
+            ack,
+            TcpFlags::ACK,
+            1,
+            Some(Kind::ZeroWindowProbe),
+            None,
+        );
         k.seg(1, k.next[1], seq, TcpFlags::ACK, 0, None, None);
         k.wait(1.0);
     }
@@ -292,9 +352,15 @@ pub fn all() -> Vec<Scenario> {
 
     // Windows-style 1-byte keep-alives.
     let mut k = Conv::new(ep("127.0.0.1:50000"), ep("127.0.0.1:445"), [5, 6], T0);
-    k.handshake(Some(8)).data(0, 50).data(1, 60).ack(0).wait(7200.0);
+    k.handshake(Some(8))
+        .data(0, 50)
+        .data(1, 60)
+        .ack(0)
+        .wait(7200.0);
     for _ in 0..2 {
-        k.keepalive(0, true, None).keepalive_ack(1, None).wait(7200.0);
+        k.keepalive(0, true, None)
+            .keepalive_ack(1, None)
+            .wait(7200.0);
     }
     out.push(Scenario {
         name: "windows_one_byte_keepalive",
@@ -306,7 +372,15 @@ pub fn all() -> Vec<Scenario> {
     k.handshake(Some(7)).data(0, 1).wait(0.3);
     // Retransmission of the last (1-byte) unacknowledged segment.
     let (seq, ack) = (k.next[0].wrapping_sub(1), k.next[1]);
-    k.seg(0, seq, ack, TcpFlags::ACK | TcpFlags::PSH, 1, None, Some(W::OneByteRetransmission));
+    k.seg(
+        0,
+        seq,
+        ack,
+        TcpFlags::ACK | TcpFlags::PSH,
+        1,
+        None,
+        Some(W::OneByteRetransmission),
+    );
     k.ack(1).data(1, 100).data(1, 100);
     // Duplicate ACKs and a window update.
     k.ack(0).ack(0).ack(0);
@@ -319,8 +393,24 @@ pub fn all() -> Vec<Scenario> {
     // A retransmitted FIN and an RST at seq - 1.
     let fin_seq = k.next[0];
     k.fin(0).ack(1).wait(0.2);
-    k.seg(0, fin_seq, k.next[1], TcpFlags::FIN | TcpFlags::ACK, 0, None, None);
-    k.seg(1, k.next[1].wrapping_sub(1), k.next[0], TcpFlags::RST, 0, None, None);
+    k.seg(
+        0,
+        fin_seq,
+        k.next[1],
+        TcpFlags::FIN | TcpFlags::ACK,
+        0,
+        None,
+        None,
+    );
+    k.seg(
+        1,
+        k.next[1].wrapping_sub(1),
+        k.next[0],
+        TcpFlags::RST,
+        0,
+        None,
+        None,
+    );
     out.push(Scenario {
         name: "lookalikes_never_probes",
         frames: k.frames,
@@ -328,8 +418,14 @@ pub fn all() -> Vec<Scenario> {
 
     // Server-side probes (nginx/haproxy so_keepalive), IPv6.
     let mut k = Conv::new(ep("[::1]:41000"), ep("[::1]:8443"), [42, 4242], T0);
-    k.handshake(Some(7)).data(0, 300).data(1, 3000).ack(0).wait(30.0);
-    k.keepalive(1, false, None).keepalive_ack(0, None).wait(30.0);
+    k.handshake(Some(7))
+        .data(0, 300)
+        .data(1, 3000)
+        .ack(0)
+        .wait(30.0);
+    k.keepalive(1, false, None)
+        .keepalive_ack(0, None)
+        .wait(30.0);
     k.keepalive(1, false, None).keepalive_ack(0, None);
     out.push(Scenario {
         name: "server_side_keepalive_ipv6",
@@ -412,7 +508,12 @@ mod tests {
     #[test]
     fn every_scenario_is_classified_as_labelled() {
         for sc in all() {
-            assert_eq!(classify(&sc, LinkType::RawIp, false), truth(&sc), "{}", sc.name);
+            assert_eq!(
+                classify(&sc, LinkType::RawIp, false),
+                truth(&sc),
+                "{}",
+                sc.name
+            );
         }
     }
 
@@ -426,9 +527,19 @@ mod tests {
                 LinkType::Null,
                 LinkType::Loop,
             ] {
-                assert_eq!(classify(&sc, link, false), truth(&sc), "{} {link:?}", sc.name);
+                assert_eq!(
+                    classify(&sc, link, false),
+                    truth(&sc),
+                    "{} {link:?}",
+                    sc.name
+                );
             }
-            assert_eq!(classify(&sc, LinkType::Ethernet, true), truth(&sc), "{} qinq", sc.name);
+            assert_eq!(
+                classify(&sc, LinkType::Ethernet, true),
+                truth(&sc),
+                "{} qinq",
+                sc.name
+            );
         }
     }
 }

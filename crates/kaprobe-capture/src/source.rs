@@ -139,10 +139,7 @@ impl FileSource {
                 let lt = u32::from(h.datalink);
                 let link = LinkType::from_linktype(lt);
                 if link.is_none() {
-                    return Err(CaptureError::UnsupportedLink {
-                        path,
-                        linktype: lt,
-                    });
+                    return Err(CaptureError::UnsupportedLink { path, linktype: lt });
                 }
                 Inner::Pcap {
                     nanos: h.ts_resolution == TsResolution::NanoSecond,
@@ -183,7 +180,6 @@ impl FileSource {
     pub fn frames(&self) -> u64 {
         self.frames
     }
-
 }
 
 fn fail(
@@ -313,8 +309,10 @@ impl PacketSource for FileSource {
                         ..
                     }) => {
                         let units = u64::try_from(timestamp.as_nanos()).unwrap_or(u64::MAX);
-                        let (link, resol, off) =
-                            ifaces.get(interface_id as usize).copied().unwrap_or((None, 6, 0));
+                        let (link, resol, off) = ifaces
+                            .get(interface_id as usize)
+                            .copied()
+                            .unwrap_or((None, 6, 0));
                         (ng_timestamp(units, resol, off), data, original_len, link)
                     }
                     Block::SimplePacket(sp) => {
@@ -365,7 +363,10 @@ mod tests {
     #[test]
     fn pcapng_timestamps_follow_the_interface_resolution() {
         assert_eq!(ng_timestamp(1_500_000, 6, 0), Duration::from_millis(1500));
-        assert_eq!(ng_timestamp(1_500_000_000, 9, 0), Duration::from_millis(1500));
+        assert_eq!(
+            ng_timestamp(1_500_000_000, 9, 0),
+            Duration::from_millis(1500)
+        );
         assert_eq!(ng_timestamp(3, 0x81, 10), Duration::from_millis(11_500));
         assert!(ng_timestamp(u64::MAX, 0xff, 0) < Duration::from_secs(1));
         assert!(ng_timestamp(u64::MAX, 0x7f, u64::MAX) >= Duration::from_secs(u64::MAX));

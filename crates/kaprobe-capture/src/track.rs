@@ -524,7 +524,18 @@ impl Flow {
         }
         if let Some(kind) = probe_kind {
             probe_related = true;
-            self.record_probe(s, frame, ts, kind, p.seq, p.ack, p.payload_len, false, stats, out);
+            self.record_probe(
+                s,
+                frame,
+                ts,
+                kind,
+                p.seq,
+                p.ack,
+                p.payload_len,
+                false,
+                stats,
+                out,
+            );
             self.dirs[s].pending = Some(Pending {
                 seq: p.seq,
                 ts,
@@ -655,7 +666,12 @@ impl Flow {
             probe_interval: median(&m.gaps),
             unanswered_at_end: m.run,
             outcome,
-            inference: infer(m.idle_first, &m.answered_gaps, &m.unanswered_gaps, m.gave_up_after),
+            inference: infer(
+                m.idle_first,
+                &m.answered_gaps,
+                &m.unanswered_gaps,
+                m.gave_up_after,
+            ),
         }
     }
 }

@@ -98,7 +98,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => write_json_tail(&mut out, &flows, &stats, elapsed),
         }
     } else {
-        write_human(&mut out, &args, &packets, n_packets, &flows, &stats, elapsed)
+        write_human(
+            &mut out, &args, &packets, n_packets, &flows, &stats, elapsed,
+        )
     };
     match res.and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -280,7 +282,11 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
             reasons.push(format!("unsupported link type: {}", s.unsupported_link));
         }
         reasons.sort();
-        line.push_str(&format!("; skipped {} ({})", s.skipped_total(), reasons.join(", ")));
+        line.push_str(&format!(
+            "; skipped {} ({})",
+            s.skipped_total(),
+            reasons.join(", ")
+        ));
     }
     if s.dropped > 0 {
         line.push_str(&format!("; {} dropped/truncated", s.dropped));
@@ -299,7 +305,9 @@ fn fmt_secs(d: Option<f64>) -> String {
 fn time_of_day(ts: Duration) -> String {
     let s = rfc3339(ts);
     // 2024-01-02T03:04:05.123456Z -> 03:04:05.123456
-    s.get(11..s.len().saturating_sub(1)).unwrap_or(&s).to_string()
+    s.get(11..s.len().saturating_sub(1))
+        .unwrap_or(&s)
+        .to_string()
 }
 
 /// Interesting flows first: dead peers, unanswered probing, then the most recent probes.
@@ -361,7 +369,16 @@ pub(crate) fn flows_table(flows: &[FlowSummary]) -> comfy_table::Table {
 /// The packets table: one row per classified packet.
 pub(crate) fn packets_table(packets: &[PacketEvent]) -> comfy_table::Table {
     let mut t = crate::util::table();
-    t.set_header(vec!["frame", "time", "kind", "from -> to", "seq", "ack", "len", "note"]);
+    t.set_header(vec![
+        "frame",
+        "time",
+        "kind",
+        "from -> to",
+        "seq",
+        "ack",
+        "len",
+        "note",
+    ]);
     for p in packets {
         t.add_row(vec![
             p.frame.to_string(),
