@@ -84,6 +84,7 @@ impl Analyzer {
     }
 
     /// Process one frame (numbered 1, 2, ... by the caller).
+    #[inline]
     pub fn frame(&mut self, frame: &crate::source::Frame<'_>, number: u64, out: &mut Vec<Event>) {
         self.stats.frames += 1;
         self.stats.first_ts.get_or_insert(frame.ts);
@@ -127,8 +128,8 @@ impl Analyzer {
 ///
 /// # Errors
 /// The source's errors.
-pub fn analyze(
-    source: &mut dyn PacketSource,
+pub fn analyze<S: PacketSource + ?Sized>(
+    source: &mut S,
     filter: Filter,
     cfg: TrackerConfig,
     mut on_event: impl FnMut(Event),

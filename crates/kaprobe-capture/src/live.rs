@@ -357,8 +357,8 @@ pub struct WatchOptions {
 ///
 /// # Errors
 /// Source read errors and `tap` write errors.
-pub fn watch(
-    source: &mut dyn PacketSource,
+pub fn watch<S: PacketSource + ?Sized>(
+    source: &mut S,
     opts: &WatchOptions,
     stop: &AtomicBool,
     mut tap: Option<&mut PcapFile>,

@@ -2,11 +2,11 @@
 //! live one in [`crate::live`]. Classification never knows which it has.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pcap_file::pcap::PcapReader;
+use pcap_file::pcap::PcapHeader;
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
@@ -58,12 +58,12 @@ pub trait PacketSource {
 
 enum Inner {
     Pcap {
-        reader: PcapReader<BufReader<File>>,
+        rec: RecordReader,
         link: Option<LinkType>,
         nanos: bool,
     },
     PcapNg {
-        reader: Box<PcapNgReader<BufReader<File>>>,
+        reader: Box<PcapNgReader<File>>,
         /// Per interface of the current section: link type, timestamp resolution, offset.
         ifaces: Vec<(Option<LinkType>, u8, u64)>,
     },
@@ -116,7 +116,8 @@ impl FileSource {
             path: path.clone(),
             source,
         })?;
-        let buf = BufReader::with_capacity(1 << 16, f);
+        // pcap-file buffers (8 MB) itself: no second buffer in between.
+        let buf = f;
         let not_pcap = |path: &Path| CaptureError::NotPcap {
             path: path.to_path_buf(),
             magic: if n == 0 {
@@ -130,12 +131,18 @@ impl FileSource {
             | [0xd4, 0xc3, 0xb2, 0xa1]
             | [0xa1, 0xb2, 0x3c, 0x4d]
             | [0x4d, 0x3c, 0xb2, 0xa1] => {
-                let reader = PcapReader::new(buf).map_err(|e| CaptureError::Corrupt {
+                let mut hdr = [0u8; 24];
+                let mut f = buf;
+                let n = read_up_to(&mut f, &mut hdr).map_err(|source| CaptureError::Read {
                     path: path.clone(),
-                    frame: 0,
-                    detail: format!("bad pcap header: {e}"),
+                    source,
                 })?;
-                let h = reader.header();
+                let (_, h) =
+                    PcapHeader::from_slice(&hdr[..n]).map_err(|e| CaptureError::Corrupt {
+                        path: path.clone(),
+                        frame: 0,
+                        detail: format!("bad pcap header: {e}"),
+                    })?;
                 let lt = u32::from(h.datalink);
                 let link = LinkType::from_linktype(lt);
                 if link.is_none() {
@@ -143,7 +150,14 @@ impl FileSource {
                 }
                 Inner::Pcap {
                     nanos: h.ts_resolution == TsResolution::NanoSecond,
-                    reader,
+                    rec: RecordReader {
+                        file: f,
+                        buf: vec![0; READ_CHUNK],
+                        start: 0,
+                        end: 0,
+                        big_endian: h.endianness == pcap_file::Endianness::Big,
+                        eof: false,
+                    },
                     link,
                 }
             }
@@ -212,6 +226,113 @@ fn fail(
     }
 }
 
+/// Read size: small enough that records are parsed while the kernel's copy is still in
+/// the CPU cache.
+const READ_CHUNK: usize = 256 * 1024;
+/// Larger records than this are corrupt (snapshot lengths top out at 256 KiB).
+const MAX_RECORD: usize = 16 << 20;
+
+/// Classic pcap records read straight from the file into a reused buffer.
+struct RecordReader {
+    file: File,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    big_endian: bool,
+    eof: bool,
+}
+
+enum Record<'a> {
+    Frame {
+        ts_sec: u32,
+        ts_frac: u32,
+        orig_len: u32,
+        data: &'a [u8],
+    },
+    End {
+        truncated: bool,
+    },
+}
+
+impl RecordReader {
+    fn data(&self) -> &[u8] {
+        &self.buf
+    }
+
+    fn word(&self, at: usize) -> u32 {
+        let d = self.data();
+        let b = [d[at], d[at + 1], d[at + 2], d[at + 3]];
+        if self.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    }
+
+    /// Make at least `need` bytes available from `start`; false at end of file.
+    fn fill(&mut self, need: usize, path: &Path) -> Result<bool, CaptureError> {
+        while self.end - self.start < need {
+            if self.eof {
+                return Ok(false);
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() < need {
+                self.buf.resize(need.max(READ_CHUNK), 0);
+            }
+            match self.file.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(CaptureError::Read {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn next(&mut self, path: &Path, frames: u64) -> Result<Record<'_>, CaptureError> {
+        if !self.fill(16, path)? {
+            return Ok(Record::End {
+                truncated: self.end > self.start,
+            });
+        }
+        let h = self.start;
+        let (ts_sec, ts_frac, incl, orig_len) = (
+            self.word(h),
+            self.word(h + 4),
+            self.word(h + 8),
+            self.word(h + 12),
+        );
+        let incl = incl as usize;
+        if incl > MAX_RECORD {
+            return Err(CaptureError::Corrupt {
+                path: path.to_path_buf(),
+                frame: frames,
+                detail: format!("record {} claims {incl} captured bytes", frames + 1),
+            });
+        }
+        if !self.fill(16 + incl, path)? {
+            return Ok(Record::End { truncated: true });
+        }
+        let at = self.start + 16;
+        self.start = at + incl;
+        Ok(Record::Frame {
+            ts_sec,
+            ts_frac,
+            orig_len,
+            data: &self.data()[at..at + incl],
+        })
+    }
+}
+
 fn iface_info(idb: &InterfaceDescriptionBlock<'_>) -> (Option<LinkType>, u8, u64) {
     let mut resol = 6u8;
     let mut off = 0u64;
@@ -252,38 +373,35 @@ impl PacketSource for FileSource {
             return Ok(Next::End);
         }
         match inner {
-            Inner::Pcap {
-                reader,
-                link,
-                nanos,
-            } => {
+            Inner::Pcap { rec, link, nanos } => {
                 let link = *link;
                 let nanos = *nanos;
-                let r = reader.next_raw_packet();
-                match r {
-                    None => {
+                match rec.next(path, *frames) {
+                    Err(e) => {
                         *done = true;
+                        Err(e)
+                    }
+                    Ok(Record::End { truncated }) => {
+                        *done = true;
+                        if truncated {
+                            *truncated_tail += 1;
+                        }
                         Ok(Next::End)
                     }
-                    Some(Err(e)) => fail(e, path, *frames, done, truncated_tail),
-                    Some(Ok(p)) => {
+                    Ok(Record::Frame {
+                        ts_sec,
+                        ts_frac,
+                        orig_len,
+                        data,
+                    }) => {
                         let frac = if nanos {
-                            p.ts_frac.min(999_999_999)
+                            ts_frac.min(999_999_999)
                         } else {
-                            p.ts_frac.min(999_999).saturating_mul(1000)
+                            ts_frac.min(999_999).saturating_mul(1000)
                         };
-                        let ts = Duration::new(u64::from(p.ts_sec), frac);
                         *frames += 1;
-                        let orig_len = p.orig_len;
-                        let data: &[u8] = match p.data {
-                            std::borrow::Cow::Borrowed(d) => d,
-                            std::borrow::Cow::Owned(v) => {
-                                *owned = v;
-                                owned
-                            }
-                        };
                         Ok(Next::Frame(Frame {
-                            ts,
+                            ts: Duration::new(u64::from(ts_sec), frac),
                             data,
                             orig_len,
                             link,

@@ -31,6 +31,10 @@ impl Hasher for FxHasher {
     fn write_u64(&mut self, i: u64) {
         self.hash = (self.hash.rotate_left(5) ^ i).wrapping_mul(SEED);
     }
+    fn write_u128(&mut self, i: u128) {
+        self.write_u64(i as u64);
+        self.write_u64((i >> 64) as u64);
+    }
     fn write_u32(&mut self, i: u32) {
         self.write_u64(u64::from(i));
     }
@@ -51,7 +55,7 @@ impl Hasher for FxHasher {
 /// An endpoint packed for hashing: IPv4 addresses as v4-mapped IPv6.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct Ep {
-    addr: u128,
+    addr: [u8; 16],
     port: u16,
 }
 
@@ -59,15 +63,15 @@ impl Ep {
     #[must_use]
     pub fn new(ip: IpAddr, port: u16) -> Self {
         let addr = match ip {
-            IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
-            IpAddr::V6(a) => u128::from(a),
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
         };
         Self { addr, port }
     }
 }
 
 /// A direction-free flow key: the two endpoints in sorted order.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FlowKey {
     lo: Ep,
     hi: Ep,
@@ -85,6 +89,19 @@ impl FlowKey {
     }
 }
 
+impl std::hash::Hash for FlowKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        // Fold each address to one word: equal keys still hash equally, in 3 rounds.
+        let fold = |a: &[u8; 16]| {
+            let w = u128::from_ne_bytes(*a);
+            (w as u64) ^ ((w >> 64) as u64).rotate_left(23)
+        };
+        h.write_u64(fold(&self.lo.addr));
+        h.write_u64(fold(&self.hi.addr));
+        h.write_u32(u32::from(self.lo.port) << 16 | u32::from(self.hi.port));
+    }
+}
+
 /// Endpoint pair as socket addresses.
 #[must_use]
 pub fn sock(ip: IpAddr, port: u16) -> SocketAddr {
@@ -94,6 +111,11 @@ pub fn sock(ip: IpAddr, port: u16) -> SocketAddr {
 struct Slot<V> {
     key: FlowKey,
     value: V,
+}
+
+/// LRU links, kept apart from the (large) values so list updates stay in cache.
+#[derive(Clone, Copy)]
+struct Link {
     prev: u32,
     next: u32,
 }
@@ -102,6 +124,7 @@ struct Slot<V> {
 pub struct FlowTable<V> {
     map: HashMap<FlowKey, u32, BuildHasherDefault<FxHasher>>,
     slots: Vec<Option<Slot<V>>>,
+    links: Vec<Link>,
     free: Vec<u32>,
     /// Most recently touched.
     head: u32,
@@ -117,6 +140,7 @@ impl<V> FlowTable<V> {
         Self {
             map: HashMap::default(),
             slots: Vec::new(),
+            links: Vec::new(),
             free: Vec::new(),
             head: NIL,
             tail: NIL,
@@ -150,17 +174,20 @@ impl<V> FlowTable<V> {
         self.slots.get_mut(i as usize).and_then(Option::as_mut)
     }
 
+    fn link_mut(&mut self, i: u32) -> Option<&mut Link> {
+        self.links.get_mut(i as usize)
+    }
+
     fn unlink(&mut self, i: u32) {
-        let (prev, next) = match self.slot(i) {
-            Some(s) => (s.prev, s.next),
-            None => return,
+        let Some(&Link { prev, next }) = self.links.get(i as usize) else {
+            return;
         };
-        if let Some(p) = self.slot_mut(prev) {
+        if let Some(p) = self.link_mut(prev) {
             p.next = next;
         } else {
             self.head = next;
         }
-        if let Some(n) = self.slot_mut(next) {
+        if let Some(n) = self.link_mut(next) {
             n.prev = prev;
         } else {
             self.tail = prev;
@@ -169,11 +196,11 @@ impl<V> FlowTable<V> {
 
     fn push_front(&mut self, i: u32) {
         let old = self.head;
-        if let Some(s) = self.slot_mut(i) {
+        if let Some(s) = self.link_mut(i) {
             s.prev = NIL;
             s.next = old;
         }
-        if let Some(h) = self.slot_mut(old) {
+        if let Some(h) = self.link_mut(old) {
             h.prev = i;
         } else {
             self.tail = i;
@@ -183,11 +210,37 @@ impl<V> FlowTable<V> {
 
     /// Look up `key`, marking it most recently active.
     pub fn touch(&mut self, key: &FlowKey) -> Option<&mut V> {
+        let i = self.touch_index(key)?;
+        self.slot_mut(i).map(|s| &mut s.value)
+    }
+
+    /// Look up `key`, marking it most recently active; its slot index for [`Self::at`].
+    pub fn touch_index(&mut self, key: &FlowKey) -> Option<u32> {
+        self.lookup_touch(key, true)
+    }
+
+    /// Look up `key`; move it to the front of the activity order only when `promote`
+    /// (callers skip it for flows already promoted within the same second, which keeps the
+    /// order right to a second at a fraction of the cost).
+    pub fn lookup_touch(&mut self, key: &FlowKey, promote: bool) -> Option<u32> {
         let i = *self.map.get(key)?;
-        if self.head != i {
+        if promote && self.head != i {
             self.unlink(i);
             self.push_front(i);
         }
+        Some(i)
+    }
+
+    /// Move slot `i` to the front of the activity order.
+    pub fn promote(&mut self, i: u32) {
+        if self.head != i && self.slot(i).is_some() {
+            self.unlink(i);
+            self.push_front(i);
+        }
+    }
+
+    /// The value in slot `i` (from [`Self::touch_index`] or [`Self::insert`]).
+    pub fn at(&mut self, i: u32) -> Option<&mut V> {
         self.slot_mut(i).map(|s| &mut s.value)
     }
 
@@ -199,33 +252,30 @@ impl<V> FlowTable<V> {
 
     /// Insert a new key (caller checked it is absent) as most recent. When full, the least
     /// recently active flow is removed first and returned.
-    pub fn insert(&mut self, key: FlowKey, value: V) -> (Option<(FlowKey, V)>, &mut V) {
+    pub fn insert(&mut self, key: FlowKey, value: V) -> (Option<(FlowKey, V)>, u32) {
         let evicted = if self.is_full() {
             self.pop_oldest()
         } else {
             None
         };
-        let slot = Slot {
-            key,
-            value,
+        let slot = Slot { key, value };
+        let link = Link {
             prev: NIL,
             next: NIL,
         };
         let i = if let Some(i) = self.free.pop() {
             self.slots[i as usize] = Some(slot);
+            self.links[i as usize] = link;
             i
         } else {
             // cap < NIL, so the index fits.
             self.slots.push(Some(slot));
+            self.links.push(link);
             (self.slots.len() - 1) as u32
         };
         self.map.insert(key, i);
         self.push_front(i);
-        let v = match self.slots.get_mut(i as usize).and_then(Option::as_mut) {
-            Some(s) => &mut s.value,
-            None => unreachable!("slot {i} was just filled"),
-        };
-        (evicted, v)
+        (evicted, i)
     }
 
     /// The least recently active flow, without removing it.
@@ -255,7 +305,7 @@ impl<V> FlowTable<V> {
         let mut i = self.head;
         std::iter::from_fn(move || {
             let s = self.slot(i)?;
-            i = s.next;
+            i = self.links.get(i as usize)?.next;
             Some((&s.key, &s.value))
         })
     }
@@ -287,8 +337,8 @@ mod tests {
             assert!(ev.is_none());
         }
         assert!(t.touch(&key(1)).is_some());
-        let (ev, v) = t.insert(key(4), 4);
-        assert_eq!(*v, 4);
+        let (ev, i) = t.insert(key(4), 4);
+        assert_eq!(t.at(i).copied(), Some(4));
         assert_eq!(ev.map(|e| e.1), Some(2));
         assert_eq!(t.len(), 3);
         let order: Vec<u16> = t.iter().map(|(_, v)| *v).collect();

@@ -391,13 +391,13 @@ impl Flow {
     #[allow(clippy::too_many_lines)]
     fn on_packet(
         &mut self,
+        s: usize,
         frame: u64,
         ts: Duration,
         p: &TcpPacket,
         stats: &mut TrackerStats,
         out: &mut Vec<Event>,
     ) {
-        let s = usize::from(Ep::new(p.src, p.src_port) != self.ep0);
         let d = 1 - s;
         self.packets += 1;
         self.last_seen = ts;
@@ -682,7 +682,7 @@ pub struct Tracker {
     table: FlowTable<Flow>,
     closed: VecDeque<(Duration, FlowKey)>,
     stats: TrackerStats,
-    last_expiry: Duration,
+    next_expiry: Duration,
 }
 
 impl Tracker {
@@ -693,7 +693,7 @@ impl Tracker {
             cfg,
             closed: VecDeque::new(),
             stats: TrackerStats::default(),
-            last_expiry: Duration::ZERO,
+            next_expiry: Duration::ZERO,
         }
     }
 
@@ -720,21 +720,38 @@ impl Tracker {
     /// found (packet classifications, summaries of flows that ended) to `out`.
     pub fn process(&mut self, frame: u64, ts: Duration, p: &TcpPacket, out: &mut Vec<Event>) {
         self.stats.tcp_packets += 1;
-        self.expire(ts, out);
-        let key = FlowKey::new(Ep::new(p.src, p.src_port), Ep::new(p.dst, p.dst_port));
-        if self.table.get_mut(&key).is_none() {
-            let (evicted, _) = self.table.insert(key, Flow::new(p, ts));
-            self.stats.flows += 1;
-            self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
-            if let Some((_, mut old)) = evicted {
-                self.stats.evictions += 1;
-                Self::report(&self.cfg, &mut old, Some(Outcome::Evicted), out);
-            }
+        if ts >= self.next_expiry {
+            self.expire(ts, out);
         }
-        let Some(flow) = self.table.touch(&key) else {
+        let src = Ep::new(p.src, p.src_port);
+        let key = FlowKey::new(src, Ep::new(p.dst, p.dst_port));
+        let idx = match self.table.lookup_touch(&key, false) {
+            Some(i) => {
+                // Keep the activity order to the second: promote once per second per flow.
+                let promote = self
+                    .table
+                    .at(i)
+                    .is_some_and(|f| f.last_seen.as_secs() != ts.as_secs());
+                if promote {
+                    self.table.promote(i);
+                }
+                i
+            }
+            None => {
+                let (evicted, i) = self.table.insert(key, Flow::new(p, ts));
+                self.stats.flows += 1;
+                self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
+                if let Some((_, mut old)) = evicted {
+                    self.stats.evictions += 1;
+                    Self::report(&self.cfg, &mut old, Some(Outcome::Evicted), out);
+                }
+                i
+            }
+        };
+        let Some(flow) = self.table.at(idx) else {
             return;
         };
-        let s = usize::from(Ep::new(p.src, p.src_port) != flow.ep0);
+        let s = usize::from(src != flow.ep0);
         let new_connection = p.flags.syn()
             && !p.flags.ack()
             && (flow.ended.is_some() || flow.dirs[s].isn.is_some_and(|i| i != p.seq));
@@ -743,8 +760,10 @@ impl Tracker {
             Self::report(&self.cfg, &mut old, None, out);
             self.stats.flows += 1;
         }
+        // A restarted flow's first sender is this packet's source.
+        let s = if new_connection { 0 } else { s };
         let was_ended = flow.ended.is_some();
-        flow.on_packet(frame, ts, p, &mut self.stats, out);
+        flow.on_packet(s, frame, ts, p, &mut self.stats, out);
         if !was_ended {
             if let Some((_, at)) = flow.ended {
                 Self::report(&self.cfg, flow, None, out);
@@ -756,10 +775,10 @@ impl Tracker {
     /// Drop flows idle past the timeout and closed flows past their linger, as of `now`.
     /// Called by [`Tracker::process`]; live sources also call it when no packet comes.
     pub fn expire(&mut self, now: Duration, out: &mut Vec<Event>) {
-        if now < self.last_expiry + Duration::from_secs(1) {
+        if now < self.next_expiry {
             return;
         }
-        self.last_expiry = now;
+        self.next_expiry = now.saturating_add(Duration::from_secs(1));
         while let Some(&(at, key)) = self.closed.front() {
             if at + self.cfg.closed_linger > now {
                 break;
