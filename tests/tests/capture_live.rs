@@ -56,6 +56,7 @@ fn watch_reports_kernel_probes_on_loopback_at_1s() {
     require_root!();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let saved = std::env::temp_dir().join(format!("kaprobe-watch-{}.pcap", std::process::id()));
     let (mut child, rx) = start_watch(kaprobe().args([
         "watch",
         "lo",
@@ -64,6 +65,8 @@ fn watch_reports_kernel_probes_on_loopback_at_1s() {
         "--json",
         "--port",
         &port.to_string(),
+        "--write",
+        saved.to_str().unwrap(),
     ]));
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     keepalive(&client, 1, 1, 5);
@@ -114,6 +117,20 @@ fn watch_reports_kernel_probes_on_loopback_at_1s() {
     let stats = of_type(&events, "stats");
     assert_eq!(stats.len(), 1);
     assert_eq!(stats[0]["dropped"], 0);
+    // --write saved every frame seen: reading it back finds the same probes.
+    let o = run(&[
+        "read",
+        saved.to_str().unwrap(),
+        "--json",
+        "--port",
+        &port.to_string(),
+    ]);
+    let _ = std::fs::remove_file(&saved);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = json_lines(&o);
+    let last = again.last().unwrap();
+    assert_eq!(last["keepalives"], probes.len() as u64, "{last}");
+    assert_eq!(last["frames"], stats[0]["frames"], "{last}");
 }
 
 /// Run `f` in a thread that joined network namespace `ns`: sockets it makes live there.
