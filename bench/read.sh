@@ -17,7 +17,7 @@ KA_CONNS=${KA_CONNS:-200}
 DEAD_CONNS=${DEAD_CONNS:-50}
 SLICE=${SLICE:-200000}
 [ "$(id -u)" = 0 ] || { echo "bench/read.sh: needs root (tcpdump, network namespace)" >&2; exit 1; }
-for t in tcpdump tshark mergecap nginx wrk iptables ip /usr/bin/time; do
+for t in tcpdump tshark mergecap editcap nginx wrk iptables ip /usr/bin/time; do
   command -v "$t" >/dev/null || { echo "bench/read.sh: needs $t" >&2; exit 1; }
 done
 
@@ -100,7 +100,10 @@ kill -INT "$DD"; wait "$DD" 2>/dev/null || true
 mergecap -F pcap -w "$W/base.pcap" "$W/lo.pcap" "$W/dead.pcap"
 echo "== replicating x$COPIES with rewritten addresses"
 "$EX/replicate" "$W/base.pcap" "$W/big.pcap" "$COPIES"
-tcpdump -r "$W/big.pcap" -c "$SLICE" -w "$W/slice.pcap" 2>/dev/null
+BIG=$("$BIN" read "$W/big.pcap" --json | tail -1 | sed -E 's/.*"frames":([0-9]+).*/\1/')
+# tshark's slice: SLICE frames from the middle of the file (probes, wrk load and dead peers).
+FROM=$(( BIG > SLICE ? (BIG - SLICE) / 2 : 1 ))
+editcap -F pcap -r "$W/big.pcap" "$W/slice.pcap" "$FROM-$((FROM + SLICE - 1))"
 ls -l "$W/big.pcap" | awk '{printf "big.pcap: %.0f MB\n", $5/1048576}'
 
 # measure NAME FRAMES CMD... -> prints a row, sets RATE
@@ -113,7 +116,6 @@ measure() {
   printf "%-34s %10s frames %8.2f s %12s pkt/s %8.1f MB peak RSS\n" "$name" "$frames" "$secs" "$RATE" "$(awk -v k="$kb" 'BEGIN{print k/1024}')"
 }
 
-BIG=$("$BIN" read "$W/big.pcap" --json | tail -1 | sed -E 's/.*"frames":([0-9]+).*/\1/')
 SL=$("$BIN" read "$W/slice.pcap" --json | tail -1 | sed -E 's/.*"frames":([0-9]+).*/\1/')
 cat "$W/big.pcap" >/dev/null # warm the page cache for every tool alike
 
