@@ -328,3 +328,25 @@ fn tshark_agrees_on_a_real_loopback_capture_except_the_window_scale_case() {
         .unwrap();
     assert_eq!(first_ack_to_c2.0, extra[0].0);
 }
+
+#[test]
+fn library_loopback_capture_sees_probes_for_the_demo() {
+    require_root!();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cap = kaprobe_capture::LoopbackCapture::start(port, Duration::from_millis(2600)).unwrap();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    keepalive(&client, 1, 1, 5);
+    let (_server, _) = listener.accept().unwrap();
+    let events = cap.wait().unwrap();
+    let probes = events
+        .iter()
+        .filter(|e| {
+            matches!(e, kaprobe_capture::Event::Packet(p) if p.kind == kaprobe_capture::Kind::Keepalive)
+        })
+        .count();
+    assert!(probes >= 2, "{events:#?}");
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, kaprobe_capture::Event::Flow(f) if f.keepalives as usize == probes)));
+}

@@ -24,7 +24,7 @@ pub mod writer;
 pub use analyze::{analyze, Analyzer, Filter, RunStats};
 pub use error::CaptureError;
 pub use infer::Inference;
-pub use live::{capture_loopback, LiveSource};
+pub use live::{capture_loopback, LiveSource, LoopbackCapture};
 pub use packet::{parse_frame, LinkType, Skip, TcpPacket};
 pub use seq::SeqNum;
 pub use source::{FileSource, Frame, Next, PacketSource};

@@ -419,22 +419,57 @@ pub fn watch<S: PacketSource + ?Sized>(
 /// # Errors
 /// As [`LiveSource::open`] and [`watch`].
 pub fn capture_loopback(port: u16, duration: Duration) -> Result<Vec<Event>, CaptureError> {
-    struct Collect(Vec<Event>);
-    impl WatchSink for Collect {
-        fn event(&mut self, e: &Event) {
-            self.0.push(e.clone());
+    LoopbackCapture::start(port, duration)?.wait()
+}
+
+/// A loopback capture running on its own thread: the socket is open (capturing) when
+/// [`LoopbackCapture::start`] returns, so a caller can start traffic right after and
+/// collect the events with [`LoopbackCapture::wait`].
+pub struct LoopbackCapture {
+    handle: std::thread::JoinHandle<Result<Vec<Event>, CaptureError>>,
+}
+
+impl LoopbackCapture {
+    /// Open `lo` now and capture packets to or from `port` for `duration` in the background.
+    ///
+    /// # Errors
+    /// As [`LiveSource::open`] (notably [`CaptureError::Permission`] without CAP_NET_RAW).
+    pub fn start(port: u16, duration: Duration) -> Result<Self, CaptureError> {
+        struct Collect(Vec<Event>);
+        impl WatchSink for Collect {
+            fn event(&mut self, e: &Event) {
+                self.0.push(e.clone());
+            }
+        }
+        let mut src = LiveSource::open("lo", false)?;
+        let opts = WatchOptions {
+            filter: Filter {
+                port: Some(port),
+                host: None,
+            },
+            duration: Some(duration),
+            tracker: TrackerConfig::default(),
+        };
+        let handle = std::thread::spawn(move || {
+            let mut sink = Collect(Vec::new());
+            watch(&mut src, &opts, &AtomicBool::new(false), None, &mut sink)?;
+            Ok(sink.0)
+        });
+        Ok(Self { handle })
+    }
+
+    /// Wait for the capture to end; the events found (packets, then flow summaries).
+    ///
+    /// # Errors
+    /// Read errors from the capture.
+    pub fn wait(self) -> Result<Vec<Event>, CaptureError> {
+        match self.handle.join() {
+            Ok(r) => r,
+            Err(_) => Err(CaptureError::Socket {
+                what: "run the capture thread",
+                iface: "lo".into(),
+                source: io::Error::other("capture thread panicked"),
+            }),
         }
     }
-    let mut src = LiveSource::open("lo", false)?;
-    let opts = WatchOptions {
-        filter: Filter {
-            port: Some(port),
-            host: None,
-        },
-        duration: Some(duration),
-        tracker: TrackerConfig::default(),
-    };
-    let mut sink = Collect(Vec::new());
-    watch(&mut src, &opts, &AtomicBool::new(false), None, &mut sink)?;
-    Ok(sink.0)
 }
