@@ -8,10 +8,10 @@
 # Prints packets/s, ratios and peak RSS. Needs root, tcpdump, tshark (mergecap), nginx,
 # wrk, iptables, iproute2. Takes a few minutes.
 #
-# Knobs: COPIES (default 4), WRK_SECS (5), KA_CONNS (200), DEAD_CONNS (50), SLICE (200000).
+# Knobs: COPIES (default 6), WRK_SECS (5), KA_CONNS (200), DEAD_CONNS (50), SLICE (200000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COPIES=${COPIES:-4}
+COPIES=${COPIES:-6}
 WRK_SECS=${WRK_SECS:-5}
 KA_CONNS=${KA_CONNS:-200}
 DEAD_CONNS=${DEAD_CONNS:-50}
@@ -51,17 +51,19 @@ free_port() {
 }
 
 echo "== capturing loopback traffic: $KA_CONNS keep-alive conns (1 s timers), wrk ${WRK_SECS}s on nginx"
-tcpdump -U -B 131072 -s 128 -n -i lo -w "$W/lo.pcap" tcp 2>"$W/tcpdump.err" &
+# Only our own ports: other programs on this machine's loopback stay out of the file.
+KPORT=$(free_port)
+NPORT=$(free_port)
+while [ "$NPORT" = "$KPORT" ]; do NPORT=$(free_port); done
+tcpdump -U -B 131072 -s 128 -n -i lo -w "$W/lo.pcap" "tcp port $KPORT or tcp port $NPORT" 2>"$W/tcpdump.err" &
 DUMP=$!; PIDS+=("$DUMP")
 wait_for_line "$W/tcpdump.err" "listening on"
 HOLD=$((WRK_SECS + 5))
-"$EX/ka_storm" server --secs "$((HOLD + 1))" >"$W/srv.out" 2>/dev/null &
+"$EX/ka_storm" server --port "$KPORT" --secs "$((HOLD + 1))" >"$W/srv.out" 2>/dev/null &
 PIDS+=($!)
 wait_for_line "$W/srv.out" "^port"
-KPORT=$(awk '/^port/{print $2}' "$W/srv.out")
 "$EX/ka_storm" client --port "$KPORT" --conns "$KA_CONNS" --secs "$HOLD" 2>/dev/null &
 KC=$!; PIDS+=("$KC")
-NPORT=$(free_port)
 mkdir -p "$W/nginx"
 cat >"$W/nginx/nginx.conf" <<CONF
 worker_processes 1;
@@ -101,9 +103,12 @@ mergecap -F pcap -w "$W/base.pcap" "$W/lo.pcap" "$W/dead.pcap"
 echo "== replicating x$COPIES with rewritten addresses"
 "$EX/replicate" "$W/base.pcap" "$W/big.pcap" "$COPIES"
 BIG=$("$BIN" read "$W/big.pcap" --json | tail -1 | sed -E 's/.*"frames":([0-9]+).*/\1/')
-# tshark's slice: SLICE frames from the middle of the file (probes, wrk load and dead peers).
-FROM=$(( BIG > SLICE ? (BIG - SLICE) / 2 : 1 ))
-editcap -F pcap -r "$W/big.pcap" "$W/slice.pcap" "$FROM-$((FROM + SLICE - 1))"
+# tshark's slice (~SLICE frames): every keep-alive and dead-peer connection from its SYN
+# (so both tools see whole conversations and must agree), plus the first HTTP load frames.
+tcpdump -r "$W/big.pcap" -w "$W/ka.pcap" "not port $NPORT" 2>/dev/null
+KAN=$("$BIN" read "$W/ka.pcap" --json | tail -1 | sed -E 's/.*"frames":([0-9]+).*/\1/')
+tcpdump -r "$W/big.pcap" -c "$(( SLICE > KAN + 1 ? SLICE - KAN : 1 ))" -w "$W/load.pcap" "port $NPORT" 2>/dev/null
+mergecap -F pcap -w "$W/slice.pcap" "$W/ka.pcap" "$W/load.pcap"
 ls -l "$W/big.pcap" | awk '{printf "big.pcap: %.0f MB\n", $5/1048576}'
 
 # measure NAME FRAMES CMD... -> prints a row (best of RUNS wall times, largest peak RSS),
@@ -132,7 +137,7 @@ measure "tshark -Y keep_alive... (slice)" "$SL" tshark -n -r "$W/slice.pcap" -Y 
 
 KA=$("$BIN" read "$W/slice.pcap" --json | grep -c '"kind":"keepalive' || true)
 TA=$(tshark -n -r "$W/slice.pcap" -Y "tcp.analysis.keep_alive or tcp.analysis.keep_alive_ack" | wc -l)
-echo "slice: kaprobe classified $KA keep-alive packets/ACKs, tshark flagged $TA"
+echo "slice: kaprobe classified $KA keep-alive packets/ACKs, tshark flagged $TA (they must match)"
 "$BIN" read "$W/big.pcap" | tail -1
 awk -v k="$KR" -v t="$TR" -v s="$SR" 'BEGIN{
   printf "kaprobe / tshark : %.0fx (target >= 50x)\n", k / s;

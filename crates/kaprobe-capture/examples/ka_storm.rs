@@ -1,7 +1,7 @@
 //! Benchmark helper: many idle loopback connections with short keep-alive timers.
 //!
 //! ```text
-//! ka_storm server --secs S                      # prints "port N", holds accepted sockets
+//! ka_storm server --secs S [--port N]           # prints "port N", holds accepted sockets
 //! ka_storm client --port N --conns C --secs S [--idle 1 --intvl 1 --count 5] [--drop]
 //! ```
 //! Clients connect to 127.0.0.1:N, send one byte, set TCP keep-alive and stay idle for S
@@ -28,7 +28,8 @@ fn main() {
     let secs = Duration::from_secs(arg(&args, "--secs", 10));
     match args.get(1).map(String::as_str) {
         Some("server") => {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = u16::try_from(arg(&args, "--port", 0)).unwrap();
+            let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
             println!("port {}", l.local_addr().unwrap().port());
             std::io::stdout().flush().unwrap();
             l.set_nonblocking(true).unwrap();

@@ -186,7 +186,7 @@ impl Default for TrackerConfig {
         Self {
             max_flows: 250_000,
             idle_timeout: Duration::from_secs(3 * 3600),
-            closed_linger: Duration::from_secs(30),
+            closed_linger: Duration::from_secs(2),
             report_all_flows: false,
         }
     }
