@@ -4,11 +4,11 @@
 # probe counter (TcpExtTCPKeepAlive, per namespace) is the reference. Prints probes sent by
 # the kernel, probes reported by kaprobe, kernel drops, CPU and peak RSS. Needs root.
 #
-# Knobs: CONNS (10000), SECS (15).
+# Knobs: CONNS (10000), SECS (20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-10000}
-SECS=${SECS:-15}
+SECS=${SECS:-20}
 [ "$(id -u)" = 0 ] || { echo "bench/watch_storm.sh: needs root" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 W=$(mktemp -d /tmp/kaprobe-storm.XXXXXX)
@@ -32,6 +32,8 @@ wait_for_line() {
 ip netns add "$NS"
 ip netns exec "$NS" ip link set lo up
 ip netns exec "$NS" sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
+ip netns exec "$NS" sysctl -qw net.core.somaxconn=8192
+ip netns exec "$NS" sysctl -qw net.ipv4.tcp_max_syn_backlog=8192
 ip netns exec "$NS" "$EX/ka_storm" server --secs "$((SECS + 4))" >"$W/srv.out" 2>/dev/null &
 PIDS+=($!)
 wait_for_line "$W/srv.out" "^port"
@@ -41,7 +43,9 @@ ip netns exec "$NS" /usr/bin/time -f "%e %U %S %M" -o "$W/time" \
 WP=$!; PIDS+=("$WP")
 wait_for_line "$W/watch.json" '"start"'
 ip netns exec "$NS" nstat -n
-ip netns exec "$NS" "$EX/ka_storm" client --port "$PORT" --conns "$CONNS" --secs "$((SECS + 2))" 2>"$W/cli.err" &
+# Clients close (FIN) well before the watch ends, so every probe the kernel sent falls
+# inside the watched window.
+ip netns exec "$NS" "$EX/ka_storm" client --port "$PORT" --conns "$CONNS" --secs "$((SECS - 3))" 2>"$W/cli.err" &
 PIDS+=($!)
 wait "$WP"
 KERNEL=$(ip netns exec "$NS" nstat -z TcpExtTCPKeepAlive | awk '/TcpExtTCPKeepAlive/{print $2}')

@@ -29,7 +29,14 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("server") => {
             let port = u16::try_from(arg(&args, "--port", 0)).unwrap();
-            let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            // A deep backlog: thousands of connects arrive at once.
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_reuse_address(true).unwrap();
+            sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+                .unwrap();
+            sock.listen(8192).unwrap();
+            let l: TcpListener = sock.into();
             println!("port {}", l.local_addr().unwrap().port());
             std::io::stdout().flush().unwrap();
             l.set_nonblocking(true).unwrap();

@@ -37,6 +37,7 @@ pub struct LiveSource {
     link: LinkType,
     buf: Vec<u8>,
     kernel_drops: u64,
+    since_stats: u32,
 }
 
 fn names_of_interfaces() -> String {
@@ -174,6 +175,7 @@ impl LiveSource {
             link,
             buf: vec![0; 65_536 + 64],
             kernel_drops: 0,
+            since_stats: 0,
         })
     }
 
@@ -243,6 +245,11 @@ impl PacketSource for LiveSource {
                     }),
                 };
             }
+            self.since_stats += 1;
+            if self.since_stats >= 4096 {
+                self.since_stats = 0;
+                self.read_drops();
+            }
             if self.loopback && addr.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
@@ -282,6 +289,10 @@ impl PacketSource for LiveSource {
 
     fn dropped(&self) -> u64 {
         self.kernel_drops
+    }
+
+    fn close(&mut self) {
+        self.read_drops();
     }
 }
 
@@ -404,6 +415,7 @@ pub fn watch<S: PacketSource + ?Sized>(
     if let Some(t) = tap {
         t.flush()?;
     }
+    source.close();
     let mut stats = a.finish(&mut out);
     for e in out.drain(..) {
         sink.event(&e);

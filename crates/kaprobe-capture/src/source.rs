@@ -54,6 +54,9 @@ pub trait PacketSource {
     fn dropped(&self) -> u64 {
         0
     }
+
+    /// Called once when the caller stops reading (live sources collect final counters).
+    fn close(&mut self) {}
 }
 
 enum Inner {
