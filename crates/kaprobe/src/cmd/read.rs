@@ -326,9 +326,19 @@ pub(crate) fn sort_flows(flows: &mut [FlowSummary]) {
     });
 }
 
+/// The shared table style, except that a terminal reporting a tiny width (a pty without a
+/// size) gets unwrapped rows instead of one-character columns.
+fn table() -> comfy_table::Table {
+    let mut t = crate::util::table();
+    if t.width().is_some_and(|w| w < 40) {
+        t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    }
+    t
+}
+
 /// The flows table: one row per flow with probes.
 pub(crate) fn flows_table(flows: &[FlowSummary]) -> comfy_table::Table {
-    let mut t = crate::util::table();
+    let mut t = table();
     t.set_header(vec![
         "flow (client -> server)",
         "prober",
@@ -368,7 +378,7 @@ pub(crate) fn flows_table(flows: &[FlowSummary]) -> comfy_table::Table {
 
 /// The packets table: one row per classified packet.
 pub(crate) fn packets_table(packets: &[PacketEvent]) -> comfy_table::Table {
-    let mut t = crate::util::table();
+    let mut t = table();
     t.set_header(vec![
         "frame",
         "time",
