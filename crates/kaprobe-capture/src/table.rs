@@ -48,7 +48,10 @@ impl Hasher for FxHasher {
         self.write_u64(i as u64);
     }
     fn finish(&self) -> u64 {
-        self.hash
+        // Multiplying only carries entropy upwards; hash tables index by the low bits, so
+        // fold the high half down (a port in bits 16..32 would otherwise collide).
+        let h = self.hash;
+        (h ^ (h >> 29) ^ (h >> 47)).wrapping_mul(0x94d0_49bb_1331_11eb)
     }
 }
 

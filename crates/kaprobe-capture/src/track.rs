@@ -186,7 +186,7 @@ impl Default for TrackerConfig {
         Self {
             max_flows: 250_000,
             idle_timeout: Duration::from_secs(3 * 3600),
-            closed_linger: Duration::from_secs(2),
+            closed_linger: Duration::from_secs(1),
             report_all_flows: false,
         }
     }
@@ -273,6 +273,8 @@ struct Flow {
     packets: u64,
     fin: [bool; 2],
     ended: Option<(Outcome, Duration)>,
+    /// Both FINs were acknowledged: the flow can leave the table now.
+    finished: bool,
     reported: bool,
     sides: Option<Box<[Side; 2]>>,
 }
@@ -297,6 +299,7 @@ impl Flow {
             packets: 0,
             fin: [false; 2],
             ended: None,
+            finished: false,
             reported: false,
             sides: None,
         }
@@ -582,7 +585,15 @@ impl Flow {
                 self.ended = Some((outcome, ts));
             } else if self.fin[0] && self.fin[1] {
                 self.ended = Some((Outcome::Closed, ts));
+            } else if self.packets == 1 && f.fin() {
+                // The capture starts as the connection closes: nothing left to learn.
+                self.ended = Some((Outcome::Closed, ts));
             }
+        }
+        // The last ACK of the closing handshake: this flow will carry nothing more.
+        if self.fin[0] && self.fin[1] && f.ack() && !f.fin() && Some(p.ack) == self.dirs[d].next_seq
+        {
+            self.finished = true;
         }
     }
 
@@ -683,6 +694,9 @@ pub struct Tracker {
     closed: VecDeque<(Duration, FlowKey)>,
     stats: TrackerStats,
     next_expiry: Duration,
+    /// The last flow looked up (consecutive packets often share a flow); cleared whenever
+    /// a flow leaves the table.
+    last: Option<(FlowKey, u32)>,
 }
 
 impl Tracker {
@@ -694,6 +708,7 @@ impl Tracker {
             closed: VecDeque::new(),
             stats: TrackerStats::default(),
             next_expiry: Duration::ZERO,
+            last: None,
         }
     }
 
@@ -725,7 +740,11 @@ impl Tracker {
         }
         let src = Ep::new(p.src, p.src_port);
         let key = FlowKey::new(src, Ep::new(p.dst, p.dst_port));
-        let idx = match self.table.lookup_touch(&key, false) {
+        let cached = match self.last {
+            Some((k, i)) if k == key => Some(i),
+            _ => self.table.lookup_touch(&key, false),
+        };
+        let idx = match cached {
             Some(i) => {
                 // Keep the activity order to the second: promote once per second per flow.
                 let promote = self
@@ -738,6 +757,7 @@ impl Tracker {
                 i
             }
             None => {
+                self.last = None;
                 let (evicted, i) = self.table.insert(key, Flow::new(p, ts));
                 self.stats.flows += 1;
                 self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
@@ -748,6 +768,7 @@ impl Tracker {
                 i
             }
         };
+        self.last = Some((key, idx));
         let Some(flow) = self.table.at(idx) else {
             return;
         };
@@ -770,6 +791,10 @@ impl Tracker {
                 self.closed.push_back((at, key));
             }
         }
+        if flow.finished {
+            self.table.remove(&key);
+            self.last = None;
+        }
     }
 
     /// Drop flows idle past the timeout and closed flows past their linger, as of `now`.
@@ -779,6 +804,7 @@ impl Tracker {
             return;
         }
         self.next_expiry = now.saturating_add(Duration::from_secs(1));
+        self.last = None;
         while let Some(&(at, key)) = self.closed.front() {
             if at + self.cfg.closed_linger > now {
                 break;
@@ -817,6 +843,7 @@ impl Tracker {
 
     /// End of input: summaries of all flows not yet reported.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.last = None;
         for (_, mut f) in self.table.drain() {
             Self::report(&self.cfg, &mut f, None, out);
         }
