@@ -35,6 +35,12 @@ fn demo_shows_answered_probes_and_explains_them_within_fifteen_seconds() {
             "{out}"
         );
         assert!(out.contains("(ETIMEDOUT)"), "{out}");
+        // the capture step saw its own probes on the wire
+        assert!(out.contains("5. The same thing on the wire"), "{out}");
+        assert_eq!(out.matches("  keepalive #").count(), 3, "{out}");
+        assert!(out.contains("keepalive #3 (seq"), "{out}");
+        assert!(out.contains("3 probes by the client, 0 answered"), "{out}");
+        assert!(out.contains("outcome: peer_dead"), "{out}");
         assert!(
             out.contains("3 unanswered probes, 4.") || out.contains("3 unanswered probes, 3.9"),
             "{out}"
