@@ -350,3 +350,15 @@ fn library_loopback_capture_sees_probes_for_the_demo() {
         .iter()
         .any(|e| matches!(e, kaprobe_capture::Event::Flow(f) if f.keepalives as usize == probes)));
 }
+
+#[test]
+fn ctrl_c_stops_watch_with_a_summary() {
+    require_root!();
+    let (mut child, rx) = start_watch(kaprobe().args(["watch", "lo", "--json", "--port", "9"]));
+    // SAFETY: SIGINT to our own child, as Ctrl-C would send.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let events = rest(&mut child, &rx);
+    let stats = of_type(&events, "stats");
+    assert_eq!(stats.len(), 1, "{events:#?}");
+    assert!(stats[0]["elapsed"].as_f64().unwrap() < 10.0);
+}

@@ -48,10 +48,9 @@ impl Hasher for FxHasher {
         self.write_u64(i as u64);
     }
     fn finish(&self) -> u64 {
-        // Multiplying only carries entropy upwards; hash tables index by the low bits, so
-        // fold the high half down (a port in bits 16..32 would otherwise collide).
-        let h = self.hash;
-        (h ^ (h >> 29) ^ (h >> 47)).wrapping_mul(0x94d0_49bb_1331_11eb)
+        // Multiplying only carries entropy upwards and hash tables index by the low bits:
+        // rotate the well-mixed high bits down.
+        self.hash.rotate_left(26)
     }
 }
 

@@ -273,8 +273,6 @@ struct Flow {
     packets: u64,
     fin: [bool; 2],
     ended: Option<(Outcome, Duration)>,
-    /// Both FINs were acknowledged: the flow can leave the table now.
-    finished: bool,
     reported: bool,
     sides: Option<Box<[Side; 2]>>,
 }
@@ -299,7 +297,6 @@ impl Flow {
             packets: 0,
             fin: [false; 2],
             ended: None,
-            finished: false,
             reported: false,
             sides: None,
         }
@@ -590,11 +587,16 @@ impl Flow {
                 self.ended = Some((Outcome::Closed, ts));
             }
         }
-        // The last ACK of the closing handshake: this flow will carry nothing more.
-        if self.fin[0] && self.fin[1] && f.ack() && !f.fin() && Some(p.ack) == self.dirs[d].next_seq
-        {
-            self.finished = true;
-        }
+    }
+
+    /// True for the last ACK of the closing handshake: the flow will carry nothing more.
+    #[inline]
+    fn is_final_ack(&self, s: usize, p: &TcpPacket) -> bool {
+        self.fin[0]
+            && self.fin[1]
+            && p.flags.ack()
+            && !p.flags.fin()
+            && Some(p.ack) == self.dirs[1 - s].next_seq
     }
 
     fn ack_event(
@@ -694,9 +696,6 @@ pub struct Tracker {
     closed: VecDeque<(Duration, FlowKey)>,
     stats: TrackerStats,
     next_expiry: Duration,
-    /// The last flow looked up (consecutive packets often share a flow); cleared whenever
-    /// a flow leaves the table.
-    last: Option<(FlowKey, u32)>,
 }
 
 impl Tracker {
@@ -708,7 +707,6 @@ impl Tracker {
             closed: VecDeque::new(),
             stats: TrackerStats::default(),
             next_expiry: Duration::ZERO,
-            last: None,
         }
     }
 
@@ -740,11 +738,7 @@ impl Tracker {
         }
         let src = Ep::new(p.src, p.src_port);
         let key = FlowKey::new(src, Ep::new(p.dst, p.dst_port));
-        let cached = match self.last {
-            Some((k, i)) if k == key => Some(i),
-            _ => self.table.lookup_touch(&key, false),
-        };
-        let idx = match cached {
+        let idx = match self.table.lookup_touch(&key, false) {
             Some(i) => {
                 // Keep the activity order to the second: promote once per second per flow.
                 let promote = self
@@ -757,7 +751,6 @@ impl Tracker {
                 i
             }
             None => {
-                self.last = None;
                 let (evicted, i) = self.table.insert(key, Flow::new(p, ts));
                 self.stats.flows += 1;
                 self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
@@ -768,7 +761,6 @@ impl Tracker {
                 i
             }
         };
-        self.last = Some((key, idx));
         let Some(flow) = self.table.at(idx) else {
             return;
         };
@@ -791,9 +783,8 @@ impl Tracker {
                 self.closed.push_back((at, key));
             }
         }
-        if flow.finished {
+        if was_ended && flow.is_final_ack(s, p) {
             self.table.remove(&key);
-            self.last = None;
         }
     }
 
@@ -804,7 +795,6 @@ impl Tracker {
             return;
         }
         self.next_expiry = now.saturating_add(Duration::from_secs(1));
-        self.last = None;
         while let Some(&(at, key)) = self.closed.front() {
             if at + self.cfg.closed_linger > now {
                 break;
@@ -843,10 +833,94 @@ impl Tracker {
 
     /// End of input: summaries of all flows not yet reported.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
-        self.last = None;
         for (_, mut f) in self.table.drain() {
             Self::report(&self.cfg, &mut f, None, out);
         }
         self.closed.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{parse_frame, LinkType};
+    use crate::scenario::Conv;
+
+    fn feed(t: &mut Tracker, c: &Conv, out: &mut Vec<Event>) {
+        for (i, f) in c.frames.iter().enumerate() {
+            let p = parse_frame(LinkType::RawIp, &f.ip).unwrap();
+            t.process(i as u64 + 1, f.ts, &p, out);
+        }
+    }
+
+    fn conv(port: u16) -> Conv {
+        Conv::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], 80)),
+            [1, 2],
+            Duration::from_secs(100),
+        )
+    }
+
+    #[test]
+    fn closed_flows_leave_the_table_at_the_last_ack() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        let mut c = conv(1000);
+        c.handshake(None).data(0, 10).ack(1).fin(0).fin(1);
+        feed(&mut t, &c, &mut out);
+        assert_eq!(t.flows_tracked(), 1, "still waiting for the last ACK");
+        let mut c2 = c.clone();
+        c2.frames.clear();
+        c2.ack(0);
+        feed(&mut t, &c2, &mut out);
+        assert_eq!(t.flows_tracked(), 0);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_and_counts_it() {
+        let mut t = Tracker::new(TrackerConfig {
+            max_flows: 2,
+            ..TrackerConfig::default()
+        });
+        let mut out = Vec::new();
+        for port in 1..=3 {
+            let mut c = conv(port);
+            c.handshake(None)
+                .data(0, 5)
+                .ack(1)
+                .wait(2.0)
+                .keepalive(0, false, None);
+            feed(&mut t, &c, &mut out);
+        }
+        assert_eq!(t.flows_tracked(), 2);
+        assert_eq!(t.stats().evictions, 1);
+        let evicted: Vec<&FlowSummary> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::Flow(f) if f.outcome == Outcome::Evicted => Some(&**f),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].client.port(), 1);
+    }
+
+    #[test]
+    fn an_idle_flow_expires_after_the_timeout() {
+        let mut t = Tracker::new(TrackerConfig {
+            idle_timeout: Duration::from_secs(60),
+            ..TrackerConfig::default()
+        });
+        let mut out = Vec::new();
+        let mut c = conv(7);
+        c.handshake(None).wait(5.0).keepalive(0, false, None);
+        feed(&mut t, &c, &mut out);
+        t.expire(Duration::from_secs(100 + 66), &mut out);
+        assert_eq!(t.flows_tracked(), 0);
+        assert_eq!(t.stats().expired, 1);
+        assert!(out
+            .iter()
+            .any(|e| matches!(e, Event::Flow(f) if f.outcome == Outcome::Expired)));
     }
 }
