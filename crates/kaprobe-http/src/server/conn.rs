@@ -1,0 +1,303 @@
+//! Drives one connection: reads into a shared scratch buffer, runs the protocol state
+//! machine, writes responses, keeps the idle and header timers, and ends the connection.
+//!
+//! Memory while idle: the connection owns no buffers (partial input and unsent output are
+//! copied into per-connection vectors only when they exist, and freed before going idle).
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+
+use tokio::net::TcpStream;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use super::proto::{error_response, Ctx, Outcome, Proto};
+use super::{CloseStyle, Ctl, Ending, Reason, Shared};
+
+const READ_BUF: usize = 64 * 1024;
+
+thread_local! {
+    /// Read and write scratch shared by every connection on this thread; only borrowed in
+    /// synchronous sections, never across an await.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> =
+        RefCell::new((vec![0; READ_BUF], Vec::with_capacity(READ_BUF)));
+}
+
+enum End {
+    /// Finish with a FIN, then drain.
+    Fin(Reason, &'static str),
+    /// Idle timeout in the configured style.
+    Idle,
+    /// The peer is gone (or broken): just close.
+    Gone(Reason, &'static str),
+}
+
+enum Step {
+    WouldBlock,
+    Eof,
+    Err(io::Error),
+    Done { outcome: Outcome, answered: bool },
+}
+
+pub(crate) async fn serve(stream: TcpStream, ctl: Rc<Ctl>, sh: Rc<Shared>) {
+    let end = drive(&stream, &ctl, &sh).await;
+    match end {
+        End::Fin(r, d) => {
+            let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+            sh.report(&ctl, r, d, Ending::Fin);
+            linger(&stream, &sh).await;
+        }
+        End::Idle => match sh.cfg.close_style {
+            CloseStyle::Fin => {
+                let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+                sh.report(&ctl, Reason::IdleTimeout, "", Ending::Fin);
+                linger(&stream, &sh).await;
+            }
+            CloseStyle::Rst => {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+                sh.report(&ctl, Reason::IdleTimeout, "", Ending::Rst);
+            }
+        },
+        End::Gone(r, d) => sh.report(&ctl, r, d, Ending::PeerGone),
+    }
+    drop(stream);
+    sh.unregister(&ctl);
+}
+
+/// After our FIN: read and discard until the client closes or the linger time is over, so
+/// that unread client bytes do not turn our close into an RST that destroys the response.
+async fn linger(stream: &TcpStream, sh: &Shared) {
+    let deadline = Instant::now() + sh.cfg.linger;
+    let mut budget: usize = 1 << 20;
+    loop {
+        match SCRATCH.with_borrow_mut(|(rbuf, _)| stream.try_read(rbuf)) {
+            Ok(0) => return,
+            Ok(n) => {
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    return;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        tokio::select! {
+            biased;
+            r = stream.readable() => if r.is_err() { return },
+            () = sleep_until(deadline) => return,
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> Reason {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => Reason::ClientRst,
+        _ => Reason::IoError,
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared) -> End {
+    let cfg = &sh.cfg;
+    let mut proto = Proto::default();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut outq: Vec<u8> = Vec::new();
+    let mut unprocessed = false;
+    let mut idle_since = Instant::now();
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        let step = round(stream, &mut proto, &mut pending, &mut outq, unprocessed, sh);
+        unprocessed = false;
+        match step {
+            Step::WouldBlock => {
+                let idle = pending.is_empty() && proto.between_requests();
+                if idle {
+                    if pending.capacity() > 0 {
+                        pending = Vec::new();
+                    }
+                    if sh.shutting_down.get() {
+                        return End::Fin(Reason::Shutdown, "");
+                    }
+                    sh.set_idle(ctl);
+                    let deadline = idle_since + cfg.keepalive_timeout;
+                    let woke = tokio::select! {
+                        biased;
+                        r = stream.readable() => r.err().map(|e| End::Gone(io_reason(&e), "")),
+                        () = sleep_until(deadline) => Some(End::Idle),
+                        r = ctl.killed() => (r != Reason::Shutdown).then_some(End::Fin(r, "")),
+                    };
+                    sh.set_busy(ctl);
+                    if let Some(end) = woke {
+                        return end;
+                    }
+                } else {
+                    let since = *partial_since.get_or_insert_with(Instant::now);
+                    let deadline = since + cfg.header_timeout;
+                    let timed_out = tokio::select! {
+                        biased;
+                        r = stream.readable() => match r {
+                            Ok(()) => false,
+                            Err(e) => return End::Gone(io_reason(&e), "mid-request"),
+                        },
+                        () = sleep_until(deadline) => true,
+                    };
+                    if timed_out {
+                        let detail = if proto.in_body() {
+                            "request body stalled"
+                        } else {
+                            "request head not completed in time"
+                        };
+                        let mut out = Vec::new();
+                        error_response(&mut out, 408, detail);
+                        let _ = stream.try_write(&out);
+                        return End::Fin(Reason::HeaderTimeout, detail);
+                    }
+                }
+            }
+            Step::Eof => {
+                return if pending.is_empty() && proto.between_requests() {
+                    End::Gone(Reason::ClientFin, "")
+                } else {
+                    End::Gone(Reason::ClientFin, "mid-request")
+                };
+            }
+            Step::Err(e) => return End::Gone(io_reason(&e), ""),
+            Step::Done { outcome, answered } => {
+                ctl.served.set(proto.served);
+                if !outq.is_empty() {
+                    if let Err(end) = flush(stream, &mut outq, sh).await {
+                        return end;
+                    }
+                }
+                let now = Instant::now();
+                if answered {
+                    idle_since = now;
+                    partial_since = None;
+                }
+                if proto.in_body() {
+                    // Body reads get the header timeout as an inactivity timer.
+                    partial_since = Some(now);
+                }
+                match outcome {
+                    Outcome::NeedMore => {}
+                    Outcome::Close(r, d) => return End::Fin(r, d),
+                    Outcome::Delay(d) => {
+                        sleep(d).await;
+                        let mut out = Vec::new();
+                        let ctx = Ctx {
+                            cfg,
+                            stats: &sh.stats,
+                            shutting_down: sh.shutting_down.get(),
+                        };
+                        let close = proto.finish_delayed(&mut out, &ctx);
+                        ctl.served.set(proto.served);
+                        outq.extend_from_slice(&out);
+                        if let Err(end) = flush(stream, &mut outq, sh).await {
+                            return end;
+                        }
+                        if let Some(r) = close {
+                            return End::Fin(r, "");
+                        }
+                        idle_since = Instant::now();
+                        partial_since = None;
+                        unprocessed = !pending.is_empty();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Write everything queued, waiting for the socket; the client gets the header timeout to
+/// make room.
+async fn flush(stream: &TcpStream, outq: &mut Vec<u8>, sh: &Shared) -> Result<(), End> {
+    let deadline = Instant::now() + sh.cfg.header_timeout;
+    let mut done = 0;
+    while done < outq.len() {
+        match stream.try_write(&outq[done..]) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    r = stream.writable() => if let Err(e) = r { return Err(End::Gone(io_reason(&e), "")) },
+                    () = sleep_until(deadline) => return Err(End::Gone(Reason::SendTimeout, "client not reading")),
+                }
+            }
+            Err(e) => return Err(End::Gone(io_reason(&e), "")),
+        }
+    }
+    *outq = Vec::new();
+    Ok(())
+}
+
+/// One synchronous step: read what is there (or reuse unprocessed input), answer every
+/// complete request, write as much as the socket takes and queue the rest.
+fn round(
+    stream: &TcpStream,
+    proto: &mut Proto,
+    pending: &mut Vec<u8>,
+    outq: &mut Vec<u8>,
+    unprocessed: bool,
+    sh: &Shared,
+) -> Step {
+    SCRATCH.with_borrow_mut(|(rbuf, wbuf)| {
+        let from_scratch = !unprocessed && pending.is_empty();
+        let n = if unprocessed {
+            pending.len()
+        } else {
+            let r = if from_scratch {
+                stream.try_read(rbuf)
+            } else {
+                pending.reserve(16 * 1024);
+                stream.try_read_buf(pending)
+            };
+            match r {
+                Ok(0) => return Step::Eof,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WouldBlock,
+                Err(e) => return Step::Err(e),
+            }
+        };
+        let ctx = Ctx {
+            cfg: &sh.cfg,
+            stats: &sh.stats,
+            shutting_down: sh.shutting_down.get(),
+        };
+        wbuf.clear();
+        let outcome = if from_scratch {
+            let input = &rbuf[..n];
+            let (used, outcome) = proto.process(input, wbuf, &ctx);
+            if used < input.len() && !matches!(outcome, Outcome::Close(..)) {
+                pending.extend_from_slice(&input[used..]);
+            }
+            outcome
+        } else {
+            let (used, outcome) = proto.process(pending, wbuf, &ctx);
+            if matches!(outcome, Outcome::Close(..)) {
+                pending.clear();
+            } else {
+                pending.drain(..used);
+            }
+            outcome
+        };
+        let answered = !wbuf.is_empty();
+        let mut done = 0;
+        while done < wbuf.len() {
+            match stream.try_write(&wbuf[done..]) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Step::Err(e),
+            }
+        }
+        if done < wbuf.len() {
+            outq.extend_from_slice(&wbuf[done..]);
+        }
+        if wbuf.capacity() > 4 * READ_BUF {
+            *wbuf = Vec::with_capacity(READ_BUF);
+        }
+        Step::Done { outcome, answered }
+    })
+}
