@@ -219,7 +219,8 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
     Ok(s.into())
 }
 
-/// Raise this process's open-file soft limit to its hard limit; returns the new soft limit.
+/// Raise this process's open-file limit: to 1,048,576 (or `fs.nr_open`) when privileged,
+/// else the soft limit to the hard limit. Returns the new soft limit.
 pub fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -229,14 +230,22 @@ pub fn raise_fd_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
         return 0;
     }
-    if lim.rlim_cur < lim.rlim_max {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20)
+        .min(1 << 20);
+    for target in [nr_open.max(lim.rlim_max), lim.rlim_max] {
+        if target <= lim.rlim_cur {
+            break;
+        }
         let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+            rlim_cur: target,
+            rlim_max: target,
         };
         // SAFETY: setrlimit reads the struct we own; failure leaves the old limit.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const want) } == 0 {
-            return want.rlim_cur;
+            return target;
         }
     }
     lim.rlim_cur
@@ -502,4 +511,18 @@ async fn serve(
         requests: sh.stats.requests.get(),
         cut_at_drain: left.len() as u64,
     })
+}
+
+#[cfg(test)]
+pub(crate) fn test_shared() -> Shared {
+    Shared {
+        cfg: Config::default(),
+        stats: Stats::default(),
+        shutting_down: Cell::new(false),
+        conns: RefCell::new(Vec::new()),
+        free: RefCell::new(Vec::new()),
+        idle_order: RefCell::new(VecDeque::new()),
+        next_seq: Cell::new(0),
+        on_close: RefCell::new(Box::new(|_| {})),
+    }
 }
