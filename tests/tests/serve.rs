@@ -24,8 +24,10 @@ fn serve(args: &[&str]) -> Server {
     let mut child = KillOnDrop::spawn(&mut cmd);
     let err = line_reader(child.0.stderr.take().unwrap());
     let out = line_reader(child.0.stdout.take().unwrap());
-    let line = wait_line(&err, Duration::from_secs(60), |l| l.contains("listening on"))
-        .unwrap_or_else(|seen| panic!("no listening line: {seen:?}"));
+    let line = wait_line(&err, Duration::from_secs(60), |l| {
+        l.contains("listening on")
+    })
+    .unwrap_or_else(|seen| panic!("no listening line: {seen:?}"));
     let addr = line
         .strip_prefix("kaprobe serve: listening on http://")
         .unwrap()
@@ -42,8 +44,10 @@ impl Server {
 
     /// The next close event on stdout.
     fn close_event(&self) -> serde_json::Value {
-        let l = wait_line(&self.out, Duration::from_secs(10), |l| l.contains("\"close\""))
-            .unwrap_or_else(|seen| panic!("no close event: {seen:?}"));
+        let l = wait_line(&self.out, Duration::from_secs(10), |l| {
+            l.contains("\"close\"")
+        })
+        .unwrap_or_else(|seen| panic!("no close event: {seen:?}"));
         serde_json::from_str(&l).unwrap()
     }
 
@@ -111,7 +115,11 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_req: bool) -> Resp {
 fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) {
     let mut chunk = [0u8; 65536];
     let n = s.read(&mut chunk).unwrap();
-    assert!(n > 0, "connection closed early; have {:?}", String::from_utf8_lossy(buf));
+    assert!(
+        n > 0,
+        "connection closed early; have {:?}",
+        String::from_utf8_lossy(buf)
+    );
     buf.extend_from_slice(&chunk[..n]);
 }
 
@@ -201,7 +209,10 @@ fn close_header_http10_and_advertise_modes() {
             .unwrap();
         let r = read_response(&mut s, &mut buf, false);
         assert_eq!(r.header("connection"), Some("keep-alive"));
-        assert!(r.header("keep-alive").unwrap().starts_with("timeout=30, max="));
+        assert!(r
+            .header("keep-alive")
+            .unwrap()
+            .starts_with("timeout=30, max="));
     }
     // HTTP/1.1 that did not ask: no Keep-Alive header, no Connection header.
     s.write_all(get("/").as_bytes()).unwrap();
@@ -237,7 +248,8 @@ fn bodies_are_read_so_the_connection_is_reused_and_head_has_no_body() {
     s.write_all(b"body").unwrap();
     assert_eq!(read_response(&mut s, &mut buf, false).status, 200);
     // HEAD: the GET's Content-Length, no body; the next response follows directly.
-    s.write_all(b"HEAD /bytes/1000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    s.write_all(b"HEAD /bytes/1000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let r = read_response(&mut s, &mut buf, true);
     assert_eq!(r.header("content-length"), Some("1000"));
     s.write_all(get("/bytes/5").as_bytes()).unwrap();
@@ -259,18 +271,51 @@ fn every_bad_input_gets_its_4xx_a_close_and_a_logged_reason() {
     let srv = serve(&["--max-header-bytes", "1024", "--max-body-bytes", "100"]);
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (b"GARBAGE\r\n\r\n".to_vec(), 400),
-        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(), 400),
-        (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400),
-        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n".to_vec(), 400),
-        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3x\r\n\r\n".to_vec(), 400),
-        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), 400),
-        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: a\r\n  folded\r\n\r\n".to_vec(), 400),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: a\r\n  folded\r\n\r\n".to_vec(),
+            400,
+        ),
         (b"GET / HTTP/1.1\nHost: t\n\n".to_vec(), 400),
         (b"GET / HTTP/1.1\r\nHost: t\rX: y\r\n\r\n".to_vec(), 400),
         (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
-        (format!("GET / HTTP/1.1\r\nHost: t\r\nX: {}\r\n\r\n", "a".repeat(2000)).into_bytes(), 431),
-        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n".to_vec(), 413),
-        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n".to_vec(), 413),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: t\r\nX: {}\r\n\r\n",
+                "a".repeat(2000)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n".to_vec(),
+            413,
+        ),
     ];
     for (input, want) in &cases {
         let mut s = srv.connect();
@@ -298,7 +343,10 @@ fn every_bad_input_gets_its_4xx_a_close_and_a_logged_reason() {
 }
 
 /// Time from the end of a response until the server's close, as the client sees it.
-fn idle_close(style: &str, timeout_ms: u64) -> (Duration, std::io::Result<usize>, serde_json::Value) {
+fn idle_close(
+    style: &str,
+    timeout_ms: u64,
+) -> (Duration, std::io::Result<usize>, serde_json::Value) {
     let t = format!("{timeout_ms}ms");
     let srv = serve(&["--keepalive-timeout", &t, "--close-style", style]);
     let mut s = srv.connect();
@@ -344,11 +392,15 @@ fn slow_request_head_gets_408_at_the_header_timeout() {
     let srv = serve(&["--header-timeout", "700ms", "--keepalive-timeout", "30s"]);
     let mut s = srv.connect();
     let start = Instant::now();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .unwrap();
     let r = read_response(&mut s, &mut Vec::new(), false);
     let e = start.elapsed();
     assert_eq!(r.status, 408);
-    assert!(e >= Duration::from_millis(690) && e < Duration::from_millis(900), "{e:?}");
+    assert!(
+        e >= Duration::from_millis(690) && e < Duration::from_millis(900),
+        "{e:?}"
+    );
     expect_eof(&mut s);
     assert_eq!(srv.close_event()["reason"], "header_timeout");
 }
@@ -364,7 +416,11 @@ fn curl_reuses_one_connection_until_the_last_response_closes_it() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert_eq!(err.matches("Re-using existing connection").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("Re-using existing connection").count(),
+        1,
+        "{err}"
+    );
     assert!(err.contains("left intact"), "{err}");
     assert!(err.contains("< Keep-Alive: timeout=5, max=1"), "{err}");
     assert!(err.contains("< Connection: close"), "{err}");
@@ -404,10 +460,14 @@ http {{
         srv.addr
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let _nginx = KillOnDrop::spawn(
-        Command::new("nginx")
-            .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"]),
-    );
+    let _nginx = KillOnDrop::spawn(Command::new("nginx").args([
+        "-p",
+        &d.to_string(),
+        "-c",
+        &format!("{d}/nginx.conf"),
+        "-g",
+        "daemon off;",
+    ]));
     let url = format!("http://127.0.0.1:{nginx_port}/");
     kaprobe_tests::wait_for("nginx to answer", Duration::from_secs(10), || {
         Command::new("curl")
@@ -422,7 +482,10 @@ http {{
         assert_eq!(o.stdout, b"ok\n");
     }
     let stats_url = format!("http://{}/_kaprobe/stats", srv.addr);
-    let o = Command::new("curl").args(["-sf", &stats_url]).output().unwrap();
+    let o = Command::new("curl")
+        .args(["-sf", &stats_url])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // 11 proxied requests over (at most) a couple of upstream connections.
     assert!(v["requests_reused"].as_u64().unwrap() >= 9, "{v}");
@@ -479,7 +542,11 @@ fn graceful_shutdown_answers_requests_in_flight_and_closes_idle() {
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         reasons.push(v["reason"].as_str().unwrap().to_string());
     }
-    assert_eq!(reasons.iter().filter(|r| *r == "shutdown").count(), 6, "{reasons:?}");
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "shutdown").count(),
+        6,
+        "{reasons:?}"
+    );
 }
 
 #[test]
@@ -492,6 +559,8 @@ fn connection_cap_evicts_the_oldest_idle_connection() {
     let mut b = srv.connect();
     b.write_all(get("/").as_bytes()).unwrap();
     read_response(&mut b, &mut buf, false);
+    // The scenario needs both idle long enough to be parked (out of the runtime, 100 ms).
+    std::thread::sleep(Duration::from_millis(250));
     let mut c = srv.connect();
     c.write_all(get("/").as_bytes()).unwrap();
     assert_eq!(read_response(&mut c, &mut buf, false).status, 200);
@@ -536,11 +605,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         &["serve", "--close-style", "gently"],
         &["serve", "--listen", "nowhere"],
     ] {
-        let o = kaprobe()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let o = kaprobe().args(args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(args[1]), "{args:?}: {err}");

@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod date;
+pub mod park;
 pub mod parse;
 pub mod proto;
 pub mod stats;
@@ -262,6 +263,10 @@ pub(crate) struct Ctl {
     waker: Cell<Option<Waker>>,
     pub(crate) served: Cell<u64>,
     logged: Cell<bool>,
+    /// Set while the connection waits in the parking lot (no task).
+    pub(crate) parked: RefCell<Option<std::net::TcpStream>>,
+    pub(crate) park_seq: Cell<u64>,
+    pub(crate) idle_since: Cell<Instant>,
 }
 
 impl Ctl {
@@ -292,7 +297,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: Config,
     pub(crate) stats: Stats,
     pub(crate) shutting_down: Cell<bool>,
-    conns: RefCell<Vec<Option<Rc<Ctl>>>>,
+    pub(crate) conns: RefCell<Vec<Option<Rc<Ctl>>>>,
+    pub(crate) lot: park::Lot,
     free: RefCell<Vec<u32>>,
     idle_order: RefCell<VecDeque<(u64, u32)>>,
     next_seq: Cell<u64>,
@@ -311,6 +317,9 @@ impl Shared {
             waker: Cell::new(None),
             served: Cell::new(0),
             logged: Cell::new(false),
+            parked: RefCell::new(None),
+            park_seq: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
         });
         let mut conns = self.conns.borrow_mut();
         let slot = if let Some(s) = self.free.borrow_mut().pop() {
@@ -366,19 +375,18 @@ impl Shared {
         }
     }
 
-    /// Close the connection that has been idle longest; false if none is idle.
-    fn evict_oldest_idle(&self) -> bool {
+    /// The connection that has been idle longest, if any.
+    fn oldest_idle(&self) -> Option<Rc<Ctl>> {
         let conns = self.conns.borrow();
         let mut q = self.idle_order.borrow_mut();
         while let Some((seq, slot)) = q.pop_front() {
             if let Some(c) = conns.get(slot as usize).and_then(Option::as_ref) {
                 if c.idle_seq.get() == seq && c.kill.get().is_none() {
-                    c.kill(Reason::CapEviction);
-                    return true;
+                    return Some(c.clone());
                 }
             }
         }
-        false
+        None
     }
 
     pub(crate) fn report(&self, ctl: &Ctl, reason: Reason, detail: &'static str, ending: Ending) {
@@ -398,6 +406,13 @@ impl Shared {
     }
 }
 
+/// Ask a connection to close for `r`: parked ones are woken into a task to do it.
+pub(crate) fn kill_conn(sh: &Rc<Shared>, ctl: &Rc<Ctl>, r: Reason) {
+    if !park::unpark(sh, ctl, Some(r)) {
+        ctl.kill(r);
+    }
+}
+
 async fn accept_loop(listener: tokio::net::TcpListener, sh: Rc<Shared>) {
     loop {
         match listener.accept().await {
@@ -406,7 +421,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, sh: Rc<Shared>) {
                 let cap = sh.cfg.max_connections;
                 let at_cap =
                     cap > 0 && usize::try_from(sh.stats.open.get()).unwrap_or(usize::MAX) >= cap;
-                if at_cap && !sh.evict_oldest_idle() {
+                let victim = if at_cap { sh.oldest_idle() } else { None };
+                if let Some(v) = &victim {
+                    kill_conn(&sh, v, Reason::CapEviction);
+                }
+                if at_cap && victim.is_none() {
                     let ctl = sh.register(peer);
                     sh.report(&ctl, Reason::CapFull, "", Ending::Fin);
                     sh.unregister(&ctl);
@@ -471,11 +490,16 @@ async fn serve(
         stats: Stats::default(),
         shutting_down: Cell::new(false),
         conns: RefCell::new(Vec::new()),
+        lot: park::Lot::new().map_err(|source| Error::Io {
+            what: "create the idle connection epoll set".into(),
+            source,
+        })?,
         free: RefCell::new(Vec::new()),
         idle_order: RefCell::new(VecDeque::new()),
         next_seq: Cell::new(0),
         on_close: RefCell::new(on_close),
     });
+    let lot_task = tokio::task::spawn_local(park::run(sh.clone()));
     let mut accepts = Vec::new();
     for l in listeners {
         let addr = l.local_addr().ok();
@@ -493,9 +517,10 @@ async fn serve(
     for a in &accepts {
         a.abort();
     }
+    lot_task.abort();
     let live: Vec<Rc<Ctl>> = sh.conns.borrow().iter().flatten().cloned().collect();
     for c in &live {
-        c.kill(Reason::Shutdown);
+        kill_conn(&sh, c, Reason::Shutdown);
     }
     drop(live);
     let deadline = Instant::now() + drain;
@@ -520,6 +545,7 @@ pub(crate) fn test_shared() -> Shared {
         stats: Stats::default(),
         shutting_down: Cell::new(false),
         conns: RefCell::new(Vec::new()),
+        lot: park::Lot::new().expect("epoll"),
         free: RefCell::new(Vec::new()),
         idle_order: RefCell::new(VecDeque::new()),
         next_seq: Cell::new(0),

@@ -30,6 +30,8 @@ enum End {
     Idle,
     /// The peer is gone (or broken): just close.
     Gone(Reason, &'static str),
+    /// Idle long enough: move to the parking lot.
+    Park(Instant),
 }
 
 enum Step {
@@ -42,6 +44,10 @@ enum Step {
 pub(crate) async fn serve(stream: TcpStream, ctl: Rc<Ctl>, sh: Rc<Shared>) {
     let end = drive(&stream, &ctl, &sh).await;
     match end {
+        End::Park(since) => {
+            super::park::park(&sh, stream, &ctl, since);
+            return;
+        }
         End::Fin(r, d) => {
             let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
             sh.report(&ctl, r, d, Ending::Fin);
@@ -102,11 +108,13 @@ fn io_reason(e: &io::Error) -> Reason {
 #[allow(clippy::too_many_lines)]
 async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared) -> End {
     let cfg = &sh.cfg;
-    let mut proto = Proto::default();
+    let mut proto = Proto::resume(ctl.served.get());
     let mut pending: Vec<u8> = Vec::new();
     let mut outq: Vec<u8> = Vec::new();
     let mut unprocessed = false;
-    let mut idle_since = Instant::now();
+    // A connection back from the parking lot keeps its idle clock.
+    let mut idle_since = ctl.idle_since.get();
+    sh.set_busy(ctl);
     let mut partial_since: Option<Instant> = None;
     loop {
         let step = round(stream, &mut proto, &mut pending, &mut outq, unprocessed, sh);
@@ -123,12 +131,25 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared) -> End {
                     }
                     sh.set_idle(ctl);
                     let deadline = idle_since + cfg.keepalive_timeout;
+                    let park_at = idle_since + super::park::PARK_AFTER;
+                    let (wake_at, park) = if park_at < deadline {
+                        (park_at, true)
+                    } else {
+                        (deadline, false)
+                    };
                     let woke = tokio::select! {
                         biased;
                         r = stream.readable() => r.err().map(|e| End::Gone(io_reason(&e), "")),
-                        () = sleep_until(deadline) => Some(End::Idle),
-                        r = ctl.killed() => (r != Reason::Shutdown).then_some(End::Fin(r, "")),
+                        r = ctl.killed() => match r {
+                            Reason::Shutdown => None,
+                            Reason::IdleTimeout => Some(End::Idle),
+                            r => Some(End::Fin(r, "")),
+                        },
+                        () = sleep_until(wake_at) => Some(if park { End::Park(idle_since) } else { End::Idle }),
                     };
+                    if matches!(woke, Some(End::Park(_))) {
+                        return woke.unwrap_or(End::Idle);
+                    }
                     sh.set_busy(ctl);
                     if let Some(end) = woke {
                         return end;
@@ -306,15 +327,22 @@ fn round(
 mod size_tests {
     #[test]
     fn print_sizes() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let s = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
             let sh = std::rc::Rc::new(super::super::test_shared());
             let ctl = sh.register("127.0.0.1:1".parse().unwrap());
             let f = super::serve(s, ctl.clone(), sh.clone());
             eprintln!("serve future: {}", std::mem::size_of_val(&f));
-            let s2 = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let s2 = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
             let f2 = super::drive(&s2, &ctl, &sh);
             eprintln!("drive future: {}", std::mem::size_of_val(&f2));
             let sl = tokio::time::sleep(std::time::Duration::from_secs(1));

@@ -62,6 +62,14 @@ pub struct Proto {
 }
 
 impl Proto {
+    /// State for a connection that already answered `served` requests and is idle.
+    pub fn resume(served: u64) -> Self {
+        Self {
+            served,
+            phase: Phase::Head,
+        }
+    }
+
     /// True between requests (no request head or body partly read).
     pub fn between_requests(&self) -> bool {
         matches!(self.phase, Phase::Head)
