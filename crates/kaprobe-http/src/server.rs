@@ -267,6 +267,7 @@ pub(crate) struct Ctl {
     pub(crate) parked: RefCell<Option<std::net::TcpStream>>,
     pub(crate) park_seq: Cell<u64>,
     pub(crate) idle_since: Cell<Instant>,
+    park_req: Cell<bool>,
 }
 
 impl Ctl {
@@ -280,16 +281,35 @@ impl Ctl {
         }
     }
 
-    /// Resolves when [`Ctl::kill`] has been called.
-    pub(crate) fn killed(&self) -> impl std::future::Future<Output = Reason> + '_ {
-        std::future::poll_fn(move |cx| match self.kill.get() {
-            Some(r) => std::task::Poll::Ready(r),
-            None => {
-                self.waker.set(Some(cx.waker().clone()));
-                std::task::Poll::Pending
-            }
-        })
+    /// Remember the task to wake for a kill or a park request.
+    pub(crate) fn register(&self, w: &Waker) {
+        match self.waker.take() {
+            Some(old) if old.will_wake(w) => self.waker.set(Some(old)),
+            _ => self.waker.set(Some(w.clone())),
+        }
     }
+
+    /// Why the task was woken, if by us: a kill reason, or a request to park.
+    pub(crate) fn signal(&self) -> Option<Signal> {
+        if let Some(r) = self.kill.get() {
+            return Some(Signal::Kill(r));
+        }
+        self.park_req.replace(false).then_some(Signal::Park)
+    }
+
+    fn request_park(&self) {
+        self.park_req.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// What the server asks of an idle connection's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Kill(Reason),
+    Park,
 }
 
 /// State shared by every task of one server.
@@ -320,6 +340,7 @@ impl Shared {
             parked: RefCell::new(None),
             park_seq: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
+            park_req: Cell::new(false),
         });
         let mut conns = self.conns.borrow_mut();
         let slot = if let Some(s) = self.free.borrow_mut().pop() {
@@ -345,14 +366,27 @@ impl Shared {
         Stats::add(&self.stats.open, -1);
     }
 
-    pub(crate) fn set_idle(&self, ctl: &Ctl) {
+    /// True when idle connections are parked (the idle timeout is longer than the park delay).
+    pub(crate) fn parking(&self) -> bool {
+        self.cfg.keepalive_timeout > park::PARK_AFTER
+    }
+
+    pub(crate) fn set_idle(&self, ctl: &Ctl, since: Instant) {
         if ctl.idle_seq.get() != 0 {
             return;
         }
         let seq = self.next_seq.get() + 1;
         self.next_seq.set(seq);
         ctl.idle_seq.set(seq);
+        ctl.idle_since.set(since);
         Stats::add(&self.stats.idle, 1);
+        if self.parking() {
+            let mut hot = self.lot.hot.borrow_mut();
+            hot.push_back((seq, ctl.slot.get()));
+            if hot.len() == 1 {
+                self.lot.hot_notify.notify_one();
+            }
+        }
         if self.cfg.max_connections > 0 {
             let mut q = self.idle_order.borrow_mut();
             q.push_back((seq, ctl.slot.get()));
@@ -369,6 +403,7 @@ impl Shared {
     }
 
     pub(crate) fn set_busy(&self, ctl: &Ctl) {
+        ctl.park_req.set(false);
         if ctl.idle_seq.get() != 0 {
             ctl.idle_seq.set(0);
             Stats::add(&self.stats.idle, -1);
@@ -500,6 +535,7 @@ async fn serve(
         on_close: RefCell::new(on_close),
     });
     let lot_task = tokio::task::spawn_local(park::run(sh.clone()));
+    let sweep_task = tokio::task::spawn_local(park::sweep(sh.clone()));
     let mut accepts = Vec::new();
     for l in listeners {
         let addr = l.local_addr().ok();
@@ -518,6 +554,7 @@ async fn serve(
         a.abort();
     }
     lot_task.abort();
+    sweep_task.abort();
     let live: Vec<Rc<Ctl>> = sh.conns.borrow().iter().flatten().cloned().collect();
     for c in &live {
         kill_conn(&sh, c, Reason::Shutdown);

@@ -12,7 +12,32 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::proto::{error_response, Ctx, Outcome, Proto};
-use super::{CloseStyle, Ctl, Ending, Reason, Shared};
+use super::{CloseStyle, Ctl, Ending, Reason, Shared, Signal};
+
+enum Wake {
+    Readable,
+    Failed(io::Error),
+    Signal(Signal),
+}
+
+/// Wait, without a timer, for input on an idle connection or a signal from the server.
+fn idle_wait<'a>(
+    stream: &'a TcpStream,
+    ctl: &'a Ctl,
+) -> impl std::future::Future<Output = Wake> + 'a {
+    std::future::poll_fn(move |cx| {
+        match stream.poll_read_ready(cx) {
+            std::task::Poll::Ready(Ok(())) => return std::task::Poll::Ready(Wake::Readable),
+            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Wake::Failed(e)),
+            std::task::Poll::Pending => {}
+        }
+        if let Some(s) = ctl.signal() {
+            return std::task::Poll::Ready(Wake::Signal(s));
+        }
+        ctl.register(cx.waker());
+        std::task::Poll::Pending
+    })
+}
 
 const READ_BUF: usize = 64 * 1024;
 
@@ -129,30 +154,29 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared) -> End {
                     if sh.shutting_down.get() {
                         return End::Fin(Reason::Shutdown, "");
                     }
-                    sh.set_idle(ctl);
-                    let deadline = idle_since + cfg.keepalive_timeout;
-                    let park_at = idle_since + super::park::PARK_AFTER;
-                    let (wake_at, park) = if park_at < deadline {
-                        (park_at, true)
+                    sh.set_idle(ctl, idle_since);
+                    let wake = if sh.parking() {
+                        Some(idle_wait(stream, ctl).await)
                     } else {
-                        (deadline, false)
+                        let deadline = idle_since + cfg.keepalive_timeout;
+                        tokio::select! {
+                            biased;
+                            w = idle_wait(stream, ctl) => Some(w),
+                            () = sleep_until(deadline) => None,
+                        }
                     };
-                    let woke = tokio::select! {
-                        biased;
-                        r = stream.readable() => r.err().map(|e| End::Gone(io_reason(&e), "")),
-                        r = ctl.killed() => match r {
-                            Reason::Shutdown => None,
-                            Reason::IdleTimeout => Some(End::Idle),
-                            r => Some(End::Fin(r, "")),
-                        },
-                        () = sleep_until(wake_at) => Some(if park { End::Park(idle_since) } else { End::Idle }),
-                    };
-                    if matches!(woke, Some(End::Park(_))) {
-                        return woke.unwrap_or(End::Idle);
-                    }
-                    sh.set_busy(ctl);
-                    if let Some(end) = woke {
-                        return end;
+                    match wake {
+                        None | Some(Wake::Signal(Signal::Kill(Reason::IdleTimeout))) => {
+                            return End::Idle
+                        }
+                        Some(Wake::Signal(Signal::Park)) => return End::Park(idle_since),
+                        Some(Wake::Failed(e)) => return End::Gone(io_reason(&e), ""),
+                        Some(Wake::Signal(Signal::Kill(r))) if r != Reason::Shutdown => {
+                            return End::Fin(r, "")
+                        }
+                        Some(Wake::Readable | Wake::Signal(Signal::Kill(_))) => {
+                            sh.set_busy(ctl);
+                        }
                     }
                 } else {
                     let since = *partial_since.get_or_insert_with(Instant::now);
@@ -270,7 +294,16 @@ fn round(
             pending.len()
         } else {
             let r = if from_scratch {
-                stream.try_read(rbuf)
+                let r = stream.try_read(rbuf);
+                if matches!(r, Ok(n) if n > 0 && n < rbuf.len()) {
+                    // A short read drained the socket: forget its readiness now, so the next
+                    // attempt does not cost a read() that can only return EAGAIN. New data
+                    // raises a new readiness event.
+                    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                }
+                r
             } else {
                 pending.reserve(16 * 1024);
                 stream.try_read_buf(pending)

@@ -29,6 +29,9 @@ pub(crate) struct Lot {
     queue: RefCell<VecDeque<(u64, u32)>>,
     next: std::cell::Cell<u64>,
     notify: Notify,
+    /// Idle connections not yet parked, (idle sequence, slot) in the order they went idle.
+    pub(crate) hot: RefCell<VecDeque<(u64, u32)>>,
+    pub(crate) hot_notify: Notify,
 }
 
 impl Lot {
@@ -49,6 +52,8 @@ impl Lot {
             queue: RefCell::new(VecDeque::new()),
             next: std::cell::Cell::new(0),
             notify: Notify::new(),
+            hot: RefCell::new(VecDeque::new()),
+            hot_notify: Notify::new(),
         })
     }
 
@@ -179,6 +184,35 @@ pub(crate) async fn run(sh: Rc<Shared>) {
                 }
             }
             () = sh.lot.notify.notified(), if head.is_none() => {}
+        }
+    }
+}
+
+/// The sweeper's task: asks connections idle for [`PARK_AFTER`] to park. Entries are in
+/// idle order, so only the head is ever waited for; entries of connections that became busy
+/// again are dropped as they reach the head. No connection keeps a timer of its own.
+pub(crate) async fn sweep(sh: Rc<Shared>) {
+    loop {
+        let front = sh.lot.hot.borrow().front().copied();
+        let Some((seq, slot)) = front else {
+            sh.lot.hot_notify.notified().await;
+            continue;
+        };
+        let valid =
+            lookup(&sh, slot).filter(|c| c.idle_seq.get() == seq && c.parked.borrow().is_none());
+        let Some(c) = valid else {
+            sh.lot.hot.borrow_mut().pop_front();
+            continue;
+        };
+        let at = c.idle_since.get() + PARK_AFTER;
+        drop(c);
+        if Instant::now() < at {
+            sleep_until(at).await;
+            continue;
+        }
+        sh.lot.hot.borrow_mut().pop_front();
+        if let Some(c) = lookup(&sh, slot) {
+            c.request_park();
         }
     }
 }
