@@ -382,7 +382,9 @@ impl Shared {
         Stats::add(&self.stats.idle, 1);
         if self.parking() {
             let mut hot = self.lot.hot.borrow_mut();
-            hot.push_back((seq, ctl.slot.get()));
+            // Park time from now (not from `since`): a connection just back from the lot
+            // must first get to see the input that woke it.
+            hot.push_back((seq, ctl.slot.get(), Instant::now() + park::PARK_AFTER));
             if hot.len() == 1 {
                 self.lot.hot_notify.notify_one();
             }

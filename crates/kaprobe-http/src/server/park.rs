@@ -29,8 +29,9 @@ pub(crate) struct Lot {
     queue: RefCell<VecDeque<(u64, u32)>>,
     next: std::cell::Cell<u64>,
     notify: Notify,
-    /// Idle connections not yet parked, (idle sequence, slot) in the order they went idle.
-    pub(crate) hot: RefCell<VecDeque<(u64, u32)>>,
+    /// Idle connections not yet parked, (idle sequence, slot, park time) in the order they
+    /// went idle.
+    pub(crate) hot: RefCell<VecDeque<(u64, u32, Instant)>>,
     pub(crate) hot_notify: Notify,
 }
 
@@ -194,7 +195,7 @@ pub(crate) async fn run(sh: Rc<Shared>) {
 pub(crate) async fn sweep(sh: Rc<Shared>) {
     loop {
         let front = sh.lot.hot.borrow().front().copied();
-        let Some((seq, slot)) = front else {
+        let Some((seq, slot, at)) = front else {
             sh.lot.hot_notify.notified().await;
             continue;
         };
@@ -204,7 +205,6 @@ pub(crate) async fn sweep(sh: Rc<Shared>) {
             sh.lot.hot.borrow_mut().pop_front();
             continue;
         };
-        let at = c.idle_since.get() + PARK_AFTER;
         drop(c);
         if Instant::now() < at {
             sleep_until(at).await;
