@@ -73,6 +73,14 @@ pub(crate) async fn serve(stream: TcpStream, ctl: Rc<Ctl>, sh: Rc<Shared>) {
             super::park::park(&sh, stream, &ctl, since);
             return;
         }
+        End::Fin(r @ (Reason::ClientCloseHeader | Reason::Http10), d)
+            if nothing_unread(&stream) =>
+        {
+            // The client said this was its last request (RFC 9112 section 9.6: it must not
+            // send more) and nothing of it is unread: a plain close sends our FIN without
+            // risk of an RST, so no drain is needed (as nginx does).
+            sh.report(&ctl, r, d, Ending::Fin);
+        }
         End::Fin(r, d) => {
             let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
             sh.report(&ctl, r, d, Ending::Fin);
@@ -93,6 +101,16 @@ pub(crate) async fn serve(stream: TcpStream, ctl: Rc<Ctl>, sh: Rc<Shared>) {
     }
     drop(stream);
     sh.unregister(&ctl);
+}
+
+/// True when no client bytes wait in the socket (readiness as last seen by the runtime, then
+/// one read if it says there may be some).
+fn nothing_unread(stream: &TcpStream) -> bool {
+    SCRATCH.with_borrow_mut(|(rbuf, _)| match stream.try_read(rbuf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    })
 }
 
 /// After our FIN: read and discard until the client closes or the linger time is over, so
