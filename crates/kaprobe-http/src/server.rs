@@ -197,11 +197,12 @@ pub struct Summary {
     pub cut_at_drain: u64,
 }
 
-/// Bind a listening TCP socket (SO_REUSEADDR, IPV6_V6ONLY for IPv6, backlog 4096).
+/// Bind a listening TCP socket (SO_REUSEADDR, IPV6_V6ONLY for IPv6, backlog 4096), with
+/// SO_REUSEPORT when `reuse_port` (several server processes sharing one address).
 ///
 /// # Errors
 /// [`Error::Io`] naming the address.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, Error> {
     use socket2::{Domain, Protocol, Socket, Type};
     let io = |what: &str| {
         let what = format!("{what} {addr}");

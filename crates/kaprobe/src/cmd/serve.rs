@@ -79,6 +79,11 @@ pub struct Args {
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Set SO_REUSEPORT so several `kaprobe serve` processes can share one --listen address
+    /// (the kernel spreads connections over them): a way past one process's open-file limit.
+    #[arg(long)]
+    pub reuse_port: bool,
+
     /// Close log format on stdout: one text line or one JSON object per closed connection.
     #[arg(long, value_enum, default_value = "text")]
     pub log: LogArg,
@@ -209,7 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     server::raise_fd_limit();
     let mut listeners = Vec::new();
     for a in addrs {
-        let l = server::bind(a).map_err(|e| {
+        let l = server::bind(a, args.reuse_port).map_err(|e| {
             let code = match &e {
                 kaprobe_http::Error::Io { source, .. }
                     if source.kind() == std::io::ErrorKind::PermissionDenied =>
