@@ -141,10 +141,17 @@ release_conns() {
 }
 HOLD_FDS=()
 
-echo "== throughput: wrk -t1 -c50 -d${DUR}s, one server thread (cpu $SERVER_CPU), wrk on cpu $CLIENT_CPU"
+echo "== throughput: wrk -t1 -c50 -d${DUR}s, best of ${ROUNDS:-3} alternating rounds, one server thread (cpu $SERVER_CPU), wrk on cpu $CLIENT_CPU"
 start_kaprobe 60s; start_nginx 60s
-KA_KP=$(wrk_rps "$KP_PORT"); KA_NG=$(wrk_rps "$NG_PORT")
-CL_KP=$(wrk_rps "$KP_PORT" -H 'Connection: close'); CL_NG=$(wrk_rps "$NG_PORT" -H 'Connection: close')
+# The machine is shared: alternate the two servers over ROUNDS rounds and keep each one's best.
+ROUNDS=${ROUNDS:-3}
+best() { [ "${1:-0}" -gt "$2" ] && echo "$1" || echo "$2"; }
+KA_KP=0; KA_NG=0; CL_KP=0; CL_NG=0
+for _ in $(seq "$ROUNDS"); do
+  KA_KP=$(best "$KA_KP" "$(wrk_rps "$KP_PORT")"); KA_NG=$(best "$KA_NG" "$(wrk_rps "$NG_PORT")")
+  CL_KP=$(best "$CL_KP" "$(wrk_rps "$KP_PORT" -H 'Connection: close')")
+  CL_NG=$(best "$CL_NG" "$(wrk_rps "$NG_PORT" -H 'Connection: close')")
+done
 printf '%-28s %12s %12s %8s %s\n' metric kaprobe nginx ratio goal
 printf '%-28s %12s %12s %8s %s\n' "keep-alive req/s" "$KA_KP" "$KA_NG" "$(ratio "$KA_KP" "$KA_NG")" ">= 1.20"
 printf '%-28s %12s %12s %8s %s\n' "Connection: close req/s" "$CL_KP" "$CL_NG" "$(ratio "$CL_KP" "$CL_NG")" ">= 1.00"

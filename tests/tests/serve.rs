@@ -611,3 +611,50 @@ fn bad_flags_exit_2_naming_the_flag() {
         assert!(err.contains(args[1]), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn short_idle_timeout_uses_a_per_connection_timer_and_zero_disables_keep_alive() {
+    // Below the 100 ms park delay each connection keeps its own timer.
+    let srv = serve(&["--keepalive-timeout", "60ms"]);
+    let mut s = srv.connect();
+    s.write_all(get("/").as_bytes()).unwrap();
+    let r = read_response(&mut s, &mut Vec::new(), false);
+    assert_eq!(r.header("keep-alive"), Some("timeout=0, max=99"));
+    let start = Instant::now();
+    expect_eof(&mut s);
+    let e = start.elapsed();
+    assert!(
+        e >= Duration::from_millis(55) && e < Duration::from_millis(200),
+        "{e:?}"
+    );
+    assert_eq!(srv.close_event()["reason"], "idle_timeout");
+
+    let srv = serve(&["--keepalive-timeout", "0"]);
+    let mut s = srv.connect();
+    s.write_all(get("/").as_bytes()).unwrap();
+    let r = read_response(&mut s, &mut Vec::new(), false);
+    assert_eq!(r.header("connection"), Some("close"));
+    expect_eof(&mut s);
+    assert_eq!(srv.close_event()["reason"], "idle_timeout");
+}
+
+#[test]
+fn reuse_port_lets_two_servers_share_an_address() {
+    let a = serve(&["--reuse-port"]);
+    let mut cmd = kaprobe();
+    cmd.args(["serve", "--listen", &a.addr, "--reuse-port"]);
+    let mut b = KillOnDrop::spawn(&mut cmd);
+    let err = line_reader(b.0.stderr.take().unwrap());
+    let line = wait_line(&err, Duration::from_secs(30), |l| {
+        l.contains("listening on")
+    })
+    .unwrap_or_else(|seen| panic!("second server did not bind: {seen:?}"));
+    assert!(line.ends_with(&a.addr), "{line}");
+    // Without the flag the address is taken: exit 1 naming the flag.
+    let o = kaprobe()
+        .args(["serve", "--listen", &a.addr])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--listen"));
+}

@@ -212,6 +212,9 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener,
         .map_err(io("create a socket for"))?;
     s.set_reuse_address(true)
         .map_err(io("set SO_REUSEADDR on"))?;
+    if reuse_port {
+        s.set_reuse_port(true).map_err(io("set SO_REUSEPORT on"))?;
+    }
     if addr.is_ipv6() {
         s.set_only_v6(true).map_err(io("set IPV6_V6ONLY on"))?;
     }
