@@ -658,3 +658,23 @@ fn reuse_port_lets_two_servers_share_an_address() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--listen"));
 }
+
+#[test]
+fn a_delayed_request_holds_back_the_pipelined_ones_behind_it() {
+    let srv = serve(&[]);
+    let mut s = srv.connect();
+    let start = Instant::now();
+    let all = format!(
+        "{}{}{}",
+        get("/delay/300ms"),
+        get("/status/201"),
+        get("/status/202")
+    );
+    s.write_all(all.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let first = read_response(&mut s, &mut buf, false);
+    assert_eq!(first.status, 200);
+    assert!(start.elapsed() >= Duration::from_millis(290));
+    assert_eq!(read_response(&mut s, &mut buf, false).status, 201);
+    assert_eq!(read_response(&mut s, &mut buf, false).status, 202);
+}
