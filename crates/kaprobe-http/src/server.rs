@@ -454,11 +454,70 @@ pub(crate) fn kill_conn(sh: &Rc<Shared>, ctl: &Rc<Ctl>, r: Reason) {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, sh: Rc<Shared>) {
+/// Accept one connection without registering it anywhere: non-blocking, close-on-exec.
+fn accept_raw(lfd: i32) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_storage>())
+        .unwrap_or(libc::socklen_t::MAX);
+    // SAFETY: lfd is our listening socket; ss/len describe a buffer we own.
+    let fd = unsafe {
+        libc::accept4(
+            lfd,
+            (&raw mut ss).cast::<libc::sockaddr>(),
+            &raw mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh connected socket that we now own.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let peer = match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel filled a sockaddr_in for an AF_INET socket.
+            let a = unsafe { *(&raw const ss).cast::<libc::sockaddr_in>() };
+            SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel filled a sockaddr_in6 for an AF_INET6 socket.
+            let a = unsafe { *(&raw const ss).cast::<libc::sockaddr_in6>() };
+            SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))
+        }
+        _ => stream.peer_addr()?,
+    };
+    Ok((stream, peer))
+}
+
+async fn accept_loop(listener: std::net::TcpListener, sh: Rc<Shared>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the AsyncFd owns the listener, so its descriptor stays open and the same for
+    // the registration's life.
+    let Ok(afd) = (unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+    }) else {
+        Stats::add(&sh.stats.accept_errors, 1);
+        return;
+    };
     loop {
-        match listener.accept().await {
+        let Ok(mut guard) = afd.readable().await else {
+            return;
+        };
+        let Ok(r) = guard.try_io(|l| accept_raw(l.get_ref().as_raw_fd())) else {
+            continue;
+        };
+        match r {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
                 let cap = sh.cfg.max_connections;
                 let at_cap =
                     cap > 0 && usize::try_from(sh.stats.open.get()).unwrap_or(usize::MAX) >= cap;
@@ -474,7 +533,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, sh: Rc<Shared>) {
                     continue;
                 }
                 let ctl = sh.register(peer);
-                tokio::task::spawn_local(conn::serve(stream, ctl, sh.clone()));
+                conn::accepted(stream, ctl, &sh);
             }
             Err(e) => {
                 Stats::add(&sh.stats.accept_errors, 1);
@@ -544,11 +603,6 @@ async fn serve(
     let sweep_task = tokio::task::spawn_local(park::sweep(sh.clone()));
     let mut accepts = Vec::new();
     for l in listeners {
-        let addr = l.local_addr().ok();
-        let l = tokio::net::TcpListener::from_std(l).map_err(|source| Error::Io {
-            what: format!("register listener {addr:?}"),
-            source,
-        })?;
         accepts.push(tokio::task::spawn_local(accept_loop(l, sh.clone())));
     }
     tokio::select! {

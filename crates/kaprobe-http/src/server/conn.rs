@@ -66,8 +66,105 @@ enum Step {
     Done { outcome: Outcome, answered: bool },
 }
 
-pub(crate) async fn serve(stream: TcpStream, ctl: Rc<Ctl>, sh: Rc<Shared>) {
-    let end = drive(&stream, &ctl, &sh).await;
+/// What the accept fast path already did, for the task to carry on from.
+pub(crate) struct Carry {
+    proto: Proto,
+    pending: Vec<u8>,
+    outq: Vec<u8>,
+    outcome: Outcome,
+    answered: bool,
+}
+
+enum First {
+    /// Nothing read yet (or a clean keep-alive exchange done): start a task.
+    Task(Option<Box<Carry>>),
+    /// Finished without a task.
+    Closed(Reason, &'static str, Ending),
+}
+
+/// A new connection. Its first request has usually arrived with it: read, answer and (when
+/// the client said it was its last) close it right here, with no registration and no task.
+/// Otherwise hand the connection, and what was done so far, to a task.
+pub(crate) fn accepted(std: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) {
+    use std::io::{Read, Write};
+    let first = SCRATCH.with_borrow_mut(|(rbuf, wbuf)| {
+        let n = match (&std).read(rbuf) {
+            Ok(0) => return First::Closed(Reason::ClientFin, "", Ending::PeerGone),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return First::Task(None),
+            Err(e) => return First::Closed(io_reason(&e), "", Ending::PeerGone),
+        };
+        let mut proto = Proto::default();
+        wbuf.clear();
+        let ctx = Ctx {
+            cfg: &sh.cfg,
+            stats: &sh.stats,
+            shutting_down: sh.shutting_down.get(),
+        };
+        let (used, outcome) = proto.process(&rbuf[..n], wbuf, &ctx);
+        ctl.served.set(proto.served);
+        let mut done = 0;
+        while done < wbuf.len() {
+            match (&std).write(&wbuf[done..]) {
+                Ok(k) => done += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return First::Closed(io_reason(&e), "", Ending::PeerGone),
+            }
+        }
+        let answered = !wbuf.is_empty();
+        if answered {
+            ctl.idle_since.set(Instant::now());
+        }
+        let all_out = done == wbuf.len();
+        match outcome {
+            // The client said this was its last request and sent nothing more: close now.
+            Outcome::Close(r @ (Reason::ClientCloseHeader | Reason::Http10), d)
+                if all_out && used == n =>
+            {
+                First::Closed(r, d, Ending::Fin)
+            }
+            Outcome::NeedMore if all_out && used == n => First::Task(None),
+            _ => First::Task(Some(Box::new(Carry {
+                proto,
+                pending: if matches!(outcome, Outcome::Close(..)) {
+                    Vec::new()
+                } else {
+                    rbuf[used..n].to_vec()
+                },
+                outq: wbuf[done..].to_vec(),
+                outcome,
+                answered,
+            }))),
+        }
+    });
+    match first {
+        First::Closed(r, d, e) => {
+            sh.report(&ctl, r, d, e);
+            drop(std);
+            sh.unregister(&ctl);
+        }
+        First::Task(carry) => {
+            let _ = std.set_nodelay(true);
+            match TcpStream::from_std(std) {
+                Ok(s) => {
+                    tokio::task::spawn_local(serve(s, ctl, sh.clone(), carry));
+                }
+                Err(_) => {
+                    sh.report(&ctl, Reason::IoError, "register", Ending::PeerGone);
+                    sh.unregister(&ctl);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn serve(
+    stream: TcpStream,
+    ctl: Rc<Ctl>,
+    sh: Rc<Shared>,
+    carry: Option<Box<Carry>>,
+) {
+    let end = drive(&stream, &ctl, &sh, carry).await;
     match end {
         End::Park(since) => {
             super::park::park(&sh, stream, &ctl, since);
@@ -149,18 +246,34 @@ fn io_reason(e: &io::Error) -> Reason {
 }
 
 #[allow(clippy::too_many_lines)]
-async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared) -> End {
+async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Carry>>) -> End {
     let cfg = &sh.cfg;
-    let mut proto = Proto::resume(ctl.served.get());
-    let mut pending: Vec<u8> = Vec::new();
-    let mut outq: Vec<u8> = Vec::new();
+    let (mut proto, mut pending, mut outq, mut first) = match carry {
+        Some(c) => {
+            let c = *c;
+            let step = Step::Done {
+                outcome: c.outcome,
+                answered: c.answered,
+            };
+            (c.proto, c.pending, c.outq, Some(step))
+        }
+        None => (
+            Proto::resume(ctl.served.get()),
+            Vec::new(),
+            Vec::new(),
+            None,
+        ),
+    };
     let mut unprocessed = false;
     // A connection back from the parking lot keeps its idle clock.
     let mut idle_since = ctl.idle_since.get();
     sh.set_busy(ctl);
     let mut partial_since: Option<Instant> = None;
     loop {
-        let step = round(stream, &mut proto, &mut pending, &mut outq, unprocessed, sh);
+        let step = match first.take() {
+            Some(s) => s,
+            None => round(stream, &mut proto, &mut pending, &mut outq, unprocessed, sh),
+        };
         unprocessed = false;
         match step {
             Step::WouldBlock => {
@@ -389,12 +502,12 @@ mod size_tests {
                 .unwrap();
             let sh = std::rc::Rc::new(super::super::test_shared());
             let ctl = sh.register("127.0.0.1:1".parse().unwrap());
-            let f = super::serve(s, ctl.clone(), sh.clone());
+            let f = super::serve(s, ctl.clone(), sh.clone(), None);
             eprintln!("serve future: {}", std::mem::size_of_val(&f));
             let s2 = tokio::net::TcpStream::connect(l.local_addr().unwrap())
                 .await
                 .unwrap();
-            let f2 = super::drive(&s2, &ctl, &sh);
+            let f2 = super::drive(&s2, &ctl, &sh, None);
             eprintln!("drive future: {}", std::mem::size_of_val(&f2));
             let sl = tokio::time::sleep(std::time::Duration::from_secs(1));
             eprintln!("sleep: {}", std::mem::size_of_val(&sl));

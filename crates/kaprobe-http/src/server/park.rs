@@ -92,7 +92,7 @@ pub(crate) fn park(
     if lot.ctl(libc::EPOLL_CTL_ADD, std.as_raw_fd(), slot).is_err() {
         // Keep it as a task instead.
         if let Ok(s) = tokio::net::TcpStream::from_std(std) {
-            tokio::task::spawn_local(super::conn::serve(s, ctl.clone(), sh.clone()));
+            tokio::task::spawn_local(super::conn::serve(s, ctl.clone(), sh.clone(), None));
         }
         return;
     }
@@ -123,7 +123,7 @@ pub(crate) fn unpark(sh: &Rc<Shared>, ctl: &Rc<Ctl>, kill: Option<Reason>) -> bo
     }
     match tokio::net::TcpStream::from_std(std) {
         Ok(s) => {
-            tokio::task::spawn_local(super::conn::serve(s, ctl.clone(), sh.clone()));
+            tokio::task::spawn_local(super::conn::serve(s, ctl.clone(), sh.clone(), None));
         }
         Err(_) => {
             sh.report(ctl, Reason::IoError, "unpark", Ending::PeerGone);
