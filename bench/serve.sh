@@ -75,6 +75,7 @@ req = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
 socks = []
 for i in range(n):
     s = socket.socket()
+    s.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT: pick the port at connect
     s.bind((src, 0))
     s.connect(("127.0.0.1", port))
     s.sendall(req)
