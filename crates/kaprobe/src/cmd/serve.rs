@@ -30,7 +30,7 @@ use crate::util::parse_duration;
 /// SIGINT/SIGTERM stop accepting, answer requests in flight with `Connection: close`,
 /// close idle connections and exit within --drain-timeout. See docs/serve.md.
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_long_help = AFTER_HELP)]
 pub struct Args {
     /// Address to listen on (repeatable; port 0 picks a free port).
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -88,6 +88,28 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "text")]
     pub log: LogArg,
 }
+
+const AFTER_HELP: &str = "\
+Each bound listener prints `kaprobe serve: listening on http://ADDR` on stderr. Each closed
+connection prints one line on stdout (text, or one JSON object with --log json) with its
+reason: idle_timeout, max_requests, client_close_header, http10, client_fin, client_rst,
+header_timeout, bad_request, shutdown, cap_eviction, close_endpoint, cap_full, send_timeout,
+io_error.
+
+Endpoints: / (body \"ok\"), /delay/DURATION, /status/CODE, /bytes/N, /headers (the
+request as JSON), /close (answers with Connection: close), /_kaprobe/stats (JSON counters),
+/metrics (Prometheus text).
+
+SIGINT/SIGTERM: stop accepting, answer requests in flight with Connection: close, close idle
+connections, exit within --drain-timeout.
+
+Examples:
+  kaprobe serve --listen 127.0.0.1:0 --keepalive-timeout 2s --max-requests 3 --log json
+  kaprobe serve --keepalive-timeout 4s --close-style rst     # an upstream that resets idle conns
+  kaprobe serve --advertise-timeout 60s --keepalive-timeout 5s   # a server that lies
+
+Exit status: 0 after a signal-driven stop, 1 bind or other I/O failure, 2 bad flag value,
+6 permission denied (privileged port). See docs/serve.md.";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum AdvertiseArg {
