@@ -636,16 +636,28 @@ async fn serve(
 }
 
 #[cfg(test)]
-pub(crate) fn test_shared() -> Shared {
-    Shared {
-        cfg: Config::default(),
-        stats: Stats::default(),
-        shutting_down: Cell::new(false),
-        conns: RefCell::new(Vec::new()),
-        lot: park::Lot::new().expect("epoll"),
-        free: RefCell::new(Vec::new()),
-        idle_order: RefCell::new(VecDeque::new()),
-        next_seq: Cell::new(0),
-        on_close: RefCell::new(Box::new(|_| {})),
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parked_connection_state_stays_small() {
+        // A parked connection is its registry entry and little else; the idle-memory budget
+        // (below nginx's ~526 B per idle connection) depends on it.
+        assert!(
+            std::mem::size_of::<Ctl>() <= 160,
+            "{}",
+            std::mem::size_of::<Ctl>()
+        );
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_name_and_index() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Reason::ALL.len());
     }
 }

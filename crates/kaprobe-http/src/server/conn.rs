@@ -486,33 +486,3 @@ fn round(
         Step::Done { outcome, answered }
     })
 }
-
-#[cfg(test)]
-mod size_tests {
-    #[test]
-    fn print_sizes() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-                .await
-                .unwrap();
-            let sh = std::rc::Rc::new(super::super::test_shared());
-            let ctl = sh.register("127.0.0.1:1".parse().unwrap());
-            let f = super::serve(s, ctl.clone(), sh.clone(), None);
-            eprintln!("serve future: {}", std::mem::size_of_val(&f));
-            let s2 = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-                .await
-                .unwrap();
-            let f2 = super::drive(&s2, &ctl, &sh, None);
-            eprintln!("drive future: {}", std::mem::size_of_val(&f2));
-            let sl = tokio::time::sleep(std::time::Duration::from_secs(1));
-            eprintln!("sleep: {}", std::mem::size_of_val(&sl));
-            eprintln!("readable: {}", std::mem::size_of_val(&s2.readable()));
-            eprintln!("ctl: {}", std::mem::size_of::<super::Ctl>());
-        });
-    }
-}
