@@ -444,7 +444,7 @@ fn nginx_upstream_keepalive_pool_reuses_connections() {
     };
     let d = dir.display();
     let conf = format!(
-        "worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+        "master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 256; }}
 http {{
   access_log off;
@@ -460,6 +460,7 @@ http {{
         srv.addr
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    // One process (no master/worker pair), so killing it on drop leaves nothing behind.
     let _nginx = KillOnDrop::spawn(Command::new("nginx").args([
         "-p",
         &d.to_string(),
