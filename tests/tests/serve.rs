@@ -679,3 +679,41 @@ fn a_delayed_request_holds_back_the_pipelined_ones_behind_it() {
     assert_eq!(read_response(&mut s, &mut buf, false).status, 201);
     assert_eq!(read_response(&mut s, &mut buf, false).status, 202);
 }
+
+#[test]
+fn listens_on_several_addresses_including_ipv6_and_reports_each() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback");
+        return;
+    }
+    let mut cmd = kaprobe();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--listen", "[::1]:0"]);
+    let mut child = KillOnDrop::spawn(&mut cmd);
+    let err = line_reader(child.0.stderr.take().unwrap());
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let l = wait_line(&err, Duration::from_secs(60), |l| {
+            l.contains("listening on")
+        })
+        .unwrap_or_else(|seen| panic!("no listening line: {seen:?}"));
+        addrs.push(
+            l.strip_prefix("kaprobe serve: listening on http://")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(
+        addrs[0].starts_with("127.0.0.1:") && !addrs[0].ends_with(":0"),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs[1].starts_with("[::1]:") && !addrs[1].ends_with(":0"),
+        "{addrs:?}"
+    );
+    for a in &addrs {
+        let mut s = TcpStream::connect(a.as_str()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(get("/").as_bytes()).unwrap();
+        assert_eq!(read_response(&mut s, &mut Vec::new(), false).body, b"ok\n");
+    }
+}
