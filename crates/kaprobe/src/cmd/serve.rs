@@ -1,10 +1,276 @@
-//! `kaprobe serve` (not built yet).
+//! `kaprobe serve`: an HTTP/1.x server whose keep-alive behaviour you set and can see.
 
+use std::io::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use kaprobe_http::server::{self, Advertise, CloseEvent, CloseStyle, Config};
+
+use crate::exit::{Failure, PERMISSION};
+use crate::util::parse_duration;
+
+/// Serve HTTP/1.x with exact keep-alive behaviour and a logged reason for every close.
+///
+/// HTTP/1.1 connections stay open unless the request says `Connection: close`; HTTP/1.0
+/// ones only with `Connection: keep-alive`. Each response advertises
+/// `Keep-Alive: timeout=N, max=M`, with M counting down to the last response, which says
+/// `Connection: close`. Idle connections close after --keepalive-timeout, by FIN or RST.
+///
+/// Each bound listener prints `kaprobe serve: listening on http://ADDR` on stderr. Each
+/// closed connection prints one line on stdout (text, or JSON with --log json) with its
+/// reason: idle_timeout, max_requests, client_close_header, http10, client_fin,
+/// client_rst, header_timeout, bad_request, shutdown, cap_eviction, close_endpoint,
+/// cap_full, send_timeout, io_error.
+///
+/// Endpoints: / (body "ok"), /delay/{duration}, /status/{code}, /bytes/{n}, /headers
+/// (request echoed as JSON), /close (answers with Connection: close), /_kaprobe/stats
+/// (JSON counters), /metrics (Prometheus text).
+///
+/// SIGINT/SIGTERM stop accepting, answer requests in flight with `Connection: close`,
+/// close idle connections and exit within --drain-timeout. See docs/serve.md.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_long_help = AFTER_HELP)]
+pub struct Args {
+    /// Address to listen on (repeatable; port 0 picks a free port).
+    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: Vec<String>,
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    Err(crate::exit::Failure::new(crate::exit::FAILURE, "'kaprobe serve' is not built yet").into())
+    /// Idle time after a response before the server closes the connection (0 disables
+    /// keep-alive: every response says Connection: close).
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Requests per connection; the last response says Connection: close (0 = unlimited).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_requests: u64,
+
+    /// When to send the Keep-Alive: timeout=N, max=M header.
+    #[arg(long, value_enum, default_value = "always")]
+    pub advertise: AdvertiseArg,
+
+    /// Announce this timeout in Keep-Alive instead of the real one (a server that lies).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub advertise_timeout: Option<Duration>,
+
+    /// Time a started request head may take to complete (slow-loris guard); also the
+    /// inactivity limit while reading a body and while the client does not read our answer.
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How idle connections are ended: fin (half-close, drain, close) or rst (SO_LINGER 0).
+    #[arg(long, value_enum, default_value = "fin")]
+    pub close_style: CloseStyleArg,
+
+    /// Connection cap (0 = none). At the cap the oldest idle connection is closed
+    /// (cap_eviction); with none idle, the new connection is closed at once (cap_full).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Largest request head in bytes (431 beyond it), 256..=1048576.
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
+    /// Largest request body in bytes (413 beyond it).
+    #[arg(long, value_name = "N", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+
+    /// On SIGINT/SIGTERM, how long requests in flight get before the server exits.
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Set SO_REUSEPORT so several `kaprobe serve` processes can share one --listen address
+    /// (the kernel spreads connections over them): a way past one process's open-file limit.
+    #[arg(long)]
+    pub reuse_port: bool,
+
+    /// Close log format on stdout: one text line or one JSON object per closed connection.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log: LogArg,
+}
+
+const AFTER_HELP: &str = "\
+Each bound listener prints `kaprobe serve: listening on http://ADDR` on stderr. Each closed
+connection prints one line on stdout (text, or one JSON object with --log json) with its
+reason: idle_timeout, max_requests, client_close_header, http10, client_fin, client_rst,
+header_timeout, bad_request, shutdown, cap_eviction, close_endpoint, cap_full, send_timeout,
+io_error.
+
+Endpoints: / (body \"ok\"), /delay/DURATION, /status/CODE, /bytes/N, /headers (the
+request as JSON), /close (answers with Connection: close), /_kaprobe/stats (JSON counters),
+/metrics (Prometheus text).
+
+SIGINT/SIGTERM: stop accepting, answer requests in flight with Connection: close, close idle
+connections, exit within --drain-timeout.
+
+Examples:
+  kaprobe serve --listen 127.0.0.1:0 --keepalive-timeout 2s --max-requests 3 --log json
+  kaprobe serve --keepalive-timeout 4s --close-style rst     # an upstream that resets idle conns
+  kaprobe serve --advertise-timeout 60s --keepalive-timeout 5s   # a server that lies
+
+Exit status: 0 after a signal-driven stop, 1 bind or other I/O failure, 2 bad flag value,
+6 permission denied (privileged port). See docs/serve.md.";
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AdvertiseArg {
+    Always,
+    WhenAsked,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CloseStyleArg {
+    Fin,
+    Rst,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogArg {
+    Text,
+    Json,
+    /// No close log (for benchmarks).
+    Off,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn resolve(s: &str) -> Result<SocketAddr, Failure> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "--listen '{s}' is not an address: use IP:PORT, e.g. 127.0.0.1:8080 or [::1]:0"
+            ))
+        })
+}
+
+fn check(args: &Args) -> Result<Config, Failure> {
+    let range = |flag: &str, v: Duration, lo: Duration, hi: Duration| {
+        if v < lo || v > hi {
+            Err(Failure::usage(format!(
+                "{flag} {v:?} is out of range: use {lo:?}..={hi:?}"
+            )))
+        } else {
+            Ok(v)
+        }
+    };
+    let ms = Duration::from_millis(1);
+    range(
+        "--keepalive-timeout",
+        args.keepalive_timeout,
+        Duration::ZERO,
+        DAY,
+    )?;
+    range("--header-timeout", args.header_timeout, ms, DAY)?;
+    range("--drain-timeout", args.drain_timeout, Duration::ZERO, DAY)?;
+    if let Some(a) = args.advertise_timeout {
+        range("--advertise-timeout", a, Duration::ZERO, DAY)?;
+    }
+    if !(256..=1 << 20).contains(&args.max_header_bytes) {
+        return Err(Failure::usage(format!(
+            "--max-header-bytes {} is out of range: use 256..=1048576",
+            args.max_header_bytes
+        )));
+    }
+    Ok(Config {
+        keepalive_timeout: args.keepalive_timeout,
+        max_requests: args.max_requests,
+        advertise: match args.advertise {
+            AdvertiseArg::Always => Advertise::Always,
+            AdvertiseArg::WhenAsked => Advertise::WhenAsked,
+            AdvertiseArg::Never => Advertise::Never,
+        },
+        advertise_timeout: args.advertise_timeout,
+        header_timeout: args.header_timeout,
+        close_style: match args.close_style {
+            CloseStyleArg::Fin => CloseStyle::Fin,
+            CloseStyleArg::Rst => CloseStyle::Rst,
+        },
+        max_connections: args.max_connections,
+        max_header_bytes: args.max_header_bytes,
+        max_body_bytes: args.max_body_bytes,
+        drain_timeout: args.drain_timeout,
+        ..Config::default()
+    })
+}
+
+fn text_line(ev: &CloseEvent) -> String {
+    let mut s = format!(
+        "close peer={} reason={} requests={} lifetime={:.3}s ending={}",
+        ev.peer,
+        ev.reason.as_str(),
+        ev.requests,
+        ev.lifetime.as_secs_f64(),
+        ev.ending.as_str()
+    );
+    if !ev.detail.is_empty() {
+        s.push_str(&format!(" detail=\"{}\"", ev.detail));
+    }
+    s
+}
+
+fn json_line(ev: &CloseEvent) -> String {
+    serde_json::json!({
+        "event": "close",
+        "peer": ev.peer.to_string(),
+        "reason": ev.reason.as_str(),
+        "detail": ev.detail,
+        "requests": ev.requests,
+        "lifetime": ev.lifetime.as_secs_f64(),
+        "ending": ev.ending.as_str(),
+    })
+    .to_string()
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = check(&args)?;
+    let addrs = args
+        .listen
+        .iter()
+        .map(|s| resolve(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    server::raise_fd_limit();
+    let mut listeners = Vec::new();
+    for a in addrs {
+        let l = server::bind(a, args.reuse_port).map_err(|e| {
+            let code = match &e {
+                kaprobe_http::Error::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    PERMISSION
+                }
+                _ => crate::exit::FAILURE,
+            };
+            Failure::new(code, format!("--listen {a}: {e}"))
+        })?;
+        let bound = l.local_addr().unwrap_or(a);
+        eprintln!("kaprobe serve: listening on http://{bound}");
+        listeners.push(l);
+    }
+    let log = args.log;
+    let summary = server::run(cfg, listeners, move |ev| {
+        let line = match log {
+            LogArg::Text => text_line(ev),
+            LogArg::Json => json_line(ev),
+            LogArg::Off => return,
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })?;
+    eprintln!(
+        "kaprobe serve: stopped after {} connections, {} requests{}",
+        summary.connections,
+        summary.requests,
+        if summary.cut_at_drain > 0 {
+            format!(" ({} cut at the drain timeout)", summary.cut_at_drain)
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,488 @@
+//! Drives one connection: reads into a shared scratch buffer, runs the protocol state
+//! machine, writes responses, keeps the idle and header timers, and ends the connection.
+//!
+//! Memory while idle: the connection owns no buffers (partial input and unsent output are
+//! copied into per-connection vectors only when they exist, and freed before going idle).
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+
+use tokio::net::TcpStream;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use super::proto::{error_response, Ctx, Outcome, Proto};
+use super::{CloseStyle, Ctl, Ending, Reason, Shared, Signal};
+
+enum Wake {
+    Readable,
+    Failed(io::Error),
+    Signal(Signal),
+}
+
+/// Wait, without a timer, for input on an idle connection or a signal from the server.
+fn idle_wait<'a>(
+    stream: &'a TcpStream,
+    ctl: &'a Ctl,
+) -> impl std::future::Future<Output = Wake> + 'a {
+    std::future::poll_fn(move |cx| {
+        match stream.poll_read_ready(cx) {
+            std::task::Poll::Ready(Ok(())) => return std::task::Poll::Ready(Wake::Readable),
+            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Wake::Failed(e)),
+            std::task::Poll::Pending => {}
+        }
+        if let Some(s) = ctl.signal() {
+            return std::task::Poll::Ready(Wake::Signal(s));
+        }
+        ctl.register(cx.waker());
+        std::task::Poll::Pending
+    })
+}
+
+const READ_BUF: usize = 64 * 1024;
+
+thread_local! {
+    /// Read and write scratch shared by every connection on this thread; only borrowed in
+    /// synchronous sections, never across an await.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> =
+        RefCell::new((vec![0; READ_BUF], Vec::with_capacity(READ_BUF)));
+}
+
+enum End {
+    /// Finish with a FIN, then drain.
+    Fin(Reason, &'static str),
+    /// Idle timeout in the configured style.
+    Idle,
+    /// The peer is gone (or broken): just close.
+    Gone(Reason, &'static str),
+    /// Idle long enough: move to the parking lot.
+    Park(Instant),
+}
+
+enum Step {
+    WouldBlock,
+    Eof,
+    Err(io::Error),
+    Done { outcome: Outcome, answered: bool },
+}
+
+/// What the accept fast path already did, for the task to carry on from.
+pub(crate) struct Carry {
+    proto: Proto,
+    pending: Vec<u8>,
+    outq: Vec<u8>,
+    outcome: Outcome,
+    answered: bool,
+}
+
+enum First {
+    /// Nothing read yet (or a clean keep-alive exchange done): start a task.
+    Task(Option<Box<Carry>>),
+    /// Finished without a task.
+    Closed(Reason, &'static str, Ending),
+}
+
+/// A new connection. Its first request has usually arrived with it: read, answer and (when
+/// the client said it was its last) close it right here, with no registration and no task.
+/// Otherwise hand the connection, and what was done so far, to a task.
+pub(crate) fn accepted(std: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) {
+    use std::io::{Read, Write};
+    let first = SCRATCH.with_borrow_mut(|(rbuf, wbuf)| {
+        let n = match (&std).read(rbuf) {
+            Ok(0) => return First::Closed(Reason::ClientFin, "", Ending::PeerGone),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return First::Task(None),
+            Err(e) => return First::Closed(io_reason(&e), "", Ending::PeerGone),
+        };
+        let mut proto = Proto::default();
+        wbuf.clear();
+        let ctx = Ctx {
+            cfg: &sh.cfg,
+            stats: &sh.stats,
+            shutting_down: sh.shutting_down.get(),
+        };
+        let (used, outcome) = proto.process(&rbuf[..n], wbuf, &ctx);
+        ctl.served.set(proto.served);
+        let mut done = 0;
+        while done < wbuf.len() {
+            match (&std).write(&wbuf[done..]) {
+                Ok(k) => done += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return First::Closed(io_reason(&e), "", Ending::PeerGone),
+            }
+        }
+        let answered = !wbuf.is_empty();
+        if answered {
+            ctl.idle_since.set(Instant::now());
+        }
+        let all_out = done == wbuf.len();
+        match outcome {
+            // The client said this was its last request and sent nothing more: close now.
+            Outcome::Close(r @ (Reason::ClientCloseHeader | Reason::Http10), d)
+                if all_out && used == n =>
+            {
+                First::Closed(r, d, Ending::Fin)
+            }
+            Outcome::NeedMore if all_out && used == n => First::Task(None),
+            _ => First::Task(Some(Box::new(Carry {
+                proto,
+                pending: if matches!(outcome, Outcome::Close(..)) {
+                    Vec::new()
+                } else {
+                    rbuf[used..n].to_vec()
+                },
+                outq: wbuf[done..].to_vec(),
+                outcome,
+                answered,
+            }))),
+        }
+    });
+    match first {
+        First::Closed(r, d, e) => {
+            sh.report(&ctl, r, d, e);
+            drop(std);
+            sh.unregister(&ctl);
+        }
+        First::Task(carry) => {
+            let _ = std.set_nodelay(true);
+            match TcpStream::from_std(std) {
+                Ok(s) => {
+                    tokio::task::spawn_local(serve(s, ctl, sh.clone(), carry));
+                }
+                Err(_) => {
+                    sh.report(&ctl, Reason::IoError, "register", Ending::PeerGone);
+                    sh.unregister(&ctl);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn serve(
+    stream: TcpStream,
+    ctl: Rc<Ctl>,
+    sh: Rc<Shared>,
+    carry: Option<Box<Carry>>,
+) {
+    let end = drive(&stream, &ctl, &sh, carry).await;
+    match end {
+        End::Park(since) => {
+            super::park::park(&sh, stream, &ctl, since);
+            return;
+        }
+        End::Fin(r @ (Reason::ClientCloseHeader | Reason::Http10), d)
+            if nothing_unread(&stream) =>
+        {
+            // The client said this was its last request (RFC 9112 section 9.6: it must not
+            // send more) and nothing of it is unread: a plain close sends our FIN without
+            // risk of an RST, so no drain is needed (as nginx does).
+            sh.report(&ctl, r, d, Ending::Fin);
+        }
+        End::Fin(r, d) => {
+            let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+            sh.report(&ctl, r, d, Ending::Fin);
+            linger(&stream, &sh).await;
+        }
+        End::Idle => match sh.cfg.close_style {
+            CloseStyle::Fin => {
+                let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+                sh.report(&ctl, Reason::IdleTimeout, "", Ending::Fin);
+                linger(&stream, &sh).await;
+            }
+            CloseStyle::Rst => {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+                sh.report(&ctl, Reason::IdleTimeout, "", Ending::Rst);
+            }
+        },
+        End::Gone(r, d) => sh.report(&ctl, r, d, Ending::PeerGone),
+    }
+    drop(stream);
+    sh.unregister(&ctl);
+}
+
+/// True when no client bytes wait in the socket (readiness as last seen by the runtime, then
+/// one read if it says there may be some).
+fn nothing_unread(stream: &TcpStream) -> bool {
+    SCRATCH.with_borrow_mut(|(rbuf, _)| match stream.try_read(rbuf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    })
+}
+
+/// After our FIN: read and discard until the client closes or the linger time is over, so
+/// that unread client bytes do not turn our close into an RST that destroys the response.
+async fn linger(stream: &TcpStream, sh: &Shared) {
+    let deadline = Instant::now() + sh.cfg.linger;
+    let mut budget: usize = 1 << 20;
+    loop {
+        match SCRATCH.with_borrow_mut(|(rbuf, _)| stream.try_read(rbuf)) {
+            Ok(0) => return,
+            Ok(n) => {
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    return;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        tokio::select! {
+            biased;
+            r = stream.readable() => if r.is_err() { return },
+            () = sleep_until(deadline) => return,
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> Reason {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => Reason::ClientRst,
+        _ => Reason::IoError,
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Carry>>) -> End {
+    let cfg = &sh.cfg;
+    let (mut proto, mut pending, mut outq, mut first) = match carry {
+        Some(c) => {
+            let c = *c;
+            let step = Step::Done {
+                outcome: c.outcome,
+                answered: c.answered,
+            };
+            (c.proto, c.pending, c.outq, Some(step))
+        }
+        None => (
+            Proto::resume(ctl.served.get()),
+            Vec::new(),
+            Vec::new(),
+            None,
+        ),
+    };
+    let mut unprocessed = false;
+    // A connection back from the parking lot keeps its idle clock.
+    let mut idle_since = ctl.idle_since.get();
+    sh.set_busy(ctl);
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        let step = match first.take() {
+            Some(s) => s,
+            None => round(stream, &mut proto, &mut pending, &mut outq, unprocessed, sh),
+        };
+        unprocessed = false;
+        match step {
+            Step::WouldBlock => {
+                let idle = pending.is_empty() && proto.between_requests();
+                if idle {
+                    if pending.capacity() > 0 {
+                        pending = Vec::new();
+                    }
+                    if sh.shutting_down.get() {
+                        return End::Fin(Reason::Shutdown, "");
+                    }
+                    sh.set_idle(ctl, idle_since);
+                    let wake = if sh.parking() {
+                        Some(idle_wait(stream, ctl).await)
+                    } else {
+                        let deadline = idle_since + cfg.keepalive_timeout;
+                        tokio::select! {
+                            biased;
+                            w = idle_wait(stream, ctl) => Some(w),
+                            () = sleep_until(deadline) => None,
+                        }
+                    };
+                    match wake {
+                        None | Some(Wake::Signal(Signal::Kill(Reason::IdleTimeout))) => {
+                            return End::Idle
+                        }
+                        Some(Wake::Signal(Signal::Park)) => return End::Park(idle_since),
+                        Some(Wake::Failed(e)) => return End::Gone(io_reason(&e), ""),
+                        Some(Wake::Signal(Signal::Kill(r))) if r != Reason::Shutdown => {
+                            return End::Fin(r, "")
+                        }
+                        Some(Wake::Readable | Wake::Signal(Signal::Kill(_))) => {
+                            sh.set_busy(ctl);
+                        }
+                    }
+                } else {
+                    let since = *partial_since.get_or_insert_with(Instant::now);
+                    let deadline = since + cfg.header_timeout;
+                    let timed_out = tokio::select! {
+                        biased;
+                        r = stream.readable() => match r {
+                            Ok(()) => false,
+                            Err(e) => return End::Gone(io_reason(&e), "mid-request"),
+                        },
+                        () = sleep_until(deadline) => true,
+                    };
+                    if timed_out {
+                        let detail = if proto.in_body() {
+                            "request body stalled"
+                        } else {
+                            "request head not completed in time"
+                        };
+                        let mut out = Vec::new();
+                        error_response(&mut out, 408, detail);
+                        let _ = stream.try_write(&out);
+                        return End::Fin(Reason::HeaderTimeout, detail);
+                    }
+                }
+            }
+            Step::Eof => {
+                return if pending.is_empty() && proto.between_requests() {
+                    End::Gone(Reason::ClientFin, "")
+                } else {
+                    End::Gone(Reason::ClientFin, "mid-request")
+                };
+            }
+            Step::Err(e) => return End::Gone(io_reason(&e), ""),
+            Step::Done { outcome, answered } => {
+                ctl.served.set(proto.served);
+                if !outq.is_empty() {
+                    if let Err(end) = flush(stream, &mut outq, sh).await {
+                        return end;
+                    }
+                }
+                let now = Instant::now();
+                if answered {
+                    idle_since = now;
+                    partial_since = None;
+                }
+                if proto.in_body() {
+                    // Body reads get the header timeout as an inactivity timer.
+                    partial_since = Some(now);
+                }
+                match outcome {
+                    Outcome::NeedMore => {}
+                    Outcome::Close(r, d) => return End::Fin(r, d),
+                    Outcome::Delay(d) => {
+                        sleep(d).await;
+                        let mut out = Vec::new();
+                        let ctx = Ctx {
+                            cfg,
+                            stats: &sh.stats,
+                            shutting_down: sh.shutting_down.get(),
+                        };
+                        let close = proto.finish_delayed(&mut out, &ctx);
+                        ctl.served.set(proto.served);
+                        outq.extend_from_slice(&out);
+                        if let Err(end) = flush(stream, &mut outq, sh).await {
+                            return end;
+                        }
+                        if let Some(r) = close {
+                            return End::Fin(r, "");
+                        }
+                        idle_since = Instant::now();
+                        partial_since = None;
+                        unprocessed = !pending.is_empty();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Write everything queued, waiting for the socket; the client gets the header timeout to
+/// make room.
+async fn flush(stream: &TcpStream, outq: &mut Vec<u8>, sh: &Shared) -> Result<(), End> {
+    let deadline = Instant::now() + sh.cfg.header_timeout;
+    let mut done = 0;
+    while done < outq.len() {
+        match stream.try_write(&outq[done..]) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    r = stream.writable() => if let Err(e) = r { return Err(End::Gone(io_reason(&e), "")) },
+                    () = sleep_until(deadline) => return Err(End::Gone(Reason::SendTimeout, "client not reading")),
+                }
+            }
+            Err(e) => return Err(End::Gone(io_reason(&e), "")),
+        }
+    }
+    *outq = Vec::new();
+    Ok(())
+}
+
+/// One synchronous step: read what is there (or reuse unprocessed input), answer every
+/// complete request, write as much as the socket takes and queue the rest.
+fn round(
+    stream: &TcpStream,
+    proto: &mut Proto,
+    pending: &mut Vec<u8>,
+    outq: &mut Vec<u8>,
+    unprocessed: bool,
+    sh: &Shared,
+) -> Step {
+    SCRATCH.with_borrow_mut(|(rbuf, wbuf)| {
+        let from_scratch = !unprocessed && pending.is_empty();
+        let n = if unprocessed {
+            pending.len()
+        } else {
+            let r = if from_scratch {
+                let r = stream.try_read(rbuf);
+                if matches!(r, Ok(n) if n > 0 && n < rbuf.len()) {
+                    // A short read drained the socket: forget its readiness now, so the next
+                    // attempt does not cost a read() that can only return EAGAIN. New data
+                    // raises a new readiness event.
+                    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                }
+                r
+            } else {
+                pending.reserve(16 * 1024);
+                stream.try_read_buf(pending)
+            };
+            match r {
+                Ok(0) => return Step::Eof,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WouldBlock,
+                Err(e) => return Step::Err(e),
+            }
+        };
+        let ctx = Ctx {
+            cfg: &sh.cfg,
+            stats: &sh.stats,
+            shutting_down: sh.shutting_down.get(),
+        };
+        wbuf.clear();
+        let outcome = if from_scratch {
+            let input = &rbuf[..n];
+            let (used, outcome) = proto.process(input, wbuf, &ctx);
+            if used < input.len() && !matches!(outcome, Outcome::Close(..)) {
+                pending.extend_from_slice(&input[used..]);
+            }
+            outcome
+        } else {
+            let (used, outcome) = proto.process(pending, wbuf, &ctx);
+            if matches!(outcome, Outcome::Close(..)) {
+                pending.clear();
+            } else {
+                pending.drain(..used);
+            }
+            outcome
+        };
+        let answered = !wbuf.is_empty();
+        let mut done = 0;
+        while done < wbuf.len() {
+            match stream.try_write(&wbuf[done..]) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Step::Err(e),
+            }
+        }
+        if done < wbuf.len() {
+            outq.extend_from_slice(&wbuf[done..]);
+        }
+        if wbuf.capacity() > 4 * READ_BUF {
+            *wbuf = Vec::with_capacity(READ_BUF);
+        }
+        Step::Done { outcome, answered }
+    })
+}

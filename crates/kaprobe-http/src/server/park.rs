@@ -1,0 +1,218 @@
+//! The parking lot: connections idle for longer than [`PARK_AFTER`] leave tokio (no task, no
+//! registration, no buffers) and wait in a private epoll set. What remains per connection is
+//! its small registry entry. Data, a FIN or an RST wakes a parked connection back into a task;
+//! its idle timeout, eviction or shutdown does the same with a kill reason already set, so all
+//! closing happens in one place ([`super::conn`]).
+//!
+//! Connections park in the order they went idle, and the idle timeout is the same for all, so
+//! the queue of parked connections is also the queue of their deadlines: one timer serves all.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, Instant};
+
+use super::{Ctl, Ending, Reason, Shared};
+
+/// Idle time after which a connection is parked.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
+
+pub(crate) struct Lot {
+    ep: AsyncFd<OwnedFd>,
+    /// (park sequence, registry slot), in parking order.
+    queue: RefCell<VecDeque<(u64, u32)>>,
+    next: std::cell::Cell<u64>,
+    notify: Notify,
+    /// Idle connections not yet parked, (idle sequence, slot, park time) in the order they
+    /// went idle.
+    pub(crate) hot: RefCell<VecDeque<(u64, u32, Instant)>>,
+    pub(crate) hot_notify: Notify,
+}
+
+impl Lot {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: epoll_create1 has no preconditions; we check the result.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `owned` is an open epoll descriptor that the AsyncFd owns from here on, so
+        // it stays open and refers to the same file for the registration's life.
+        let ep = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Self {
+            ep,
+            queue: RefCell::new(VecDeque::new()),
+            next: std::cell::Cell::new(0),
+            notify: Notify::new(),
+            hot: RefCell::new(VecDeque::new()),
+            hot_notify: Notify::new(),
+        })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: i32, slot: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: u64::from(slot),
+        };
+        // SAFETY: both descriptors are open; ev lives for the call.
+        let r = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, &raw mut ev) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Move an idle connection out of tokio into the lot. On failure the connection is closed.
+pub(crate) fn park(
+    sh: &Rc<Shared>,
+    stream: tokio::net::TcpStream,
+    ctl: &Rc<Ctl>,
+    idle_since: Instant,
+) {
+    let lot = &sh.lot;
+    let std = match stream.into_std() {
+        Ok(s) => s,
+        Err(_) => {
+            sh.report(ctl, Reason::IoError, "park", Ending::PeerGone);
+            sh.unregister(ctl);
+            return;
+        }
+    };
+    let slot = ctl.slot.get();
+    if lot.ctl(libc::EPOLL_CTL_ADD, std.as_raw_fd(), slot).is_err() {
+        // Keep it as a task instead.
+        if let Ok(s) = tokio::net::TcpStream::from_std(std) {
+            tokio::task::spawn_local(super::conn::serve(s, ctl.clone(), sh.clone(), None));
+        }
+        return;
+    }
+    let seq = lot.next.get() + 1;
+    lot.next.set(seq);
+    ctl.park_seq.set(seq);
+    ctl.idle_since.set(idle_since);
+    *ctl.parked.borrow_mut() = Some(std);
+    let mut q = lot.queue.borrow_mut();
+    q.push_back((seq, slot));
+    if q.len() == 1 {
+        lot.notify.notify_one();
+    }
+}
+
+/// Bring a parked connection back as a task, optionally told to close for `kill`.
+/// Returns false if it was not parked.
+pub(crate) fn unpark(sh: &Rc<Shared>, ctl: &Rc<Ctl>, kill: Option<Reason>) -> bool {
+    let Some(std) = ctl.parked.borrow_mut().take() else {
+        return false;
+    };
+    let _ = sh.lot.ctl(libc::EPOLL_CTL_DEL, std.as_raw_fd(), 0);
+    ctl.park_seq.set(0);
+    if let Some(r) = kill {
+        if ctl.kill.get().is_none() {
+            ctl.kill.set(Some(r));
+        }
+    }
+    match tokio::net::TcpStream::from_std(std) {
+        Ok(s) => {
+            tokio::task::spawn_local(super::conn::serve(s, ctl.clone(), sh.clone(), None));
+        }
+        Err(_) => {
+            sh.report(ctl, Reason::IoError, "unpark", Ending::PeerGone);
+            sh.unregister(ctl);
+        }
+    }
+    true
+}
+
+fn lookup(sh: &Shared, slot: u32) -> Option<Rc<Ctl>> {
+    sh.conns.borrow().get(slot as usize).and_then(Clone::clone)
+}
+
+/// The lot's task: wakes parked connections with input, and closes them at their deadline.
+pub(crate) async fn run(sh: Rc<Shared>) {
+    let timeout = sh.cfg.keepalive_timeout;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
+    loop {
+        // The oldest valid parked connection, dropping stale queue entries.
+        let head = loop {
+            let front = sh.lot.queue.borrow().front().copied();
+            let Some((seq, slot)) = front else { break None };
+            match lookup(&sh, slot) {
+                Some(c) if c.park_seq.get() == seq => break Some(c),
+                _ => {
+                    sh.lot.queue.borrow_mut().pop_front();
+                }
+            }
+        };
+        let deadline = head
+            .as_ref()
+            .map_or_else(Instant::now, |c| c.idle_since.get() + timeout);
+        tokio::select! {
+            biased;
+            g = sh.lot.ep.readable() => {
+                let Ok(mut guard) = g else { return };
+                loop {
+                    let cap = i32::try_from(events.len()).unwrap_or(i32::MAX);
+                    // SAFETY: events is a valid buffer of `cap` entries; timeout 0.
+                    let n = unsafe {
+                        libc::epoll_wait(sh.lot.ep.as_raw_fd(), events.as_mut_ptr(), cap, 0)
+                    };
+                    if n <= 0 {
+                        guard.clear_ready();
+                        break;
+                    }
+                    for ev in &events[..usize::try_from(n).unwrap_or(0)] {
+                        let slot = u32::try_from(ev.u64).unwrap_or(u32::MAX);
+                        if let Some(c) = lookup(&sh, slot) {
+                            unpark(&sh, &c, None);
+                        }
+                    }
+                }
+            }
+            () = sleep_until(deadline), if head.is_some() => {
+                if let Some(c) = head {
+                    sh.lot.queue.borrow_mut().pop_front();
+                    unpark(&sh, &c, Some(Reason::IdleTimeout));
+                }
+            }
+            () = sh.lot.notify.notified(), if head.is_none() => {}
+        }
+    }
+}
+
+/// The sweeper's task: asks connections idle for [`PARK_AFTER`] to park. Entries are in
+/// idle order, so only the head is ever waited for; entries of connections that became busy
+/// again are dropped as they reach the head. No connection keeps a timer of its own.
+pub(crate) async fn sweep(sh: Rc<Shared>) {
+    loop {
+        let front = sh.lot.hot.borrow().front().copied();
+        let Some((seq, slot, at)) = front else {
+            sh.lot.hot_notify.notified().await;
+            continue;
+        };
+        let valid =
+            lookup(&sh, slot).filter(|c| c.idle_seq.get() == seq && c.parked.borrow().is_none());
+        let Some(c) = valid else {
+            sh.lot.hot.borrow_mut().pop_front();
+            continue;
+        };
+        drop(c);
+        if Instant::now() < at {
+            sleep_until(at).await;
+            continue;
+        }
+        sh.lot.hot.borrow_mut().pop_front();
+        if let Some(c) = lookup(&sh, slot) {
+            c.request_park();
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! One connection's HTTP state machine, without I/O: bytes in, response bytes out, and what
+//! the connection must do next (read more, wait, close with a reason).
+
+use std::time::Duration;
+
+use super::parse::{parse_head, BodyKind, Chunked, Head, Reject, Route};
+use super::stats::Stats;
+use super::{Advertise, Config, Reason};
+
+/// The body of `/` and `/close`.
+pub const BODY: &[u8] = b"ok\n";
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the server knows beyond this connection.
+pub struct Ctx<'a> {
+    pub cfg: &'a Config,
+    pub stats: &'a Stats,
+    pub shutting_down: bool,
+}
+
+/// What the connection does after a call to [`Proto::process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every complete request was answered; unconsumed bytes are a partial request.
+    NeedMore,
+    /// A `/delay/` request: flush, wait this long, then call [`Proto::finish_delayed`].
+    Delay(Duration),
+    /// Write out what was produced, then close for this reason.
+    Close(Reason, &'static str),
+}
+
+#[derive(Debug)]
+struct Req {
+    route: Route,
+    is_head: bool,
+    minor: u8,
+    close: Option<Reason>,
+    advertise: bool,
+}
+
+#[derive(Debug)]
+enum Left {
+    Length(u64),
+    Chunked(Chunked),
+}
+
+#[derive(Debug, Default)]
+enum Phase {
+    #[default]
+    Head,
+    Body(Left, Box<Req>),
+    Delayed(Box<Req>),
+}
+
+/// Per-connection protocol state.
+#[derive(Debug, Default)]
+pub struct Proto {
+    /// Responses sent on this connection.
+    pub served: u64,
+    phase: Phase,
+}
+
+impl Proto {
+    /// State for a connection that already answered `served` requests and is idle.
+    pub fn resume(served: u64) -> Self {
+        Self {
+            served,
+            phase: Phase::Head,
+        }
+    }
+
+    /// True between requests (no request head or body partly read).
+    pub fn between_requests(&self) -> bool {
+        matches!(self.phase, Phase::Head)
+    }
+
+    /// True while a request body is being read.
+    pub fn in_body(&self) -> bool {
+        matches!(self.phase, Phase::Body(..))
+    }
+
+    /// Handle the requests in `input`, appending responses to `out`.
+    /// Returns how many bytes of `input` were consumed and what to do next.
+    pub fn process(&mut self, input: &[u8], out: &mut Vec<u8>, ctx: &Ctx<'_>) -> (usize, Outcome) {
+        let mut pos = 0;
+        loop {
+            match std::mem::take(&mut self.phase) {
+                Phase::Head => {
+                    let rest = &input[pos..];
+                    if rest.is_empty() {
+                        return (pos, Outcome::NeedMore);
+                    }
+                    match parse_head(rest) {
+                        Ok(None) => {
+                            if rest.len() > ctx.cfg.max_header_bytes {
+                                return (input.len(), reject(too_big(), out, ctx));
+                            }
+                            return (pos, Outcome::NeedMore);
+                        }
+                        Err(r) => return (input.len(), reject(r, out, ctx)),
+                        Ok(Some((len, head))) => {
+                            if len > ctx.cfg.max_header_bytes {
+                                return (input.len(), reject(too_big(), out, ctx));
+                            }
+                            pos += len;
+                            let req = Box::new(request(&head, ctx.cfg));
+                            let left = match head.body {
+                                BodyKind::None => {
+                                    if let Some(o) = self.respond_or_delay(req, out, ctx) {
+                                        return (pos, o);
+                                    }
+                                    continue;
+                                }
+                                BodyKind::Length(n) => {
+                                    if n > ctx.cfg.max_body_bytes {
+                                        let r = Reject {
+                                            status: 413,
+                                            detail: "Content-Length larger than --max-body-bytes",
+                                        };
+                                        return (input.len(), reject(r, out, ctx));
+                                    }
+                                    Left::Length(n)
+                                }
+                                BodyKind::Chunked => Left::Chunked(Chunked::new()),
+                            };
+                            if head.expect_continue && pos == input.len() {
+                                out.extend_from_slice(CONTINUE);
+                            }
+                            self.phase = Phase::Body(left, req);
+                        }
+                    }
+                }
+                Phase::Body(left, req) => {
+                    let rest = &input[pos..];
+                    let left = match left {
+                        Left::Length(n) => {
+                            let take = n.min(rest.len() as u64);
+                            pos += usize::try_from(take).unwrap_or(rest.len());
+                            if n - take > 0 {
+                                Some(Left::Length(n - take))
+                            } else {
+                                None
+                            }
+                        }
+                        Left::Chunked(mut c) => match c.feed(rest, ctx.cfg.max_body_bytes) {
+                            Err(r) => return (input.len(), reject(r, out, ctx)),
+                            Ok(k) => {
+                                pos += k;
+                                if c.done() {
+                                    None
+                                } else {
+                                    Some(Left::Chunked(c))
+                                }
+                            }
+                        },
+                    };
+                    if let Some(left) = left {
+                        self.phase = Phase::Body(left, req);
+                        return (pos, Outcome::NeedMore);
+                    }
+                    if let Some(o) = self.respond_or_delay(req, out, ctx) {
+                        return (pos, o);
+                    }
+                }
+                p @ Phase::Delayed(_) => {
+                    self.phase = p;
+                    return (pos, Outcome::NeedMore);
+                }
+            }
+        }
+    }
+
+    fn respond_or_delay(
+        &mut self,
+        req: Box<Req>,
+        out: &mut Vec<u8>,
+        ctx: &Ctx<'_>,
+    ) -> Option<Outcome> {
+        if let Route::Delay(d) = req.route {
+            self.phase = Phase::Delayed(req);
+            return Some(Outcome::Delay(d));
+        }
+        self.respond(&req, out, ctx).map(|r| Outcome::Close(r, ""))
+    }
+
+    /// Answer the request that waited for its `/delay/`. Returns the close reason, if any.
+    pub fn finish_delayed(&mut self, out: &mut Vec<u8>, ctx: &Ctx<'_>) -> Option<Reason> {
+        match std::mem::take(&mut self.phase) {
+            Phase::Delayed(req) => self.respond(&req, out, ctx),
+            p => {
+                self.phase = p;
+                None
+            }
+        }
+    }
+
+    fn respond(&mut self, req: &Req, out: &mut Vec<u8>, ctx: &Ctx<'_>) -> Option<Reason> {
+        let cfg = ctx.cfg;
+        self.served += 1;
+        ctx.stats.requests.set(ctx.stats.requests.get() + 1);
+        if self.served > 1 {
+            ctx.stats.reused.set(ctx.stats.reused.get() + 1);
+        }
+        let close = req
+            .close
+            .or_else(|| {
+                (cfg.max_requests > 0 && self.served >= cfg.max_requests)
+                    .then_some(Reason::MaxRequests)
+            })
+            .or_else(|| ctx.shutting_down.then_some(Reason::Shutdown))
+            .or_else(|| {
+                cfg.keepalive_timeout
+                    .is_zero()
+                    .then_some(Reason::IdleTimeout)
+            });
+        let conn = if close.is_some() {
+            ConnHeader::Close
+        } else if req.advertise {
+            let remaining = if cfg.max_requests > 0 {
+                Some(cfg.max_requests - self.served)
+            } else {
+                None
+            };
+            ConnHeader::KeepAlive {
+                timeout: cfg
+                    .advertise_timeout
+                    .unwrap_or(cfg.keepalive_timeout)
+                    .as_secs(),
+                max: remaining,
+            }
+        } else if req.minor == 0 {
+            ConnHeader::KeepAliveToken
+        } else {
+            ConnHeader::Nothing
+        };
+        let owned;
+        let (status, ctype, body): (u16, &[u8], Body<'_>) = match &req.route {
+            Route::Root | Route::Close | Route::Delay(_) => (200, TEXT, Body::Slice(BODY)),
+            Route::Status(c) => (*c, TEXT, Body::Slice(reason_phrase_line(*c))),
+            Route::Bytes(n) => (200, OCTETS, Body::Fill(*n)),
+            Route::Headers(s) => (200, JSON, Body::Slice(s.as_bytes())),
+            Route::Stats => {
+                owned = ctx.stats.json(ctx.shutting_down);
+                (200, JSON, Body::Slice(owned.as_bytes()))
+            }
+            Route::Metrics => {
+                owned = ctx.stats.prometheus();
+                (200, PROM, Body::Slice(owned.as_bytes()))
+            }
+            Route::NotFound => (404, TEXT, Body::Slice(b"not found\n")),
+            Route::Invalid(c, msg) => {
+                owned = format!("{msg}\n");
+                (*c, TEXT, Body::Slice(owned.as_bytes()))
+            }
+        };
+        let bodyless = status == 204 || status == 304;
+        let len = match body {
+            Body::Slice(s) => s.len() as u64,
+            Body::Fill(n) => n,
+        };
+        write_head(out, status, ctype, (!bodyless).then_some(len), conn);
+        if !req.is_head && !bodyless {
+            match body {
+                Body::Slice(s) => out.extend_from_slice(s),
+                Body::Fill(n) => out.resize(out.len() + usize::try_from(n).unwrap_or(0), b'x'),
+            }
+        }
+        close
+    }
+}
+
+enum Body<'a> {
+    Slice(&'a [u8]),
+    Fill(u64),
+}
+
+const TEXT: &[u8] = b"text/plain";
+const JSON: &[u8] = b"application/json";
+const OCTETS: &[u8] = b"application/octet-stream";
+const PROM: &[u8] = b"text/plain; version=0.0.4";
+
+fn too_big() -> Reject {
+    Reject {
+        status: 431,
+        detail: "request header section larger than --max-header-bytes",
+    }
+}
+
+fn request(head: &Head, cfg: &Config) -> Req {
+    let close = if head.minor == 0 && !head.conn_keep_alive {
+        Some(Reason::Http10)
+    } else if head.conn_close {
+        Some(Reason::ClientCloseHeader)
+    } else if head.route == Route::Close {
+        Some(Reason::CloseEndpoint)
+    } else {
+        None
+    };
+    let advertise = match cfg.advertise {
+        Advertise::Always => true,
+        Advertise::WhenAsked => head.conn_keep_alive || head.keep_alive_field,
+        Advertise::Never => false,
+    };
+    Req {
+        route: head.route.clone(),
+        is_head: head.is_head,
+        minor: head.minor,
+        close,
+        advertise,
+    }
+}
+
+/// Answer a rejected request: its status, `Connection: close`, and the reason as body.
+fn reject(r: Reject, out: &mut Vec<u8>, ctx: &Ctx<'_>) -> Outcome {
+    ctx.stats.bad_requests.set(ctx.stats.bad_requests.get() + 1);
+    error_response(out, r.status, r.detail);
+    Outcome::Close(Reason::BadRequest, r.detail)
+}
+
+/// Write a complete error response that closes the connection.
+pub fn error_response(out: &mut Vec<u8>, status: u16, detail: &str) {
+    write_head(
+        out,
+        status,
+        TEXT,
+        Some(detail.len() as u64 + 1),
+        ConnHeader::Close,
+    );
+    out.extend_from_slice(detail.as_bytes());
+    out.push(b'\n');
+}
+
+#[derive(Clone, Copy)]
+enum ConnHeader {
+    Close,
+    KeepAlive { timeout: u64, max: Option<u64> },
+    KeepAliveToken,
+    Nothing,
+}
+
+fn write_head(out: &mut Vec<u8>, status: u16, ctype: &[u8], len: Option<u64>, conn: ConnHeader) {
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(num.format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status));
+    out.extend_from_slice(b"\r\nServer: kaprobe\r\nDate: ");
+    super::date::with_date(|d| out.extend_from_slice(d));
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(ctype);
+    if let Some(len) = len {
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(num.format(len).as_bytes());
+    }
+    match conn {
+        ConnHeader::Close => out.extend_from_slice(b"\r\nConnection: close"),
+        ConnHeader::KeepAlive { timeout, max } => {
+            out.extend_from_slice(b"\r\nConnection: keep-alive\r\nKeep-Alive: timeout=");
+            out.extend_from_slice(num.format(timeout).as_bytes());
+            if let Some(m) = max {
+                out.extend_from_slice(b", max=");
+                out.extend_from_slice(num.format(m).as_bytes());
+            }
+        }
+        ConnHeader::KeepAliveToken => out.extend_from_slice(b"\r\nConnection: keep-alive"),
+        ConnHeader::Nothing => {}
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+fn reason_phrase(status: u16) -> &'static [u8] {
+    let line = reason_phrase_line(status);
+    &line[..line.len() - 1]
+}
+
+fn reason_phrase_line(status: u16) -> &'static [u8] {
+    match status {
+        200 => b"OK\n",
+        201 => b"Created\n",
+        202 => b"Accepted\n",
+        204 => b"No Content\n",
+        301 => b"Moved Permanently\n",
+        302 => b"Found\n",
+        304 => b"Not Modified\n",
+        400 => b"Bad Request\n",
+        401 => b"Unauthorized\n",
+        403 => b"Forbidden\n",
+        404 => b"Not Found\n",
+        408 => b"Request Timeout\n",
+        413 => b"Content Too Large\n",
+        429 => b"Too Many Requests\n",
+        431 => b"Request Header Fields Too Large\n",
+        500 => b"Internal Server Error\n",
+        502 => b"Bad Gateway\n",
+        503 => b"Service Unavailable\n",
+        504 => b"Gateway Timeout\n",
+        _ => b"Status\n",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config {
+            max_requests: 3,
+            ..Config::default()
+        }
+    }
+
+    fn run(p: &mut Proto, cfg: &Config, input: &[u8]) -> (usize, Outcome, String) {
+        let stats = Stats::default();
+        let ctx = Ctx {
+            cfg,
+            stats: &stats,
+            shutting_down: false,
+        };
+        let mut out = Vec::new();
+        let (n, o) = p.process(input, &mut out, &ctx);
+        (n, o, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[test]
+    fn max_counts_down_and_the_last_response_closes() {
+        let c = cfg();
+        let mut p = Proto::default();
+        let (_, o, out) = run(&mut p, &c, GET);
+        assert_eq!(o, Outcome::NeedMore);
+        assert!(out.contains("Keep-Alive: timeout=5, max=2\r\n"), "{out}");
+        let (_, _, out) = run(&mut p, &c, GET);
+        assert!(out.contains("max=1\r\n"), "{out}");
+        let (_, o, out) = run(&mut p, &c, GET);
+        assert_eq!(o, Outcome::Close(Reason::MaxRequests, ""));
+        assert!(
+            out.contains("Connection: close\r\n") && !out.contains("Keep-Alive"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let c = Config::default();
+        let mut p = Proto::default();
+        let input = b"GET /status/201 HTTP/1.1\r\nHost: a\r\n\r\nGET /status/202 HTTP/1.1\r\nHost: a\r\n\r\nGET /status/2";
+        let (n, o, out) = run(&mut p, &c, input);
+        assert_eq!(o, Outcome::NeedMore);
+        assert_eq!(&input[n..], b"GET /status/2");
+        let a = out.find("201 Created").unwrap();
+        let b = out.find("202 Accepted").unwrap();
+        assert!(a < b);
+    }
+
+    #[test]
+    fn bodies_are_skipped_so_the_next_request_is_read() {
+        let c = Config::default();
+        let mut p = Proto::default();
+        let input = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /close HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (n, o, out) = run(&mut p, &c, input);
+        assert_eq!(n, input.len());
+        assert_eq!(o, Outcome::Close(Reason::CloseEndpoint, ""));
+        assert_eq!(out.matches("200 OK").count(), 3, "{out}");
+    }
+
+    #[test]
+    fn http10_needs_keep_alive_and_gets_it_echoed() {
+        let c = Config::default();
+        let mut p = Proto::default();
+        let (_, o, out) = run(&mut p, &c, b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(o, Outcome::Close(Reason::Http10, ""));
+        assert!(out.contains("Connection: close"));
+        let mut p = Proto::default();
+        let c = Config {
+            advertise: Advertise::Never,
+            ..Config::default()
+        };
+        let (_, o, out) = run(
+            &mut p,
+            &c,
+            b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+        );
+        assert_eq!(o, Outcome::NeedMore);
+        assert!(out.contains("Connection: keep-alive\r\n"), "{out}");
+    }
+
+    #[test]
+    fn expect_continue_gets_100_before_the_body() {
+        let c = Config::default();
+        let mut p = Proto::default();
+        let (_, o, out) = run(
+            &mut p,
+            &c,
+            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert_eq!(o, Outcome::NeedMore);
+        assert_eq!(out, "HTTP/1.1 100 Continue\r\n\r\n");
+        let (_, _, out) = run(&mut p, &c, b"hi");
+        assert!(out.starts_with("HTTP/1.1 200 OK"));
+    }
+
+    #[test]
+    fn head_has_length_but_no_body() {
+        let c = Config::default();
+        let mut p = Proto::default();
+        let (_, _, out) = run(&mut p, &c, b"HEAD /bytes/10 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(
+            out.contains("Content-Length: 10\r\n") && out.ends_with("\r\n\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn oversized_head_and_body_get_431_and_413() {
+        let c = Config {
+            max_header_bytes: 64,
+            max_body_bytes: 10,
+            ..Config::default()
+        };
+        let mut p = Proto::default();
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}", "y".repeat(100));
+        let (_, o, out) = run(&mut p, &c, big.as_bytes());
+        assert!(matches!(o, Outcome::Close(Reason::BadRequest, _)));
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        let mut p = Proto::default();
+        let (_, _, out) = run(
+            &mut p,
+            &c,
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n",
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 413 ") && out.contains("Connection: close"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_state_machine() {
+        let c = Config {
+            max_header_bytes: 256,
+            max_body_bytes: 64,
+            ..Config::default()
+        };
+        let mut x: u64 = 12345;
+        let pieces: [&[u8]; 8] = [
+            GET,
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"\r\n",
+            b"\x00\xff\x16",
+            b"GET /delay/0 HTTP/1.0\r\n",
+            b"HEAD /bytes/3 HTTP/1.1\r\n",
+        ];
+        for _ in 0..5000 {
+            let mut buf = Vec::new();
+            for _ in 0..6 {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1442695040888963407);
+                let piece = pieces[(x >> 60) as usize % pieces.len()];
+                let cut = (x >> 20) as usize % (piece.len() + 1);
+                buf.extend_from_slice(&piece[..cut]);
+            }
+            let mut p = Proto::default();
+            let (n, _, _) = run(&mut p, &c, &buf);
+            assert!(n <= buf.len());
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Counters behind `/_kaprobe/stats` and `/metrics`.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use super::Reason;
+
+/// Server-wide counters (one server thread, so plain cells).
+#[derive(Debug)]
+pub struct Stats {
+    pub started: Instant,
+    pub open: Cell<u64>,
+    pub idle: Cell<u64>,
+    pub accepted: Cell<u64>,
+    pub requests: Cell<u64>,
+    /// Requests that were not the first on their connection.
+    pub reused: Cell<u64>,
+    pub bad_requests: Cell<u64>,
+    pub accept_errors: Cell<u64>,
+    pub closes: [Cell<u64>; Reason::ALL.len()],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            open: Cell::new(0),
+            idle: Cell::new(0),
+            accepted: Cell::new(0),
+            requests: Cell::new(0),
+            reused: Cell::new(0),
+            bad_requests: Cell::new(0),
+            accept_errors: Cell::new(0),
+            closes: Default::default(),
+        }
+    }
+}
+
+fn bump(c: &Cell<u64>, by: i64) {
+    c.set(c.get().saturating_add_signed(by));
+}
+
+impl Stats {
+    pub(crate) fn add(c: &Cell<u64>, by: i64) {
+        bump(c, by);
+    }
+
+    pub(crate) fn closed(&self, r: Reason) {
+        bump(&self.closes[r as usize], 1);
+    }
+
+    /// Share of requests that reused a connection.
+    pub fn reuse_ratio(&self) -> f64 {
+        let r = self.requests.get();
+        if r == 0 {
+            0.0
+        } else {
+            self.reused.get() as f64 / r as f64
+        }
+    }
+
+    /// The `/_kaprobe/stats` body.
+    pub fn json(&self, shutting_down: bool) -> String {
+        let closes: serde_json::Map<String, serde_json::Value> = Reason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), self.closes[*r as usize].get().into()))
+            .collect();
+        let mut s = serde_json::json!({
+            "uptime": self.started.elapsed().as_secs_f64(),
+            "connections_open": self.open.get(),
+            "connections_idle": self.idle.get(),
+            "connections_accepted": self.accepted.get(),
+            "requests": self.requests.get(),
+            "requests_reused": self.reused.get(),
+            "reuse_ratio": self.reuse_ratio(),
+            "bad_requests": self.bad_requests.get(),
+            "accept_errors": self.accept_errors.get(),
+            "closes": closes,
+            "shutting_down": shutting_down,
+        })
+        .to_string();
+        s.push('\n');
+        s
+    }
+
+    /// The `/metrics` body (Prometheus text format 0.0.4).
+    pub fn prometheus(&self) -> String {
+        let mut s = String::with_capacity(2048);
+        let mut g = |name: &str, kind: &str, help: &str, v: String| {
+            let _ = write!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            );
+        };
+        g(
+            "kaprobe_connections_open",
+            "gauge",
+            "Connections open now.",
+            self.open.get().to_string(),
+        );
+        g(
+            "kaprobe_connections_idle",
+            "gauge",
+            "Connections idle between requests now.",
+            self.idle.get().to_string(),
+        );
+        g(
+            "kaprobe_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            self.accepted.get().to_string(),
+        );
+        g(
+            "kaprobe_requests_total",
+            "counter",
+            "Requests answered.",
+            self.requests.get().to_string(),
+        );
+        g(
+            "kaprobe_requests_reused_total",
+            "counter",
+            "Requests that reused a connection.",
+            self.reused.get().to_string(),
+        );
+        g(
+            "kaprobe_reuse_ratio",
+            "gauge",
+            "Share of requests that reused a connection.",
+            format!("{}", self.reuse_ratio()),
+        );
+        g(
+            "kaprobe_bad_requests_total",
+            "counter",
+            "Requests rejected with a 4xx.",
+            self.bad_requests.get().to_string(),
+        );
+        s.push_str("# HELP kaprobe_connection_closes_total Connections closed, by reason.\n# TYPE kaprobe_connection_closes_total counter\n");
+        for r in Reason::ALL {
+            let _ = writeln!(
+                s,
+                "kaprobe_connection_closes_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.closes[r as usize].get()
+            );
+        }
+        s
+    }
+}
