@@ -25,7 +25,10 @@ const MAX_HEAD: usize = 64 * 1024;
 pub struct Connector {
     pub target: Target,
     pub addr: SocketAddr,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -58,7 +61,7 @@ impl Connector {
             Err(_) => {
                 return Err(Error::Resolve {
                     host,
-                    reason: format!("no answer within {timeout:?}"),
+                    reason: format!("no answer within {:.2} s", timeout.as_secs_f64()),
                 })
             }
             Ok(Err(e)) => {
@@ -116,7 +119,7 @@ impl Connector {
             Err(_) => {
                 return Err(Error::Tls {
                     what: format!("handshake with {}", self.addr),
-                    reason: format!("no answer within {left:?}"),
+                    reason: format!("no answer within {:.2} s", left.as_secs_f64()),
                 })
             }
             Ok(Err(e)) => {
@@ -145,7 +148,9 @@ impl Connector {
             self.target.host_header(),
             env!("CARGO_PKG_VERSION")
         );
-        if version == HttpVersion::Http10KeepAlive {
+        // Ask for keep-alive explicitly (as browsers do): some servers, Apache among them,
+        // only send their `Keep-Alive: timeout, max` header when asked.
+        if version != HttpVersion::Http10 {
             r.push_str("Connection: keep-alive\r\n");
         }
         if method == "POST" || method == "PUT" {
@@ -474,7 +479,12 @@ impl Conn {
                 if left == 0 {
                     break;
                 }
-                if self.fill(deadline).await.map_err(|e| truncate(e, len - left))? == 0 {
+                if self
+                    .fill(deadline)
+                    .await
+                    .map_err(|e| truncate(e, len - left))?
+                    == 0
+                {
                     return Err(ReadFail::Truncated(format!(
                         "closed after {} of {len} body bytes",
                         len - left
@@ -635,7 +645,10 @@ mod tests {
         let k = KeepAliveHeader::parse("TIMEOUT=\"9\"");
         assert_eq!(k.timeout, Some(9.0));
         assert_eq!(k.max, None);
-        assert_eq!(KeepAliveHeader::parse("garbage"), KeepAliveHeader::default());
+        assert_eq!(
+            KeepAliveHeader::parse("garbage"),
+            KeepAliveHeader::default()
+        );
         assert_eq!(KeepAliveHeader::parse("timeout=inf").timeout, None);
     }
 }

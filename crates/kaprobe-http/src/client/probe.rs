@@ -201,10 +201,17 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
     }
     let start = Instant::now();
     let deadline = start + opts.max_wait;
-    let connector = Connector::new(target, &opts.tls, left(deadline).min(Duration::from_secs(10))).await?;
+    let connector = Connector::new(
+        target,
+        &opts.tls,
+        left(deadline).min(Duration::from_secs(10)),
+    )
+    .await?;
 
     // First connection: fatal errors end the probe with a clear message.
-    let (mut conn0, times) = connector.open(left(deadline).min(Duration::from_secs(10))).await?;
+    let (mut conn0, times) = connector
+        .open(left(deadline).min(Duration::from_secs(10)))
+        .await?;
     let req = connector.request("GET", None, HttpVersion::Http11);
     let t = Instant::now();
     let wait = left(deadline).min(Duration::from_secs(15));
@@ -242,7 +249,11 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
         tokio::join!(
             measure_idle(&connector, opts, answer_timeout, deadline),
             http10_checks(&connector, answer_timeout, side_deadline),
-            count_requests(&connector, opts.max_requests_cap, deadline.min(start + Duration::from_secs(60).max(opts.max_wait / 2))),
+            count_requests(
+                &connector,
+                opts.max_requests_cap,
+                deadline.min(start + Duration::from_secs(60).max(opts.max_wait / 2))
+            ),
             pipelining_check(&connector, answer_timeout, side_deadline),
         )
     } else {
@@ -321,7 +332,11 @@ pub fn ladder(n: usize, top: Duration) -> Vec<Duration> {
     let lo = LADDER_MIN.as_secs_f64();
     let hi = top.as_secs_f64().max(lo * 1.5);
     let steps = n.saturating_sub(1).max(1);
-    #[allow(clippy::cast_precision_loss, clippy::cast_possible_wrap, clippy::cast_possible_truncation)]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_wrap,
+        clippy::cast_possible_truncation
+    )]
     let ratio = (hi / lo).powf(1.0 / steps as f64);
     (0..n)
         .map(|i| {
@@ -470,7 +485,10 @@ async fn measure_idle(
     }
     tasks.abort_all();
 
-    let longest_alive = oks.iter().copied().fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+    let longest_alive = oks
+        .iter()
+        .copied()
+        .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
     let mut result = IdleResult {
         close_style: CloseStyle::OpenAtMaxWait,
         timeout_s: None,
@@ -516,7 +534,8 @@ async fn measure_idle(
 /// it failed), once two requests after longer idles failed and none after them worked.
 fn silent_bounds(oks: &[f64], fails: &[(f64, &'static str)]) -> Option<(f64, f64, &'static str)> {
     let max_ok = oks.iter().copied().fold(0.0_f64, f64::max);
-    let mut above: Vec<(f64, &'static str)> = fails.iter().copied().filter(|f| f.0 > max_ok).collect();
+    let mut above: Vec<(f64, &'static str)> =
+        fails.iter().copied().filter(|f| f.0 > max_ok).collect();
     if above.len() < 2 {
         return None;
     }
@@ -545,7 +564,8 @@ async fn http10_checks(connector: &Connector, answer: Duration, deadline: Instan
             if r.body_until_close {
                 out.plain_closes = Some(true);
             } else {
-                let closed = tokio::time::timeout_at(cap(Duration::from_secs(1), deadline), c.watch()).await;
+                let closed =
+                    tokio::time::timeout_at(cap(Duration::from_secs(1), deadline), c.watch()).await;
                 out.plain_closes = Some(matches!(closed, Ok(Ok(_))));
             }
         }
@@ -559,7 +579,10 @@ async fn count_requests(connector: &Connector, cap_n: u64, deadline: Instant) ->
         ended_by: "error".into(),
         ..MaxRequests::default()
     };
-    let Ok((mut c, _)) = connector.open(left(deadline).min(Duration::from_secs(10))).await else {
+    let Ok((mut c, _)) = connector
+        .open(left(deadline).min(Duration::from_secs(10)))
+        .await
+    else {
         return out;
     };
     let req = connector.request("GET", None, HttpVersion::Http11);
@@ -570,7 +593,10 @@ async fn count_requests(connector: &Connector, cap_n: u64, deadline: Instant) ->
             out.ended_by = "max_wait".into();
             break;
         }
-        match c.exchange(&req, false, cap(Duration::from_secs(10), deadline)).await {
+        match c
+            .exchange(&req, false, cap(Duration::from_secs(10), deadline))
+            .await
+        {
             Ok(r) => {
                 answered += 1;
                 if let Some(m) = r.keep_alive.and_then(|k| k.max) {
@@ -603,7 +629,11 @@ async fn count_requests(connector: &Connector, cap_n: u64, deadline: Instant) ->
     out
 }
 
-async fn pipelining_check(connector: &Connector, answer: Duration, deadline: Instant) -> Pipelining {
+async fn pipelining_check(
+    connector: &Connector,
+    answer: Duration,
+    deadline: Instant,
+) -> Pipelining {
     let mut out = Pipelining {
         result: "error".into(),
         sent: 4,
@@ -615,11 +645,17 @@ async fn pipelining_check(connector: &Connector, answer: Duration, deadline: Ins
     // Learn each path's status on its own first.
     let Some((mut c, sa, sb)) = async {
         let (mut c, _) = connector.open(left(deadline)).await.ok()?;
-        let ra = c.exchange(&a, false, cap(answer * 2, deadline)).await.ok()?;
+        let ra = c
+            .exchange(&a, false, cap(answer * 2, deadline))
+            .await
+            .ok()?;
         if ra.will_close() {
             return None;
         }
-        let rb = c.exchange(&b, false, cap(answer * 2, deadline)).await.ok()?;
+        let rb = c
+            .exchange(&b, false, cap(answer * 2, deadline))
+            .await
+            .ok()?;
         if rb.will_close() {
             let (c2, _) = connector.open(left(deadline)).await.ok()?;
             c = c2;
@@ -664,7 +700,9 @@ async fn pipelining_check(connector: &Connector, answer: Duration, deadline: Ins
         out.detail = Some(format!("expected statuses {expected:?}, got {statuses:?}"));
         "out_of_order".into()
     } else if sa == sb {
-        out.detail = Some(format!("both paths answer {sa}, so the order could not be told apart"));
+        out.detail = Some(format!(
+            "both paths answer {sa}, so the order could not be told apart"
+        ));
         "in_order_unverified".into()
     } else {
         "in_order".into()
@@ -678,7 +716,10 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
     let t = idle.timeout_s;
     // Truth of the advertised timeout.
     if let (Some(adv), Some(obs)) = (r.advertised.timeout_s, t) {
-        if matches!(idle.close_style, CloseStyle::Fin | CloseStyle::Rst | CloseStyle::Silent) {
+        if matches!(
+            idle.close_style,
+            CloseStyle::Fin | CloseStyle::Rst | CloseStyle::Silent
+        ) {
             let ok = (obs - adv).abs() <= 1.0 + 0.05 * adv;
             r.advertised_true.timeout = Some(ok);
             if !ok {
@@ -693,7 +734,9 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
                 });
             }
         }
-    } else if let (Some(adv), CloseStyle::OpenAtMaxWait) = (r.advertised.timeout_s, idle.close_style) {
+    } else if let (Some(adv), CloseStyle::OpenAtMaxWait) =
+        (r.advertised.timeout_s, idle.close_style)
+    {
         if let Some(a) = idle.longest_alive_s {
             if a > adv + 1.0 + 0.05 * adv {
                 r.advertised_true.timeout = Some(false);
@@ -740,9 +783,8 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
             .push("HTTP/1.0 clients asking for keep-alive get a connection that closes".into());
     }
     if r.http10.plain_closes == Some(false) {
-        r.findings.push(
-            "a plain HTTP/1.0 request (no keep-alive asked) left the connection open".into(),
-        );
+        r.findings
+            .push("a plain HTTP/1.0 request (no keep-alive asked) left the connection open".into());
     }
     if idle.unasked_bytes > 0 {
         r.findings.push(format!(

@@ -174,7 +174,11 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
     // One checked exchange first, so a dead or broken URL is a clear error, not a table
     // full of failures.
     let (mut c, _) = connector
-        .open(deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(10)))
+        .open(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(10)),
+        )
         .await?;
     let req = connector.request(&method, None, HttpVersion::Http11);
     let head = method == "HEAD";
@@ -285,7 +289,9 @@ async fn attempt(
     // Idle like a pool that trusts its timer: no look at the socket before reuse.
     tokio::time::sleep_until(conn.idle_since + idle).await;
     let sent = Instant::now();
-    a.actual_idle_s = sent.saturating_duration_since(conn.idle_since).as_secs_f64();
+    a.actual_idle_s = sent
+        .saturating_duration_since(conn.idle_since)
+        .as_secs_f64();
     a.outcome = match conn.exchange(req, head, sent + answer).await {
         Ok(r) => {
             a.status = Some(r.status);
@@ -311,11 +317,18 @@ async fn attempt(
 
 /// Group attempts: one bin per attempt up to 12 attempts, else 10 equal idle ranges.
 fn bin(attempts: &[Attempt]) -> Vec<Bin> {
-    let n_bins = if attempts.len() <= 12 { attempts.len() } else { 10 };
+    let n_bins = if attempts.len() <= 12 {
+        attempts.len()
+    } else {
+        10
+    };
     if n_bins == 0 {
         return Vec::new();
     }
-    let lo = attempts.iter().map(|a| a.idle_s).fold(f64::INFINITY, f64::min);
+    let lo = attempts
+        .iter()
+        .map(|a| a.idle_s)
+        .fold(f64::INFINITY, f64::min);
     let hi = attempts.iter().map(|a| a.idle_s).fold(0.0, f64::max);
     #[allow(clippy::cast_precision_loss)]
     let width = ((hi - lo) / n_bins as f64).max(1e-9);
@@ -325,7 +338,11 @@ fn bin(attempts: &[Attempt]) -> Vec<Bin> {
             let from = lo + width * i as f64;
             Bin {
                 idle_from_s: from,
-                idle_to_s: if n_bins == attempts.len() { from } else { from + width },
+                idle_to_s: if n_bins == attempts.len() {
+                    from
+                } else {
+                    from + width
+                },
                 attempts: 0,
                 ok: 0,
                 bad_gateway: 0,

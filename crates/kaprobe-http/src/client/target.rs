@@ -84,7 +84,9 @@ impl Target {
         }
         let (host, port) = if let Some(after) = authority.strip_prefix('[') {
             let Some((h, tail)) = after.split_once(']') else {
-                return Err(bad("an IPv6 address opened with '[' is never closed with ']'"));
+                return Err(bad(
+                    "an IPv6 address opened with '[' is never closed with ']'",
+                ));
             };
             if h.parse::<std::net::Ipv6Addr>().is_err() {
                 return Err(bad(&format!("'{h}' is not an IPv6 address")));
@@ -161,10 +163,16 @@ mod tests {
     #[test]
     fn plain_urls_parse_with_default_ports_and_paths() {
         let t = Target::parse("http://example.test").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("example.test", 80, "/"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("example.test", 80, "/")
+        );
         let t = Target::parse("HTTPS://127.0.0.1:8443/a/b?c=d#frag").unwrap();
         assert_eq!(t.scheme, Scheme::Https);
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 8443, "/a/b?c=d"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("127.0.0.1", 8443, "/a/b?c=d")
+        );
         assert_eq!(t.host_header(), "127.0.0.1:8443");
         let t = Target::parse("http://h?x=1").unwrap();
         assert_eq!(t.path, "/?x=1");

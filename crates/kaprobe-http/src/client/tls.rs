@@ -32,8 +32,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn load_pem(path: &Path, roots: &mut RootCertStore) -> Result<usize, Error> {
-    let tls = |reason: String| Error::Tls {
-        what: format!("reading CA certificates from {}", path.display()),
+    let tls = |reason: String| Error::CaFile {
+        path: path.display().to_string(),
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| tls(e.to_string()))?;

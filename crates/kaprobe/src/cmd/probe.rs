@@ -30,7 +30,8 @@ Examples:
   kaprobe probe http://10.0.0.5/ --json | jq .idle
 
 Exit codes: 0 measured (whatever the verdict), 2 bad URL or flag, 3 host not resolved,
-4 connection refused, 5 unreachable or no answer in time, 8 TLS error,
+4 connection refused, 5 unreachable or no answer in time,
+7 --cacert file unreadable or not PEM, 8 TLS error,
 9 not HTTP (garbage, cut-off or empty answer). See docs/probe.md.")]
 pub struct Args {
     /// The URL to probe: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH].
@@ -72,6 +73,7 @@ pub(crate) fn failure(e: kaprobe_http::Error) -> Failure {
         E::Connect { source, .. } => exit::connect_code(source),
         E::ConnectTimeout { .. } | E::NoAnswer { .. } => exit::UNREACHABLE,
         E::Tls { .. } => exit::TLS,
+        E::CaFile { .. } => exit::FILE,
         E::Garbage { .. } | E::ClosedMidResponse { .. } | E::NoResponse { .. } => exit::PROTOCOL,
         _ => exit::FAILURE,
     };
@@ -136,6 +138,14 @@ fn secs(v: Option<f64>) -> String {
     v.map_or("-".into(), |s| format!("{s:.2} s"))
 }
 
+/// The probe's total time, from the library's duration type.
+fn took(r: &ProbeReport) -> String {
+    format!(
+        "{:.2} s",
+        crate::util::secs(Duration::from_secs_f64(r.elapsed_s.max(0.0)))
+    )
+}
+
 fn ms(s: f64) -> String {
     format!("{:.1} ms", s * 1000.0)
 }
@@ -195,7 +205,10 @@ fn render(r: &ProbeReport) {
     ]);
     t.add_row(vec![
         "Connection header".to_string(),
-        r.advertised.connection.clone().unwrap_or_else(|| "-".into()),
+        r.advertised
+            .connection
+            .clone()
+            .unwrap_or_else(|| "-".into()),
         String::new(),
     ]);
     t.add_row(vec![
@@ -206,7 +219,11 @@ fn render(r: &ProbeReport) {
     t.add_row(vec![
         "HTTP/1.0 plain".to_string(),
         String::new(),
-        yes_no(r.http10.plain_closes, "closed after the response", "left open"),
+        yes_no(
+            r.http10.plain_closes,
+            "closed after the response",
+            "left open",
+        ),
     ]);
     t.add_row(vec![
         "pipelining".to_string(),
@@ -232,4 +249,5 @@ fn render(r: &ProbeReport) {
         println!("  * {f}");
     }
     println!("verdict: {}", r.verdict);
+    println!("(probe took {})", took(r));
 }
