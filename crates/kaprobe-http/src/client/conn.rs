@@ -343,7 +343,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(io: Box<dyn Io>) -> Self {
+    /// Wrap any byte stream (a TCP or TLS stream, or an in-memory pipe in tests).
+    pub fn new(io: Box<dyn Io>) -> Self {
         Self {
             io,
             buf: Vec::with_capacity(16 * 1024),
@@ -636,6 +637,129 @@ fn to_response(p: &httparse::Response<'_, '_>) -> Result<Response, ReadFail> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feed `server_bytes` (then EOF) to a connection and read one response.
+    async fn read_one(server_bytes: &'static [u8], head: bool) -> Result<Response, ReadFail> {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let _ = server.write_all(server_bytes).await;
+            let _ = server.shutdown().await;
+            // Keep the pipe's other end alive long enough to read everything.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        let mut c = Conn::new(Box::new(client));
+        c.read_response(head, Instant::now() + Duration::from_secs(2))
+            .await
+    }
+
+    #[tokio::test]
+    async fn content_length_chunked_and_close_delimited_bodies_are_framed() {
+        let r = read_one(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5, max=99\r\n\r\nhello",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.status, r.body_len, r.will_close()), (200, 5, false));
+        assert_eq!(r.keep_alive.unwrap().max, Some(99));
+        let r = read_one(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nwiki\r\n5\r\npedia\r\n0\r\nT: v\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.body_len, 9);
+        let r = read_one(b"HTTP/1.0 200 OK\r\n\r\nuntil the end", false)
+            .await
+            .unwrap();
+        assert!(r.body_until_close && r.will_close());
+        assert_eq!(r.body_len, 13);
+    }
+
+    #[tokio::test]
+    async fn interim_head_and_bodiless_responses_are_handled() {
+        let r = read_one(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 204);
+        assert!(r.will_close());
+        let r = read_one(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", true)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.body_len, 0,
+            "HEAD has no body whatever Content-Length says"
+        );
+        let r = read_one(
+            b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(!r.will_close() && r.says_keep_alive());
+    }
+
+    #[tokio::test]
+    async fn garbage_truncation_and_silence_are_told_apart() {
+        assert!(matches!(read_one(b"", false).await, Err(ReadFail::Eof)));
+        assert!(matches!(
+            read_one(b"SSH-2.0-OpenSSH\r\n\r\n", false).await,
+            Err(ReadFail::Garbage(_))
+        ));
+        assert!(matches!(
+            read_one(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", false).await,
+            Err(ReadFail::Truncated(_))
+        ));
+        assert!(matches!(
+            read_one(b"HTTP/1.1 200 OK\r\nContent-Le", false).await,
+            Err(ReadFail::Truncated(_))
+        ));
+        assert!(matches!(
+            read_one(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).await,
+            Err(ReadFail::Garbage(_))
+        ));
+        assert!(matches!(
+            read_one(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                false
+            )
+            .await,
+            Err(ReadFail::Garbage(_))
+        ));
+        // Nothing at all, connection open: a timeout, not a hang.
+        let (client, _server) = tokio::io::duplex(1024);
+        let mut c = Conn::new(Box::new(client));
+        let r = c
+            .read_response(false, Instant::now() + Duration::from_millis(50))
+            .await;
+        assert!(matches!(r, Err(ReadFail::Timeout { got: 0 })));
+    }
+
+    #[tokio::test]
+    async fn arbitrary_bytes_never_panic() {
+        // A small deterministic generator: many shapes of broken responses.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let alphabet: &[u8] =
+            b"HTP/1.0 2\r\n:;aZ-Content-Length: Transfer-Encoding: chunked 0f\x00\xff";
+        for _ in 0..300 {
+            let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 200) as usize;
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            let _ = read_one(leaked, x % 2 == 0).await;
+        }
+    }
 
     #[test]
     fn keep_alive_header_parses_timeout_and_max() {

@@ -174,8 +174,9 @@ fn render(r: &ProbeReport) {
     let observed_idle = match idle.close_style {
         kaprobe_http::client::CloseStyle::OpenAtMaxWait => format!(
             "still open at --max-wait{}",
-            idle.longest_alive_s
-                .map_or(String::new(), |a| format!(" (reuse after {a:.2} s worked)"))
+            idle.still_open_after_s
+                .or(idle.longest_alive_s)
+                .map_or(String::new(), |a| format!(" ({a:.2} s idle)"))
         ),
         kaprobe_http::client::CloseStyle::NoKeepAlive => "closes after every response".into(),
         style => format!(
@@ -225,16 +226,17 @@ fn render(r: &ProbeReport) {
             "left open",
         ),
     ]);
-    t.add_row(vec![
-        "pipelining".to_string(),
-        String::new(),
+    let pipelining = if r.pipelining.sent == 0 {
+        r.pipelining.result.replace('_', " ")
+    } else {
         format!(
             "{} ({} of {} answered)",
             r.pipelining.result.replace('_', " "),
             r.pipelining.answered,
             r.pipelining.sent
-        ),
-    ]);
+        )
+    };
+    t.add_row(vec!["pipelining".to_string(), String::new(), pipelining]);
     let mut timing = format!("connect {}", ms(r.connect_s));
     if let Some(hs) = r.tls_handshake_s {
         timing.push_str(&format!(", TLS handshake {}", ms(hs)));
