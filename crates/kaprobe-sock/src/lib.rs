@@ -4,10 +4,14 @@
 //!
 //! Nothing here prints; everything takes plain values and returns typed results.
 
+pub mod conn;
 pub mod defaults;
 pub mod diag;
 pub mod error;
+pub mod hold;
 pub mod info;
+pub mod netns;
 pub mod options;
+pub mod ser;
 
 pub use error::Error;

@@ -20,6 +20,7 @@ pub const RESOLVE: u8 = 3;
 pub const REFUSED: u8 = 4;
 pub const UNREACHABLE: u8 = 5;
 pub const PERMISSION: u8 = 6;
+#[allow(dead_code)] // used by `read` once it lands
 pub const FILE: u8 = 7;
 
 /// An error that carries the exit status it should produce.

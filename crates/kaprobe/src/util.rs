@@ -26,6 +26,20 @@ pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// A duration the way humantime writes it, without spaces: `2h11m15s`, `1s500ms`.
+pub fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+/// A flag that becomes true on SIGINT or SIGTERM, so a command can stop and summarise.
+pub fn stop_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
+
 /// Print one JSON object as a line on stdout.
 pub fn print_json_line(v: &serde_json::Value) {
     println!("{v}");
@@ -37,6 +51,52 @@ pub fn table() -> comfy_table::Table {
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
     t
+}
+
+/// Resolve `HOST:PORT` (`127.0.0.1:8080`, `[::1]:8080`, `localhost:80`) to addresses.
+/// A missing or bad port is a usage error (exit 2); a name that does not resolve exits 3.
+pub fn resolve_host_port(what: &str, s: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    use crate::exit::{Failure, RESOLVE};
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        if a.port() == 0 {
+            return Err(Failure::usage(format!(
+                "{what} '{s}': port 0 is not a port to connect to: use 1..=65535"
+            ))
+            .into());
+        }
+        return Ok(vec![a]);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(Failure::usage(format!(
+            "{what} '{s}' has no port: use HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+        ))
+        .into());
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(Failure::usage(format!(
+                "{what} '{s}': port '{port}' is not a number in 1..=65535"
+            ))
+            .into())
+        }
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(Failure::usage(format!("{what} '{s}' has no host: use HOST:PORT")).into());
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let v: Vec<_> = addrs.collect();
+            if v.is_empty() {
+                Err(Failure::new(RESOLVE, format!("cannot resolve '{host}': no addresses")).into())
+            } else {
+                Ok(v)
+            }
+        }
+        Err(e) => Err(Failure::new(RESOLVE, format!("cannot resolve '{host}': {e}")).into()),
+    }
 }
 
 #[cfg(test)]

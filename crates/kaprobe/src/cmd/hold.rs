@@ -1,10 +1,277 @@
-//! `kaprobe hold` (not built yet).
+//! `kaprobe hold`: one idle connection with chosen keep-alive settings, followed to its end.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use kaprobe_sock::conn::{self, Conn};
+use kaprobe_sock::hold::{hold, HoldEvent, HoldReport, Outcome};
+use kaprobe_sock::options::{self, Effective, KeepaliveConfig};
+use serde_json::json;
+
+use crate::exit::{self, Failure};
+use crate::util;
+
+/// Hold one TCP connection idle with the keep-alive settings you choose, show the values the
+/// kernel really uses, report each keep-alive probe and answer as it happens, and say how and
+/// when the connection ended — and whether that matches the settings.
+///
+/// Connect to HOST:PORT, or with --listen accept one connection and hold that (server-side
+/// probes). Unset options keep the system defaults (see `kaprobe defaults`).
+///
+/// Exit status tells the outcome: 0 still open when --duration ran out or on Ctrl-C,
+/// 10 the peer closed (FIN), 11 the peer reset (RST), 12 ETIMEDOUT after the configured
+/// unanswered probes (dead peer), 13 TCP_USER_TIMEOUT expired; 2 bad usage, 3 name not
+/// resolved, 4 connection refused, 5 unreachable or connect timed out, 6 permission denied.
+///
+/// Examples:
+///   kaprobe hold 10.0.0.5:443 --idle 30s --interval 5s --count 3
+///   kaprobe hold --listen 0.0.0.0:9000 --idle 1m --json
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Where to connect: HOST:PORT (127.0.0.1:8080, [::1]:8080, example.com:443).
+    #[arg(required_unless_present = "listen", conflicts_with = "listen")]
+    pub target: Option<String>,
+    /// Accept one connection on ADDR (e.g. 127.0.0.1:9000; port 0 picks one) and hold it.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Idle time before the first probe (TCP_KEEPIDLE), whole seconds 1..=32767: 75s, 2h, 1m30s.
+    #[arg(long, value_parser = util::parse_duration, value_name = "D")]
+    pub idle: Option<Duration>,
+    /// Time between probes (TCP_KEEPINTVL), whole seconds 1..=32767.
+    #[arg(long, value_parser = util::parse_duration, value_name = "D")]
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the kernel drops the connection (TCP_KEEPCNT), 1..=127.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// TCP_USER_TIMEOUT: drop the connection once it has been silent this long with probes
+    /// unanswered (replaces --count); whole milliseconds, e.g. 2500ms; 0 turns it off.
+    #[arg(long, value_parser = util::parse_duration, value_name = "D")]
+    pub user_timeout: Option<Duration>,
+    /// Give up connecting after this long.
+    #[arg(long, value_parser = util::parse_duration, value_name = "D", default_value = "10s")]
+    pub connect_timeout: Duration,
+    /// Stop holding after this long (exit 0 if still open); default: until the connection ends.
+    #[arg(long, value_parser = util::parse_duration, value_name = "D")]
+    pub duration: Option<Duration>,
+    /// One JSON object per line: connected, effective, each event, end.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    Err(crate::exit::Failure::new(crate::exit::FAILURE, "'kaprobe hold' is not built yet").into())
+/// Exit status for each outcome.
+pub fn outcome_code(o: Outcome) -> u8 {
+    match o {
+        Outcome::Stopped => 0,
+        Outcome::PeerFin => 10,
+        Outcome::PeerRst => 11,
+        Outcome::KeepaliveTimeout => 12,
+        Outcome::UserTimeout => 13,
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = KeepaliveConfig::validated(args.idle, args.interval, args.count, args.user_timeout)
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    if args.connect_timeout.is_zero() {
+        return Err(Failure::usage("--connect-timeout 0s: use a positive duration").into());
+    }
+    let stop = util::stop_flag()?;
+    let Conn { sock, local, peer } = match &args.listen {
+        Some(l) => accept_one(l, args.json)?,
+        None => connect(
+            args.target.as_deref().unwrap_or_default(),
+            args.connect_timeout,
+        )?,
+    };
+    let peer_s = peer.to_string();
+    options::apply(&sock, &cfg, &peer_s)?;
+    let eff = options::read(&sock, &peer_s)?;
+    print_start(&args, local, peer, &eff);
+    let json = args.json;
+    let report = hold(&sock, &eff, &peer_s, &stop, args.duration, |e| {
+        print_event(json, e);
+    })?;
+    stop.store(false, Ordering::Relaxed);
+    print_end(json, &eff, &report);
+    Ok(ExitCode::from(outcome_code(report.outcome)))
+}
+
+fn io_code(e: &kaprobe_sock::Error) -> u8 {
+    e.io_error().map_or(exit::FAILURE, exit::connect_code)
+}
+
+fn connect(target: &str, timeout: Duration) -> anyhow::Result<Conn> {
+    let addrs = util::resolve_host_port("target", target)?;
+    conn::connect(&addrs, timeout).map_err(|e| {
+        let code = io_code(&e);
+        let why = match code {
+            exit::REFUSED => "connection refused (nothing listens there)".to_string(),
+            exit::UNREACHABLE
+                if e.io_error().map(std::io::Error::kind) == Some(std::io::ErrorKind::TimedOut) =>
+            {
+                format!("no answer within {}", util::human(timeout))
+            }
+            exit::UNREACHABLE => format!(
+                "unreachable ({})",
+                e.io_error().map_or_else(String::new, ToString::to_string)
+            ),
+            _ => return Failure::new(code, e.to_string()).into(),
+        };
+        let what = e.to_string();
+        let head = what.split(": ").next().unwrap_or(&what).to_string();
+        anyhow::Error::from(Failure::new(code, format!("{head}: {why}")))
+    })
+}
+
+fn accept_one(listen: &str, json: bool) -> anyhow::Result<Conn> {
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        Failure::usage(format!(
+            "--listen '{listen}' is not an address: use IP:PORT, e.g. 127.0.0.1:9000 or [::1]:9000"
+        ))
+    })?;
+    let (listener, bound) = conn::listen(addr, 1).map_err(|e| {
+        let code = match e.io_error().map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::PermissionDenied) => exit::PERMISSION,
+            Some(std::io::ErrorKind::AddrNotAvailable) => exit::UNREACHABLE,
+            _ => exit::FAILURE,
+        };
+        let hint = if code == exit::PERMISSION {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        } else {
+            ""
+        };
+        Failure::new(code, format!("{e}{hint}"))
+    })?;
+    if json {
+        util::print_json_line(&json!({"type": "listening", "addr": bound.to_string()}));
+    } else {
+        println!("listening on {bound}, waiting for one connection");
+    }
+    Ok(conn::accept(&listener, bound)?)
+}
+
+fn describe_settings(eff: &Effective) -> String {
+    let ut = eff
+        .user_timeout
+        .map_or_else(|| "off".to_string(), util::human);
+    format!(
+        "idle {}, interval {}, count {}, user timeout {ut}",
+        util::human(eff.idle),
+        util::human(eff.interval),
+        eff.count
+    )
+}
+
+fn print_start(args: &Args, local: SocketAddr, peer: SocketAddr, eff: &Effective) {
+    let side = if args.listen.is_some() {
+        "accepted"
+    } else {
+        "connected"
+    };
+    if args.json {
+        util::print_json_line(
+            &json!({"type": side, "local": local.to_string(), "peer": peer.to_string()}),
+        );
+        let mut v = serde_json::to_value(eff).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("type".into(), json!("effective"));
+            o.insert(
+                "dead_peer_after".into(),
+                json!(util::secs(eff.dead_peer_after())),
+            );
+        }
+        util::print_json_line(&v);
+        return;
+    }
+    println!("{side} {local} <-> {peer}");
+    println!(
+        "keep-alive in force (read back from the kernel): {}",
+        describe_settings(eff)
+    );
+    println!(
+        "a silently dead peer will be noticed {} after its last segment",
+        util::human(eff.dead_peer_after())
+    );
+    println!("holding the connection idle; Ctrl-C stops");
+}
+
+fn print_event(json: bool, e: &HoldEvent) {
+    if json {
+        let mut v = serde_json::to_value(e).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("type".into(), json!("event"));
+        }
+        util::print_json_line(&v);
+        return;
+    }
+    match *e {
+        HoldEvent::ProbeSent { at, n, unanswered } => {
+            println!(
+                "{:>9.3}s  keep-alive probe #{n} sent ({unanswered} unanswered)",
+                at.as_secs_f64()
+            );
+        }
+        HoldEvent::ProbeAnswered { at, n } => {
+            println!(
+                "{:>9.3}s  answered by the peer ({n} answered so far): it is alive",
+                at.as_secs_f64()
+            );
+        }
+        HoldEvent::PeerProbeAnswered { at, n } => {
+            println!(
+                "{:>9.3}s  the peer probed us (#{n}); our kernel answered",
+                at.as_secs_f64()
+            );
+        }
+        HoldEvent::DataReceived { at, bytes } => {
+            println!(
+                "{:>9.3}s  peer sent {bytes} bytes (discarded); idle timer restarts",
+                at.as_secs_f64()
+            );
+        }
+    }
+}
+
+fn print_end(json: bool, eff: &Effective, r: &HoldReport) {
+    if json {
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("type".into(), json!("end"));
+            o.insert("description".into(), json!(r.outcome.describe()));
+        }
+        util::print_json_line(&v);
+        return;
+    }
+    println!(
+        "ended after {:.3}s: {}",
+        r.lifetime.as_secs_f64(),
+        r.outcome.describe()
+    );
+    println!(
+        "probes: {} sent, {} answered, {} unanswered at the end; {} probes from the peer answered",
+        r.probes_sent, r.probes_answered, r.unanswered, r.peer_probes
+    );
+    if let Some(m) = r.matches_config {
+        let formula = match eff.user_timeout {
+            Some(ut) => format!(
+                "first timer run at or past the user timeout {} with a probe out",
+                util::human(ut)
+            ),
+            None => format!(
+                "idle {} + {} probes x {}",
+                util::human(eff.idle),
+                eff.count,
+                util::human(eff.interval)
+            ),
+        };
+        println!(
+            "silent for {:.3}s after the peer's last segment; the settings predict {:.3}s ({formula}): {}",
+            r.silent_for.as_secs_f64(),
+            r.expected_silent_for.as_secs_f64(),
+            if m { "matches" } else { "DOES NOT match" }
+        );
+    }
 }

@@ -1,0 +1,41 @@
+//! `kaprobe demo` runs with no arguments, is bounded in time and shows real probes.
+
+use std::time::{Duration, Instant};
+
+use kaprobe_tests::{run, stderr, stdout};
+
+#[test]
+fn demo_shows_answered_probes_and_explains_them_within_fifteen_seconds() {
+    kaprobe_tests::kaprobe_bin(); // build first: the time limit is the demo's, not cargo's
+    let start = Instant::now();
+    let o = run(&["demo"]);
+    let took = start.elapsed();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}{}", out, stderr(&o));
+    assert!(took < Duration::from_secs(15), "demo took {took:?}");
+    assert!(
+        out.contains(
+            "idle 1s before the first probe, then one every 1s, give up after 3 unanswered"
+        ),
+        "{out}"
+    );
+    let sent = out.matches("sent: an empty ACK").count();
+    let answered = out.matches("answered within").count();
+    assert!(sent >= 2, "at least two probes in the window: {out}");
+    assert_eq!(sent, answered, "every probe on loopback is answered: {out}");
+    assert!(out.contains("after 4s of silence"), "{out}");
+    if kaprobe_tests::is_root() {
+        assert!(out.contains("4. Now the peer vanishes"), "{out}");
+        assert!(
+            out.contains("probe #3 sent ... no answer (3 unanswered)"),
+            "{out}"
+        );
+        assert!(out.contains("(ETIMEDOUT)"), "{out}");
+        assert!(
+            out.contains("3 unanswered probes, 4.") || out.contains("3 unanswered probes, 3.9"),
+            "{out}"
+        );
+    } else {
+        assert!(out.contains("Run as root"), "{out}");
+    }
+}
