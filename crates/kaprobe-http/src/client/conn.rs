@@ -24,7 +24,11 @@ const MAX_HEAD: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Connector {
     pub target: Target,
+    /// The address connections go to (the first resolved one that accepted, once
+    /// [`Connector::open_first`] ran).
     pub addr: SocketAddr,
+    /// Every resolved address, in resolver order.
+    pub addrs: Vec<SocketAddr>,
     tls: Option<(
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
@@ -78,7 +82,39 @@ impl Connector {
                 reason: "the name has no addresses".into(),
             });
         };
-        Ok(Self { target, addr, tls })
+        Ok(Self {
+            target,
+            addr,
+            addrs,
+            tls,
+        })
+    }
+
+    /// Open the first connection, trying each resolved address in turn (`localhost` may be
+    /// `::1` and `127.0.0.1`); later connections go to the address that worked. The error is
+    /// the first address's when none works.
+    pub async fn open_first(&mut self, timeout: Duration) -> Result<(Conn, OpenTimes), Error> {
+        let deadline = Instant::now() + timeout;
+        let mut first_err = None;
+        for addr in self.addrs.clone() {
+            self.addr = addr;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.open(left).await {
+                Ok(c) => return Ok(c),
+                // A TLS or timeout failure is about the server, not the address: stop.
+                Err(e @ (Error::Tls { .. } | Error::ConnectTimeout { .. })) => return Err(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(a) = self.addrs.first() {
+            self.addr = *a;
+        }
+        Err(first_err.unwrap_or_else(|| Error::Resolve {
+            host: self.target.host.clone(),
+            reason: "the name has no addresses".into(),
+        }))
     }
 
     /// Open one connection: TCP connect, then the TLS handshake for https.

@@ -203,7 +203,7 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
     }
     let start = Instant::now();
     let deadline = start + opts.max_wait;
-    let connector = Connector::new(
+    let mut connector = Connector::new(
         target,
         &opts.tls,
         left(deadline).min(Duration::from_secs(10)),
@@ -212,7 +212,7 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
 
     // First connection: fatal errors end the probe with a clear message.
     let (mut conn0, times) = connector
-        .open(left(deadline).min(Duration::from_secs(10)))
+        .open_first(left(deadline).min(Duration::from_secs(10)))
         .await?;
     let req = connector.request("GET", None, HttpVersion::Http11);
     let t = Instant::now();

@@ -164,7 +164,7 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
     }
     let start = Instant::now();
     let deadline = start + opts.max_wait;
-    let connector = Connector::new(
+    let mut connector = Connector::new(
         target,
         &opts.tls,
         opts.max_wait.min(Duration::from_secs(10)),
@@ -174,7 +174,7 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
     // One checked exchange first, so a dead or broken URL is a clear error, not a table
     // full of failures.
     let (mut c, _) = connector
-        .open(
+        .open_first(
             deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(10)),
