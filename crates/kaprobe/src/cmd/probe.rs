@@ -123,9 +123,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             insecure: args.insecure,
         },
     };
-    let report = runtime()?
-        .block_on(probe(&args.url, &opts))
-        .map_err(failure)?;
+    let rt = runtime()?;
+    let result = rt.block_on(probe(&args.url, &opts));
+    // A resolver thread stuck on a slow DNS server must not hold the exit past --max-wait.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    let report = result.map_err(failure)?;
     if args.json {
         print_json_line(&serde_json::to_value(&report)?);
     } else {

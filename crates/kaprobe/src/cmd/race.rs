@@ -127,9 +127,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             insecure: args.insecure,
         },
     };
-    let report = runtime()?
-        .block_on(race(&args.url, &opts))
-        .map_err(failure)?;
+    let rt = runtime()?;
+    let result = rt.block_on(race(&args.url, &opts));
+    // A resolver thread stuck on a slow DNS server must not hold the exit past --max-wait.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    let report = result.map_err(failure)?;
     if args.json {
         for a in &report.attempts {
             let mut v = serde_json::to_value(a)?;
