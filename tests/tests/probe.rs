@@ -369,3 +369,34 @@ fn garbage_cut_off_and_empty_answers_exit_9() {
     let url = url.replace("http://", "https://");
     expect_exit(&[&url, "--max-wait", "5s", "--insecure"], 8, "TLS");
 }
+
+#[test]
+fn haproxy_as_a_reverse_proxy_is_measured_on_its_own_client_side() {
+    require_tool!("haproxy");
+    require_tool!("nginx");
+    // nginx behind would keep idle connections 60 s; haproxy in front closes its client side
+    // after 2 s: a client sees haproxy's timeout, which is what probe must report.
+    let app = free_port();
+    let _ng = nginx(
+        &format!(
+            "  server {{ listen 127.0.0.1:{app}; keepalive_timeout 60s; location / {{ return 200 \"app\\n\"; }} }}"
+        ),
+        app,
+        None,
+    );
+    let port = free_port();
+    let _hp = haproxy(
+        "  timeout http-keep-alive 2s",
+        &format!(
+            "frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  http-reuse safe\n  server app 127.0.0.1:{app}\n"
+        ),
+        port,
+    );
+    let (r, _) = probe_json(&[&format!("http://127.0.0.1:{port}/"), "--max-wait", "8s"]);
+    assert_eq!(s(&r, "/idle/close_style"), "fin", "{r}");
+    assert!((f(&r, "/idle/timeout_s") - 2.0).abs() <= 0.020, "{r}");
+    assert!(
+        s(&r, "/server").starts_with("nginx"),
+        "answers come from nginx: {r}"
+    );
+}
