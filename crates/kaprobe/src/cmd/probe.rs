@@ -24,6 +24,18 @@ use crate::util::{parse_duration, print_json_line, table};
 /// idle time a client or proxy pool in front of the server must stay under.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
+Opens a ladder of keep-alive connections (--connections, default 100) that idle in
+parallel. Each one waits for the server to close it (timing the FIN or RST to a few
+milliseconds), and each sends a new request after a different idle time, which is how a
+silent drop (a NAT or load balancer forgetting the connection, no FIN, no RST) is found.
+The answer arrives shortly after the idle timeout itself; --max-wait bounds everything.
+
+Alongside it measures requests per connection (until `Connection: close`), checks that
+pipelined requests are answered in order, how HTTP/1.0 clients are treated, and for https
+the TLS handshake against a request on a reused connection. It compares all of this with
+what the server advertises (`Keep-Alive: timeout=N, max=M`) and ends with a verdict: the
+idle time a client or proxy pool in front of the server must stay under.
+
 Examples:
   kaprobe probe http://127.0.0.1:8080/
   kaprobe probe https://localhost:8443/health --cacert ca.pem --max-wait 90s

@@ -23,6 +23,16 @@ use crate::util::{parse_duration, print_json_line, table};
 /// long as the client's; --parallel speeds up runs against a server with no proxy in front.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
+Each attempt opens a connection, makes a request, leaves the connection idle, then sends
+a second request on it without checking first, as a connection pool that trusts its own
+idle timer does. Idle times are spread evenly over idle-spread ..= idle+spread, and the
+failures (reset, empty reply, no answer, 502/503/504 from a proxy) are counted per idle
+time. Run it with --idle near the timeout `kaprobe probe` reported to see the failure
+window, then again after a fix to see it closed.
+
+Attempts run one at a time by default, so a proxy's pooled upstream connection idles as
+long as the client's; --parallel speeds up runs against a server with no proxy in front.
+
 Examples:
   kaprobe race http://127.0.0.1:8080/ --idle 5s --spread 1s --requests 20
   kaprobe race http://proxy:80/api --idle 60s --spread 2s --method POST --json
