@@ -883,6 +883,86 @@ mod tests {
         assert!(r0 < 1.08, "ratio {r0}");
     }
 
+    fn report(style: CloseStyle, timeout: f64, advertised: Option<f64>) -> ProbeReport {
+        ProbeReport {
+            url: "http://h/".into(),
+            address: "127.0.0.1:80".into(),
+            tls: false,
+            status: 200,
+            server: None,
+            connect_s: 0.0002,
+            tls_handshake_s: None,
+            first_request_s: 0.001,
+            reused_request_s: Some(0.0005),
+            advertised: Advertised {
+                timeout_s: advertised,
+                ..Advertised::default()
+            },
+            http10: Http10::default(),
+            idle: IdleResult {
+                close_style: style,
+                timeout_s: Some(timeout),
+                timeout_error_s: Some(0.001),
+                closes_seen: 10,
+                close_min_s: Some(timeout),
+                close_max_s: Some(timeout),
+                longest_alive_s: Some(timeout * 0.97),
+                first_dead_s: Some(timeout * 1.03),
+                on_reuse: Some("no_answer".into()),
+                unasked_bytes: 0,
+                still_open_after_s: None,
+                connections: 101,
+                connections_failed: 0,
+            },
+            max_requests: MaxRequests::default(),
+            pipelining: Pipelining::default(),
+            advertised_true: Truth::default(),
+            safe_idle_s: None,
+            findings: Vec::new(),
+            verdict: String::new(),
+            elapsed_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn verdict_gives_the_timeout_the_style_and_a_safe_idle_with_margin() {
+        let mut r = report(CloseStyle::Fin, 5.0, Some(5.0));
+        judge(&mut r, 0.0002);
+        assert_eq!(
+            r.verdict,
+            "closes idle connections after 5.00 s with FIN, advertises 5 s; a client or proxy pool in front of it must drop idle connections before about 4.5 s"
+        );
+        assert_eq!(r.safe_idle_s, Some(4.5));
+        assert_eq!(r.advertised_true.timeout, Some(true));
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
+        // A long round trip eats into the margin: 0.9 x 5 - 2 x 0.1.
+        let mut r = report(CloseStyle::Rst, 5.0, None);
+        judge(&mut r, 0.1);
+        assert_eq!(r.safe_idle_s, Some(4.3));
+        assert!(
+            r.verdict.contains("with RST, advertises no timeout"),
+            "{}",
+            r.verdict
+        );
+    }
+
+    #[test]
+    fn a_lying_header_and_a_silent_drop_are_called_out() {
+        let mut r = report(CloseStyle::Fin, 3.0, Some(9.0));
+        judge(&mut r, 0.0);
+        assert_eq!(r.advertised_true.timeout, Some(false));
+        assert!(r.findings[0].contains("lies"), "{:?}", r.findings);
+        let mut r = report(CloseStyle::Silent, 60.0, None);
+        judge(&mut r, 0.0);
+        assert!(
+            r.verdict
+                .starts_with("idle connections die silently after about 60.00 s"),
+            "{}",
+            r.verdict
+        );
+        assert!(r.verdict.contains("no answer"), "{}", r.verdict);
+    }
+
     #[test]
     fn silent_bounds_need_two_failures_above_every_success() {
         assert!(silent_bounds(&[1.0, 2.0], &[(2.5, "no_answer")]).is_none());

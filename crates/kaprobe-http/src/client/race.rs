@@ -186,7 +186,8 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
         .saturating_duration_since(Instant::now())
         .min(Duration::from_secs(15));
     let t = Instant::now();
-    c.exchange(&req, head, Instant::now() + wait)
+    let first = c
+        .exchange(&req, head, Instant::now() + wait)
         .await
         .map_err(|e| e.into_error(format!("first request to {}", connector.addr), wait))?;
     let answer = (t.elapsed() * 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
@@ -241,7 +242,11 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
         .filter(|a| a.outcome == Outcome::Ok)
         .map(|a| a.actual_idle_s)
         .reduce(f64::max);
-    let verdict = verdict(&attempts, failures, first_failure, last_success);
+    let verdict = if first.will_close() {
+        "the server closes the connection after every response (Connection: close): there is nothing to reuse, so no race".to_string()
+    } else {
+        verdict(&attempts, failures, first_failure, last_success)
+    };
     Ok(RaceReport {
         url: connector.target.url.clone(),
         address: connector.addr.to_string(),
