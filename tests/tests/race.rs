@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kaprobe_tests::{json_lines, kaprobe, require_tool, stderr};
-use peers::{free_port, latency_line, nginx};
+use peers::{free_port, haproxy, latency_line, nginx};
 use serde_json::Value;
 
 fn race_json(args: &[&str]) -> (Vec<Value>, Vec<Value>, Value) {
@@ -187,4 +187,70 @@ fn proxy_pool_timeout_below_the_upstream_minus_the_round_trip_gives_no_failures(
             .starts_with("no failures"),
         "{summary}"
     );
+}
+
+#[test]
+fn haproxy_reusing_a_closed_upstream_connection_drops_even_a_get_in_the_window() {
+    require_tool!("haproxy");
+    require_tool!("nginx");
+    // haproxy with `http-reuse always` keeps idle server connections; the app closes them
+    // after 1 s, 250 ms away. In the window haproxy sends the request on the dead connection
+    // and, with no response to relay, closes the client's connection: an empty reply, even
+    // for a GET.
+    let app = free_port();
+    let _ng = nginx(
+        &format!(
+            "  server {{ listen 127.0.0.1:{app}; keepalive_timeout 1s; location / {{ return 200 \"app\\n\"; }} }}"
+        ),
+        app,
+        None,
+    );
+    let line = latency_line(
+        SocketAddr::from(([127, 0, 0, 1], app)),
+        Duration::from_millis(250),
+    );
+    let port = free_port();
+    let _hp = haproxy(
+        "  timeout http-keep-alive 30s",
+        &format!(
+            "frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  http-reuse always\n  server app {line}\n"
+        ),
+        port,
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    let (attempts, _, summary) = race_json(&[
+        &url,
+        "--idle",
+        "800ms",
+        "--spread",
+        "400ms",
+        "--requests",
+        "9",
+    ]);
+    let failed: Vec<&Value> = attempts.iter().filter(|a| a["outcome"] != "ok").collect();
+    assert!(
+        failed.len() >= 2,
+        "expected failures in the window: {attempts:?}"
+    );
+    for a in &attempts {
+        let x = idle(a);
+        if a["outcome"] == "ok" {
+            continue;
+        }
+        assert!(
+            ["empty_reply", "reset", "bad_gateway"].contains(&a["outcome"].as_str().unwrap()),
+            "{a}"
+        );
+        assert!(
+            (0.4..=1.1).contains(&x),
+            "failure outside the window at {x}: {a}"
+        );
+    }
+    for a in &attempts {
+        let x = idle(a);
+        if !(0.45..=1.1).contains(&x) {
+            assert_eq!(a["outcome"], "ok", "{a}");
+        }
+    }
+    assert_eq!(summary["method"], "GET");
 }
