@@ -251,6 +251,7 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
         tokio::join!(
             measure_idle(&connector, opts, answer_timeout, deadline),
             http10_checks(&connector, answer_timeout, side_deadline),
+            // Counting requests gets at most a minute (or half of --max-wait).
             count_requests(
                 &connector,
                 opts.max_requests_cap,

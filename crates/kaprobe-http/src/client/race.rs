@@ -306,14 +306,10 @@ async fn attempt(
                 Outcome::Ok
             }
         }
-        Err(f) => match f {
-            ReadFail::Eof => Outcome::EmptyReply,
-            ReadFail::Reset => Outcome::Reset,
-            ReadFail::Write(ref e) if f.kind() == "reset" => {
-                let _ = e;
-                Outcome::Reset
-            }
-            ReadFail::Timeout { .. } => Outcome::NoAnswer,
+        Err(f) => match (&f, f.kind()) {
+            (ReadFail::Eof, _) => Outcome::EmptyReply,
+            (_, "reset") => Outcome::Reset,
+            (ReadFail::Timeout { .. }, _) => Outcome::NoAnswer,
             _ => Outcome::Broken,
         },
     };
