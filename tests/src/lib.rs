@@ -125,7 +125,20 @@ impl KillOnDrop {
 }
 
 impl Drop for KillOnDrop {
+    /// SIGTERM first, so servers like nginx take their worker processes down with them
+    /// (SIGKILL on an nginx master leaves its workers running), then SIGKILL after 3 s.
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: kill(2) on our own child's pid; it has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if matches!(self.0.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -22,6 +22,13 @@ pub enum Error {
     /// A kernel answer could not be understood.
     #[error("{what}: {detail}")]
     Parse { what: String, detail: String },
+    /// A name given to a flag (a TCP state, ...) is not one it accepts.
+    #[error("{flag} {value:?} is not recognised: use one of {valid}")]
+    UnknownName {
+        flag: String,
+        value: String,
+        valid: String,
+    },
 }
 
 impl Error {
@@ -44,3 +51,15 @@ impl Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Errors added for the sock_diag reader (`kaprobe sockets`).
+impl Error {
+    /// A name given to a flag is not one of the names it accepts.
+    pub fn unknown_name(flag: &str, value: &str, valid: &str) -> Self {
+        Self::UnknownName {
+            flag: flag.into(),
+            value: value.into(),
+            valid: valid.into(),
+        }
+    }
+}
