@@ -265,6 +265,33 @@ fn https_handshake_and_reused_request_are_timed_and_tls_errors_exit_8() {
     // --insecure still measures.
     let (r, _) = probe_json(&[&url, "--insecure", "--max-wait", "4s"]);
     assert_eq!(s(&r, "/idle/close_style"), "fin");
+    // The reuse race over TLS: a reuse past the 2 s fails, before it works.
+    let o = kaprobe()
+        .args([
+            "race",
+            &url,
+            "--cacert",
+            &ca,
+            "--idle",
+            "2.1s",
+            "--spread",
+            "600ms",
+            "--requests",
+            "3",
+            "--parallel",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let outcomes: Vec<String> = json_lines(&o)
+        .iter()
+        .filter(|l| l["type"] == "attempt")
+        .map(|l| l["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(outcomes[0], "ok", "{outcomes:?}");
+    assert!(outcomes[1] != "ok" && outcomes[2] != "ok", "{outcomes:?}");
     // A CA file that is not PEM: exit 7 (a file kaprobe cannot read) naming the file.
     let bogus = certs.write("bogus.pem", "not a certificate\n");
     let o = kaprobe()
