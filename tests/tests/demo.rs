@@ -24,6 +24,10 @@ fn demo_shows_answered_probes_and_explains_them_within_fifteen_seconds() {
     assert!(sent >= 2, "at least two probes in the window: {out}");
     assert_eq!(sent, answered, "every probe on loopback is answered: {out}");
     assert!(out.contains("after 4s of silence"), "{out}");
+    assert!(
+        out.matches("timer: keepalive fires in").count() >= 3,
+        "the keep-alive timer is shown ticking: {out}"
+    );
     if kaprobe_tests::is_root() {
         assert!(out.contains("4. Now the peer vanishes"), "{out}");
         assert!(
@@ -31,6 +35,12 @@ fn demo_shows_answered_probes_and_explains_them_within_fifteen_seconds() {
             "{out}"
         );
         assert!(out.contains("(ETIMEDOUT)"), "{out}");
+        // the capture step saw its own probes on the wire
+        assert!(out.contains("5. The same thing on the wire"), "{out}");
+        assert_eq!(out.matches("  keepalive #").count(), 3, "{out}");
+        assert!(out.contains("keepalive #3 (seq"), "{out}");
+        assert!(out.contains("3 probes by the client, 0 answered"), "{out}");
+        assert!(out.contains("outcome: peer_dead"), "{out}");
         assert!(
             out.contains("3 unanswered probes, 4.") || out.contains("3 unanswered probes, 3.9"),
             "{out}"

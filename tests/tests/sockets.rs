@@ -55,7 +55,17 @@ fn pairs_on_ipv4_and_ipv6_loopback_are_listed_by_port_with_addresses_and_state()
     for addr in ["127.0.0.1:0", "[::1]:0"] {
         let p = Pair::new(addr);
         let port = p.port().to_string();
-        let lines = sockets_json(kaprobe().args(["sockets", "--port", &port, "--json"]));
+        // other tests running in parallel may use the same port number on another loopback
+        // address: count only this pair's sockets
+        let listener = p.listener.local_addr().unwrap().to_string();
+        let mine = |v: Vec<Value>| -> Vec<Value> {
+            v.into_iter()
+                .filter(|v| v["local"] == listener.as_str() || v["peer"] == listener.as_str())
+                .collect()
+        };
+        let lines = mine(sockets_json(
+            kaprobe().args(["sockets", "--port", &port, "--json"]),
+        ));
         assert_eq!(
             lines.len(),
             2,
@@ -79,11 +89,14 @@ fn pairs_on_ipv4_and_ipv6_loopback_are_listed_by_port_with_addresses_and_state()
         assert_eq!(s["state"], "ESTAB");
 
         let all =
-            sockets_json(kaprobe().args(["sockets", "--port", &port, "--state", "all", "--json"]));
+            mine(sockets_json(kaprobe().args([
+                "sockets", "--port", &port, "--state", "all", "--json",
+            ])));
         assert_eq!(all.len(), 3, "{all:?}");
-        let listen = sockets_json(
-            kaprobe().args(["sockets", "--port", &port, "--state", "listen", "--json"]),
-        );
+        let listen =
+            mine(sockets_json(kaprobe().args([
+                "sockets", "--port", &port, "--state", "listen", "--json",
+            ])));
         assert_eq!(listen.len(), 1, "{listen:?}");
         assert_eq!(
             listen[0]["local"],
@@ -114,7 +127,11 @@ fn pairs_on_ipv4_and_ipv6_loopback_are_listed_by_port_with_addresses_and_state()
             table.contains(&p.server.local_addr().unwrap().to_string()),
             "{table}"
         );
-        assert_eq!(table.matches("ESTAB").count(), 2, "{table}");
+        let ours = table
+            .lines()
+            .filter(|l| l.contains("ESTAB") && l.contains(&listener))
+            .count();
+        assert_eq!(ours, 2, "client and server rows: {table}");
     }
 }
 
@@ -196,7 +213,7 @@ fn keepalive_timer_shows_and_answered_probes_reset_the_last_ack() {
 
     // Sample until the kernel has sent 3 probes: each is answered, so the socket stays
     // ESTAB with no unanswered probe and its last-ACK age keeps falling back.
-    let mut samples: Vec<(f64, u64, String)> = Vec::new();
+    let mut samples: Vec<(f64, u64, String, f64)> = Vec::new();
     let sent = wait_for("3 keep-alive probes sent", Duration::from_secs(15), || {
         let c = find(&sockets(), client).expect("client still listed");
         assert_eq!(c["state"], "ESTAB", "{c}");
@@ -205,6 +222,7 @@ fn keepalive_timer_shows_and_answered_probes_reset_the_last_ack() {
             c["last_ack_age"].as_f64().unwrap(),
             c["probes"].as_u64().unwrap(),
             c.to_string(),
+            armed.elapsed().as_secs_f64(),
         ));
         let n = counter() - before;
         (n >= 3).then_some(n)
@@ -222,10 +240,18 @@ fn keepalive_timer_shows_and_answered_probes_reset_the_last_ack() {
         max_age < 1.3,
         "last ACK never older than the 1 s interval (+ slack): {max_age}"
     );
-    let resets = samples.windows(2).filter(|w| w[1].0 < w[0].0).count();
+    // When was the last ACK heard, as of each sample? Answers to the probes at ~1 s and
+    // ~2 s show up as distinct instants, however unevenly a busy machine lets us sample.
+    let mut heard: Vec<f64> = samples
+        .iter()
+        .map(|s| s.3 - s.0)
+        .filter(|&t| t > 0.5)
+        .collect();
+    heard.sort_by(f64::total_cmp);
+    heard.dedup_by(|a, b| (*a - *b).abs() < 0.5);
     assert!(
-        resets >= 2,
-        "the last-ACK age fell back after each answer: {samples:?}"
+        heard.len() >= 2,
+        "the last-ACK age fell back after each answer (answers heard at {heard:?}): {samples:?}"
     );
     let unanswered = samples.iter().filter(|s| s.1 > 0).count();
     assert!(

@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
+use kaprobe_capture::{Event, LoopbackCapture};
 use kaprobe_sock::conn::{self, Conn};
 use kaprobe_sock::defaults::SystemDefaults;
+use kaprobe_sock::diag;
 use kaprobe_sock::hold::{hold, HoldEvent, HoldReport};
 use kaprobe_sock::netns;
 use kaprobe_sock::options::{self, KeepaliveConfig};
@@ -45,10 +49,15 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("   (read back from the kernel with getsockopt, not just what we asked for)\n");
     println!(
+        "   Lines marked 'timer' are the client's keep-alive timer as `kaprobe sockets` reads it"
+    );
+    println!("   from the kernel (sock_diag), like `ss -o` shows it.\n");
+    println!(
         "2. Nobody sends anything for {:.1} s. Watch the kernel probe the peer:",
         WATCH.as_secs_f64()
     );
     let stop = AtomicBool::new(false);
+    let ticker = timer_ticker(local, addr.port());
     let mut last_sent = None;
     let report = hold(&client, &eff, &peer, &stop, Some(WATCH), |e| match *e {
         HoldEvent::ProbeSent { at, n, .. } => {
@@ -67,6 +76,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         }
         HoldEvent::DataReceived { .. } | HoldEvent::PeerProbeAnswered { .. } => {}
     })?;
+    ticker.store(true, Ordering::Relaxed);
     let d = SystemDefaults::read().ok();
     println!("\n3. What you saw");
     println!(
@@ -115,52 +125,57 @@ fn is_root() -> bool {
 /// the kernel find out. The host's network is never touched.
 fn dead_peer_step() -> anyhow::Result<()> {
     println!("\n4. Now the peer vanishes (root: a private network namespace, its own firewall):");
-    let outcome = netns::in_private_netns(|| -> anyhow::Result<Option<HoldReport>> {
-        let (listener, addr) = conn::listen(SocketAddr::from(([127, 0, 0, 1], 0)), 1)?;
-        let Conn { sock: client, .. } = conn::connect(&[addr], Duration::from_secs(5))?;
-        let _server = conn::accept(&listener, addr)?;
-        let peer = addr.to_string();
-        options::apply(&client, &demo_config(), &peer)?;
-        let eff = options::read(&client, &peer)?;
-        let rule = format!("iptables -A INPUT -p tcp --dport {} -j DROP", addr.port());
-        let dropped = std::process::Command::new("iptables")
-            .args([
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                &addr.port().to_string(),
-                "-j",
-                "DROP",
-            ])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !dropped {
-            println!("   (skipped: iptables is not installed or did not work)");
-            return Ok(None);
-        }
-        println!("   `{rule}`: everything sent to the peer now disappears, nothing comes back");
-        let stop = AtomicBool::new(false);
-        let report = hold(
-            &client,
-            &eff,
-            &peer,
-            &stop,
-            Some(Duration::from_secs(10)),
-            |e| {
-                if let HoldEvent::ProbeSent { at, n, unanswered } = *e {
-                    println!(
-                        "   {:>6.3}s  probe #{n} sent ... no answer ({unanswered} unanswered)",
-                        at.as_secs_f64()
-                    );
-                }
-            },
-        )?;
-        Ok(Some(report))
-    })??;
-    if let Some(r) = outcome {
+    let outcome =
+        netns::in_private_netns(|| -> anyhow::Result<Option<(HoldReport, Vec<Event>)>> {
+            let (listener, addr) = conn::listen(SocketAddr::from(([127, 0, 0, 1], 0)), 1)?;
+            // capture on this namespace's lo from before the handshake (the socket is open when
+            // start returns), as `kaprobe watch lo` would
+            let capture = LoopbackCapture::start(addr.port(), Duration::from_millis(5500))?;
+            let Conn { sock: client, .. } = conn::connect(&[addr], Duration::from_secs(5))?;
+            let _server = conn::accept(&listener, addr)?;
+            let peer = addr.to_string();
+            options::apply(&client, &demo_config(), &peer)?;
+            let eff = options::read(&client, &peer)?;
+            let rule = format!("iptables -A INPUT -p tcp --dport {} -j DROP", addr.port());
+            let dropped = std::process::Command::new("iptables")
+                .args([
+                    "-A",
+                    "INPUT",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &addr.port().to_string(),
+                    "-j",
+                    "DROP",
+                ])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !dropped {
+                println!("   (skipped: iptables is not installed or did not work)");
+                return Ok(None);
+            }
+            println!("   `{rule}`: everything sent to the peer now disappears, nothing comes back");
+            let stop = AtomicBool::new(false);
+            let report = hold(
+                &client,
+                &eff,
+                &peer,
+                &stop,
+                Some(Duration::from_secs(10)),
+                |e| {
+                    if let HoldEvent::ProbeSent { at, n, unanswered } = *e {
+                        println!(
+                            "   {:>6.3}s  probe #{n} sent ... no answer ({unanswered} unanswered)",
+                            at.as_secs_f64()
+                        );
+                    }
+                },
+            )?;
+            let events = capture.wait()?;
+            Ok(Some((report, events)))
+        })??;
+    if let Some((r, events)) = outcome {
         println!(
             "   {:>6.3}s  {}",
             r.lifetime.as_secs_f64(),
@@ -173,8 +188,54 @@ fn dead_peer_step() -> anyhow::Result<()> {
             r.expected_silent_for.as_secs_f64()
         );
         println!("   idle 1 s + 3 probes x 1 s). The kernel then sends RST and the application sees ETIMEDOUT.");
+        print_wire(&events);
     }
     Ok(())
+}
+
+/// What the capture saw on the namespace's loopback: each classified packet, the RST, and
+/// the flow's inferred settings.
+fn print_wire(events: &[Event]) {
+    println!(
+        "\n5. The same thing on the wire (kaprobe's own capture on lo, like `kaprobe watch lo`):"
+    );
+    // times from the flow's first packet (the handshake), as on the hold's clock above
+    let t0 = events.iter().find_map(|e| match e {
+        Event::Flow(f) => Some(f.first_seen),
+        Event::Packet(_) => None,
+    });
+    for e in events {
+        match e {
+            Event::Packet(p) => {
+                let at = t0.map_or(0.0, |t| p.ts.saturating_sub(t).as_secs_f64());
+                println!(
+                    "   {at:>7.3}s  {} -> {}  {} #{} (seq {}, {} bytes, {} unanswered before it)",
+                    p.src,
+                    p.dst,
+                    p.kind.as_str(),
+                    p.probe_number,
+                    p.seq,
+                    p.len,
+                    p.unanswered_before
+                );
+            }
+            Event::Flow(f) => {
+                println!(
+                    "   flow {} -> {}: {} probes by the {}, {} answered, {} unanswered at the end; outcome: {}",
+                    f.client,
+                    f.server,
+                    f.keepalives,
+                    f.prober_role.as_str(),
+                    f.answered,
+                    f.unanswered_at_end,
+                    f.outcome.as_str()
+                );
+                if !f.inference.name.is_empty() {
+                    println!("   inferred: {}", f.inference.name);
+                }
+            }
+        }
+    }
 }
 
 fn demo_config() -> KeepaliveConfig {
@@ -184,4 +245,38 @@ fn demo_config() -> KeepaliveConfig {
         count: Some(3),
         user_timeout: None,
     }
+}
+
+/// Every 500 ms, print the client socket's keep-alive timer as sock_diag reports it, until
+/// the returned flag is set.
+fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let filter = diag::Filter {
+            port: Some(port),
+            ipv6: false,
+            ..diag::Filter::default()
+        };
+        while !flag.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(500));
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(list) = diag::list(&filter) else {
+                return;
+            };
+            if let Some(e) = list.iter().find(|e| e.local == local) {
+                println!(
+                    "   {:>6.3}s  timer: {} fires in {} ms, {} probes unanswered",
+                    start.elapsed().as_secs_f64(),
+                    e.timer.as_str(),
+                    e.expires.as_millis(),
+                    e.retrans
+                );
+            }
+        }
+    });
+    done
 }

@@ -1,10 +1,432 @@
-//! `kaprobe read` (not built yet).
+//! `kaprobe read FILE`: find keep-alive probes in a pcap or pcapng file.
+//!
+//! Also home of the rendering shared with `kaprobe watch` (JSON objects and tables).
 
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
 
+use kaprobe_capture::{
+    CaptureError, Event, FileSource, Filter, FlowSummary, Kind, Outcome, PacketEvent, RunStats,
+    TrackerConfig,
+};
+use serde_json::{json, Value};
+
+use crate::exit::{self, Failure};
+
+/// Find TCP keep-alive probes, their ACKs and zero-window probes in a capture file.
+///
+/// Reads pcap and pcapng (tcpdump -w, tshark/dumpcap -w, Wireshark, kaprobe watch --write)
+/// with Ethernet (802.1Q/QinQ), Linux cooked (SLL, SLL2), raw IP or BSD loopback framing,
+/// IPv4 and IPv6. Prints a table of the flows with probes: who probes, idle time before the
+/// first probe, the interval, answered/unanswered probes, how the flow ended and the likely
+/// keep-alive settings. Frame numbers count every frame from 1, as Wireshark does.
+///
+/// Exit status: 0 done, 2 bad flag, 7 unreadable/corrupt/unsupported file.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:\n  \
+    tcpdump -i any -w ka.pcap 'tcp port 5432' & ...; kaprobe read ka.pcap\n  \
+    kaprobe read ka.pcapng --json | jq 'select(.type==\"flow\")'\n  \
+    kaprobe read ka.pcap --port 8080 --packets\n\nJSON schema: docs/read.md")]
+pub struct Args {
+    /// The capture file (pcap or pcapng).
+    pub file: PathBuf,
+    /// One JSON object per line: {"type":"packet",...} per classified packet, then
+    /// {"type":"flow",...} per flow with probes, then one {"type":"stats",...}.
+    #[arg(long)]
+    pub json: bool,
+    /// Only analyse packets to or from this TCP port (1-65535).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Only analyse packets to or from this IP address.
+    #[arg(long)]
+    pub host: Option<IpAddr>,
+    /// List every classified packet in the human output (by default only when few).
+    #[arg(long)]
+    pub packets: bool,
+    /// Most flows tracked at once; beyond it the least recently active flow is evicted
+    /// (and counted). 1-100000000.
+    #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_flows: u64,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    Err(crate::exit::Failure::new(crate::exit::FAILURE, "'kaprobe read' is not built yet").into())
+/// Packets listed in human output without `--packets`.
+const AUTO_PACKET_ROWS: usize = 60;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut src = FileSource::open(&args.file).map_err(capture_failure)?;
+    let filter = Filter {
+        port: args.port,
+        host: args.host,
+    };
+    let cfg = TrackerConfig {
+        max_flows: usize::try_from(args.max_flows).unwrap_or(usize::MAX),
+        ..TrackerConfig::default()
+    };
+    let started = Instant::now();
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut flows: Vec<FlowSummary> = Vec::new();
+    let mut packets: Vec<PacketEvent> = Vec::new();
+    let mut n_packets = 0usize;
+    let mut write_err: Option<io::Error> = None;
+    let json = args.json;
+    let keep_rows = args.packets;
+    let stats = kaprobe_capture::analyze(&mut src, filter, cfg, |e| match e {
+        Event::Packet(p) => {
+            n_packets += 1;
+            if json {
+                if write_err.is_none() {
+                    if let Err(e) = writeln!(out, "{}", packet_json(&p)) {
+                        write_err = Some(e);
+                    }
+                }
+            } else if keep_rows || packets.len() <= AUTO_PACKET_ROWS {
+                packets.push(p);
+            }
+        }
+        Event::Flow(f) => flows.push(*f),
+    })
+    .map_err(capture_failure)?;
+    let elapsed = started.elapsed();
+    sort_flows(&mut flows);
+    let res = if json {
+        match write_err {
+            Some(e) => Err(e),
+            None => write_json_tail(&mut out, &flows, &stats, elapsed),
+        }
+    } else {
+        write_human(
+            &mut out, &args, &packets, n_packets, &flows, &stats, elapsed,
+        )
+    };
+    match res.and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // `kaprobe read f | head`: the reader left; that is not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(Failure::new(exit::FAILURE, format!("write to stdout: {e}")).into()),
+    }
+}
+
+fn write_json_tail(
+    out: &mut impl Write,
+    flows: &[FlowSummary],
+    stats: &RunStats,
+    elapsed: Duration,
+) -> io::Result<()> {
+    for f in flows {
+        writeln!(out, "{}", flow_json(f))?;
+    }
+    writeln!(out, "{}", stats_json(stats, elapsed))
+}
+
+fn write_human(
+    out: &mut impl Write,
+    args: &Args,
+    packets: &[PacketEvent],
+    n_packets: usize,
+    flows: &[FlowSummary],
+    stats: &RunStats,
+    elapsed: Duration,
+) -> io::Result<()> {
+    if n_packets > 0 && (args.packets || n_packets <= AUTO_PACKET_ROWS) {
+        writeln!(out, "{}", packets_table(packets))?;
+    } else if n_packets > 0 {
+        writeln!(
+            out,
+            "{n_packets} classified packets (list them with --packets or --json)"
+        )?;
+    }
+    if flows.is_empty() {
+        writeln!(out, "No keep-alive or zero-window probes found.")?;
+    } else {
+        writeln!(out, "{}", flows_table(flows))?;
+    }
+    writeln!(out, "{}", stats_line(stats, elapsed))
+}
+
+pub(crate) fn capture_failure(e: CaptureError) -> anyhow::Error {
+    let code = if e.is_permission() {
+        exit::PERMISSION
+    } else if e.is_file() {
+        exit::FILE
+    } else if matches!(e, CaptureError::NoSuchInterface { .. }) {
+        exit::USAGE
+    } else {
+        exit::FAILURE
+    };
+    Failure::new(code, e.to_string()).into()
+}
+
+/// RFC 3339 time (microseconds) for a duration since the epoch.
+pub(crate) fn rfc3339(ts: Duration) -> String {
+    humantime::format_rfc3339_micros(SystemTime::UNIX_EPOCH + ts).to_string()
+}
+
+fn opt_secs(d: Option<Duration>) -> Value {
+    d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
+}
+
+fn opt_time(d: Option<Duration>) -> Value {
+    d.map_or(Value::Null, |d| json!(rfc3339(d)))
+}
+
+/// The JSON object for one classified packet.
+pub(crate) fn packet_json(p: &PacketEvent) -> Value {
+    let mut v = json!({
+        "type": "packet",
+        "frame": p.frame,
+        "time": rfc3339(p.ts),
+        "kind": p.kind.as_str(),
+        "src": p.src.to_string(),
+        "dst": p.dst.to_string(),
+        "seq": p.seq,
+        "ack": p.ack,
+        "len": p.len,
+        "confirmed_later": p.confirmed_later,
+    });
+    if let Some(m) = v.as_object_mut() {
+        if p.kind == Kind::KeepaliveAck {
+            m.insert("rtt".into(), opt_secs(p.rtt));
+        } else {
+            m.insert("probe_number".into(), json!(p.probe_number));
+            m.insert("idle".into(), opt_secs(p.idle));
+            if p.kind == Kind::Keepalive {
+                m.insert("unanswered_before".into(), json!(p.unanswered_before));
+                m.insert("since_prev_probe".into(), opt_secs(p.since_prev_probe));
+            }
+        }
+    }
+    v
+}
+
+/// The JSON object for one flow summary.
+pub(crate) fn flow_json(f: &FlowSummary) -> Value {
+    json!({
+        "type": "flow",
+        "client": f.client.to_string(),
+        "server": f.server.to_string(),
+        "roles_known": f.roles_known,
+        "prober": f.prober.map(|p| p.to_string()),
+        "prober_role": f.prober_role.as_str(),
+        "first_seen": rfc3339(f.first_seen),
+        "last_seen": rfc3339(f.last_seen),
+        "packets": f.packets,
+        "keepalives": f.keepalives,
+        "answered": f.answered,
+        "unanswered": f.unanswered,
+        "zero_window_probes": f.zero_window_probes,
+        "first_probe": opt_time(f.first_probe),
+        "last_probe": opt_time(f.last_probe),
+        "idle_before_first_probe": opt_secs(f.idle_before_first_probe),
+        "probe_interval": f.probe_interval,
+        "unanswered_at_end": f.unanswered_at_end,
+        "outcome": f.outcome.as_str(),
+        "inferred_idle": f.inference.idle,
+        "inferred_interval": f.inference.interval,
+        "inferred_count": f.inference.count,
+        "config": f.inference.name,
+    })
+}
+
+/// The closing JSON object with the run's counts.
+pub(crate) fn stats_json(s: &RunStats, elapsed: Duration) -> Value {
+    let t = &s.tracker;
+    json!({
+        "type": "stats",
+        "frames": s.frames,
+        "tcp_packets": t.tcp_packets,
+        "skipped": s.skipped_total(),
+        "skipped_by_reason": s.skipped,
+        "unsupported_link": s.unsupported_link,
+        "filtered_out": s.filtered_out,
+        "dropped": s.dropped,
+        "keepalives": t.keepalives,
+        "keepalive_acks": t.keepalive_acks,
+        "zero_window_probes": t.zero_window_probes,
+        "flows": t.flows,
+        "peak_flows": t.peak_flows,
+        "evictions": t.evictions,
+        "expired": t.expired,
+        "elapsed": elapsed.as_secs_f64(),
+    })
+}
+
+/// One line of totals for human output.
+pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
+    let t = &s.tracker;
+    let rate = if elapsed.as_secs_f64() > 0.0 {
+        s.frames as f64 / elapsed.as_secs_f64()
+    } else {
+        0.0
+    };
+    let mut line = format!(
+        "{} frames ({} TCP) in {:.2} s ({:.0} frames/s): {} keep-alives, {} keep-alive ACKs, \
+         {} zero-window probes; {} flows (peak {} tracked, {} evicted)",
+        s.frames,
+        t.tcp_packets,
+        elapsed.as_secs_f64(),
+        rate,
+        t.keepalives,
+        t.keepalive_acks,
+        t.zero_window_probes,
+        t.flows,
+        t.peak_flows,
+        t.evictions
+    );
+    if s.skipped_total() > 0 {
+        let mut reasons: Vec<String> = s.skipped.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        if s.unsupported_link > 0 {
+            reasons.push(format!("unsupported link type: {}", s.unsupported_link));
+        }
+        reasons.sort();
+        line.push_str(&format!(
+            "; skipped {} ({})",
+            s.skipped_total(),
+            reasons.join(", ")
+        ));
+    }
+    if s.dropped > 0 {
+        line.push_str(&format!("; {} dropped/truncated", s.dropped));
+    }
+    line
+}
+
+fn fmt_secs(d: Option<f64>) -> String {
+    match d {
+        None => "-".into(),
+        Some(s) if s >= 100.0 => format!("{s:.0} s"),
+        Some(s) => format!("{s:.3} s"),
+    }
+}
+
+fn time_of_day(ts: Duration) -> String {
+    let s = rfc3339(ts);
+    // 2024-01-02T03:04:05.123456Z -> 03:04:05.123456
+    s.get(11..s.len().saturating_sub(1))
+        .unwrap_or(&s)
+        .to_string()
+}
+
+/// Interesting flows first: dead peers, unanswered probing, then the most recent probes.
+pub(crate) fn sort_flows(flows: &mut [FlowSummary]) {
+    let rank = |o: Outcome| match o {
+        Outcome::PeerDead => 0,
+        Outcome::Probing => 1,
+        Outcome::Reset => 2,
+        _ => 3,
+    };
+    flows.sort_by(|a, b| {
+        rank(a.outcome)
+            .cmp(&rank(b.outcome))
+            .then(b.last_probe.cmp(&a.last_probe))
+            .then(b.keepalives.cmp(&a.keepalives))
+    });
+}
+
+/// The shared table style, except that a terminal reporting a tiny width (a pty without a
+/// size) gets unwrapped rows instead of one-character columns.
+fn table() -> comfy_table::Table {
+    let mut t = crate::util::table();
+    if t.width().is_some_and(|w| w < 40) {
+        t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    }
+    t
+}
+
+/// The flows table: one row per flow with probes.
+pub(crate) fn flows_table(flows: &[FlowSummary]) -> comfy_table::Table {
+    let mut t = table();
+    t.set_header(vec![
+        "flow (client -> server)",
+        "prober",
+        "idle before probe",
+        "interval",
+        "probes",
+        "answered",
+        "last probe",
+        "state",
+        "likely settings",
+    ]);
+    for f in flows {
+        let state = match f.outcome {
+            Outcome::PeerDead => format!("peer dead: RST after {} unanswered", f.unanswered_at_end),
+            Outcome::Probing => format!("probing: {} unanswered", f.unanswered_at_end),
+            o => o.as_str().to_string(),
+        };
+        let probes = if f.zero_window_probes > 0 {
+            format!("{} (+{} zero-window)", f.keepalives, f.zero_window_probes)
+        } else {
+            f.keepalives.to_string()
+        };
+        t.add_row(vec![
+            format!("{} -> {}", f.client, f.server),
+            f.prober_role.as_str().to_string(),
+            fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64())),
+            fmt_secs(f.probe_interval),
+            probes,
+            f.answered.to_string(),
+            f.last_probe.map_or("-".into(), time_of_day),
+            state,
+            f.inference.name.clone(),
+        ]);
+    }
+    t
+}
+
+/// The packets table: one row per classified packet.
+pub(crate) fn packets_table(packets: &[PacketEvent]) -> comfy_table::Table {
+    let mut t = table();
+    t.set_header(vec![
+        "frame",
+        "time",
+        "kind",
+        "from -> to",
+        "seq",
+        "ack",
+        "len",
+        "note",
+    ]);
+    for p in packets {
+        t.add_row(vec![
+            p.frame.to_string(),
+            time_of_day(p.ts),
+            p.kind.as_str().to_string(),
+            format!("{} -> {}", p.src, p.dst),
+            p.seq.to_string(),
+            p.ack.to_string(),
+            p.len.to_string(),
+            packet_note(p),
+        ]);
+    }
+    t
+}
+
+/// A short human note for a classified packet.
+pub(crate) fn packet_note(p: &PacketEvent) -> String {
+    let mut parts = Vec::new();
+    match p.kind {
+        Kind::KeepaliveAck => {
+            if let Some(r) = p.rtt {
+                parts.push(format!("rtt {:.3} ms", r.as_secs_f64() * 1e3));
+            }
+        }
+        Kind::Keepalive | Kind::ZeroWindowProbe => {
+            parts.push(format!("#{}", p.probe_number));
+            if let Some(g) = p.since_prev_probe {
+                parts.push(format!("{:.3} s after previous", g.as_secs_f64()));
+            } else if let Some(i) = p.idle {
+                parts.push(format!("after {:.3} s idle", i.as_secs_f64()));
+            }
+            if p.unanswered_before > 0 {
+                parts.push(format!("{} unanswered before", p.unanswered_before));
+            }
+        }
+    }
+    if p.confirmed_later {
+        parts.push("confirmed by a later packet".into());
+    }
+    parts.join(", ")
 }

@@ -1,0 +1,363 @@
+//! A bounded flow table: hash map from flow key to a slab slot, with an intrusive
+//! least-recently-active list so the oldest idle flow is found (and evicted) in O(1).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::{IpAddr, SocketAddr};
+
+const NIL: u32 = u32::MAX;
+
+/// A fast, non-cryptographic hasher for flow keys (keys come from packets, but the table is
+/// bounded, so a flood of colliding keys only costs time, never memory).
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+        for &b in chunks.remainder() {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ i).wrapping_mul(SEED);
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.write_u64(i as u64);
+        self.write_u64((i >> 64) as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Multiplying only carries entropy upwards and hash tables index by the low bits:
+        // rotate the well-mixed high bits down.
+        self.hash.rotate_left(26)
+    }
+}
+
+/// An endpoint packed for hashing: IPv4 addresses as v4-mapped IPv6.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Ep {
+    addr: [u8; 16],
+    port: u16,
+}
+
+impl Ep {
+    #[must_use]
+    pub fn new(ip: IpAddr, port: u16) -> Self {
+        let addr = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        Self { addr, port }
+    }
+}
+
+/// A direction-free flow key: the two endpoints in sorted order.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FlowKey {
+    lo: Ep,
+    hi: Ep,
+}
+
+impl FlowKey {
+    /// The key for a packet between `a` and `b` (either direction gives the same key).
+    #[must_use]
+    pub fn new(a: Ep, b: Ep) -> Self {
+        if a <= b {
+            Self { lo: a, hi: b }
+        } else {
+            Self { lo: b, hi: a }
+        }
+    }
+}
+
+impl std::hash::Hash for FlowKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        // Fold each address to one word: equal keys still hash equally, in 3 rounds.
+        let fold = |a: &[u8; 16]| {
+            let w = u128::from_ne_bytes(*a);
+            (w as u64) ^ ((w >> 64) as u64).rotate_left(23)
+        };
+        h.write_u64(fold(&self.lo.addr));
+        h.write_u64(fold(&self.hi.addr));
+        h.write_u32(u32::from(self.lo.port) << 16 | u32::from(self.hi.port));
+    }
+}
+
+/// Endpoint pair as socket addresses.
+#[must_use]
+pub fn sock(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+struct Slot<V> {
+    key: FlowKey,
+    value: V,
+}
+
+/// LRU links, kept apart from the (large) values so list updates stay in cache.
+#[derive(Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+}
+
+/// Bounded map from [`FlowKey`] to `V`, ordered by last activity.
+pub struct FlowTable<V> {
+    map: HashMap<FlowKey, u32, BuildHasherDefault<FxHasher>>,
+    slots: Vec<Option<Slot<V>>>,
+    links: Vec<Link>,
+    free: Vec<u32>,
+    /// Most recently touched.
+    head: u32,
+    /// Least recently touched.
+    tail: u32,
+    cap: usize,
+}
+
+impl<V> FlowTable<V> {
+    /// A table holding at most `cap` flows (at least 1).
+    #[must_use]
+    pub fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::default(),
+            slots: Vec::new(),
+            links: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            cap: cap.clamp(1, (NIL - 1) as usize),
+        }
+    }
+
+    /// Flows held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// True when inserting a new key would evict.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.map.len() >= self.cap
+    }
+
+    fn slot(&self, i: u32) -> Option<&Slot<V>> {
+        self.slots.get(i as usize).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, i: u32) -> Option<&mut Slot<V>> {
+        self.slots.get_mut(i as usize).and_then(Option::as_mut)
+    }
+
+    fn link_mut(&mut self, i: u32) -> Option<&mut Link> {
+        self.links.get_mut(i as usize)
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let Some(&Link { prev, next }) = self.links.get(i as usize) else {
+            return;
+        };
+        if let Some(p) = self.link_mut(prev) {
+            p.next = next;
+        } else {
+            self.head = next;
+        }
+        if let Some(n) = self.link_mut(next) {
+            n.prev = prev;
+        } else {
+            self.tail = prev;
+        }
+    }
+
+    fn push_front(&mut self, i: u32) {
+        let old = self.head;
+        if let Some(s) = self.link_mut(i) {
+            s.prev = NIL;
+            s.next = old;
+        }
+        if let Some(h) = self.link_mut(old) {
+            h.prev = i;
+        } else {
+            self.tail = i;
+        }
+        self.head = i;
+    }
+
+    /// Look up `key`, marking it most recently active.
+    pub fn touch(&mut self, key: &FlowKey) -> Option<&mut V> {
+        let i = self.touch_index(key)?;
+        self.slot_mut(i).map(|s| &mut s.value)
+    }
+
+    /// Look up `key`, marking it most recently active; its slot index for [`Self::at`].
+    pub fn touch_index(&mut self, key: &FlowKey) -> Option<u32> {
+        self.lookup_touch(key, true)
+    }
+
+    /// Look up `key`; move it to the front of the activity order only when `promote`
+    /// (callers skip it for flows already promoted within the same second, which keeps the
+    /// order right to a second at a fraction of the cost).
+    pub fn lookup_touch(&mut self, key: &FlowKey, promote: bool) -> Option<u32> {
+        let i = *self.map.get(key)?;
+        if promote && self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
+        Some(i)
+    }
+
+    /// Move slot `i` to the front of the activity order.
+    pub fn promote(&mut self, i: u32) {
+        if self.head != i && self.slot(i).is_some() {
+            self.unlink(i);
+            self.push_front(i);
+        }
+    }
+
+    /// The value in slot `i` (from [`Self::touch_index`] or [`Self::insert`]).
+    pub fn at(&mut self, i: u32) -> Option<&mut V> {
+        self.slot_mut(i).map(|s| &mut s.value)
+    }
+
+    /// Look up `key` without changing its position.
+    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
+        let i = *self.map.get(key)?;
+        self.slot_mut(i).map(|s| &mut s.value)
+    }
+
+    /// Insert a new key (caller checked it is absent) as most recent. When full, the least
+    /// recently active flow is removed first and returned.
+    pub fn insert(&mut self, key: FlowKey, value: V) -> (Option<(FlowKey, V)>, u32) {
+        let evicted = if self.is_full() {
+            self.pop_oldest()
+        } else {
+            None
+        };
+        let slot = Slot { key, value };
+        let link = Link {
+            prev: NIL,
+            next: NIL,
+        };
+        let i = if let Some(i) = self.free.pop() {
+            self.slots[i as usize] = Some(slot);
+            self.links[i as usize] = link;
+            i
+        } else {
+            // cap < NIL, so the index fits.
+            self.slots.push(Some(slot));
+            self.links.push(link);
+            (self.slots.len() - 1) as u32
+        };
+        self.map.insert(key, i);
+        self.push_front(i);
+        (evicted, i)
+    }
+
+    /// The least recently active flow, without removing it.
+    #[must_use]
+    pub fn oldest(&self) -> Option<(&FlowKey, &V)> {
+        self.slot(self.tail).map(|s| (&s.key, &s.value))
+    }
+
+    /// Remove and return the least recently active flow.
+    pub fn pop_oldest(&mut self) -> Option<(FlowKey, V)> {
+        let t = self.tail;
+        let key = self.slot(t)?.key;
+        self.remove(&key).map(|v| (key, v))
+    }
+
+    /// Remove `key`.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<V> {
+        let i = self.map.remove(key)?;
+        self.unlink(i);
+        let s = self.slots.get_mut(i as usize)?.take()?;
+        self.free.push(i);
+        Some(s.value)
+    }
+
+    /// All flows, most recent first.
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &V)> {
+        let mut i = self.head;
+        std::iter::from_fn(move || {
+            let s = self.slot(i)?;
+            i = self.links.get(i as usize)?.next;
+            Some((&s.key, &s.value))
+        })
+    }
+
+    /// Remove every flow, oldest first.
+    pub fn drain(&mut self) -> Vec<(FlowKey, V)> {
+        let mut out = Vec::with_capacity(self.len());
+        while let Some(kv) = self.pop_oldest() {
+            out.push(kv);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u16) -> FlowKey {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        FlowKey::new(Ep::new(ip, n), Ep::new(ip, 80))
+    }
+
+    #[test]
+    fn full_table_evicts_the_least_recently_active() {
+        let mut t = FlowTable::new(3);
+        for n in 1..=3 {
+            let (ev, _) = t.insert(key(n), n);
+            assert!(ev.is_none());
+        }
+        assert!(t.touch(&key(1)).is_some());
+        let (ev, i) = t.insert(key(4), 4);
+        assert_eq!(t.at(i).copied(), Some(4));
+        assert_eq!(ev.map(|e| e.1), Some(2));
+        assert_eq!(t.len(), 3);
+        let order: Vec<u16> = t.iter().map(|(_, v)| *v).collect();
+        assert_eq!(order, vec![4, 1, 3]);
+        assert_eq!(t.remove(&key(1)), Some(1));
+        assert_eq!(t.pop_oldest().map(|e| e.1), Some(3));
+        assert_eq!(t.drain().len(), 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn key_is_direction_free() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "::1".parse().unwrap();
+        assert_eq!(
+            FlowKey::new(Ep::new(ip, 1), Ep::new(ip2, 2)),
+            FlowKey::new(Ep::new(ip2, 2), Ep::new(ip, 1))
+        );
+    }
+}

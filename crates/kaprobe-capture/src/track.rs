@@ -1,0 +1,926 @@
+//! The flow tracker and probe classifier. Time is injected (every call carries the packet's
+//! timestamp), so a file replays identically and tests need no clock.
+//!
+//! Per direction it keeps the highest sequence number sent, the highest ACK sent and the
+//! last advertised window. A segment from A is a keep-alive probe when it is a pure ACK
+//! (no SYN/FIN/RST) with 0 or 1 byte whose sequence number is one below what B has already
+//! acknowledged (`seq == B.ack - 1`): the byte before A's `snd_una`, which only a probe
+//! re-sends. If B last advertised a zero window it is a zero-window probe instead, as is a
+//! 1-byte segment at A's `snd_una` (its `snd_nxt`, the window being shut) while B's window
+//! is zero. B's pure ACK repeating
+//! `probe.seq + 1` is the keep-alive ACK. When a capture starts mid-idle and B's ACK number
+//! is not yet known, a zero-length segment is held as a candidate and confirmed by B's reply
+//! (`ack == seq + 1`) or by A's RST at `seq + 1`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::infer::{infer, median, Inference};
+use crate::packet::{TcpFlags, TcpPacket};
+use crate::seq::SeqNum;
+use crate::table::{Ep, FlowKey, FlowTable};
+
+/// What a classified packet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A keep-alive probe (pure ACK or 1 byte at `snd_una - 1`).
+    Keepalive,
+    /// The peer's ACK answering a keep-alive probe.
+    KeepaliveAck,
+    /// A probe sent because the peer advertised a zero receive window.
+    ZeroWindowProbe,
+}
+
+impl Kind {
+    /// The snake_case name used in JSON and tables.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Keepalive => "keepalive",
+            Self::KeepaliveAck => "keepalive_ack",
+            Self::ZeroWindowProbe => "zero_window_probe",
+        }
+    }
+}
+
+/// One classified packet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PacketEvent {
+    /// 1-based frame number in the source (as Wireshark numbers frames).
+    pub frame: u64,
+    /// Capture time since the Unix epoch.
+    pub ts: Duration,
+    pub kind: Kind,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub seq: u32,
+    pub ack: u32,
+    /// Payload bytes.
+    pub len: u32,
+    /// For probes: this is the sender's n-th probe of its kind in the flow (1-based).
+    pub probe_number: u32,
+    /// For keep-alives: unanswered keep-alives sent just before this one.
+    pub unanswered_before: u32,
+    /// For keep-alives: time since the sender's previous keep-alive.
+    pub since_prev_probe: Option<Duration>,
+    /// For probes: time since the last packet in the flow that was not a probe or its ACK.
+    pub idle: Option<Duration>,
+    /// For keep-alive ACKs: time since the probe.
+    pub rtt: Option<Duration>,
+    /// True when a later packet confirmed this one (a capture that started mid-idle).
+    pub confirmed_later: bool,
+}
+
+/// How a flow ended, or where it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Open, last probe answered (or none pending).
+    Alive,
+    /// Open, the latest probes are unanswered.
+    Probing,
+    /// The prober reset the connection after unanswered probes: the peer was dead.
+    PeerDead,
+    /// Closed with FIN in both directions.
+    Closed,
+    /// Reset, not after unanswered probes.
+    Reset,
+    /// No packet for the tracker's idle timeout.
+    Expired,
+    /// Evicted to make room in a full flow table.
+    Evicted,
+}
+
+impl Outcome {
+    /// The snake_case name used in JSON and tables.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Probing => "probing",
+            Self::PeerDead => "peer_dead",
+            Self::Closed => "closed",
+            Self::Reset => "reset",
+            Self::Expired => "expired",
+            Self::Evicted => "evicted",
+        }
+    }
+}
+
+/// Which side of the connection sends the probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Client,
+    Server,
+    Both,
+    /// The handshake was not seen, so client and server are unknown.
+    Unknown,
+}
+
+impl Role {
+    /// The snake_case name used in JSON and tables.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+            Self::Both => "both",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A flow's keep-alive story.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowSummary {
+    /// The side that sent the SYN (or the first sender seen when the handshake was missed).
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// True when the SYN was seen, so `client`/`server` are certain.
+    pub roles_known: bool,
+    /// The endpoint sending the (most) probes.
+    pub prober: Option<SocketAddr>,
+    pub prober_role: Role,
+    pub first_seen: Duration,
+    pub last_seen: Duration,
+    pub packets: u64,
+    pub keepalives: u32,
+    pub answered: u32,
+    pub unanswered: u32,
+    pub zero_window_probes: u32,
+    pub first_probe: Option<Duration>,
+    pub last_probe: Option<Duration>,
+    /// Idle time between the last other packet and the first keep-alive.
+    pub idle_before_first_probe: Option<Duration>,
+    /// Median gap between consecutive keep-alives of the prober, seconds.
+    pub probe_interval: Option<f64>,
+    /// Unanswered keep-alives at the end (or before the RST).
+    pub unanswered_at_end: u32,
+    pub outcome: Outcome,
+    pub inference: Inference,
+}
+
+/// Something the tracker found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Packet(PacketEvent),
+    Flow(Box<FlowSummary>),
+}
+
+/// Tracker limits.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Most flows tracked at once; the least recently active is evicted beyond it.
+    pub max_flows: usize,
+    /// Flows with no packet for this long are dropped (longer than the 7875 s it takes
+    /// Linux defaults to give up on a dead peer).
+    pub idle_timeout: Duration,
+    /// How long a closed flow is kept to absorb its last ACKs.
+    pub closed_linger: Duration,
+    /// Emit summaries for flows without any probe too.
+    pub report_all_flows: bool,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            max_flows: 250_000,
+            idle_timeout: Duration::from_secs(3 * 3600),
+            closed_linger: Duration::from_secs(1),
+            report_all_flows: false,
+        }
+    }
+}
+
+/// Counters over everything processed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    pub tcp_packets: u64,
+    pub flows: u64,
+    pub evictions: u64,
+    pub expired: u64,
+    pub keepalives: u64,
+    pub keepalive_acks: u64,
+    pub zero_window_probes: u64,
+    pub peak_flows: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    seq: SeqNum,
+    ts: Duration,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    frame: u64,
+    ts: Duration,
+    ack: SeqNum,
+}
+
+#[derive(Debug, Clone)]
+struct Cands {
+    seq: SeqNum,
+    list: Vec<Cand>,
+}
+
+const MAX_CANDS: usize = 64;
+const MAX_SAMPLES: usize = 256;
+
+#[derive(Debug, Clone, Default)]
+struct Dir {
+    next_seq: Option<SeqNum>,
+    last_ack: Option<SeqNum>,
+    window: Option<u16>,
+    isn: Option<SeqNum>,
+    pending: Option<Pending>,
+    cands: Option<Box<Cands>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Side {
+    keepalives: u32,
+    zwp: u32,
+    answered: u32,
+    run: u32,
+    first_probe: Option<Duration>,
+    idle_first: Option<Duration>,
+    last_probe: Option<Duration>,
+    last_answer: Option<Duration>,
+    last_answered: bool,
+    gaps: Vec<f64>,
+    unanswered_gaps: Vec<f64>,
+    answered_gaps: Vec<f64>,
+    gave_up_after: Option<u32>,
+}
+
+fn push_bounded(v: &mut Vec<f64>, x: f64) {
+    if v.len() < MAX_SAMPLES {
+        v.push(x);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Flow {
+    eps: [SocketAddr; 2],
+    ep0: Ep,
+    client: Option<usize>,
+    dirs: [Dir; 2],
+    first_seen: Duration,
+    last_seen: Duration,
+    last_activity: Option<Duration>,
+    packets: u64,
+    fin: [bool; 2],
+    ended: Option<(Outcome, Duration)>,
+    reported: bool,
+    sides: Option<Box<[Side; 2]>>,
+}
+
+fn sub(a: Duration, b: Duration) -> Duration {
+    a.saturating_sub(b)
+}
+
+impl Flow {
+    fn new(p: &TcpPacket, ts: Duration) -> Self {
+        Self {
+            eps: [
+                SocketAddr::new(p.src, p.src_port),
+                SocketAddr::new(p.dst, p.dst_port),
+            ],
+            ep0: Ep::new(p.src, p.src_port),
+            client: None,
+            dirs: [Dir::default(), Dir::default()],
+            first_seen: ts,
+            last_seen: ts,
+            last_activity: None,
+            packets: 0,
+            fin: [false; 2],
+            ended: None,
+            reported: false,
+            sides: None,
+        }
+    }
+
+    fn has_probes(&self) -> bool {
+        self.sides
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|x| x.keepalives + x.zwp > 0))
+    }
+
+    fn sides(&mut self) -> &mut [Side; 2] {
+        self.sides.get_or_insert_with(Box::default)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_probe(
+        &mut self,
+        s: usize,
+        frame: u64,
+        ts: Duration,
+        kind: Kind,
+        seq: SeqNum,
+        ack: SeqNum,
+        len: u32,
+        late: bool,
+        stats: &mut TrackerStats,
+        out: &mut Vec<Event>,
+    ) {
+        let idle = self.last_activity.map(|la| sub(ts, la));
+        let (src, dst) = (self.eps[s], self.eps[1 - s]);
+        let side = &mut self.sides()[s];
+        let mut ev = PacketEvent {
+            frame,
+            ts,
+            kind,
+            src,
+            dst,
+            seq: seq.0,
+            ack: ack.0,
+            len,
+            probe_number: 0,
+            unanswered_before: 0,
+            since_prev_probe: None,
+            idle,
+            rtt: None,
+            confirmed_later: late,
+        };
+        if kind == Kind::ZeroWindowProbe {
+            side.zwp += 1;
+            ev.probe_number = side.zwp;
+            stats.zero_window_probes += 1;
+        } else {
+            side.keepalives += 1;
+            ev.probe_number = side.keepalives;
+            stats.keepalives += 1;
+            if side.first_probe.is_none() {
+                side.first_probe = Some(ts);
+                side.idle_first = idle;
+            }
+            if let Some(lp) = side.last_probe {
+                let gap = sub(ts, lp);
+                ev.since_prev_probe = Some(gap);
+                push_bounded(&mut side.gaps, gap.as_secs_f64());
+                if side.last_answered {
+                    if let Some(la) = side.last_answer {
+                        push_bounded(&mut side.answered_gaps, sub(ts, la).as_secs_f64());
+                    }
+                } else {
+                    push_bounded(&mut side.unanswered_gaps, gap.as_secs_f64());
+                }
+            }
+            ev.unanswered_before = side.run;
+            side.run += 1;
+            side.last_probe = Some(ts);
+            side.last_answered = false;
+            side.last_answer = None;
+        }
+        out.push(Event::Packet(ev));
+    }
+
+    fn record_answer(&mut self, s: usize, ts: Duration, kind: Kind) {
+        let side = &mut self.sides()[s];
+        if kind == Kind::Keepalive {
+            side.answered += 1;
+            side.run = 0;
+            side.last_answered = true;
+            side.last_answer = Some(ts);
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn on_packet(
+        &mut self,
+        s: usize,
+        frame: u64,
+        ts: Duration,
+        p: &TcpPacket,
+        stats: &mut TrackerStats,
+        out: &mut Vec<Event>,
+    ) {
+        let d = 1 - s;
+        self.packets += 1;
+        self.last_seen = ts;
+        let f = p.flags;
+        let pure = !f.any(TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST);
+        if f.syn() {
+            if f.ack() {
+                self.client.get_or_insert(d);
+            } else {
+                self.client = Some(s);
+            }
+            self.dirs[s].isn = Some(p.seq);
+        }
+        let mut probe_related = false;
+
+        // 1. Does this answer a probe (or confirm candidates) from the other side?
+        if f.ack() && !f.rst() {
+            if let Some(pend) = self.dirs[d].pending {
+                let answered = match pend.kind {
+                    Kind::ZeroWindowProbe => p.ack.diff(pend.seq) >= 0,
+                    _ => p.ack.diff(pend.seq) >= 1,
+                };
+                if answered {
+                    self.dirs[d].pending = None;
+                    self.record_answer(d, ts, pend.kind);
+                    if pure && p.payload_len == 0 {
+                        probe_related = true;
+                        if pend.kind == Kind::Keepalive && p.ack == pend.seq.add(1) {
+                            stats.keepalive_acks += 1;
+                            out.push(Event::Packet(self.ack_event(frame, ts, p, s, pend.ts)));
+                        }
+                    }
+                }
+            } else if let Some(c) = self.dirs[d].cands.take() {
+                if p.ack == c.seq.add(1) {
+                    let kind = if p.window == 0 {
+                        Kind::ZeroWindowProbe
+                    } else {
+                        Kind::Keepalive
+                    };
+                    let mut last_ts = ts;
+                    for cand in &c.list {
+                        self.record_probe(
+                            d, cand.frame, cand.ts, kind, c.seq, cand.ack, 0, true, stats, out,
+                        );
+                        last_ts = cand.ts;
+                    }
+                    self.record_answer(d, ts, kind);
+                    if pure && p.payload_len == 0 {
+                        probe_related = true;
+                        if kind == Kind::Keepalive {
+                            stats.keepalive_acks += 1;
+                            out.push(Event::Packet(self.ack_event(frame, ts, p, s, last_ts)));
+                        }
+                    }
+                }
+            }
+        }
+
+        // 2. An RST at candidate seq + 1 confirms its sender's candidates were probes.
+        if f.rst() {
+            if let Some(c) = self.dirs[s].cands.take() {
+                if p.seq == c.seq.add(1) {
+                    for cand in &c.list {
+                        self.record_probe(
+                            s,
+                            cand.frame,
+                            cand.ts,
+                            Kind::Keepalive,
+                            c.seq,
+                            cand.ack,
+                            0,
+                            true,
+                            stats,
+                            out,
+                        );
+                    }
+                }
+            }
+        }
+
+        // 3. Is this a probe?
+        let mut probe_kind = None;
+        if pure && f.ack() && p.payload_len <= 1 && !probe_related {
+            let peer_window_zero = self.dirs[d].window == Some(0);
+            match self.dirs[d].last_ack {
+                Some(ra) if p.seq.add(1) == ra => {
+                    probe_kind = Some(if peer_window_zero {
+                        Kind::ZeroWindowProbe
+                    } else {
+                        Kind::Keepalive
+                    });
+                }
+                Some(ra) => {
+                    // 1 byte at snd_una (= snd_nxt: the window is shut) into a zero window.
+                    if p.payload_len == 1 && p.seq == ra && peer_window_zero {
+                        probe_kind = Some(Kind::ZeroWindowProbe);
+                    }
+                }
+                None => {
+                    if p.payload_len == 0 {
+                        probe_related = true;
+                        let cand = Cand {
+                            frame,
+                            ts,
+                            ack: p.ack,
+                        };
+                        match &mut self.dirs[s].cands {
+                            Some(c) if c.seq == p.seq => {
+                                if c.list.len() < MAX_CANDS {
+                                    c.list.push(cand);
+                                }
+                            }
+                            other => {
+                                *other = Some(Box::new(Cands {
+                                    seq: p.seq,
+                                    list: vec![cand],
+                                }));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(kind) = probe_kind {
+            probe_related = true;
+            self.record_probe(
+                s,
+                frame,
+                ts,
+                kind,
+                p.seq,
+                p.ack,
+                p.payload_len,
+                false,
+                stats,
+                out,
+            );
+            self.dirs[s].pending = Some(Pending {
+                seq: p.seq,
+                ts,
+                kind,
+            });
+        }
+
+        // 4. State.
+        let syn_fin = u32::from(f.syn()) + u32::from(f.fin());
+        let end = if probe_kind.is_some() {
+            p.seq.add(1)
+        } else {
+            p.seq.add(p.payload_len.wrapping_add(syn_fin))
+        };
+        let dir = &mut self.dirs[s];
+        dir.next_seq = Some(dir.next_seq.map_or(end, |n| n.max(end)));
+        if f.ack() {
+            dir.last_ack = Some(dir.last_ack.map_or(p.ack, |a| a.max(p.ack)));
+        }
+        if !f.rst() {
+            dir.window = Some(p.window);
+        }
+        if probe_kind.is_none() && (p.payload_len > 0 || syn_fin > 0) {
+            dir.pending = None;
+            dir.cands = None;
+        }
+        if !probe_related {
+            self.last_activity = Some(ts);
+        }
+
+        // 5. Ends.
+        if f.fin() {
+            self.fin[s] = true;
+        }
+        if self.ended.is_none() {
+            if f.rst() {
+                let run = self.sides.as_ref().map_or(0, |x| x[s].run);
+                let outcome = if run > 0 {
+                    self.sides()[s].gave_up_after = Some(run);
+                    Outcome::PeerDead
+                } else {
+                    Outcome::Reset
+                };
+                self.ended = Some((outcome, ts));
+            } else if self.fin[0] && self.fin[1] {
+                self.ended = Some((Outcome::Closed, ts));
+            } else if self.packets == 1 && f.fin() {
+                // The capture starts as the connection closes: nothing left to learn.
+                self.ended = Some((Outcome::Closed, ts));
+            }
+        }
+    }
+
+    /// True for the last ACK of the closing handshake: the flow will carry nothing more.
+    #[inline]
+    fn is_final_ack(&self, s: usize, p: &TcpPacket) -> bool {
+        self.fin[0]
+            && self.fin[1]
+            && p.flags.ack()
+            && !p.flags.fin()
+            && Some(p.ack) == self.dirs[1 - s].next_seq
+    }
+
+    fn ack_event(
+        &self,
+        frame: u64,
+        ts: Duration,
+        p: &TcpPacket,
+        s: usize,
+        probe_ts: Duration,
+    ) -> PacketEvent {
+        PacketEvent {
+            frame,
+            ts,
+            kind: Kind::KeepaliveAck,
+            src: self.eps[s],
+            dst: self.eps[1 - s],
+            seq: p.seq.0,
+            ack: p.ack.0,
+            len: p.payload_len,
+            probe_number: 0,
+            unanswered_before: 0,
+            since_prev_probe: None,
+            idle: None,
+            rtt: Some(sub(ts, probe_ts)),
+            confirmed_later: false,
+        }
+    }
+
+    fn summary(&self, open_outcome: Option<Outcome>) -> FlowSummary {
+        let default_sides = [Side::default(), Side::default()];
+        let sides: &[Side; 2] = self.sides.as_deref().unwrap_or(&default_sides);
+        let (ci, roles_known) = match self.client {
+            Some(c) => (c, true),
+            None => (0, false),
+        };
+        let probing = |x: &Side| x.keepalives + x.zwp > 0;
+        let main = if sides[1].keepalives + sides[1].zwp > sides[0].keepalives + sides[0].zwp {
+            1
+        } else {
+            0
+        };
+        let prober = probing(&sides[main]).then_some(self.eps[main]);
+        let prober_role = match (probing(&sides[0]), probing(&sides[1])) {
+            (true, true) => Role::Both,
+            (false, false) => Role::Unknown,
+            _ if !roles_known => Role::Unknown,
+            _ if main == ci => Role::Client,
+            _ => Role::Server,
+        };
+        let m = &sides[main];
+        let keepalives = sides[0].keepalives + sides[1].keepalives;
+        let answered = sides[0].answered + sides[1].answered;
+        let outcome = match (self.ended, open_outcome) {
+            (Some((o, _)), _) => o,
+            (None, Some(o)) => o,
+            (None, None) => {
+                if m.run > 0 {
+                    Outcome::Probing
+                } else {
+                    Outcome::Alive
+                }
+            }
+        };
+        FlowSummary {
+            client: self.eps[ci],
+            server: self.eps[1 - ci],
+            roles_known,
+            prober,
+            prober_role,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            packets: self.packets,
+            keepalives,
+            answered,
+            unanswered: keepalives.saturating_sub(answered),
+            zero_window_probes: sides[0].zwp + sides[1].zwp,
+            first_probe: m.first_probe,
+            last_probe: m.last_probe,
+            idle_before_first_probe: m.idle_first,
+            probe_interval: median(&m.gaps),
+            unanswered_at_end: m.run,
+            outcome,
+            inference: infer(
+                m.idle_first,
+                &m.answered_gaps,
+                &m.unanswered_gaps,
+                m.gave_up_after,
+            ),
+        }
+    }
+}
+
+/// Tracks TCP flows and classifies keep-alive probes, their ACKs and zero-window probes.
+pub struct Tracker {
+    cfg: TrackerConfig,
+    table: FlowTable<Flow>,
+    closed: VecDeque<(Duration, FlowKey)>,
+    stats: TrackerStats,
+    next_expiry: Duration,
+}
+
+impl Tracker {
+    #[must_use]
+    pub fn new(cfg: TrackerConfig) -> Self {
+        Self {
+            table: FlowTable::new(cfg.max_flows),
+            cfg,
+            closed: VecDeque::new(),
+            stats: TrackerStats::default(),
+            next_expiry: Duration::ZERO,
+        }
+    }
+
+    /// Counters so far.
+    #[must_use]
+    pub fn stats(&self) -> &TrackerStats {
+        &self.stats
+    }
+
+    /// Flows tracked now.
+    #[must_use]
+    pub fn flows_tracked(&self) -> usize {
+        self.table.len()
+    }
+
+    fn report(cfg: &TrackerConfig, flow: &mut Flow, open: Option<Outcome>, out: &mut Vec<Event>) {
+        if !flow.reported && (flow.has_probes() || cfg.report_all_flows) {
+            flow.reported = true;
+            out.push(Event::Flow(Box::new(flow.summary(open))));
+        }
+    }
+
+    /// Process one TCP packet seen at `ts` as frame number `frame`, appending what was
+    /// found (packet classifications, summaries of flows that ended) to `out`.
+    pub fn process(&mut self, frame: u64, ts: Duration, p: &TcpPacket, out: &mut Vec<Event>) {
+        self.stats.tcp_packets += 1;
+        if ts >= self.next_expiry {
+            self.expire(ts, out);
+        }
+        let src = Ep::new(p.src, p.src_port);
+        let key = FlowKey::new(src, Ep::new(p.dst, p.dst_port));
+        let idx = match self.table.lookup_touch(&key, false) {
+            Some(i) => {
+                // Keep the activity order to the second: promote once per second per flow.
+                let promote = self
+                    .table
+                    .at(i)
+                    .is_some_and(|f| f.last_seen.as_secs() != ts.as_secs());
+                if promote {
+                    self.table.promote(i);
+                }
+                i
+            }
+            None => {
+                let (evicted, i) = self.table.insert(key, Flow::new(p, ts));
+                self.stats.flows += 1;
+                self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
+                if let Some((_, mut old)) = evicted {
+                    self.stats.evictions += 1;
+                    Self::report(&self.cfg, &mut old, Some(Outcome::Evicted), out);
+                }
+                i
+            }
+        };
+        let Some(flow) = self.table.at(idx) else {
+            return;
+        };
+        let s = usize::from(src != flow.ep0);
+        let new_connection = p.flags.syn()
+            && !p.flags.ack()
+            && (flow.ended.is_some() || flow.dirs[s].isn.is_some_and(|i| i != p.seq));
+        if new_connection {
+            let mut old = std::mem::replace(flow, Flow::new(p, ts));
+            Self::report(&self.cfg, &mut old, None, out);
+            self.stats.flows += 1;
+        }
+        // A restarted flow's first sender is this packet's source.
+        let s = if new_connection { 0 } else { s };
+        let was_ended = flow.ended.is_some();
+        flow.on_packet(s, frame, ts, p, &mut self.stats, out);
+        if !was_ended {
+            if let Some((_, at)) = flow.ended {
+                Self::report(&self.cfg, flow, None, out);
+                self.closed.push_back((at, key));
+            }
+        }
+        if was_ended && flow.is_final_ack(s, p) {
+            self.table.remove(&key);
+        }
+    }
+
+    /// Drop flows idle past the timeout and closed flows past their linger, as of `now`.
+    /// Called by [`Tracker::process`]; live sources also call it when no packet comes.
+    pub fn expire(&mut self, now: Duration, out: &mut Vec<Event>) {
+        if now < self.next_expiry {
+            return;
+        }
+        self.next_expiry = now.saturating_add(Duration::from_secs(1));
+        while let Some(&(at, key)) = self.closed.front() {
+            if at + self.cfg.closed_linger > now {
+                break;
+            }
+            self.closed.pop_front();
+            let remove = self
+                .table
+                .get_mut(&key)
+                .is_some_and(|f| f.ended.is_some_and(|(_, t)| t == at));
+            if remove {
+                self.table.remove(&key);
+            }
+        }
+        while let Some((_, f)) = self.table.oldest() {
+            if f.last_seen + self.cfg.idle_timeout > now {
+                break;
+            }
+            if let Some((_, mut f)) = self.table.pop_oldest() {
+                if f.ended.is_none() {
+                    self.stats.expired += 1;
+                }
+                Self::report(&self.cfg, &mut f, Some(Outcome::Expired), out);
+            }
+        }
+    }
+
+    /// Summaries of every flow with probes, as they stand now (for live tables).
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<FlowSummary> {
+        self.table
+            .iter()
+            .filter(|(_, f)| f.has_probes() || self.cfg.report_all_flows)
+            .map(|(_, f)| f.summary(None))
+            .collect()
+    }
+
+    /// End of input: summaries of all flows not yet reported.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        for (_, mut f) in self.table.drain() {
+            Self::report(&self.cfg, &mut f, None, out);
+        }
+        self.closed.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{parse_frame, LinkType};
+    use crate::scenario::Conv;
+
+    fn feed(t: &mut Tracker, c: &Conv, out: &mut Vec<Event>) {
+        for (i, f) in c.frames.iter().enumerate() {
+            let p = parse_frame(LinkType::RawIp, &f.ip).unwrap();
+            t.process(i as u64 + 1, f.ts, &p, out);
+        }
+    }
+
+    fn conv(port: u16) -> Conv {
+        Conv::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], 80)),
+            [1, 2],
+            Duration::from_secs(100),
+        )
+    }
+
+    #[test]
+    fn closed_flows_leave_the_table_at_the_last_ack() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        let mut c = conv(1000);
+        c.handshake(None).data(0, 10).ack(1).fin(0).fin(1);
+        feed(&mut t, &c, &mut out);
+        assert_eq!(t.flows_tracked(), 1, "still waiting for the last ACK");
+        let mut c2 = c.clone();
+        c2.frames.clear();
+        c2.ack(0);
+        feed(&mut t, &c2, &mut out);
+        assert_eq!(t.flows_tracked(), 0);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_and_counts_it() {
+        let mut t = Tracker::new(TrackerConfig {
+            max_flows: 2,
+            ..TrackerConfig::default()
+        });
+        let mut out = Vec::new();
+        for port in 1..=3 {
+            let mut c = conv(port);
+            c.handshake(None)
+                .data(0, 5)
+                .ack(1)
+                .wait(2.0)
+                .keepalive(0, false, None);
+            feed(&mut t, &c, &mut out);
+        }
+        assert_eq!(t.flows_tracked(), 2);
+        assert_eq!(t.stats().evictions, 1);
+        let evicted: Vec<&FlowSummary> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::Flow(f) if f.outcome == Outcome::Evicted => Some(&**f),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].client.port(), 1);
+    }
+
+    #[test]
+    fn an_idle_flow_expires_after_the_timeout() {
+        let mut t = Tracker::new(TrackerConfig {
+            idle_timeout: Duration::from_secs(60),
+            ..TrackerConfig::default()
+        });
+        let mut out = Vec::new();
+        let mut c = conv(7);
+        c.handshake(None).wait(5.0).keepalive(0, false, None);
+        feed(&mut t, &c, &mut out);
+        t.expire(Duration::from_secs(100 + 66), &mut out);
+        assert_eq!(t.flows_tracked(), 0);
+        assert_eq!(t.stats().expired, 1);
+        assert!(out
+            .iter()
+            .any(|e| matches!(e, Event::Flow(f) if f.outcome == Outcome::Expired)));
+    }
+}
