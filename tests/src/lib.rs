@@ -291,3 +291,68 @@ pub fn wait_line(
         }
     }
 }
+
+/// Three namespaces in a line, `client` -- `router` -- `server`, the router forwarding and
+/// masquerading between 10.200.1.0/24 (client side: client 10.200.1.2, router 10.200.1.1)
+/// and 10.200.2.0/24 (server side: router 10.200.2.1, server 10.200.2.2). Built by
+/// [`RouterTriple::new`]; all three are removed on drop.
+pub struct RouterTriple {
+    pub client: Netns,
+    pub router: Netns,
+    pub server: Netns,
+    pub client_addr: String,
+    pub server_addr: String,
+}
+
+impl RouterTriple {
+    /// Create the line with plain forwarding and MASQUERADE on the server side.
+    pub fn new(tag: &str) -> Self {
+        let client = Netns::new(&format!("{tag}c"));
+        let router = Netns::new(&format!("{tag}r"));
+        let server = Netns::new(&format!("{tag}s"));
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = std::process::id() % 10_000;
+        let (c0, r0, r1, s1) = (
+            format!("kc{id}x{n}"),
+            format!("kr{id}x{n}"),
+            format!("kq{id}x{n}"),
+            format!("ks{id}x{n}"),
+        );
+        sh(&format!(
+            "ip link add {c0} netns {} type veth peer name {r0} netns {}",
+            client.name, router.name
+        ));
+        sh(&format!(
+            "ip link add {r1} netns {} type veth peer name {s1} netns {}",
+            router.name, server.name
+        ));
+        client.exec(&format!(
+            "ip addr add 10.200.1.2/24 dev {c0} && ip link set {c0} up && ip route add default via 10.200.1.1"
+        ));
+        router.exec(&format!(
+            "ip addr add 10.200.1.1/24 dev {r0} && ip link set {r0} up && ip addr add 10.200.2.1/24 dev {r1} && ip link set {r1} up && sysctl -qw net.ipv4.ip_forward=1 && iptables -t nat -A POSTROUTING -o {r1} -j MASQUERADE"
+        ));
+        server.exec(&format!(
+            "ip addr add 10.200.2.2/24 dev {s1} && ip link set {s1} up && ip route add default via 10.200.2.1"
+        ));
+        Self {
+            client,
+            router,
+            server,
+            client_addr: "10.200.1.2".into(),
+            server_addr: "10.200.2.2".into(),
+        }
+    }
+
+    /// Make the router forget idle flows silently after `established_secs`, like a NAT or a
+    /// cloud load balancer: conntrack's established timeout is shortened, mid-stream pickup
+    /// is off (`nf_conntrack_tcp_loose=0`), and packets of forgotten flows (INVALID) are
+    /// dropped without an answer.
+    pub fn forget_idle_flows_after(&self, established_secs: u32) {
+        self.router
+            .exec("iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
+        self.router.exec(&format!(
+            "sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0 && sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established={established_secs}"
+        ));
+    }
+}

@@ -1,1 +1,18 @@
 //! The keep-alive prober: measures what a server or proxy does with idle connections.
+//!
+//! - [`target`]: the URL (http/https) a probe aims at;
+//! - [`conn`]: one TCP/TLS connection speaking HTTP/1.x, and the idle watch;
+//! - [`probe`]: advertised vs observed keep-alive behaviour, with a verdict;
+//! - [`race`]: the reuse race: requests on connections idled around a given time.
+
+pub mod conn;
+pub mod probe;
+pub mod race;
+pub mod target;
+pub mod tls;
+
+pub use conn::{Connector, HttpVersion, KeepAliveHeader, Response};
+pub use probe::{probe, CloseStyle, ProbeOptions, ProbeReport};
+pub use race::{race, RaceOptions, RaceReport};
+pub use target::{Scheme, Target};
+pub use tls::TlsOptions;

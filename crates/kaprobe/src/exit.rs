@@ -82,3 +82,10 @@ pub fn connect_code(err: &std::io::Error) -> u8 {
         },
     }
 }
+
+/// TLS could not be set up: handshake failure, untrusted or mismatched certificate
+/// (`probe`, `race`; an unreadable `--cacert` file is FILE).
+pub const TLS: u8 = 8;
+/// The peer does not speak HTTP/1.x properly: garbage instead of a response, a response cut
+/// off mid-way, or a connection closed or reset with no answer (`probe`, `race`).
+pub const PROTOCOL: u8 = 9;

@@ -1,10 +1,269 @@
-//! `kaprobe probe` (not built yet).
+//! `kaprobe probe URL`: what a server or proxy advertises about keep-alive and what it does.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use kaprobe_http::client::{probe, ProbeOptions, ProbeReport, TlsOptions};
+
+use crate::exit::{self, Failure};
+use crate::util::{parse_duration, print_json_line, table};
+
+/// Measure what an HTTP server or proxy really does with idle connections.
+///
+/// Opens a ladder of keep-alive connections (--connections, default 100) that idle in
+/// parallel. Each one waits for the server to close it (timing the FIN or RST to a few
+/// milliseconds), and each sends a new request after a different idle time, which is how a
+/// silent drop (a NAT or load balancer forgetting the connection, no FIN, no RST) is found.
+/// The answer arrives shortly after the idle timeout itself; --max-wait bounds everything.
+///
+/// Alongside it measures requests per connection (until `Connection: close`), checks that
+/// pipelined requests are answered in order, how HTTP/1.0 clients are treated, and for https
+/// the TLS handshake against a request on a reused connection. It compares all of this with
+/// what the server advertises (`Keep-Alive: timeout=N, max=M`) and ends with a verdict: the
+/// idle time a client or proxy pool in front of the server must stay under.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "\
+Opens a ladder of keep-alive connections (--connections, default 100) that idle in
+parallel. Each one waits for the server to close it (timing the FIN or RST to a few
+milliseconds), and each sends a new request after a different idle time, which is how a
+silent drop (a NAT or load balancer forgetting the connection, no FIN, no RST) is found.
+The answer arrives shortly after the idle timeout itself; --max-wait bounds everything.
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    Err(crate::exit::Failure::new(crate::exit::FAILURE, "'kaprobe probe' is not built yet").into())
+Alongside it measures requests per connection (until `Connection: close`), checks that
+pipelined requests are answered in order, how HTTP/1.0 clients are treated, and for https
+the TLS handshake against a request on a reused connection. It compares all of this with
+what the server advertises (`Keep-Alive: timeout=N, max=M`) and ends with a verdict: the
+idle time a client or proxy pool in front of the server must stay under.
+
+Examples:
+  kaprobe probe http://127.0.0.1:8080/
+  kaprobe probe https://localhost:8443/health --cacert ca.pem --max-wait 90s
+  kaprobe probe http://10.0.0.5/ --json | jq .idle
+
+Exit codes: 0 measured (whatever the verdict), 2 bad URL or flag, 3 host not resolved,
+4 connection refused, 5 unreachable or no answer in time,
+7 --cacert file unreadable or not PEM, 8 TLS error,
+9 not HTTP (garbage, cut-off or empty answer). See docs/probe.md.")]
+pub struct Args {
+    /// The URL to probe: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH].
+    pub url: String,
+
+    /// Upper bound on the whole probe (e.g. 90s, 2m). Idle timeouts longer than this are
+    /// reported as "not within --max-wait". Range 1s..=24h.
+    #[arg(long, value_name = "D", default_value = "150s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+
+    /// Connections on the idle ladder (more connections = finer silent-drop timing).
+    /// Range 2..=1000.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub connections: usize,
+
+    /// Stop counting requests on one connection after this many. Range 1..=100000.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_requests_cap: u64,
+
+    /// Trust the CA certificate(s) in this PEM file instead of the system store (https).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// Do not verify the server's certificate (https); the handshake is still timed.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// One JSON object on stdout instead of the table (shape in docs/probe.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Map a prober error to the exit status it should give.
+pub(crate) fn failure(e: kaprobe_http::Error) -> Failure {
+    use kaprobe_http::Error as E;
+    let code = match &e {
+        E::BadUrl { .. } | E::UnsupportedScheme { .. } | E::InvalidOption(_) => exit::USAGE,
+        E::Resolve { .. } => exit::RESOLVE,
+        E::Connect { source, .. } => exit::connect_code(source),
+        E::ConnectTimeout { .. } | E::NoAnswer { .. } => exit::UNREACHABLE,
+        E::Tls { .. } => exit::TLS,
+        E::CaFile { .. } => exit::FILE,
+        E::Garbage { .. } | E::ClosedMidResponse { .. } | E::NoResponse { .. } => exit::PROTOCOL,
+        _ => exit::FAILURE,
+    };
+    Failure::new(code, e.to_string())
+}
+
+/// Check `--max-wait`-style bounds shared by probe and race.
+pub(crate) fn check_max_wait(d: Duration) -> Result<(), Failure> {
+    if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
+        return Err(Failure::usage(format!(
+            "--max-wait {} is out of range: use 1s..=24h",
+            humantime::format_duration(d)
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_max_wait(args.max_wait)?;
+    if !(2..=1000).contains(&args.connections) {
+        return Err(Failure::usage(format!(
+            "--connections {} is out of range: use 2..=1000",
+            args.connections
+        ))
+        .into());
+    }
+    if !(1..=100_000).contains(&args.max_requests_cap) {
+        return Err(Failure::usage(format!(
+            "--max-requests-cap {} is out of range: use 1..=100000",
+            args.max_requests_cap
+        ))
+        .into());
+    }
+    let opts = ProbeOptions {
+        max_wait: args.max_wait,
+        connections: args.connections,
+        max_requests_cap: args.max_requests_cap,
+        tls: TlsOptions {
+            cacert: args.cacert,
+            insecure: args.insecure,
+        },
+    };
+    let rt = runtime()?;
+    let result = rt.block_on(probe(&args.url, &opts));
+    // A resolver thread stuck on a slow DNS server must not hold the exit past --max-wait.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    let report = result.map_err(failure)?;
+    if args.json {
+        print_json_line(&serde_json::to_value(&report)?);
+    } else {
+        render(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{s:.2} s"))
+}
+
+/// The probe's total time, from the library's duration type.
+fn took(r: &ProbeReport) -> String {
+    format!(
+        "{:.2} s",
+        crate::util::secs(Duration::from_secs_f64(r.elapsed_s.max(0.0)))
+    )
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.1} ms", s * 1000.0)
+}
+
+fn yes_no(v: Option<bool>, yes: &str, no: &str) -> String {
+    match v {
+        Some(true) => yes.into(),
+        Some(false) => no.into(),
+        None => "-".into(),
+    }
+}
+
+fn render(r: &ProbeReport) {
+    println!(
+        "{} -> {} (status {}{})",
+        r.url,
+        r.address,
+        r.status,
+        r.server
+            .as_deref()
+            .map_or(String::new(), |s| format!(", server: {s}"))
+    );
+    let mut t = table();
+    t.set_header(vec!["", "advertised", "observed"]);
+    let idle = &r.idle;
+    let observed_idle = match idle.close_style {
+        kaprobe_http::client::CloseStyle::OpenAtMaxWait => format!(
+            "still open at --max-wait{}",
+            idle.still_open_after_s
+                .or(idle.longest_alive_s)
+                .map_or(String::new(), |a| format!(" ({a:.2} s idle)"))
+        ),
+        kaprobe_http::client::CloseStyle::NoKeepAlive => "closes after every response".into(),
+        style => format!(
+            "{} ± {}, {}",
+            secs(idle.timeout_s),
+            idle.timeout_error_s
+                .map_or("-".into(), |e| format!("{:.0} ms", e * 1000.0)),
+            style.describe()
+        ),
+    };
+    t.add_row(vec![
+        "idle timeout".to_string(),
+        secs(r.advertised.timeout_s),
+        observed_idle,
+    ]);
+    let max_obs = match (r.max_requests.observed, r.max_requests.ended_by.as_str()) {
+        (Some(n), "cap") => format!("at least {n} (cap reached)"),
+        (Some(n), "max_wait") => format!("at least {n} (time ran out)"),
+        (Some(n), "closed") => format!("{n}, then closed without notice"),
+        (Some(n), _) => format!("{n}, last one says Connection: close"),
+        (None, _) => "-".into(),
+    };
+    t.add_row(vec![
+        "requests per connection".to_string(),
+        r.advertised.max.map_or("-".into(), |m| m.to_string()),
+        max_obs,
+    ]);
+    t.add_row(vec![
+        "Connection header".to_string(),
+        r.advertised
+            .connection
+            .clone()
+            .unwrap_or_else(|| "-".into()),
+        String::new(),
+    ]);
+    t.add_row(vec![
+        "HTTP/1.0 + keep-alive".to_string(),
+        String::new(),
+        yes_no(r.http10.keep_alive_honored, "kept alive", "closed"),
+    ]);
+    t.add_row(vec![
+        "HTTP/1.0 plain".to_string(),
+        String::new(),
+        yes_no(
+            r.http10.plain_closes,
+            "closed after the response",
+            "left open",
+        ),
+    ]);
+    let pipelining = if r.pipelining.sent == 0 {
+        r.pipelining.result.replace('_', " ")
+    } else {
+        format!(
+            "{} ({} of {} answered)",
+            r.pipelining.result.replace('_', " "),
+            r.pipelining.answered,
+            r.pipelining.sent
+        )
+    };
+    t.add_row(vec!["pipelining".to_string(), String::new(), pipelining]);
+    let mut timing = format!("connect {}", ms(r.connect_s));
+    if let Some(hs) = r.tls_handshake_s {
+        timing.push_str(&format!(", TLS handshake {}", ms(hs)));
+    }
+    timing.push_str(&format!(", first request {}", ms(r.first_request_s)));
+    if let Some(re) = r.reused_request_s {
+        timing.push_str(&format!(", reused {}", ms(re)));
+    }
+    t.add_row(vec!["timing".to_string(), String::new(), timing]);
+    println!("{t}");
+    for f in &r.findings {
+        println!("  * {f}");
+    }
+    println!("verdict: {}", r.verdict);
+    println!("(probe took {})", took(r));
 }

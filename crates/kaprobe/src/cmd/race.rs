@@ -1,10 +1,221 @@
-//! `kaprobe race` (not built yet).
+//! `kaprobe race URL --idle D`: reproduce the keep-alive reuse race and count failures.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use kaprobe_http::client::{race, RaceOptions, RaceReport, TlsOptions};
+
+use super::probe::{check_max_wait, failure, runtime};
+use crate::exit::Failure;
+use crate::util::{parse_duration, print_json_line, table};
+
+/// Reproduce the keep-alive reuse race: requests on connections idled around --idle.
+///
+/// Each attempt opens a connection, makes a request, leaves the connection idle, then sends
+/// a second request on it without checking first, as a connection pool that trusts its own
+/// idle timer does. Idle times are spread evenly over idle-spread ..= idle+spread, and the
+/// failures (reset, empty reply, no answer, 502/503/504 from a proxy) are counted per idle
+/// time. Run it with --idle near the timeout `kaprobe probe` reported to see the failure
+/// window, then again after a fix to see it closed.
+///
+/// Attempts run one at a time by default, so a proxy's pooled upstream connection idles as
+/// long as the client's; --parallel speeds up runs against a server with no proxy in front.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "\
+Each attempt opens a connection, makes a request, leaves the connection idle, then sends
+a second request on it without checking first, as a connection pool that trusts its own
+idle timer does. Idle times are spread evenly over idle-spread ..= idle+spread, and the
+failures (reset, empty reply, no answer, 502/503/504 from a proxy) are counted per idle
+time. Run it with --idle near the timeout `kaprobe probe` reported to see the failure
+window, then again after a fix to see it closed.
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    Err(crate::exit::Failure::new(crate::exit::FAILURE, "'kaprobe race' is not built yet").into())
+Attempts run one at a time by default, so a proxy's pooled upstream connection idles as
+long as the client's; --parallel speeds up runs against a server with no proxy in front.
+
+Examples:
+  kaprobe race http://127.0.0.1:8080/ --idle 5s --spread 1s --requests 20
+  kaprobe race http://proxy:80/api --idle 60s --spread 2s --method POST --json
+
+Exit codes: 0 the race ran (failures or not: read the table), 2 bad URL or flag,
+3 host not resolved, 4 connection refused, 5 unreachable or no answer in time,
+7 --cacert file unreadable or not PEM, 8 TLS error,
+9 not HTTP. See docs/race.md.")]
+pub struct Args {
+    /// The URL: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH].
+    pub url: String,
+
+    /// Centre of the idle times (e.g. 5s, 60s). Range 0s..=1h.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub idle: Duration,
+
+    /// Idle times range from idle-spread to idle+spread [default: a tenth of --idle].
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub spread: Option<Duration>,
+
+    /// Number of attempts (each one connection, one reuse). Range 1..=10000.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub requests: usize,
+
+    /// Attempts in flight at once. Range 1..=1000.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub parallel: usize,
+
+    /// Request method: GET, HEAD or POST (proxies retry a failed GET on a fresh upstream
+    /// connection; a POST shows the failure).
+    #[arg(long, value_name = "M", default_value = "GET")]
+    pub method: String,
+
+    /// Upper bound on the whole run; attempts that would end later are skipped. Range 1s..=24h
+    /// [default: enough for every attempt, plus 30s].
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub max_wait: Option<Duration>,
+
+    /// Trust the CA certificate(s) in this PEM file instead of the system store (https).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// Do not verify the server's certificate (https).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// JSON lines on stdout instead of the table (shape in docs/race.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.idle > Duration::from_secs(3600) {
+        return Err(Failure::usage(format!(
+            "--idle {} is out of range: use 0s..=1h",
+            humantime::format_duration(args.idle)
+        ))
+        .into());
+    }
+    let spread = args.spread.unwrap_or(args.idle / 10);
+    if spread > Duration::from_secs(3600) {
+        return Err(Failure::usage(format!(
+            "--spread {} is out of range: use 0s..=1h",
+            humantime::format_duration(spread)
+        ))
+        .into());
+    }
+    if !(1..=10_000).contains(&args.requests) {
+        return Err(Failure::usage(format!(
+            "--requests {} is out of range: use 1..=10000",
+            args.requests
+        ))
+        .into());
+    }
+    if !(1..=1000).contains(&args.parallel) {
+        return Err(Failure::usage(format!(
+            "--parallel {} is out of range: use 1..=1000",
+            args.parallel
+        ))
+        .into());
+    }
+    let max_wait = match args.max_wait {
+        Some(d) => d,
+        None => {
+            let rounds = u32::try_from(args.requests.div_ceil(args.parallel)).unwrap_or(u32::MAX);
+            (args.idle + spread + Duration::from_secs(2))
+                .saturating_mul(rounds)
+                .saturating_add(Duration::from_secs(30))
+                .min(Duration::from_secs(86_400))
+        }
+    };
+    check_max_wait(max_wait)?;
+    let opts = RaceOptions {
+        idle: args.idle,
+        spread,
+        requests: args.requests,
+        parallel: args.parallel,
+        method: args.method,
+        max_wait,
+        tls: TlsOptions {
+            cacert: args.cacert,
+            insecure: args.insecure,
+        },
+    };
+    let rt = runtime()?;
+    let result = rt.block_on(race(&args.url, &opts));
+    // A resolver thread stuck on a slow DNS server must not hold the exit past --max-wait.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    let report = result.map_err(failure)?;
+    if args.json {
+        for a in &report.attempts {
+            let mut v = serde_json::to_value(a)?;
+            v["type"] = "attempt".into();
+            print_json_line(&v);
+        }
+        for b in &report.bins {
+            let mut v = serde_json::to_value(b)?;
+            v["type"] = "bin".into();
+            v["failures"] = b.failures().into();
+            print_json_line(&v);
+        }
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("attempts");
+            o.remove("bins");
+        }
+        v["type"] = "summary".into();
+        print_json_line(&v);
+    } else {
+        render(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(r: &RaceReport) {
+    println!(
+        "{} -> {}: {} {} reuse(s) after idle {:.2} s ± {:.2} s",
+        r.url,
+        r.address,
+        r.attempts.len(),
+        r.method,
+        r.idle_s,
+        r.spread_s
+    );
+    let mut t = table();
+    t.set_header(vec![
+        "idle",
+        "tries",
+        "ok",
+        "502-504",
+        "reset",
+        "empty",
+        "no answer",
+        "other",
+        "failures",
+    ]);
+    let widest = r.bins.iter().map(|b| b.attempts).max().unwrap_or(1).max(1);
+    for b in &r.bins {
+        let idle = if (b.idle_to_s - b.idle_from_s).abs() < 1e-9 {
+            format!("{:.3} s", b.idle_from_s)
+        } else {
+            format!("{:.3}-{:.3} s", b.idle_from_s, b.idle_to_s)
+        };
+        // A bar: '#' per failure, '.' per success, scaled to 20 columns.
+        let scale = |n: usize| (n * 20).div_ceil(widest);
+        let bar = format!(
+            "{}{}",
+            "#".repeat(scale(b.failures())),
+            ".".repeat(scale(b.ok))
+        );
+        t.add_row(vec![
+            idle,
+            b.attempts.to_string(),
+            b.ok.to_string(),
+            b.bad_gateway.to_string(),
+            b.reset.to_string(),
+            b.empty_reply.to_string(),
+            b.no_answer.to_string(),
+            (b.broken + b.setup_failed).to_string(),
+            bar,
+        ]);
+    }
+    println!("{t}");
+    println!("('#' = failed reuse, '.' = worked)");
+    println!("verdict: {}", r.verdict);
 }

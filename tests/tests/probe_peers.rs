@@ -1,0 +1,323 @@
+//! Real peers for the probe and race tests: nginx, haproxy and Apache started from a private
+//! temp dir with a config the test writes, killed and cleaned up on drop. Also a latency
+//! line (a TCP relay that delays every byte and every close by a fixed time) standing in for
+//! a long network path, since `tc netem` is not available on these machines.
+//!
+//! This file is included by the probe and race tests with `#[path]`; on its own it is an
+//! empty test target.
+#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use kaprobe_tests::{wait_for, KillOnDrop, Netns};
+
+static DIRS: AtomicU32 = AtomicU32::new(0);
+
+/// A temp dir readable by nginx/Apache workers (which drop privileges), removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = DIRS.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("kaprobe-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(p.join("tmp")).unwrap();
+        Command::new("chmod")
+            .args(["-R", "755"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        Command::new("chmod").arg("644").arg(&p).status().unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago (for peers that cannot report the port
+/// they bound).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until something accepts connections on `addr` (loopback).
+pub fn wait_listening(addr: SocketAddr, child: &mut KillOnDrop, log: &Path) {
+    wait_for(
+        &format!("a listener on {addr}"),
+        Duration::from_secs(10),
+        || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!(
+                    "peer exited early ({status}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| ())
+        },
+    );
+}
+
+/// Wait until something listens on TCP `port` inside `ns`.
+pub fn wait_listening_in(ns: &Netns, port: u16) {
+    wait_for(
+        &format!("a listener on port {port} in {}", ns.name),
+        Duration::from_secs(10),
+        || {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "ss", "-Hltn"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&o.stdout)
+                .contains(&format!(":{port} "))
+                .then_some(())
+        },
+    );
+}
+
+/// A running peer: the process, its directory, and where it listens.
+pub struct Peer {
+    pub child: KillOnDrop,
+    pub dir: TempDir,
+    pub port: u16,
+}
+
+impl Peer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// nginx with one worker and the given `http { ... }` body (server blocks etc.). `port` is
+/// what the body listens on; `ns` runs it inside a namespace (then `port` is waited for there).
+pub fn nginx(http_body: &str, port: u16, ns: Option<&Netns>) -> Peer {
+    let dir = TempDir::new("nginx");
+    let d = dir.path().display().to_string();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 2048; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  \
+         fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n{http_body}\n}}\n"
+    );
+    let conf_path = dir.write("nginx.conf", &conf);
+    let nginx = which("nginx");
+    let mut cmd = match ns {
+        Some(ns) => ns.command(&nginx),
+        None => Command::new(&nginx),
+    };
+    cmd.arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"]);
+    let mut child = KillOnDrop::spawn(&mut cmd);
+    match ns {
+        Some(ns) => wait_listening_in(ns, port),
+        None => wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &mut child,
+            &dir.path().join("error.log"),
+        ),
+    }
+    Peer { child, dir, port }
+}
+
+/// haproxy in the foreground with the given sections after a small `global`/`defaults`.
+pub fn haproxy(defaults: &str, body: &str, port: u16) -> Peer {
+    let dir = TempDir::new("haproxy");
+    let conf = format!(
+        "global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n{defaults}\n{body}\n"
+    );
+    let conf_path = dir.write("haproxy.cfg", &conf);
+    let mut cmd = Command::new(which("haproxy"));
+    cmd.arg("-f").arg(&conf_path).arg("-db");
+    let mut child = KillOnDrop::spawn(&mut cmd);
+    wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &mut child,
+        &conf_path,
+    );
+    Peer { child, dir, port }
+}
+
+/// Apache (event MPM) serving `index.html`, with the given keep-alive settings.
+pub fn apache(port: u16, keepalive_timeout_secs: u32, max_keepalive_requests: u32) -> Peer {
+    let dir = TempDir::new("apache");
+    std::fs::create_dir_all(dir.path().join("htdocs")).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(dir.path().join("htdocs"))
+        .status()
+        .unwrap();
+    dir.write("htdocs/index.html", "hello from apache\n");
+    let d = dir.path().display().to_string();
+    let conf = format!(
+        "ServerRoot {d}\n\
+         LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so\n\
+         LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so\n\
+         Listen 127.0.0.1:{port}\nServerName localhost\nPidFile {d}/httpd.pid\n\
+         ErrorLog {d}/error.log\nDefaultRuntimeDir {d}\nMutex file:{d} default\n\
+         User nobody\nGroup nogroup\nDocumentRoot {d}/htdocs\n\
+         KeepAlive On\nKeepAliveTimeout {keepalive_timeout_secs}\n\
+         MaxKeepAliveRequests {max_keepalive_requests}\n\
+         <Directory {d}/htdocs>\n  Require all granted\n</Directory>\n"
+    );
+    let conf_path = dir.write("httpd.conf", &conf);
+    let mut cmd = Command::new(which("apache2"));
+    cmd.arg("-f").arg(&conf_path).args(["-D", "FOREGROUND"]);
+    let mut child = KillOnDrop::spawn(&mut cmd);
+    wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &mut child,
+        &dir.path().join("error.log"),
+    );
+    Peer { child, dir, port }
+}
+
+/// Full path of a tool (also finds the ones in /usr/sbin when PATH lacks it).
+pub fn which(tool: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
+        "/usr/sbin",
+        "/sbin",
+        "/usr/local/sbin",
+    ]) {
+        let p = Path::new(dir).join(tool);
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from(tool)
+}
+
+/// A latency line on loopback: accepts on an ephemeral port and relays each connection to
+/// `upstream`, delivering every chunk and every close `delay` after it arrived, in both
+/// directions, like a long network path. A reset on one side becomes a reset on the other.
+/// Runs on its own thread until the test process ends.
+pub fn latency_line(upstream: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = down.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    // Closes after a reset go out as RSTs (SO_LINGER 0).
+                    let _ = socket2::SockRef::from(&down).set_linger(Some(Duration::ZERO));
+                    let _ = socket2::SockRef::from(&up).set_linger(Some(Duration::ZERO));
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    let a = direction(dr, uw, delay);
+                    let b = direction(ur, dw, delay);
+                    tokio::pin!(a, b);
+                    let (mut a_done, mut b_done) = (false, false);
+                    while !(a_done && b_done) {
+                        let reset = tokio::select! {
+                            r = &mut a, if !a_done => { a_done = true; r }
+                            r = &mut b, if !b_done => { b_done = true; r }
+                        };
+                        if reset {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// How one direction of the relay ended.
+enum End {
+    Fin,
+    Reset,
+}
+
+type Item = (tokio::time::Instant, Result<Vec<u8>, End>);
+
+/// Relay one direction with a delay; true when it ended in a reset (then the caller drops
+/// both connections, which resets them).
+async fn direction(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Item>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let item = match r.read(&mut buf).await {
+                Ok(0) => Err(End::Fin),
+                Ok(n) => Ok(buf[..n].to_vec()),
+                Err(_) => Err(End::Reset),
+            };
+            let end = item.is_err();
+            if tx
+                .send((tokio::time::Instant::now() + delay, item))
+                .is_err()
+                || end
+            {
+                // Keep the read half open until the writer is done.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, item)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            match item {
+                Ok(bytes) => {
+                    if w.write_all(&bytes).await.is_err() {
+                        return true;
+                    }
+                }
+                Err(End::Fin) => {
+                    let _ = w.shutdown().await;
+                    return false;
+                }
+                Err(End::Reset) => return true,
+            }
+        }
+        false
+    };
+    tokio::select! {
+        reset = writer => reset,
+        () = reader => false,
+    }
+}
