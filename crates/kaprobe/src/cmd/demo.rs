@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use kaprobe_capture::{Event, LoopbackCapture};
+use kaprobe_http::client::{probe, ProbeOptions};
 use kaprobe_sock::conn::{self, Conn};
 use kaprobe_sock::defaults::SystemDefaults;
 use kaprobe_sock::diag;
@@ -107,6 +108,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
             "\n   (Run as root to also see a peer vanish, inside a private network namespace.)"
         );
     }
+    http_step()?;
     println!("\nNext:");
     println!("   kaprobe defaults                          the system settings and what they mean");
     println!(
@@ -279,4 +281,67 @@ fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
         }
     });
     done
+}
+
+/// HTTP keep-alive: start `kaprobe serve` with a 2 s idle timeout on loopback and let
+/// `kaprobe probe` measure it from outside.
+fn http_step() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    println!("\n6. HTTP keep-alive: the same question one layer up.");
+    println!("   `kaprobe serve --keepalive-timeout 2s` on loopback, measured from outside by `kaprobe probe`:\n");
+    let exe = std::env::current_exe()?;
+    let mut server = KillOnDrop(
+        std::process::Command::new(exe)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--keepalive-timeout",
+                "2s",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let stderr = server
+        .0
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr from kaprobe serve"))?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let url = lines
+        .find_map(|l| {
+            l.ok()
+                .and_then(|l| l.split_once("listening on ").map(|(_, u)| format!("{u}/")))
+        })
+        .ok_or_else(|| anyhow::anyhow!("kaprobe serve did not start"))?;
+    let opts = ProbeOptions {
+        max_wait: Duration::from_secs(8),
+        connections: 20,
+        ..ProbeOptions::default()
+    };
+    let rt = crate::cmd::probe::runtime()?;
+    let report = rt.block_on(probe(&url, &opts));
+    rt.shutdown_timeout(Duration::from_millis(100));
+    crate::cmd::probe::render(&report.map_err(crate::cmd::probe::failure)?);
+    println!(
+        "\n   A proxy or client pool that keeps idle connections longer than that will, now and"
+    );
+    println!("   then, send a request on a connection the server is closing: the 502 / \"connection reset");
+    println!("   by peer\" that `kaprobe race` reproduces and docs/why-did-my-connection-die.md explains.");
+    Ok(())
+}
+
+/// A child process stopped with SIGTERM (graceful) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.0.wait();
+    }
 }

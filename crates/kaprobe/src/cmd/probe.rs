@@ -172,7 +172,7 @@ fn yes_no(v: Option<bool>, yes: &str, no: &str) -> String {
     }
 }
 
-fn render(r: &ProbeReport) {
+pub(crate) fn render(r: &ProbeReport) {
     println!(
         "{} -> {} (status {}{})",
         r.url,
