@@ -26,6 +26,18 @@ use crate::util;
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
+const NEXT: &str = "
+Next:
+   kaprobe defaults                          the system settings and what they mean
+   kaprobe hold HOST:PORT --idle 30s         hold a real connection and see how it ends
+   kaprobe sockets --state established       live sockets and their keep-alive timers
+   kaprobe watch eth0                        keep-alive probes on the wire, per flow (root)
+   kaprobe read capture.pcap                 the same analysis over a pcap/pcapng file
+   kaprobe probe http://HOST/                what a server or proxy does with idle connections
+   kaprobe race URL --idle 5s                reproduce the keep-alive reuse race (502s, resets)
+   kaprobe serve --keepalive-timeout 5s      an HTTP server whose keep-alive you control
+   kaprobe --help                            everything else";
+
 const WATCH: Duration = Duration::from_millis(3600);
 
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
@@ -109,12 +121,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     http_step()?;
-    println!("\nNext:");
-    println!("   kaprobe defaults                          the system settings and what they mean");
-    println!(
-        "   kaprobe hold HOST:PORT --idle 30s         hold a real connection and see how it ends"
-    );
-    println!("   kaprobe --help                            everything else");
+    println!("{NEXT}");
     Ok(ExitCode::SUCCESS)
 }
 
