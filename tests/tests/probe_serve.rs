@@ -1,0 +1,198 @@
+//! `kaprobe probe` and `kaprobe race` against the project's own server, `kaprobe serve`,
+//! whose keep-alive behaviour is set exactly: RST closes, advertised timeouts that lie,
+//! request limits, and an upstream behind an nginx pool.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+#[path = "probe_peers.rs"]
+mod peers;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kaprobe_tests::{
+    json_lines, kaprobe, kaprobe_bin, line_reader, require_tool, stderr, wait_line, KillOnDrop,
+};
+use peers::{free_port, latency_line, nginx};
+use serde_json::Value;
+
+/// `kaprobe serve --listen 127.0.0.1:0 ARGS`, and the address it reports on stderr.
+fn serve(args: &[&str]) -> (KillOnDrop, SocketAddr) {
+    let mut child = KillOnDrop::spawn(
+        Command::new(kaprobe_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null()),
+    );
+    let rx = line_reader(child.0.stderr.take().unwrap());
+    let line = wait_line(&rx, Duration::from_secs(10), |l| {
+        l.starts_with("kaprobe serve: listening on http://")
+    })
+    .unwrap_or_else(|seen| panic!("serve {args:?} never said it was listening: {seen:?}"));
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let addr = line
+        .trim()
+        .trim_start_matches("kaprobe serve: listening on http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+    (child, addr)
+}
+
+fn probe(url: &str, max_wait: &str) -> Value {
+    let o = kaprobe()
+        .args(["probe", url, "--max-wait", max_wait, "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "probe {url}: {}", stderr(&o));
+    json_lines(&o).remove(0)
+}
+
+fn f(v: &Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
+}
+
+#[test]
+fn serve_closing_with_rst_is_reported_as_rst() {
+    let (_s, addr) = serve(&["--keepalive-timeout", "2s", "--close-style", "rst"]);
+    let r = probe(&format!("http://{addr}/"), "8s");
+    assert_eq!(r["idle"]["close_style"], "rst", "{r}");
+    assert!((f(&r, "/idle/timeout_s") - 2.0).abs() <= 0.020, "{r}");
+    assert!(
+        r["verdict"].as_str().unwrap().contains("2.00 s with RST"),
+        "{}",
+        r["verdict"]
+    );
+}
+
+#[test]
+fn serve_closing_with_fin_and_telling_the_truth_is_reported_true() {
+    let (_s, addr) = serve(&["--keepalive-timeout", "2s", "--advertise", "always"]);
+    let r = probe(&format!("http://{addr}/"), "8s");
+    assert_eq!(r["idle"]["close_style"], "fin", "{r}");
+    assert!((f(&r, "/idle/timeout_s") - 2.0).abs() <= 0.020, "{r}");
+    assert_eq!(f(&r, "/advertised/timeout_s"), 2.0, "{r}");
+    assert_eq!(r["advertised_true"]["timeout"], true, "{r}");
+}
+
+#[test]
+fn serve_advertising_a_longer_timeout_than_it_keeps_is_caught_lying() {
+    let (_s, addr) = serve(&[
+        "--keepalive-timeout",
+        "2s",
+        "--advertise",
+        "always",
+        "--advertise-timeout",
+        "10s",
+    ]);
+    let r = probe(&format!("http://{addr}/"), "8s");
+    assert_eq!(f(&r, "/advertised/timeout_s"), 10.0, "{r}");
+    assert!((f(&r, "/idle/timeout_s") - 2.0).abs() <= 0.020, "{r}");
+    assert_eq!(r["advertised_true"]["timeout"], false, "{r}");
+    assert!(
+        r["findings"].to_string().contains("lies"),
+        "{}",
+        r["findings"]
+    );
+}
+
+#[test]
+fn serve_request_limit_is_counted() {
+    let (_s, addr) = serve(&["--keepalive-timeout", "2s", "--max-requests", "7"]);
+    let r = probe(&format!("http://{addr}/"), "8s");
+    assert_eq!(r["max_requests"]["observed"], 7, "{r}");
+    assert_eq!(
+        r["max_requests"]["ended_by"], "connection_close_header",
+        "{r}"
+    );
+}
+
+/// nginx proxy with an upstream keep-alive pool (`pool_timeout`) in front of kaprobe serve
+/// closing idle connections after 1 s, over a path with 250 ms each way.
+fn nginx_pool_in_front_of_serve(pool_timeout: &str) -> (KillOnDrop, peers::Peer, String) {
+    let (s, app) = serve(&["--keepalive-timeout", "1s"]);
+    let line = latency_line(app, Duration::from_millis(250));
+    let front = free_port();
+    let ng = nginx(
+        &format!(
+            "  upstream app {{ server {line}; keepalive 4; keepalive_timeout {pool_timeout}; }}\n  \
+             server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass http://app;\n    \
+               proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        ),
+        front,
+        None,
+    );
+    (s, ng, format!("http://127.0.0.1:{front}/"))
+}
+
+fn race(url: &str) -> (Vec<Value>, Value) {
+    let o = kaprobe()
+        .args([
+            "race",
+            url,
+            "--idle",
+            "800ms",
+            "--spread",
+            "400ms",
+            "--requests",
+            "9",
+            "--method",
+            "POST",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "race {url}: {}", stderr(&o));
+    let lines = json_lines(&o);
+    let attempts = lines
+        .iter()
+        .filter(|l| l["type"] == "attempt")
+        .cloned()
+        .collect();
+    let summary = lines
+        .iter()
+        .find(|l| l["type"] == "summary")
+        .cloned()
+        .unwrap();
+    (attempts, summary)
+}
+
+#[test]
+fn nginx_pool_longer_than_serve_idle_timeout_gives_502s_in_the_window() {
+    require_tool!("nginx");
+    let (_s, _ng, url) = nginx_pool_in_front_of_serve("60s");
+    let (attempts, summary) = race(&url);
+    let failed: Vec<&Value> = attempts.iter().filter(|a| a["outcome"] != "ok").collect();
+    assert!(
+        !failed.is_empty(),
+        "expected 502s in the window: {attempts:?}"
+    );
+    for a in failed {
+        assert!(
+            a["outcome"] == "bad_gateway" || a["outcome"] == "reset",
+            "{a}"
+        );
+        let x = a["actual_idle_s"].as_f64().unwrap();
+        assert!(
+            (0.4..=1.1).contains(&x),
+            "failure outside the window at {x}: {a}"
+        );
+    }
+    assert!(summary["failures"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn nginx_pool_shorter_than_serve_idle_timeout_minus_rtt_gives_none() {
+    require_tool!("nginx");
+    let (_s, _ng, url) = nginx_pool_in_front_of_serve("300ms");
+    let (attempts, summary) = race(&url);
+    assert_eq!(attempts.len(), 9);
+    assert!(
+        attempts.iter().all(|a| a["outcome"] == "ok"),
+        "{attempts:?}"
+    );
+    assert_eq!(summary["failures"], 0);
+}
