@@ -317,15 +317,19 @@ mod tests {
         (Socket::from(c), Socket::from(s))
     }
 
-    #[test]
-    fn probes_from_both_sides_are_told_apart() {
-        let (c, s) = pair();
-        let cfg = KeepaliveConfig {
+    fn one_second_timers() -> KeepaliveConfig {
+        KeepaliveConfig {
             idle: Some(Duration::from_secs(1)),
             interval: Some(Duration::from_secs(1)),
             count: Some(3),
             user_timeout: None,
-        };
+        }
+    }
+
+    #[test]
+    fn probes_from_both_sides_are_told_apart() {
+        let (c, s) = pair();
+        let cfg = one_second_timers();
         apply(&c, &cfg, "t").unwrap();
         apply(&s, &cfg, "t").unwrap();
         let eff = read(&c, "t").unwrap();
@@ -349,12 +353,7 @@ mod tests {
     #[test]
     fn answered_probes_are_counted_on_loopback() {
         let (c, _s) = pair();
-        let cfg = KeepaliveConfig {
-            idle: Some(Duration::from_secs(1)),
-            interval: Some(Duration::from_secs(1)),
-            count: Some(3),
-            user_timeout: None,
-        };
+        let cfg = one_second_timers();
         apply(&c, &cfg, "t").unwrap();
         let eff = read(&c, "t").unwrap();
         let mut events = Vec::new();
