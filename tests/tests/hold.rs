@@ -445,3 +445,21 @@ fn defaults_in_a_namespace_with_linux_defaults_say_2h11m15s() {
         "{out}"
     );
 }
+
+#[test]
+fn help_teaches_ranges_outcomes_and_examples() {
+    let o = run(&["hold", "--help"]);
+    assert!(o.status.success());
+    let out = kaprobe_tests::stdout(&o);
+    for needle in [
+        "TCP_KEEPIDLE), whole seconds",
+        "1..=127",
+        "Exit status tells the outcome",
+        "12 ETIMEDOUT after the configured",
+        "kaprobe hold --listen",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    let o = run(&["defaults", "--help"]);
+    assert!(kaprobe_tests::stdout(&o).contains("SO_KEEPALIVE"));
+}

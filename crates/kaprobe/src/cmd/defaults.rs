@@ -7,13 +7,16 @@ use serde_json::json;
 
 use crate::util;
 
-/// Show net.ipv4.tcp_keepalive_time/_intvl/_probes and tcp_retries2 for this network
-/// namespace, and how long a silently dead peer goes unnoticed with them.
-///
-/// These apply to every socket that turns SO_KEEPALIVE on without setting its own
-/// TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT. Change them with `sysctl -w`, or per socket
-/// (see `kaprobe hold --idle/--interval/--count`).
+const HELP: &str =
+    "Reads net.ipv4.tcp_keepalive_time, _intvl, _probes and tcp_retries2 for this network
+namespace and says how long a silently dead peer goes unnoticed with them.
+
+They apply to every socket that turns SO_KEEPALIVE on without setting its own
+TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT. Change them with `sysctl -w`, or per socket
+(see `kaprobe hold --idle/--interval/--count`). See docs/defaults.md.";
+
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = HELP)]
 pub struct Args {
     /// One JSON object instead of a table (durations in seconds).
     #[arg(long)]

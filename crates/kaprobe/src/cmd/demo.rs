@@ -18,12 +18,16 @@ use kaprobe_sock::options::{self, KeepaliveConfig};
 
 use crate::util;
 
-/// A guided tour on loopback, about ten seconds, no arguments, no root needed.
-///
-/// It opens a TCP connection to itself with keep-alive set to 1s idle / 1s interval / 3
-/// probes, shows the kernel's keep-alive probes going out and being answered, then explains
-/// what was seen and what the system defaults would have done instead.
+const HELP: &str =
+    "Opens a TCP connection to itself on loopback with keep-alive 1s idle / 1s interval / 3 probes,
+shows the kernel's keep-alive timer ticking and its probes being answered, and explains what
+was seen. As root it also silences the peer inside a private network namespace (its own
+firewall; the host is not touched), shows the kernel giving up after 3 unanswered probes and
+captures those probes on the wire. Last, `kaprobe serve` is measured by `kaprobe probe`.
+Bounded: under twenty seconds.";
+
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = HELP)]
 pub struct Args {}
 
 const NEXT: &str = "

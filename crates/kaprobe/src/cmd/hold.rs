@@ -13,23 +13,28 @@ use serde_json::json;
 use crate::exit::{self, Failure};
 use crate::util;
 
-/// Hold one TCP connection idle with the keep-alive settings you choose, show the values the
-/// kernel really uses, report each keep-alive probe and answer as it happens, and say how and
-/// when the connection ended — and whether that matches the settings.
-///
-/// Connect to HOST:PORT, or with --listen accept one connection and hold that (server-side
-/// probes). Unset options keep the system defaults (see `kaprobe defaults`).
-///
-/// Exit status tells the outcome: 0 still open when --duration ran out or on Ctrl-C,
-/// 10 the peer closed (FIN), 11 the peer reset (RST), 12 ETIMEDOUT after the configured
-/// unanswered probes (dead peer), 13 TCP_USER_TIMEOUT expired; 2 bad usage, 3 name not
-/// resolved, 4 connection refused, 5 unreachable or connect timed out, 6 permission denied.
-///
-/// Examples:
-///   kaprobe hold 10.0.0.5:443 --idle 30s --interval 5s --count 3
-///   kaprobe hold --listen 0.0.0.0:9000 --idle 1m --json
+const HELP: &str =
+    "Shows the keep-alive values the kernel really uses (read back with getsockopt), reports each
+keep-alive probe and answer as it happens (from TCP_INFO), and says how and when the connection
+ended and whether that matches the settings: a silent peer is dropped idle + count x interval
+after its last segment (with --user-timeout: at the first probe run past it).
+
+Connect to HOST:PORT, or with --listen accept one connection and hold that (server-side
+probes). Options left out keep the system defaults (see `kaprobe defaults`).
+
+Exit status tells the outcome: 0 still open when --duration ran out or on Ctrl-C,
+10 the peer closed (FIN), 11 the peer reset (RST), 12 ETIMEDOUT after the configured
+unanswered probes (dead peer), 13 TCP_USER_TIMEOUT expired; 2 bad usage, 3 name not
+resolved, 4 connection refused, 5 unreachable or connect timed out, 6 permission denied.
+
+Examples:
+  kaprobe hold 10.0.0.5:443 --idle 30s --interval 5s --count 3
+  kaprobe hold --listen 0.0.0.0:9000 --idle 1m --json
+
+JSON schema and the timing rules: docs/hold.md";
+
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_long_help = HELP)]
 pub struct Args {
     /// Where to connect: HOST:PORT (127.0.0.1:8080, [::1]:8080, example.com:443).
     #[arg(required_unless_present = "listen", conflicts_with = "listen")]
