@@ -215,7 +215,10 @@ pub(crate) fn render(r: &ProbeReport) {
     };
     t.add_row(vec![
         "requests per connection".to_string(),
-        r.advertised.max.map_or("-".into(), |m| m.to_string()),
+        // `max` on the first response counts the requests still allowed after it
+        r.advertised.max.map_or("-".into(), |m| {
+            format!("max={m}: {} in all", m.saturating_add(1))
+        }),
         max_obs,
     ]);
     t.add_row(vec![
