@@ -99,6 +99,26 @@ pub fn resolve_host_port(what: &str, s: &str) -> anyhow::Result<Vec<std::net::So
     }
 }
 
+/// Check a numeric flag against its range: `--flag V is out of range: use A..=B` (exit 2).
+pub fn in_range<T>(
+    flag: &str,
+    v: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, crate::exit::Failure>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(crate::exit::Failure::usage(format!(
+            "{flag} {v} is out of range: use {}..={}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

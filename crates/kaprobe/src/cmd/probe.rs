@@ -7,7 +7,7 @@ use std::time::Duration;
 use kaprobe_http::client::{probe, ProbeOptions, ProbeReport, TlsOptions};
 
 use crate::exit::{self, Failure};
-use crate::util::{parse_duration, print_json_line, table};
+use crate::util::{self, parse_duration, print_json_line, table};
 
 /// Measure what an HTTP server or proxy really does with idle connections.
 ///
@@ -112,20 +112,8 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_max_wait(args.max_wait)?;
-    if !(2..=1000).contains(&args.connections) {
-        return Err(Failure::usage(format!(
-            "--connections {} is out of range: use 2..=1000",
-            args.connections
-        ))
-        .into());
-    }
-    if !(1..=100_000).contains(&args.max_requests_cap) {
-        return Err(Failure::usage(format!(
-            "--max-requests-cap {} is out of range: use 1..=100000",
-            args.max_requests_cap
-        ))
-        .into());
-    }
+    util::in_range("--connections", args.connections, 2..=1000)?;
+    util::in_range("--max-requests-cap", args.max_requests_cap, 1..=100_000)?;
     let opts = ProbeOptions {
         max_wait: args.max_wait,
         connections: args.connections,

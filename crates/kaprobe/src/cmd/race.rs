@@ -8,7 +8,7 @@ use kaprobe_http::client::{race, RaceOptions, RaceReport, TlsOptions};
 
 use super::probe::{check_max_wait, failure, runtime};
 use crate::exit::Failure;
-use crate::util::{parse_duration, print_json_line, table};
+use crate::util::{self, parse_duration, print_json_line, table};
 
 /// Reproduce the keep-alive reuse race: requests on connections idled around --idle.
 ///
@@ -100,20 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    if !(1..=10_000).contains(&args.requests) {
-        return Err(Failure::usage(format!(
-            "--requests {} is out of range: use 1..=10000",
-            args.requests
-        ))
-        .into());
-    }
-    if !(1..=1000).contains(&args.parallel) {
-        return Err(Failure::usage(format!(
-            "--parallel {} is out of range: use 1..=1000",
-            args.parallel
-        ))
-        .into());
-    }
+    util::in_range("--requests", args.requests, 1..=10_000)?;
+    util::in_range("--parallel", args.parallel, 1..=1000)?;
     let max_wait = match args.max_wait {
         Some(d) => d,
         None => {
