@@ -145,4 +145,12 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1e400").is_err());
     }
+
+    #[test]
+    fn in_range_names_flag_value_and_range() {
+        assert_eq!(in_range("--n", 5u32, 1..=10).unwrap(), 5);
+        let e = in_range("--n", 0u32, 1..=10).unwrap_err();
+        assert_eq!(e.code, crate::exit::USAGE);
+        assert_eq!(e.message, "--n 0 is out of range: use 1..=10");
+    }
 }
