@@ -9,6 +9,7 @@
 //!   [`craft`]: building frames for fixtures.
 
 pub mod analyze;
+pub mod bpf;
 pub mod craft;
 pub mod error;
 pub mod infer;
