@@ -14,6 +14,7 @@ pub mod craft;
 pub mod error;
 pub mod infer;
 pub mod live;
+pub mod metrics;
 pub mod packet;
 pub mod scenario;
 pub mod seq;

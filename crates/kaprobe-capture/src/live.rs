@@ -688,12 +688,24 @@ impl PcapFile {
     /// # Errors
     /// [`CaptureError::Write`].
     pub fn create(path: &Path, link: LinkType) -> Result<Self, CaptureError> {
+        Self::create_with_snaplen(path, link, 262_144)
+    }
+
+    /// Create `path` for frames of `link` cut to `snaplen` bytes (the header's snap length).
+    ///
+    /// # Errors
+    /// [`CaptureError::Write`].
+    pub fn create_with_snaplen(
+        path: &Path,
+        link: LinkType,
+        snaplen: u32,
+    ) -> Result<Self, CaptureError> {
         let err = |source| CaptureError::Write {
             path: path.to_path_buf(),
             source,
         };
         let f = std::fs::File::create(path).map_err(err)?;
-        let w = PcapWriter::new(io::BufWriter::new(f), link, 262_144).map_err(err)?;
+        let w = PcapWriter::new(io::BufWriter::new(f), link, snaplen).map_err(err)?;
         Ok(Self {
             path: path.to_path_buf(),
             w,
@@ -789,6 +801,7 @@ pub fn watch<S: PacketSource + ?Sized>(
                 t.flush()?;
             }
             a.sync_stats();
+            a.stats.dropped = source.dropped();
             sink.tick(&a);
         }
     }

@@ -1,14 +1,19 @@
 //! `kaprobe watch IFACE`: keep-alive probes live on a network interface.
 
 use std::io::{self, IsTerminal, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kaprobe_capture::live::{watch, PcapFile, WatchOptions, WatchSink};
-use kaprobe_capture::{Analyzer, Event, Filter, LiveSource, TrackerConfig};
+use kaprobe_capture::bpf::DEFAULT_SNAPLEN;
+use kaprobe_capture::live::{watch, LiveOptions, PcapFile, WatchOptions, WatchSink};
+use kaprobe_capture::metrics::{serve_http, WatchMetrics};
+use kaprobe_capture::{Analyzer, Event, Filter, LiveSource, Outcome, TrackerConfig};
+
+use crate::exit::{Failure, PERMISSION, USAGE};
 
 use super::read::{
     capture_failure, flow_json, flows_table, packet_json, packet_note, sort_flows, stats_json,
@@ -23,16 +28,26 @@ use super::read::{
 /// with trouble are listed first. On `lo` each packet is counted once. Stop with Ctrl-C
 /// (a summary is printed) or let `--duration` stop it.
 ///
+/// Cheap on busy interfaces: the kernel keeps only TCP (and only --port/--host when given)
+/// and hands over the headers (--snaplen bytes), through a memory-mapped ring. Packets the
+/// kernel had to drop because watch fell behind are counted in the table, the summary and
+/// the JSON stats, and a warning goes to stderr once a second while drops happen.
+///
+/// `--metrics ADDR` serves Prometheus metrics (probes, unanswered probes, dead peers, flows,
+/// capture drops) on http://ADDR/metrics for a fleet-wide Prometheus: see docs/metrics.md.
+///
 /// Needs CAP_NET_RAW: run as root, or once
 /// `sudo setcap cap_net_raw,cap_net_admin=eip $(which kaprobe)`.
 ///
-/// Exit status: 0 done, 2 bad flag or unknown interface, 6 missing privilege, 7 the
-/// --write file could not be written.
+/// Exit status: 0 done, 1 the --metrics address cannot be bound, 2 bad flag or unknown
+/// interface, 6 missing privilege, 7 the --write file could not be written.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     sudo kaprobe watch eth0 --port 5432\n  \
     sudo kaprobe watch lo --port 8080 --duration 30s --json\n  \
-    sudo kaprobe watch eth0 --host 10.0.0.7 --write probes.pcap\n\nJSON schema: docs/watch.md")]
+    sudo kaprobe watch eth0 --host 10.0.0.7 --write probes.pcap\n  \
+    sudo kaprobe watch eth0 --metrics 0.0.0.0:9464 --json > /dev/null\n\n\
+    JSON schema: docs/watch.md; metrics and alert rules: docs/metrics.md")]
 pub struct Args {
     /// Network interface to capture on (see `ip link`), e.g. eth0 or lo.
     pub iface: String,
@@ -57,6 +72,46 @@ pub struct Args {
     /// tcpdump and Wireshark).
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
+    /// Bytes kept of each packet: enough for the headers kaprobe reads (Ethernet, VLAN,
+    /// IPv6, TCP with options). 0 keeps whole packets (e.g. for --write), else 96..=65535.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SNAPLEN,
+          value_parser = parse_snaplen)]
+    pub snaplen: u32,
+    /// Serve Prometheus metrics on http://ADDR/metrics (IP:PORT, e.g. 127.0.0.1:9464 or
+    /// [::]:9464; port 0 picks a free port). The bound address is printed on stderr.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+}
+
+fn parse_snaplen(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Ok(0),
+        Ok(n) if (96..=65_535).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a snap length: use 0 (whole packets) or 96..=65535 bytes"
+        )),
+    }
+}
+
+/// Parse a `--metrics` listen address (shared with `kaprobe serve`).
+pub(crate) fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "'{s}' is not an address to listen on: use IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464 (port 0 picks a free port)"
+        )
+    })
+}
+
+/// Bind the `--metrics` listener: a bind failure names the flag and the address.
+pub(crate) fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        let code = match e.kind() {
+            io::ErrorKind::PermissionDenied => PERMISSION,
+            io::ErrorKind::AddrNotAvailable => USAGE,
+            _ => crate::exit::FAILURE,
+        };
+        Failure::new(code, format!("--metrics {addr}: cannot listen there: {e}")).into()
+    })
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -93,6 +148,9 @@ struct Sink {
     started: Instant,
     out: io::Stdout,
     broken: bool,
+    metrics: Option<Arc<WatchMetrics>>,
+    /// Kernel drops already warned about.
+    drops_seen: u64,
 }
 
 impl Sink {
@@ -111,6 +169,9 @@ impl Sink {
 
 impl WatchSink for Sink {
     fn event(&mut self, e: &Event) {
+        if let Some(m) = &self.metrics {
+            m.on_event(e);
+        }
         if self.json {
             let v = match e {
                 Event::Packet(p) => packet_json(p),
@@ -142,17 +203,40 @@ impl WatchSink for Sink {
     }
 
     fn tick(&mut self, a: &Analyzer) {
-        if self.json || !self.tty {
+        let dropped = a.stats.dropped;
+        if dropped > self.drops_seen {
+            // Once per tick, never per packet: watch must not fall behind silently.
+            eprintln!(
+                "kaprobe watch: warning: the kernel dropped {} packets in the last second \
+                 ({dropped} in all): watch is falling behind; narrow it with --port/--host",
+                dropped - self.drops_seen
+            );
+            self.drops_seen = dropped;
+        }
+        let want_table = !self.json && self.tty;
+        if self.metrics.is_none() && !want_table {
             return;
         }
         let mut flows = a.tracker.snapshot();
+        if let Some(m) = &self.metrics {
+            let probing = flows
+                .iter()
+                .filter(|f| f.outcome == Outcome::Probing)
+                .count() as u64;
+            m.publish(&a.stats, a.tracker.flows_tracked() as u64, probing);
+        }
+        if !want_table {
+            return;
+        }
         sort_flows(&mut flows);
         let mut screen = String::from("\x1b[H\x1b[2J");
         screen.push_str(&format!(
-            "kaprobe watch {} - {:.0} s - {} flows with probes (Ctrl-C to stop)\n",
+            "kaprobe watch {} - {:.0} s - {} flows with probes - {} packets dropped by the \
+             kernel (Ctrl-C to stop)\n",
             self.iface,
             self.started.elapsed().as_secs_f64(),
-            flows.len()
+            flows.len(),
+            dropped
         ));
         if !flows.is_empty() {
             screen.push_str(&flows_table(&flows).to_string());
@@ -164,17 +248,44 @@ impl WatchSink for Sink {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut src = LiveSource::open(&args.iface, args.promisc).map_err(capture_failure)?;
+    let filter = Filter {
+        port: args.port,
+        host: args.host,
+    };
+    let mut src = LiveSource::open_with(
+        &args.iface,
+        &LiveOptions {
+            promisc: args.promisc,
+            filter,
+            snaplen: args.snaplen,
+        },
+    )
+    .map_err(capture_failure)?;
     let mut tap = match &args.write {
-        Some(p) => Some(PcapFile::create(p, src.link()).map_err(capture_failure)?),
+        Some(p) => Some(
+            PcapFile::create_with_snaplen(p, src.link(), src.snaplen()).map_err(capture_failure)?,
+        ),
+        None => None,
+    };
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let l = bind_metrics(addr)?;
+            let bound = l.local_addr().unwrap_or(addr);
+            let m = Arc::new(WatchMetrics::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ));
+            let (m2, iface) = (Arc::clone(&m), args.iface.clone());
+            serve_http(l, move || m2.render(&iface));
+            eprintln!("kaprobe watch: metrics on http://{bound}/metrics");
+            Some(m)
+        }
         None => None,
     };
     install_signal_handlers();
     let opts = WatchOptions {
-        filter: Filter {
-            port: args.port,
-            host: args.host,
-        },
+        filter,
         duration: args.duration,
         tracker: TrackerConfig::default(),
     };
@@ -185,6 +296,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         started: Instant::now(),
         out: io::stdout(),
         broken: false,
+        metrics: metrics.clone(),
+        drops_seen: 0,
     };
     if sink.json {
         let start = serde_json::json!({
@@ -223,6 +336,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stats = watch(&mut src, &opts, &STOP, tap.as_mut(), &mut fin).map_err(capture_failure)?;
     let mut flows = fin.flows;
     let elapsed = sink.started.elapsed();
+    if let Some(m) = &metrics {
+        m.publish(&stats, 0, 0);
+    }
+    if stats.dropped > sink.drops_seen {
+        eprintln!(
+            "kaprobe watch: warning: the kernel dropped {} packets in all: watch fell behind",
+            stats.dropped
+        );
+    }
     if sink.json {
         sink.line(&stats_json(&stats, elapsed).to_string());
     } else {
@@ -235,7 +357,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             sink.line(&flows_table(&flows).to_string());
         }
-        sink.line(&stats_line(&stats, elapsed));
+        let mut line = stats_line(&stats, elapsed);
+        if stats.dropped == 0 {
+            line.push_str("; 0 dropped by the kernel");
+        }
+        sink.line(&line);
     }
     if let Some(p) = &args.write {
         if !sink.json {
