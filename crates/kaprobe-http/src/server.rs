@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod date;
+mod metrics;
 pub mod park;
 pub mod parse;
 pub mod proto;
@@ -559,6 +560,20 @@ pub fn run(
     listeners: Vec<std::net::TcpListener>,
     on_close: impl FnMut(&CloseEvent) + 'static,
 ) -> Result<Summary, Error> {
+    run_with_metrics(cfg, listeners, None, on_close)
+}
+
+/// As [`run`], also answering `GET /metrics` (the `/metrics` text of every listener) on
+/// `metrics`, a listener that serves nothing else and is not counted as traffic.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with_metrics(
+    cfg: Config,
+    listeners: Vec<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
+    on_close: impl FnMut(&CloseEvent) + 'static,
+) -> Result<Summary, Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -567,12 +582,13 @@ pub fn run(
             source,
         })?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(cfg, listeners, Box::new(on_close)))
+    local.block_on(&rt, serve(cfg, listeners, metrics, Box::new(on_close)))
 }
 
 async fn serve(
     cfg: Config,
     listeners: Vec<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
     on_close: Box<dyn FnMut(&CloseEvent)>,
 ) -> Result<Summary, Error> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -604,6 +620,9 @@ async fn serve(
     let mut accepts = Vec::new();
     for l in listeners {
         accepts.push(tokio::task::spawn_local(accept_loop(l, sh.clone())));
+    }
+    if let Some(m) = metrics {
+        accepts.push(tokio::task::spawn_local(metrics::serve(m, sh.clone())));
     }
     tokio::select! {
         _ = sigint.recv() => {}

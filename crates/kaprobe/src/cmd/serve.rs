@@ -87,6 +87,11 @@ pub struct Args {
     /// Close log format on stdout: one text line or one JSON object per closed connection.
     #[arg(long, value_enum, default_value = "text")]
     pub log: LogArg,
+    /// Also serve the Prometheus `/metrics` text on this separate address (IP:PORT; port 0
+    /// picks a free port), so scrapes do not mix with the traffic under test. See
+    /// docs/metrics.md.
+    #[arg(long, value_name = "ADDR", value_parser = super::watch::parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
 }
 
 const AFTER_HELP: &str = "\
@@ -251,8 +256,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("kaprobe serve: listening on http://{bound}");
         listeners.push(l);
     }
+    let metrics = match args.metrics {
+        Some(a) => {
+            let l = super::watch::bind_metrics(a)?;
+            eprintln!(
+                "kaprobe serve: metrics on http://{}/metrics",
+                l.local_addr().unwrap_or(a)
+            );
+            Some(l)
+        }
+        None => None,
+    };
     let log = args.log;
-    let summary = server::run(cfg, listeners, move |ev| {
+    let summary = server::run_with_metrics(cfg, listeners, metrics, move |ev| {
         let line = match log {
             LogArg::Text => text_line(ev),
             LogArg::Json => json_line(ev),
