@@ -370,4 +370,52 @@ mod tests {
         assert!(text.contains("kaprobe_watch_keepalive_idle_seconds_count{iface=\"e\\\"th0\"} 2"));
         assert!(text.contains("kaprobe_watch_keepalive_idle_seconds_sum{iface=\"e\\\"th0\"} 401.5"));
     }
+
+    #[test]
+    fn a_dead_peer_counts_its_three_unanswered_probes_once_each() {
+        use crate::analyze::{Analyzer, Filter};
+        use crate::packet::LinkType;
+        use crate::source::Frame;
+        use crate::track::TrackerConfig;
+        let sc = crate::scenario::all()
+            .into_iter()
+            .find(|s| s.name == "dead_peer")
+            .unwrap();
+        let m = WatchMetrics::default();
+        let mut a = Analyzer::new(Filter::default(), TrackerConfig::default());
+        let mut out = Vec::new();
+        for (i, f) in sc.frames.iter().enumerate() {
+            let frame = Frame {
+                ts: f.ts,
+                data: &f.ip,
+                orig_len: f.ip.len() as u32,
+                link: Some(LinkType::RawIp),
+            };
+            a.frame(&frame, i as u64 + 1, &mut out);
+        }
+        let stats = a.finish(&mut out);
+        for e in &out {
+            m.on_event(e);
+        }
+        m.publish(&stats, 0, 0);
+        let text = m.render("lo");
+        assert!(
+            text.contains("kaprobe_watch_dead_peers_total{iface=\"lo\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kaprobe_watch_unanswered_probes_total{iface=\"lo\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kaprobe_watch_keepalive_probes_total{iface=\"lo\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("outcome=\"peer_dead\"} 1\n"), "{text}");
+        // The first probe came after 2 s of idle.
+        assert!(
+            text.contains("le=\"1\"} 0\n") && text.contains("le=\"5\"} 1\n"),
+            "{text}"
+        );
+    }
 }
