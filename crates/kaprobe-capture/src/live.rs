@@ -772,28 +772,47 @@ pub fn watch<S: PacketSource + ?Sized>(
     let mut last_tick = start;
     let mut out = Vec::new();
     let mut number = 0u64;
+    // Reading the clock for every packet costs more than classifying it: the clocks are
+    // read when a packet's (kernel) timestamp passes the next check time, when the source
+    // is idle, and at least every 4096 packets.
+    let wall = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+    };
+    let check_every = Duration::from_millis(100);
+    let mut next_check = wall() + check_every;
+    let mut since_check = 0u32;
     loop {
-        if stop.load(Ordering::Relaxed) || opts.duration.is_some_and(|d| start.elapsed() >= d) {
+        if stop.load(Ordering::Relaxed) {
             break;
         }
-        match source.next_frame()? {
+        let check = match source.next_frame()? {
             Next::Frame(f) => {
                 number += 1;
                 if let Some(t) = tap.as_deref_mut() {
                     t.write(&f)?;
                 }
                 a.frame(&f, number, &mut out);
+                since_check += 1;
+                f.ts >= next_check || since_check >= 4096
             }
             Next::Idle => {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default();
-                a.tracker.expire(now, &mut out);
+                a.tracker.expire(wall(), &mut out);
+                true
             }
             Next::End => break,
-        }
+        };
         for e in out.drain(..) {
             sink.event(&e);
+        }
+        if !check {
+            continue;
+        }
+        since_check = 0;
+        next_check = wall() + check_every;
+        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
