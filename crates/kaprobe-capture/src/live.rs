@@ -265,8 +265,9 @@ impl LiveSource {
         } else {
             Framing::Ip
         };
+        // 0: whole packets (loopback and GRO/GSO packets may exceed 64 KiB).
         let snaplen = if o.snaplen == 0 {
-            u32::from(u16::MAX)
+            262_144
         } else {
             o.snaplen
         };
