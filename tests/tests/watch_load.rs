@@ -156,3 +156,18 @@ fn headers_only_capture_keeps_payload_lengths_and_classifies_probes() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn summary_reports_kernel_drops_even_when_there_are_none() {
+    require_root!();
+    let o = run(&["watch", "lo", "--port", "9", "--duration", "1s"]);
+    assert!(o.status.success(), "{}", kaprobe_tests::stderr(&o));
+    let out = kaprobe_tests::stdout(&o);
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.contains("0 dropped by the kernel"), "{out}");
+    assert!(
+        !kaprobe_tests::stderr(&o).contains("warning"),
+        "no drops, no warning: {}",
+        kaprobe_tests::stderr(&o)
+    );
+}

@@ -266,11 +266,7 @@ impl LiveSource {
             Framing::Ip
         };
         // 0: whole packets (loopback and GRO/GSO packets may exceed 64 KiB).
-        let snaplen = if o.snaplen == 0 {
-            262_144
-        } else {
-            o.snaplen
-        };
+        let snaplen = if o.snaplen == 0 { 262_144 } else { o.snaplen };
         let prog = bpf::program(framing, &o.filter, snaplen);
         let fprog = libc::sock_fprog {
             len: u16::try_from(prog.len()).unwrap_or(u16::MAX),
