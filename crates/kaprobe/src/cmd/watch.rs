@@ -39,7 +39,7 @@ use super::read::{
 /// Needs CAP_NET_RAW: run as root, or once
 /// `sudo setcap cap_net_raw,cap_net_admin=eip $(which kaprobe)`.
 ///
-/// Exit status: 0 done, 1 the --metrics address cannot be bound, 2 bad flag or unknown
+/// Exit status: 0 done, 1 the --metrics address is in use, 2 bad flag or unknown
 /// interface, 6 missing privilege, 7 the --write file could not be written.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
