@@ -156,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn render(r: &RaceReport) {
-    println!(
+    util::println_wrapped(&format!(
         "{} -> {}: {} {} reuse(s) after idle {:.2} s ± {:.2} s",
         r.url,
         r.address,
@@ -164,7 +164,7 @@ fn render(r: &RaceReport) {
         r.method,
         r.idle_s,
         r.spread_s
-    );
+    ));
     let mut t = table();
     t.set_header(vec![
         "idle",
@@ -205,5 +205,5 @@ fn render(r: &RaceReport) {
     }
     println!("{t}");
     println!("('#' = failed reuse, '.' = worked)");
-    println!("verdict: {}", r.verdict);
+    println!("{}", util::verdict_line(&r.verdict));
 }

@@ -24,14 +24,18 @@ use crate::exit::{self, Failure};
 /// first probe, the interval, answered/unanswered probes, how the flow ended and the likely
 /// keep-alive settings. Frame numbers count every frame from 1, as Wireshark does.
 ///
+/// FILE `-` reads the capture from standard input, so kaprobe can sit at the end of a
+/// `tcpdump -w -` pipeline; the table comes when the input ends (Ctrl-C on tcpdump).
+///
 /// Exit status: 0 done, 2 bad flag, 7 unreadable/corrupt/unsupported file.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     tcpdump -i any -w ka.pcap 'tcp port 5432' & ...; kaprobe read ka.pcap\n  \
+    sudo tcpdump -i lo -U -w - 'tcp port 5432' | kaprobe read -\n  \
     kaprobe read ka.pcapng --json | jq 'select(.type==\"flow\")'\n  \
     kaprobe read ka.pcap --port 8080 --packets\n\nJSON schema: docs/read.md")]
 pub struct Args {
-    /// The capture file (pcap or pcapng).
+    /// The capture file (pcap or pcapng), or - for standard input.
     pub file: PathBuf,
     /// One JSON object per line: {"type":"packet",...} per classified packet, then
     /// {"type":"flow",...} per flow with probes, then one {"type":"stats",...}.
@@ -56,7 +60,7 @@ pub struct Args {
 const AUTO_PACKET_ROWS: usize = 60;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut src = FileSource::open(&args.file).map_err(capture_failure)?;
+    let mut src = open(&args.file)?;
     let filter = Filter {
         port: args.port,
         host: args.host,
@@ -132,7 +136,7 @@ fn write_human(
     elapsed: Duration,
 ) -> io::Result<()> {
     if n_packets > 0 && (args.packets || n_packets <= AUTO_PACKET_ROWS) {
-        writeln!(out, "{}", packets_table(packets))?;
+        write_packets(out, packets)?;
     } else if n_packets > 0 {
         writeln!(
             out,
@@ -145,6 +149,22 @@ fn write_human(
         writeln!(out, "{}", flows_table(flows))?;
     }
     writeln!(out, "{}", stats_line(stats, elapsed))
+}
+
+/// The capture file, or standard input for `-`.
+fn open(file: &std::path::Path) -> anyhow::Result<FileSource> {
+    if file.as_os_str() != "-" {
+        return FileSource::open(file).map_err(capture_failure);
+    }
+    let stdin = io::stdin();
+    if std::io::IsTerminal::is_terminal(&stdin) {
+        return Err(Failure::usage(
+            "FILE '-' reads a capture from standard input, but it is a terminal: \
+             pipe one in (tcpdump -U -w - ... | kaprobe read -)",
+        )
+        .into());
+    }
+    FileSource::from_reader("standard input", stdin).map_err(capture_failure)
 }
 
 pub(crate) fn capture_failure(e: CaptureError) -> anyhow::Error {
@@ -263,8 +283,8 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
         0.0
     };
     let mut line = format!(
-        "{} frames ({} TCP) in {:.2} s ({:.0} frames/s): {} keep-alives, {} keep-alive ACKs, \
-         {} zero-window probes; {} flows (peak {} tracked, {} evicted)",
+        "{} frames ({} TCP) in {:.2} s ({:.0} frames/s)\n{} keep-alives, {} keep-alive ACKs, \
+         {} zero-window probes\n{} flows (peak {} tracked, {} evicted)",
         s.frames,
         t.tcp_packets,
         elapsed.as_secs_f64(),
@@ -291,7 +311,7 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
     if s.dropped > 0 {
         line.push_str(&format!("; {} dropped/truncated", s.dropped));
     }
-    line
+    crate::util::wrap(&line, 2)
 }
 
 fn fmt_secs(d: Option<f64>) -> String {
@@ -336,8 +356,82 @@ fn table() -> comfy_table::Table {
     t
 }
 
-/// The flows table: one row per flow with probes.
+/// True when `t`, drawn without wrapping, fits the output width (each column is its widest
+/// cell plus one space either side, plus one border character per column and one more).
+fn fits(t: &comfy_table::Table) -> bool {
+    let cols = t.column_max_content_widths();
+    let natural: usize = cols.iter().map(|&w| usize::from(w) + 3).sum::<usize>() + 1;
+    natural <= crate::util::output().width
+}
+
+/// How a flow stands, in words.
+fn state_text(f: &FlowSummary) -> String {
+    match f.outcome {
+        Outcome::PeerDead => format!("peer dead: RST after {} unanswered", f.unanswered_at_end),
+        Outcome::Probing => format!("probing: {} unanswered", f.unanswered_at_end),
+        o => o.as_str().to_string(),
+    }
+}
+
+/// A cell coloured by the flow's fate when colour is on: dead red, probing yellow, alive
+/// green.
+fn fate_cell(text: String, o: Outcome) -> comfy_table::Cell {
+    use comfy_table::{Attribute, Cell, Color};
+    let cell = Cell::new(text);
+    match o {
+        Outcome::PeerDead => cell.fg(Color::Red).add_attribute(Attribute::Bold),
+        Outcome::Probing => cell.fg(Color::Yellow),
+        Outcome::Alive => cell.fg(Color::Green),
+        _ => cell,
+    }
+}
+
+/// The flows table: one row per flow with probes. When its nine columns do not fit the
+/// output width (80 columns in a pipe), each flow becomes one row of two cells: the flow,
+/// and its details one per line.
 pub(crate) fn flows_table(flows: &[FlowSummary]) -> comfy_table::Table {
+    let wide = flows_table_wide(flows);
+    if fits(&wide) {
+        return wide;
+    }
+    let width = crate::util::output().width;
+    let mut t = table();
+    t.load_preset(comfy_table::presets::UTF8_FULL);
+    t.set_header(vec!["flow (client -> server)", "keep-alive probes"]);
+    for f in flows {
+        let flow = format!("{} -> {}", f.client, f.server);
+        let flow = if flow.chars().count() + 7 > width / 2 {
+            format!("{} ->\n{}", f.client, f.server)
+        } else {
+            flow
+        };
+        let probes = if f.zero_window_probes > 0 {
+            format!("{} (+{} zero-window)", f.keepalives, f.zero_window_probes)
+        } else {
+            f.keepalives.to_string()
+        };
+        let details = format!(
+            "prober: {}, {} sent, {} answered\n\
+             idle before the first: {}\ninterval: {}\nlast: {}\nlikely: {}",
+            f.prober_role.as_str(),
+            probes,
+            f.answered,
+            fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64())),
+            fmt_secs(f.probe_interval),
+            f.last_probe.map_or("-".into(), time_of_day),
+            f.inference.name,
+        );
+        // The state goes under the flow, where the eye lands first.
+        t.add_row(vec![
+            fate_cell(format!("{flow}\n{}", state_text(f)), f.outcome),
+            comfy_table::Cell::new(details),
+        ]);
+    }
+    t
+}
+
+/// The nine-column flows table.
+fn flows_table_wide(flows: &[FlowSummary]) -> comfy_table::Table {
     let mut t = table();
     t.set_header(vec![
         "flow (client -> server)",
@@ -351,29 +445,51 @@ pub(crate) fn flows_table(flows: &[FlowSummary]) -> comfy_table::Table {
         "likely settings",
     ]);
     for f in flows {
-        let state = match f.outcome {
-            Outcome::PeerDead => format!("peer dead: RST after {} unanswered", f.unanswered_at_end),
-            Outcome::Probing => format!("probing: {} unanswered", f.unanswered_at_end),
-            o => o.as_str().to_string(),
-        };
         let probes = if f.zero_window_probes > 0 {
             format!("{} (+{} zero-window)", f.keepalives, f.zero_window_probes)
         } else {
             f.keepalives.to_string()
         };
         t.add_row(vec![
-            format!("{} -> {}", f.client, f.server),
-            f.prober_role.as_str().to_string(),
-            fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64())),
-            fmt_secs(f.probe_interval),
-            probes,
-            f.answered.to_string(),
-            f.last_probe.map_or("-".into(), time_of_day),
-            state,
-            f.inference.name.clone(),
+            comfy_table::Cell::new(format!("{} -> {}", f.client, f.server)),
+            comfy_table::Cell::new(f.prober_role.as_str()),
+            comfy_table::Cell::new(fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64()))),
+            comfy_table::Cell::new(fmt_secs(f.probe_interval)),
+            comfy_table::Cell::new(probes),
+            comfy_table::Cell::new(f.answered),
+            comfy_table::Cell::new(f.last_probe.map_or("-".into(), time_of_day)),
+            fate_cell(state_text(f), f.outcome),
+            comfy_table::Cell::new(&f.inference.name),
         ]);
     }
     t
+}
+
+/// The classified packets: a table when it fits the output width, else one line per packet
+/// (wrapped, continuation lines indented), as easy to grep as to read.
+fn write_packets(out: &mut impl Write, packets: &[PacketEvent]) -> io::Result<()> {
+    let t = packets_table(packets);
+    if fits(&t) {
+        return writeln!(out, "{t}");
+    }
+    for p in packets {
+        let line = format!(
+            "frame {} {} {} {} -> {}\nseq {} ack {} len {}: {}",
+            p.frame,
+            time_of_day(p.ts),
+            p.kind.as_str(),
+            p.src,
+            p.dst,
+            p.seq,
+            p.ack,
+            p.len,
+            packet_note(p)
+        );
+        // The second line (and any wrapped part) is indented under the first.
+        let line = line.replace('\n', "\n    ");
+        writeln!(out, "{}", crate::util::wrap(&line, 4))?;
+    }
+    Ok(())
 }
 
 /// The packets table: one row per classified packet.
