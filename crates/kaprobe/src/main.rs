@@ -25,9 +25,14 @@ mod util;
     max_term_width = 100
 )]
 struct Cli {
-    /// Colour: auto (only when writing to a terminal; NO_COLOR and CLICOLOR_FORCE are
-    /// honoured), always or never.
-    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    /// Colour: auto (terminals only; honours NO_COLOR, CLICOLOR_FORCE), always, never.
+    #[arg(
+        long,
+        global = true,
+        value_name = "WHEN",
+        default_value = "auto",
+        hide_possible_values = true
+    )]
     color: clap::ColorChoice,
 
     #[command(subcommand)]
