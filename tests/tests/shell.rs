@@ -454,13 +454,48 @@ fn piped_output_fits_80_columns_without_escapes() {
     assert_fits_a_pipe("serve close log", &lines.join("\n"));
 }
 
+/// A connection to `l` whose client probes after 1 s idle, then every 1 s; the kernel on
+/// the other side answers each probe.
+fn keepalive_pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+    let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(1))
+        .with_interval(Duration::from_secs(1));
+    let sock = socket2::SockRef::from(&client);
+    sock.set_tcp_keepalive(&ka).unwrap();
+    sock.set_keepalive(true).unwrap();
+    (client, server)
+}
+
 #[test]
 fn watch_piped_fits_80_columns() {
     require_root!();
-    let o = piped(&["watch", "lo", "--duration", "1s", "--port", "9"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("watching lo"), "{}", stdout(&o));
-    assert_fits_a_pipe("watch", &stdout(&o));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    let mut watch = KillOnDrop::spawn(plain_env(&mut kaprobe()).args([
+        "watch",
+        "lo",
+        "--duration",
+        "3s",
+        "--port",
+        &port,
+    ]));
+    let lines = kaprobe_tests::line_reader(watch.0.stdout.take().unwrap());
+    let first = wait_line(&lines, Duration::from_secs(10), |l| {
+        l.starts_with("watching lo")
+    })
+    .unwrap_or_else(|seen| panic!("watch did not start: {seen:?}"));
+    let _pair = keepalive_pair(&l);
+    // watch ends by itself after --duration; the reader closes with its stdout.
+    let mut all = vec![first];
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(15)) {
+        all.push(line);
+    }
+    let text = all.join("\n");
+    assert!(text.contains(" keepalive "), "no probe seen:\n{text}");
+    assert!(text.contains("frames ("), "no totals:\n{text}");
+    assert_fits_a_pipe("watch", &text);
 }
 
 /// `cat FILE | kaprobe read -` gives exactly what `kaprobe read FILE` gives.
@@ -574,16 +609,7 @@ fn tcpdump_pipeline_into_read_stdin_finds_live_keepalives() {
         l.contains("listening on")
     })
     .unwrap_or_else(|seen| panic!("tcpdump did not start: {seen:?}"));
-    // A connection whose client probes after 1 s idle, every 1 s; each probe is answered.
-    let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (_server, _) = l.accept().unwrap();
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(1))
-        .with_interval(Duration::from_secs(1));
-    socket2::SockRef::from(&client)
-        .set_tcp_keepalive(&ka)
-        .unwrap();
-    socket2::SockRef::from(&client).set_keepalive(true).unwrap();
+    let _pair = keepalive_pair(&l);
     // The probes come from the kernel's timer and are answered by the kernel, so nothing
     // outside the capture can await them: give the timer time for two (at ~1 s and ~2 s).
     std::thread::sleep(Duration::from_millis(2800));

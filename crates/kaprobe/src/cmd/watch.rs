@@ -137,7 +137,7 @@ impl WatchSink for Sink {
                     f.inference.name
                 ),
             };
-            self.line(&s);
+            self.line(&crate::util::wrap(&s, 4));
         }
     }
 
