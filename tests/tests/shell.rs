@@ -647,3 +647,51 @@ fn tcpdump_pipeline_into_read_stdin_finds_live_keepalives() {
     let interval = flow["probe_interval"].as_f64().unwrap();
     assert!((interval - 1.0).abs() < 0.3, "{flow}");
 }
+
+/// Run kaprobe on a pseudo-terminal (util-linux `script`), as a user at a terminal would.
+fn on_a_terminal(args: &str, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new("script");
+    c.args([
+        "-qec",
+        &format!("'{}' {args}", kaprobe_bin().display()),
+        "/dev/null",
+    ])
+    .env("TERM", "xterm");
+    plain_env(&mut c);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn on_a_terminal_colour_is_on_and_read_dash_wants_a_pipe() {
+    require_tool!("script");
+    let fixture = pcap_fixture("dead_peer");
+    let f = fixture.to_str().unwrap();
+    let o = on_a_terminal(&format!("read '{f}'"), &[]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(
+        o.stdout.contains(&0x1b),
+        "no colour on a terminal: {}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("peer dead"), "{}", stdout(&o));
+    let o = on_a_terminal(&format!("read '{f}'"), &[("NO_COLOR", "1")]);
+    assert!(
+        !o.stdout.contains(&0x1b),
+        "NO_COLOR ignored: {}",
+        stdout(&o)
+    );
+    let o = on_a_terminal(&format!("--color never read '{f}'"), &[]);
+    assert!(!o.stdout.contains(&0x1b), "--color never ignored");
+    // `read -` with the terminal as standard input would wait forever: it says so instead.
+    let o = on_a_terminal("read - --color never", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("FILE '-' reads a capture from standard input, but it is a terminal"),
+        "{out}"
+    );
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+}

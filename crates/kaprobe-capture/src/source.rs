@@ -496,6 +496,72 @@ impl PacketSource for FileSource {
 mod tests {
     use super::*;
 
+    /// A pipe-like reader that hands out at most `step` bytes per read.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn frames_of(src: &mut FileSource) -> Vec<(Duration, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Next::Frame(f) = src.next_frame().unwrap() {
+            out.push((f.ts, f.data.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_stream_read_in_small_pieces_gives_the_same_frames_as_a_file() {
+        let mut w = crate::PcapWriter::new(Vec::new(), LinkType::Ethernet, 65_535).unwrap();
+        for i in 0..5u8 {
+            let frame = vec![i; 60 + usize::from(i)];
+            w.write(Duration::from_millis(u64::from(i) * 10), &frame, 60)
+                .unwrap();
+        }
+        let bytes = w.into_inner();
+        let path = std::env::temp_dir().join(format!("kaprobe-src-{}.pcap", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let from_file = frames_of(&mut FileSource::open(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+        for step in [1, 3, 7, 4096] {
+            let r = Trickle {
+                data: bytes.clone(),
+                at: 0,
+                step,
+            };
+            let mut src = FileSource::from_reader("standard input", r).unwrap();
+            assert_eq!(frames_of(&mut src), from_file, "step {step}");
+            assert_eq!(src.dropped(), 0);
+        }
+        assert_eq!(from_file.len(), 5);
+    }
+
+    #[test]
+    fn empty_and_foreign_streams_are_named_errors() {
+        let e = FileSource::from_reader("standard input", std::io::empty())
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "standard input is not a pcap or pcapng file (it starts with nothing: it is empty)"
+        );
+        let e = FileSource::from_reader("standard input", &b"GET / HTTP/1.1"[..])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("it starts with 47455420"), "{e}");
+        assert!(e.is_file());
+    }
+
     #[test]
     fn pcapng_timestamps_follow_the_interface_resolution() {
         assert_eq!(ng_timestamp(1_500_000, 6, 0), Duration::from_millis(1500));

@@ -96,9 +96,12 @@ pub fn detect_width(stdout_is_terminal: bool) -> usize {
         return c;
     }
     if stdout_is_terminal {
-        // comfy-table asks the terminal for its size only when stdout is one.
-        if let Some(w) = comfy_table::Table::new().width() {
-            return usize::from(w).max(20);
+        // comfy-table asks the terminal for its size only when stdout is one. A terminal
+        // that reports almost no width (a pty nobody sized) gets the pipe width instead.
+        if let Some(w) = comfy_table::Table::new().width().map(usize::from) {
+            if w >= 20 {
+                return w;
+            }
         }
     }
     PIPE_WIDTH
