@@ -695,3 +695,19 @@ fn on_a_terminal_colour_is_on_and_read_dash_wants_a_pipe() {
     );
     assert_eq!(out.trim().lines().count(), 1, "{out}");
 }
+
+#[test]
+fn zsh_completion_registers_with_compinit() {
+    require_tool!("zsh");
+    let o = Command::new("zsh")
+        .args([
+            "-fc",
+            "autoload -U compinit && compinit -u -D && source <(\"$KAPROBE\" completions zsh) \
+             && print -r -- ${_comps[kaprobe]}",
+        ])
+        .env("KAPROBE", kaprobe_bin())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "_kaprobe", "{}", stderr(&o));
+}
