@@ -356,12 +356,17 @@ fn table() -> comfy_table::Table {
     t
 }
 
-/// True when `t`, drawn without wrapping, fits the output width (each column is its widest
-/// cell plus one space either side, plus one border character per column and one more).
-fn fits(t: &comfy_table::Table) -> bool {
-    let cols = t.column_max_content_widths();
-    let natural: usize = cols.iter().map(|&w| usize::from(w) + 3).sum::<usize>() + 1;
-    natural <= crate::util::output().width
+/// The width of a table drawn without wrapping: each column is its widest cell plus one
+/// space either side, plus one border character per column and one more.
+fn natural_width<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> usize {
+    let mut widest = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widest.iter_mut().zip(row) {
+            let cw = cell.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+            *w = (*w).max(cw);
+        }
+    }
+    widest.iter().map(|w| w + 3).sum::<usize>() + 1
 }
 
 /// How a flow stands, in words.
@@ -386,138 +391,150 @@ fn fate_cell(text: String, o: Outcome) -> comfy_table::Cell {
     }
 }
 
+const FLOW_HEADER: [&str; 9] = [
+    "flow (client -> server)",
+    "prober",
+    "idle before probe",
+    "interval",
+    "probes",
+    "answered",
+    "last probe",
+    "state",
+    "likely settings",
+];
+
+/// One flow's nine cells, as the wide table shows them.
+fn flow_cells(f: &FlowSummary) -> [String; 9] {
+    let probes = if f.zero_window_probes > 0 {
+        format!("{} (+{} zero-window)", f.keepalives, f.zero_window_probes)
+    } else {
+        f.keepalives.to_string()
+    };
+    [
+        format!("{} -> {}", f.client, f.server),
+        f.prober_role.as_str().to_string(),
+        fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64())),
+        fmt_secs(f.probe_interval),
+        probes,
+        f.answered.to_string(),
+        f.last_probe.map_or("-".into(), time_of_day),
+        state_text(f),
+        f.inference.name.clone(),
+    ]
+}
+
 /// The flows table: one row per flow with probes. When its nine columns do not fit the
-/// output width (80 columns in a pipe), each flow becomes one row of two cells: the flow,
-/// and its details one per line.
+/// output width (80 columns in a pipe), each flow becomes one row of two cells: the flow
+/// with its state, and its details one per line.
 pub(crate) fn flows_table(flows: &[FlowSummary]) -> comfy_table::Table {
-    let wide = flows_table_wide(flows);
-    if fits(&wide) {
-        return wide;
-    }
+    let rows: Vec<[String; 9]> = flows.iter().map(flow_cells).collect();
     let width = crate::util::output().width;
     let mut t = table();
+    // Cells are laid out here, so comfy-table need not measure and wrap them again.
+    t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    if natural_width(&FLOW_HEADER, &rows) <= width {
+        t.set_header(FLOW_HEADER);
+        for (f, [flow, prober, idle, interval, probes, answered, last, state, likely]) in
+            flows.iter().zip(rows)
+        {
+            t.add_row(vec![
+                comfy_table::Cell::new(flow),
+                comfy_table::Cell::new(prober),
+                comfy_table::Cell::new(idle),
+                comfy_table::Cell::new(interval),
+                comfy_table::Cell::new(probes),
+                comfy_table::Cell::new(answered),
+                comfy_table::Cell::new(last),
+                fate_cell(state, f.outcome),
+                comfy_table::Cell::new(likely),
+            ]);
+        }
+        return t;
+    }
     t.load_preset(comfy_table::presets::UTF8_FULL);
-    t.set_header(vec!["flow (client -> server)", "keep-alive probes"]);
-    for f in flows {
-        let flow = format!("{} -> {}", f.client, f.server);
-        let flow = if flow.chars().count() + 7 > width / 2 {
-            format!("{} ->\n{}", f.client, f.server)
-        } else {
-            flow
-        };
-        let probes = if f.zero_window_probes > 0 {
-            format!("{} (+{} zero-window)", f.keepalives, f.zero_window_probes)
-        } else {
-            f.keepalives.to_string()
-        };
+    let header = ["flow (client -> server)", "keep-alive probes"];
+    let firsts: Vec<String> = flows
+        .iter()
+        .zip(&rows)
+        .map(|(f, [flow, .., state, _])| {
+            if flow.chars().count() + 7 > width / 2 {
+                format!("{} ->\n{}\n{state}", f.client, f.server)
+            } else {
+                format!("{flow}\n{state}")
+            }
+        })
+        .collect();
+    let first_w = firsts
+        .iter()
+        .flat_map(|c| c.lines())
+        .map(|l| l.chars().count())
+        .chain([header[0].chars().count()])
+        .max()
+        .unwrap_or(0);
+    let details_w = width.saturating_sub(first_w + 7).max(24);
+    t.set_header(header);
+    for ((f, first), [_, prober, idle, interval, probes, answered, last, _, likely]) in
+        flows.iter().zip(firsts).zip(rows)
+    {
         let details = format!(
-            "prober: {}, {} sent, {} answered\n\
-             idle before the first: {}\ninterval: {}\nlast: {}\nlikely: {}",
-            f.prober_role.as_str(),
-            probes,
-            f.answered,
-            fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64())),
-            fmt_secs(f.probe_interval),
-            f.last_probe.map_or("-".into(), time_of_day),
-            f.inference.name,
+            "prober: {prober}, {probes} sent, {answered} answered\n\
+             idle before the first: {idle}\ninterval: {interval}\nlast: {last}\n\
+             likely: {likely}"
         );
-        // The state goes under the flow, where the eye lands first.
         t.add_row(vec![
-            fate_cell(format!("{flow}\n{}", state_text(f)), f.outcome),
-            comfy_table::Cell::new(details),
+            fate_cell(first, f.outcome),
+            comfy_table::Cell::new(crate::util::wrap_to(&details, details_w, 2)),
         ]);
     }
     t
 }
 
-/// The nine-column flows table.
-fn flows_table_wide(flows: &[FlowSummary]) -> comfy_table::Table {
-    let mut t = table();
-    t.set_header(vec![
-        "flow (client -> server)",
-        "prober",
-        "idle before probe",
-        "interval",
-        "probes",
-        "answered",
-        "last probe",
-        "state",
-        "likely settings",
-    ]);
-    for f in flows {
-        let probes = if f.zero_window_probes > 0 {
-            format!("{} (+{} zero-window)", f.keepalives, f.zero_window_probes)
-        } else {
-            f.keepalives.to_string()
-        };
-        t.add_row(vec![
-            comfy_table::Cell::new(format!("{} -> {}", f.client, f.server)),
-            comfy_table::Cell::new(f.prober_role.as_str()),
-            comfy_table::Cell::new(fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64()))),
-            comfy_table::Cell::new(fmt_secs(f.probe_interval)),
-            comfy_table::Cell::new(probes),
-            comfy_table::Cell::new(f.answered),
-            comfy_table::Cell::new(f.last_probe.map_or("-".into(), time_of_day)),
-            fate_cell(state_text(f), f.outcome),
-            comfy_table::Cell::new(&f.inference.name),
-        ]);
-    }
-    t
-}
+const PACKET_HEADER: [&str; 8] = [
+    "frame",
+    "time",
+    "kind",
+    "from -> to",
+    "seq",
+    "ack",
+    "len",
+    "note",
+];
 
-/// The classified packets: a table when it fits the output width, else one line per packet
+/// The classified packets: a table when it fits the output width, else two lines per packet
 /// (wrapped, continuation lines indented), as easy to grep as to read.
 fn write_packets(out: &mut impl Write, packets: &[PacketEvent]) -> io::Result<()> {
-    let t = packets_table(packets);
-    if fits(&t) {
+    let rows: Vec<[String; 8]> = packets
+        .iter()
+        .map(|p| {
+            [
+                p.frame.to_string(),
+                time_of_day(p.ts),
+                p.kind.as_str().to_string(),
+                format!("{} -> {}", p.src, p.dst),
+                p.seq.to_string(),
+                p.ack.to_string(),
+                p.len.to_string(),
+                packet_note(p),
+            ]
+        })
+        .collect();
+    if natural_width(&PACKET_HEADER, &rows) <= crate::util::output().width {
+        let mut t = table();
+        t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+        t.set_header(PACKET_HEADER);
+        for r in rows {
+            t.add_row(r);
+        }
         return writeln!(out, "{t}");
     }
-    for p in packets {
-        let line = format!(
-            "frame {} {} {} {} -> {}\nseq {} ack {} len {}: {}",
-            p.frame,
-            time_of_day(p.ts),
-            p.kind.as_str(),
-            p.src,
-            p.dst,
-            p.seq,
-            p.ack,
-            p.len,
-            packet_note(p)
-        );
+    for [frame, time, kind, addrs, seq, ack, len, note] in rows {
         // The second line (and any wrapped part) is indented under the first.
-        let line = line.replace('\n', "\n    ");
+        let line = format!(
+            "frame {frame} {time} {kind} {addrs}\n    seq {seq} ack {ack} len {len}: {note}"
+        );
         writeln!(out, "{}", crate::util::wrap(&line, 4))?;
     }
     Ok(())
-}
-
-/// The packets table: one row per classified packet.
-pub(crate) fn packets_table(packets: &[PacketEvent]) -> comfy_table::Table {
-    let mut t = table();
-    t.set_header(vec![
-        "frame",
-        "time",
-        "kind",
-        "from -> to",
-        "seq",
-        "ack",
-        "len",
-        "note",
-    ]);
-    for p in packets {
-        t.add_row(vec![
-            p.frame.to_string(),
-            time_of_day(p.ts),
-            p.kind.as_str().to_string(),
-            format!("{} -> {}", p.src, p.dst),
-            p.seq.to_string(),
-            p.ack.to_string(),
-            p.len.to_string(),
-            packet_note(p),
-        ]);
-    }
-    t
 }
 
 /// A short human note for a classified packet.
