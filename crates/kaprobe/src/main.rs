@@ -90,7 +90,9 @@ fn color_arg(args: &[std::ffi::OsString]) -> clap::ColorChoice {
 
 /// The clap definition with the run's colour and width applied.
 fn command_for(color: clap::ColorChoice, width: usize) -> clap::Command {
-    Cli::command().color(color).term_width(width.min(100))
+    Cli::command()
+        .color(color)
+        .term_width(width.min(util::PROSE_MAX))
 }
 
 fn main() -> ExitCode {

@@ -150,10 +150,14 @@ pub fn paint_if(on: bool, text: &str, style: clap::builder::styling::Style) -> S
     }
 }
 
-/// Wrap prose to the output width: lines break at spaces, continuation lines get `indent`
-/// spaces. Words longer than a line stay whole. Existing newlines are kept.
+/// Prose is never wrapped wider than this, however wide the terminal (as clap's help).
+pub const PROSE_MAX: usize = 100;
+
+/// Wrap prose to the output width (at most [`PROSE_MAX`]): lines break at spaces,
+/// continuation lines get `indent` spaces. Words longer than a line stay whole. Existing
+/// newlines are kept.
 pub fn wrap(text: &str, indent: usize) -> String {
-    wrap_to(text, output().width, indent)
+    wrap_to(text, output().width.min(PROSE_MAX), indent)
 }
 
 /// [`wrap`] to an explicit width.
