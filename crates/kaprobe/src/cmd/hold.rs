@@ -250,11 +250,21 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) {
         util::print_json_line(&v);
         return;
     }
-    util::println_wrapped(&format!(
-        "ended after {:.3}s: {}",
-        r.lifetime.as_secs_f64(),
-        r.outcome.describe()
-    ));
+    let ended = util::wrap(
+        &format!(
+            "ended after {:.3}s: {}",
+            r.lifetime.as_secs_f64(),
+            r.outcome.describe()
+        ),
+        2,
+    );
+    // A peer given up on is the news: red when colour is on.
+    match r.outcome {
+        Outcome::KeepaliveTimeout | Outcome::UserTimeout => {
+            println!("{}", util::paint(&ended, util::style::BAD));
+        }
+        _ => println!("{ended}"),
+    }
     util::println_wrapped(&format!(
         "probes: {} sent, {} answered, {} unanswered at the end; {} probes from the peer answered",
         r.probes_sent, r.probes_answered, r.unanswered, r.peer_probes
