@@ -424,7 +424,11 @@ fn defaults_match_the_kernel_and_explain_the_dead_peer_time() {
     assert_eq!(f(v, "tcp_retries2"), read("tcp_retries2"));
     assert_eq!(f(v, "dead_peer_after"), t + i * p);
     let human = run(&["defaults"]);
-    let out = kaprobe_tests::stdout(&human);
+    // Prose wraps to the width (80 columns in a pipe): compare with line breaks undone.
+    let out = kaprobe_tests::stdout(&human)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(out.contains("net.ipv4.tcp_keepalive_time"), "{out}");
     assert!(
         out.contains(&format!("({t} s idle + {p} probes x {i} s)")),
@@ -437,7 +441,10 @@ fn defaults_in_a_namespace_with_linux_defaults_say_2h11m15s() {
     require_root!();
     let ns = kaprobe_tests::Netns::new("dflt");
     let o = ns.command(kaprobe_bin()).arg("defaults").output().unwrap();
-    let out = kaprobe_tests::stdout(&o);
+    let out = kaprobe_tests::stdout(&o)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(
         out.contains(
             "a silently dead peer is noticed after 2h11m15s (7200 s idle + 9 probes x 75 s)"
@@ -450,7 +457,11 @@ fn defaults_in_a_namespace_with_linux_defaults_say_2h11m15s() {
 fn help_teaches_ranges_outcomes_and_examples() {
     let o = run(&["hold", "--help"]);
     assert!(o.status.success());
-    let out = kaprobe_tests::stdout(&o);
+    // Help wraps to the width (80 columns in a pipe): compare with line breaks undone.
+    let out = kaprobe_tests::stdout(&o)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     for needle in [
         "TCP_KEEPIDLE), whole seconds",
         "1..=127",

@@ -66,13 +66,17 @@ enum Inner {
         nanos: bool,
     },
     PcapNg {
-        reader: Box<PcapNgReader<File>>,
+        reader: Box<PcapNgReader<Input>>,
         /// Per interface of the current section: link type, timestamp resolution, offset.
         ifaces: Vec<(Option<LinkType>, u8, u64)>,
     },
 }
 
-/// A pcap or pcapng file (format detected from its magic number).
+/// What a [`FileSource`] reads from: a file, or a stream such as standard input.
+type Input = Box<dyn Read + Send>;
+
+/// A pcap or pcapng file or stream (format detected from its magic number). Reading is
+/// strictly sequential, so a pipe (`tcpdump -w - | ...`) works as well as a file.
 pub struct FileSource {
     path: PathBuf,
     inner: Inner,
@@ -106,25 +110,36 @@ impl FileSource {
     /// [`CaptureError::Open`], [`CaptureError::NotPcap`], [`CaptureError::UnsupportedLink`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CaptureError> {
         let path = path.as_ref().to_path_buf();
-        let mut f = File::open(&path).map_err(|source| CaptureError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        let mut magic = [0u8; 4];
-        let n = read_up_to(&mut f, &mut magic).map_err(|source| CaptureError::Read {
-            path: path.clone(),
-            source,
-        })?;
         let f = File::open(&path).map_err(|source| CaptureError::Open {
             path: path.clone(),
             source,
         })?;
+        Self::from_reader(path, f)
+    }
+
+    /// Read a capture from a stream that cannot seek, such as standard input; `name` is what
+    /// errors call it (e.g. "standard input"). The format is detected from the first bytes,
+    /// which are then replayed to the pcap or pcapng reader.
+    ///
+    /// # Errors
+    /// [`CaptureError::Read`], [`CaptureError::NotPcap`] (also for an empty stream),
+    /// [`CaptureError::UnsupportedLink`].
+    pub fn from_reader(
+        name: impl Into<PathBuf>,
+        mut reader: impl Read + Send + 'static,
+    ) -> Result<Self, CaptureError> {
+        let path: PathBuf = name.into();
+        let mut magic = [0u8; 4];
+        let n = read_up_to(&mut reader, &mut magic).map_err(|source| CaptureError::Read {
+            path: path.clone(),
+            source,
+        })?;
         // pcap-file buffers (8 MB) itself: no second buffer in between.
-        let buf = f;
+        let buf: Input = Box::new(std::io::Cursor::new(magic).take(n as u64).chain(reader));
         let not_pcap = |path: &Path| CaptureError::NotPcap {
             path: path.to_path_buf(),
             magic: if n == 0 {
-                "nothing: the file is empty".into()
+                "nothing: it is empty".into()
             } else {
                 magic[..n].iter().map(|b| format!("{b:02x}")).collect()
             },
@@ -237,7 +252,7 @@ const MAX_RECORD: usize = 16 << 20;
 
 /// Classic pcap records read straight from the file into a reused buffer.
 struct RecordReader {
-    file: File,
+    file: Input,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -349,7 +364,7 @@ fn iface_info(idb: &InterfaceDescriptionBlock<'_>) -> (Option<LinkType>, u8, u64
     (LinkType::from_linktype(u32::from(idb.linktype)), resol, off)
 }
 
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..]) {
@@ -480,6 +495,72 @@ impl PacketSource for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pipe-like reader that hands out at most `step` bytes per read.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn frames_of(src: &mut FileSource) -> Vec<(Duration, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Next::Frame(f) = src.next_frame().unwrap() {
+            out.push((f.ts, f.data.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_stream_read_in_small_pieces_gives_the_same_frames_as_a_file() {
+        let mut w = crate::PcapWriter::new(Vec::new(), LinkType::Ethernet, 65_535).unwrap();
+        for i in 0..5u8 {
+            let frame = vec![i; 60 + usize::from(i)];
+            w.write(Duration::from_millis(u64::from(i) * 10), &frame, 60)
+                .unwrap();
+        }
+        let bytes = w.into_inner();
+        let path = std::env::temp_dir().join(format!("kaprobe-src-{}.pcap", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let from_file = frames_of(&mut FileSource::open(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+        for step in [1, 3, 7, 4096] {
+            let r = Trickle {
+                data: bytes.clone(),
+                at: 0,
+                step,
+            };
+            let mut src = FileSource::from_reader("standard input", r).unwrap();
+            assert_eq!(frames_of(&mut src), from_file, "step {step}");
+            assert_eq!(src.dropped(), 0);
+        }
+        assert_eq!(from_file.len(), 5);
+    }
+
+    #[test]
+    fn empty_and_foreign_streams_are_named_errors() {
+        let e = FileSource::from_reader("standard input", std::io::empty())
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "standard input is not a pcap or pcapng file (it starts with nothing: it is empty)"
+        );
+        let e = FileSource::from_reader("standard input", &b"GET / HTTP/1.1"[..])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("it starts with 47455420"), "{e}");
+        assert!(e.is_file());
+    }
 
     #[test]
     fn pcapng_timestamps_follow_the_interface_resolution() {

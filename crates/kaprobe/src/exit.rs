@@ -65,7 +65,12 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             msg.push_str(&c);
         }
     }
-    eprintln!("kaprobe: error: {msg}");
+    let label = crate::util::paint_if(
+        crate::util::output().color_err,
+        "error:",
+        crate::util::style::BAD,
+    );
+    eprintln!("kaprobe: {label} {msg}");
     ExitCode::from(code)
 }
 

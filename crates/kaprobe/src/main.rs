@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
 mod exit;
@@ -25,6 +25,16 @@ mod util;
     max_term_width = 100
 )]
 struct Cli {
+    /// Colour: auto (terminals only; honours NO_COLOR, CLICOLOR_FORCE), always, never.
+    #[arg(
+        long,
+        global = true,
+        value_name = "WHEN",
+        default_value = "auto",
+        hide_possible_values = true
+    )]
+    color: clap::ColorChoice,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -49,10 +59,55 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Reproduce the keep-alive reuse race against a URL and count failures per idle time.
     Race(cmd::race::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::Args),
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man(cmd::man::Args),
+}
+
+/// `--color WHEN` as given on the command line (before clap parses it, so that clap's own
+/// help and error messages follow it too). A bad value is left for clap to report.
+fn color_arg(args: &[std::ffi::OsString]) -> clap::ColorChoice {
+    use clap::ValueEnum;
+    let mut choice = clap::ColorChoice::Auto;
+    let mut it = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        let value = if a == "--" {
+            break;
+        } else if a == "--color" {
+            it.next().map(|v| v.into_owned())
+        } else {
+            a.strip_prefix("--color=").map(str::to_string)
+        };
+        if let Some(v) = value {
+            if let Ok(c) = clap::ColorChoice::from_str(&v, false) {
+                choice = c;
+            }
+        }
+    }
+    choice
+}
+
+/// The clap definition with the run's colour and width applied.
+fn command_for(color: clap::ColorChoice, width: usize) -> clap::Command {
+    Cli::command()
+        .color(color)
+        .term_width(width.min(util::PROSE_MAX))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let choice = color_arg(&args);
+    let out = util::init_output(choice);
+    // clap's help (stdout) and usage errors (stderr) follow the same choice; under `auto`
+    // clap applies the same NO_COLOR / CLICOLOR_FORCE / terminal rules per stream.
+    let cli = command_for(choice, out.width)
+        .try_get_matches_from(&args)
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m));
+    let cli = match cli {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Defaults(a) => cmd::defaults::run(a),
@@ -63,6 +118,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Probe(a) => cmd::probe::run(a),
         Command::Race(a) => cmd::race::run(a),
+        Command::Completions(a) => cmd::completions::run(&a, Cli::command()),
+        Command::Man(a) => cmd::man::run(&a, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -45,11 +45,180 @@ pub fn print_json_line(v: &serde_json::Value) {
     println!("{v}");
 }
 
-/// A comfy-table preset used by every command, sized to the terminal.
+/// Where output goes and how it may look: decided once in `main` from `--color`, the
+/// environment and whether stdout/stderr are terminals.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// ANSI colour on stdout.
+    pub color: bool,
+    /// ANSI colour on stderr (error messages).
+    pub color_err: bool,
+    /// Columns human output should fit in.
+    pub width: usize,
+}
+
+static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+
+/// Width when stdout is not a terminal and `COLUMNS` does not say otherwise.
+pub const PIPE_WIDTH: usize = 80;
+
+/// Decide colour per stream the way clap and most tools do: `--color always|never` wins;
+/// under `auto`, a non-empty `NO_COLOR` turns colour off, a `CLICOLOR_FORCE` other than `0`
+/// turns it on, `CLICOLOR=0` turns it off, and otherwise only a terminal (with a `TERM`
+/// other than `dumb`) gets colour.
+pub fn wants_color(choice: clap::ColorChoice, is_terminal: bool) -> bool {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    match choice {
+        clap::ColorChoice::Always => true,
+        clap::ColorChoice::Never => false,
+        clap::ColorChoice::Auto => {
+            if env("NO_COLOR").is_some() {
+                false
+            } else if env("CLICOLOR_FORCE").is_some_and(|v| v != "0") {
+                true
+            } else if env("CLICOLOR").is_some_and(|v| v == "0") {
+                false
+            } else {
+                is_terminal && env("TERM").is_none_or(|t| t != "dumb")
+            }
+        }
+    }
+}
+
+/// The width to fit: `COLUMNS` when it is a sensible number, else the terminal's width,
+/// else [`PIPE_WIDTH`].
+pub fn detect_width(stdout_is_terminal: bool) -> usize {
+    let columns = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|c| (20..=10_000).contains(c));
+    if let Some(c) = columns {
+        return c;
+    }
+    if stdout_is_terminal {
+        // comfy-table asks the terminal for its size only when stdout is one. A terminal
+        // that reports almost no width (a pty nobody sized) gets the pipe width instead.
+        if let Some(w) = comfy_table::Table::new().width().map(usize::from) {
+            if w >= 20 {
+                return w;
+            }
+        }
+    }
+    PIPE_WIDTH
+}
+
+/// Set the output settings for the whole run (the first call wins).
+pub fn init_output(choice: clap::ColorChoice) -> Output {
+    use std::io::IsTerminal;
+    let out = std::io::stdout().is_terminal();
+    let o = Output {
+        color: wants_color(choice, out),
+        color_err: wants_color(choice, std::io::stderr().is_terminal()),
+        width: detect_width(out),
+    };
+    *OUTPUT.get_or_init(|| o)
+}
+
+/// The output settings (plain and [`PIPE_WIDTH`] wide before [`init_output`]).
+pub fn output() -> Output {
+    OUTPUT.get().copied().unwrap_or(Output {
+        color: false,
+        color_err: false,
+        width: PIPE_WIDTH,
+    })
+}
+
+/// Styles used sparingly: verdicts, dead or alive, errors.
+pub mod style {
+    use clap::builder::styling::{AnsiColor, Style};
+
+    pub const BAD: Style = AnsiColor::Red.on_default().bold();
+    pub const EMPHASIS: Style = Style::new().bold();
+}
+
+/// `text` in `style` when stdout gets colour, else as is.
+pub fn paint(text: &str, style: clap::builder::styling::Style) -> String {
+    paint_if(output().color, text, style)
+}
+
+/// `text` in `style` when `on`, else as is.
+pub fn paint_if(on: bool, text: &str, style: clap::builder::styling::Style) -> String {
+    if on {
+        format!("{style}{text}{style:#}")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Prose is never wrapped wider than this, however wide the terminal (as clap's help).
+pub const PROSE_MAX: usize = 100;
+
+/// Wrap prose to the output width (at most [`PROSE_MAX`]): lines break at spaces,
+/// continuation lines get `indent` spaces. Words longer than a line stay whole. Existing
+/// newlines are kept.
+pub fn wrap(text: &str, indent: usize) -> String {
+    wrap_to(text, output().width.min(PROSE_MAX), indent)
+}
+
+/// [`wrap`] to an explicit width.
+pub fn wrap_to(text: &str, width: usize, indent: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for (n, line) in text.split('\n').enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        // Keep a line's own leading spaces for its continuation lines too.
+        let lead = line.len() - line.trim_start_matches(' ').len();
+        let cont = " ".repeat(lead + indent);
+        let mut col = 0;
+        out.push_str(&line[..lead]);
+        col += lead;
+        let mut first = true;
+        for word in line[lead..].split(' ') {
+            let w = word.chars().count();
+            if !first && col + 1 + w > width {
+                out.push('\n');
+                out.push_str(&cont);
+                col = cont.len();
+            } else if !first {
+                out.push(' ');
+                col += 1;
+            }
+            out.push_str(word);
+            col += w;
+            first = false;
+        }
+    }
+    out
+}
+
+/// Print prose wrapped to the output width (continuation lines indented by 2).
+pub fn println_wrapped(text: &str) {
+    println!("{}", wrap(text, 2));
+}
+
+/// `verdict: ...`, wrapped, the label in bold when colour is on.
+pub fn verdict_line(verdict: &str) -> String {
+    let line = wrap(&format!("verdict: {verdict}"), 2);
+    match line.strip_prefix("verdict:") {
+        Some(rest) => format!("{}{rest}", paint("verdict:", style::EMPHASIS)),
+        None => line,
+    }
+}
+
+/// A comfy-table preset used by every command, sized to the output width (the terminal,
+/// `COLUMNS`, or 80 columns in a pipe) and styled only when colour is on.
 pub fn table() -> comfy_table::Table {
+    let o = output();
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_width(u16::try_from(o.width).unwrap_or(u16::MAX));
+    if o.color {
+        t.enforce_styling();
+    } else {
+        t.force_no_tty();
+    }
     t
 }
 
@@ -144,6 +313,25 @@ mod tests {
         assert!(e.contains("'-3'"), "{e}");
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1e400").is_err());
+    }
+
+    #[test]
+    fn wrap_breaks_at_spaces_and_indents_continuations() {
+        assert_eq!(wrap_to("aaa bbb ccc ddd", 9, 2), "aaa bbb\n  ccc ddd");
+        assert_eq!(wrap_to("aaa bbb ccc ddd", 8, 2), "aaa bbb\n  ccc\n  ddd");
+        assert_eq!(wrap_to("  x yy zz", 6, 0), "  x yy\n  zz");
+        assert_eq!(wrap_to("short\nlines", 80, 4), "short\nlines");
+        let long = "a-very-long-word-that-cannot-break";
+        assert_eq!(wrap_to(long, 10, 2), long);
+        for l in wrap_to(&"word ".repeat(50), 30, 3).lines() {
+            assert!(l.chars().count() <= 30, "{l}");
+        }
+    }
+
+    #[test]
+    fn explicit_color_choice_wins_over_the_environment() {
+        assert!(wants_color(clap::ColorChoice::Always, false));
+        assert!(!wants_color(clap::ColorChoice::Never, true));
     }
 
     #[test]

@@ -74,9 +74,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "retransmissions of unacknowledged data before giving up".into(),
     ]);
     println!("{t}");
-    println!("With SO_KEEPALIVE on and no per-socket settings, {meaning}.");
-    println!("Keep-alive only runs on sockets that enable it; without it an idle connection to a vanished peer lives forever.");
-    println!("{}.", capitalize(&retrans_meaning));
+    for line in [
+        format!("With SO_KEEPALIVE on and no per-socket settings, {meaning}."),
+        "Keep-alive only runs on sockets that enable it; without it an idle connection to a vanished peer lives forever.".into(),
+        format!("{}.", capitalize(&retrans_meaning)),
+    ] {
+        println!("{}", util::wrap(&line, 2));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -32,15 +32,15 @@ pub struct Args {}
 
 const NEXT: &str = "
 Next:
-   kaprobe defaults                          the system settings and what they mean
-   kaprobe hold HOST:PORT --idle 30s         hold a real connection and see how it ends
-   kaprobe sockets --state established       live sockets and their keep-alive timers
-   kaprobe watch eth0                        keep-alive probes on the wire, per flow (root)
-   kaprobe read capture.pcap                 the same analysis over a pcap/pcapng file
-   kaprobe probe http://HOST/                what a server or proxy does with idle connections
-   kaprobe race URL --idle 5s                reproduce the keep-alive reuse race (502s, resets)
-   kaprobe serve --keepalive-timeout 5s      an HTTP server whose keep-alive you control
-   kaprobe --help                            everything else";
+   kaprobe defaults                      the system settings and what they mean
+   kaprobe hold HOST:PORT --idle 30s     hold a connection, see how it ends
+   kaprobe sockets --state established   live sockets, their keep-alive timers
+   kaprobe watch eth0                    keep-alive probes on the wire (root)
+   kaprobe read capture.pcap             the same analysis over a pcap file
+   kaprobe probe http://HOST/            what a server does to idle connections
+   kaprobe race URL --idle 5s            reproduce the reuse race (502s, resets)
+   kaprobe serve --keepalive-timeout 5s  HTTP server with keep-alive you control
+   kaprobe --help                        everything else";
 
 const WATCH: Duration = Duration::from_millis(3600);
 
@@ -57,7 +57,12 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     let peer = addr.to_string();
     options::apply(&client, &cfg, &peer)?;
     let eff = options::read(&client, &peer)?;
-    println!("1. A connection {local} -> {addr} on loopback, with keep-alive set on the client:");
+    say(
+        &format!(
+            "1. A connection {local} -> {addr} on loopback, with keep-alive set on the client:"
+        ),
+        3,
+    );
     println!(
         "   idle {} before the first probe, then one every {}, give up after {} unanswered",
         util::human(eff.idle),
@@ -65,10 +70,11 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         eff.count
     );
     println!("   (read back from the kernel with getsockopt, not just what we asked for)\n");
-    println!(
-        "   Lines marked 'timer' are the client's keep-alive timer as `kaprobe sockets` reads it"
+    say(
+        "   Lines marked 'timer' are the client's keep-alive timer as `kaprobe sockets` reads it \
+         from the kernel (sock_diag), like `ss -o` shows it.\n",
+        0,
     );
-    println!("   from the kernel (sock_diag), like `ss -o` shows it.\n");
     println!(
         "2. Nobody sends anything for {:.1} s. Watch the kernel probe the peer:",
         WATCH.as_secs_f64()
@@ -79,16 +85,22 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     let report = hold(&client, &eff, &peer, &stop, Some(WATCH), |e| match *e {
         HoldEvent::ProbeSent { at, n, .. } => {
             last_sent = Some(at);
-            println!(
+            say(
+                &format!(
                 "   {:>6.3}s  probe #{n} sent: an empty ACK with a sequence number one below what the peer expects",
                 at.as_secs_f64()
+            ),
+                10,
             );
         }
         HoldEvent::ProbeAnswered { at, .. } => {
             let after = last_sent.map_or(0.0, |s| at.saturating_sub(s).as_secs_f64() * 1000.0);
-            println!(
+            say(
+                &format!(
                 "   {:>6.3}s  answered within {after:.0} ms: the peer's kernel ACKs it, the connection is alive",
                 at.as_secs_f64()
+            ),
+                10,
             );
         }
         HoldEvent::DataReceived { .. } | HoldEvent::PeerProbeAnswered { .. } => {}
@@ -96,25 +108,31 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     ticker.store(true, Ordering::Relaxed);
     let d = SystemDefaults::read().ok();
     println!("\n3. What you saw");
-    println!(
-        "   {} probes went out, {} were answered; the application never woke up for any of it.",
-        report.probes_sent, report.probes_answered
+    say(
+        &format!(
+            "   {} probes went out, {} were answered; the application never woke up for any of it.",
+            report.probes_sent, report.probes_answered
+        ),
+        0,
     );
-    println!(
-        "   Had the peer vanished silently (power loss, a NAT that forgot the flow), the probes would"
+    say(
+        &format!(
+            "   Had the peer vanished silently (power loss, a NAT that forgot the flow), the probes \
+             would go unanswered and after {} of silence the kernel would reset the connection and \
+             the application's next read or write would fail with ETIMEDOUT.",
+            util::human(eff.dead_peer_after())
+        ),
+        0,
     );
-    println!(
-        "   go unanswered and after {} of silence the kernel would reset the connection and the",
-        util::human(eff.dead_peer_after())
-    );
-    println!("   application's next read or write would fail with ETIMEDOUT.");
     if let Some(d) = d {
-        println!(
-            "   With this machine's defaults (kaprobe defaults) that takes {}, and only on sockets that",
-            util::human(d.dead_peer_after())
-        );
-        println!(
-            "   turn SO_KEEPALIVE on at all; most do not, and an idle connection to a dead peer lives on."
+        say(
+            &format!(
+                "   With this machine's defaults (kaprobe defaults) that takes {}, and only on \
+                 sockets that turn SO_KEEPALIVE on at all; most do not, and an idle connection to \
+                 a dead peer lives on.",
+                util::human(d.dead_peer_after())
+            ),
+            0,
         );
     }
     if is_root() {
@@ -171,7 +189,12 @@ fn dead_peer_step() -> anyhow::Result<()> {
                 println!("   (skipped: iptables is not installed or did not work)");
                 return Ok(None);
             }
-            println!("   `{rule}`: everything sent to the peer now disappears, nothing comes back");
+            say(
+                &format!(
+                    "   `{rule}`: everything sent to the peer now disappears, nothing comes back"
+                ),
+                0,
+            );
             let stop = AtomicBool::new(false);
             let report = hold(
                 &client,
@@ -192,18 +215,25 @@ fn dead_peer_step() -> anyhow::Result<()> {
             Ok(Some((report, events)))
         })??;
     if let Some((r, events)) = outcome {
-        println!(
-            "   {:>6.3}s  {}",
-            r.lifetime.as_secs_f64(),
-            r.outcome.describe()
+        say(
+            &format!(
+                "   {:>6.3}s  {}",
+                r.lifetime.as_secs_f64(),
+                r.outcome.describe()
+            ),
+            10,
         );
-        println!(
-            "   {} unanswered probes, {:.2} s after the peer's last segment (the settings predict {:.0} s:",
-            r.unanswered,
-            r.silent_for.as_secs_f64(),
-            r.expected_silent_for.as_secs_f64()
+        say(
+            &format!(
+                "   {} unanswered probes, {:.2} s after the peer's last segment (the settings \
+                 predict {:.0} s: idle 1 s + 3 probes x 1 s). The kernel then sends RST and the \
+                 application sees ETIMEDOUT.",
+                r.unanswered,
+                r.silent_for.as_secs_f64(),
+                r.expected_silent_for.as_secs_f64()
+            ),
+            0,
         );
-        println!("   idle 1 s + 3 probes x 1 s). The kernel then sends RST and the application sees ETIMEDOUT.");
         print_wire(&events);
     }
     Ok(())
@@ -212,8 +242,9 @@ fn dead_peer_step() -> anyhow::Result<()> {
 /// What the capture saw on the namespace's loopback: each classified packet, the RST, and
 /// the flow's inferred settings.
 fn print_wire(events: &[Event]) {
-    println!(
-        "\n5. The same thing on the wire (kaprobe's own capture on lo, like `kaprobe watch lo`):"
+    say(
+        "\n5. The same thing on the wire (kaprobe's own capture on lo, like `kaprobe watch lo`):",
+        3,
     );
     // times from the flow's first packet (the handshake), as on the hold's clock above
     let t0 = events.iter().find_map(|e| match e {
@@ -224,19 +255,22 @@ fn print_wire(events: &[Event]) {
         match e {
             Event::Packet(p) => {
                 let at = t0.map_or(0.0, |t| p.ts.saturating_sub(t).as_secs_f64());
-                println!(
-                    "   {at:>7.3}s  {} -> {}  {} #{} (seq {}, {} bytes, {} unanswered before it)",
-                    p.src,
-                    p.dst,
-                    p.kind.as_str(),
-                    p.probe_number,
-                    p.seq,
-                    p.len,
-                    p.unanswered_before
+                say(
+                    &format!(
+                        "   {at:>7.3}s  {} -> {}  {} #{} (seq {}, {} bytes, {} unanswered before it)",
+                        p.src,
+                        p.dst,
+                        p.kind.as_str(),
+                        p.probe_number,
+                        p.seq,
+                        p.len,
+                        p.unanswered_before
+                    ),
+                    11,
                 );
             }
             Event::Flow(f) => {
-                println!(
+                say(&format!(
                     "   flow {} -> {}: {} probes by the {}, {} answered, {} unanswered at the end; outcome: {}",
                     f.client,
                     f.server,
@@ -245,9 +279,9 @@ fn print_wire(events: &[Event]) {
                     f.answered,
                     f.unanswered_at_end,
                     f.outcome.as_str()
-                );
+                ), 2);
                 if !f.inference.name.is_empty() {
-                    println!("   inferred: {}", f.inference.name);
+                    say(&format!("   inferred: {}", f.inference.name), 2);
                 }
             }
         }
@@ -302,7 +336,11 @@ fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
 fn http_step() -> anyhow::Result<()> {
     use std::io::BufRead;
     println!("\n6. HTTP keep-alive: the same question one layer up.");
-    println!("   `kaprobe serve --keepalive-timeout 2s` on loopback, measured from outside by `kaprobe probe`:\n");
+    say(
+        "   `kaprobe serve --keepalive-timeout 2s` on loopback, measured from outside by \
+         `kaprobe probe`:\n",
+        0,
+    );
     let exe = std::env::current_exe()?;
     let mut server = KillOnDrop(
         std::process::Command::new(exe)
@@ -339,12 +377,20 @@ fn http_step() -> anyhow::Result<()> {
     let report = rt.block_on(probe(&url, &opts));
     rt.shutdown_timeout(Duration::from_millis(100));
     crate::cmd::probe::render(&report.map_err(crate::cmd::probe::failure)?);
-    println!(
-        "\n   A proxy or client pool that keeps idle connections longer than that will, now and"
+    say(
+        "\n   A proxy or client pool that keeps idle connections longer than that will, now and \
+         then, send a request on a connection the server is closing: the 502 / \"connection \
+         reset by peer\" that `kaprobe race` reproduces and docs/why-did-my-connection-die.md \
+         explains.",
+        0,
     );
-    println!("   then, send a request on a connection the server is closing: the 502 / \"connection reset");
-    println!("   by peer\" that `kaprobe race` reproduces and docs/why-did-my-connection-die.md explains.");
     Ok(())
+}
+
+/// Print prose wrapped to the output width; continuation lines keep the line's own leading
+/// spaces plus `indent`.
+fn say(text: &str, indent: usize) {
+    println!("{}", util::wrap(text, indent));
 }
 
 /// A child process stopped with SIGTERM (graceful) when dropped.

@@ -192,14 +192,14 @@ fn print_start(args: &Args, local: SocketAddr, peer: SocketAddr, eff: &Effective
         return;
     }
     println!("{side} {local} <-> {peer}");
-    println!(
+    util::println_wrapped(&format!(
         "keep-alive in force (read back from the kernel): {}",
         describe_settings(eff)
-    );
-    println!(
+    ));
+    util::println_wrapped(&format!(
         "a silently dead peer will be noticed {} after its last segment",
         util::human(eff.dead_peer_after())
-    );
+    ));
     println!("holding the connection idle; Ctrl-C stops");
 }
 
@@ -250,15 +250,25 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) {
         util::print_json_line(&v);
         return;
     }
-    println!(
-        "ended after {:.3}s: {}",
-        r.lifetime.as_secs_f64(),
-        r.outcome.describe()
+    let ended = util::wrap(
+        &format!(
+            "ended after {:.3}s: {}",
+            r.lifetime.as_secs_f64(),
+            r.outcome.describe()
+        ),
+        2,
     );
-    println!(
+    // A peer given up on is the news: red when colour is on.
+    match r.outcome {
+        Outcome::KeepaliveTimeout | Outcome::UserTimeout => {
+            println!("{}", util::paint(&ended, util::style::BAD));
+        }
+        _ => println!("{ended}"),
+    }
+    util::println_wrapped(&format!(
         "probes: {} sent, {} answered, {} unanswered at the end; {} probes from the peer answered",
         r.probes_sent, r.probes_answered, r.unanswered, r.peer_probes
-    );
+    ));
     if let Some(m) = r.matches_config {
         let formula = match eff.user_timeout {
             Some(ut) => format!(
@@ -272,11 +282,11 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) {
                 util::human(eff.interval)
             ),
         };
-        println!(
+        util::println_wrapped(&format!(
             "silent for {:.3}s after the peer's last segment; the settings predict {:.3}s ({formula}): {}",
             r.silent_for.as_secs_f64(),
             r.expected_silent_for.as_secs_f64(),
             if m { "matches" } else { "DOES NOT match" }
-        );
+        ));
     }
 }

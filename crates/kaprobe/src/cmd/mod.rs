@@ -1,8 +1,10 @@
 //! One module per subcommand; each has `Args` (clap) and `run(Args) -> anyhow::Result<ExitCode>`.
 
+pub mod completions;
 pub mod defaults;
 pub mod demo;
 pub mod hold;
+pub mod man;
 pub mod probe;
 pub mod race;
 pub mod read;

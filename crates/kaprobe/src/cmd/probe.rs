@@ -161,7 +161,7 @@ fn yes_no(v: Option<bool>, yes: &str, no: &str) -> String {
 }
 
 pub(crate) fn render(r: &ProbeReport) {
-    println!(
+    util::println_wrapped(&format!(
         "{} -> {} (status {}{})",
         r.url,
         r.address,
@@ -169,7 +169,7 @@ pub(crate) fn render(r: &ProbeReport) {
         r.server
             .as_deref()
             .map_or(String::new(), |s| format!(", server: {s}"))
-    );
+    ));
     let mut t = table();
     t.set_header(vec!["", "advertised", "observed"]);
     let idle = &r.idle;
@@ -253,8 +253,8 @@ pub(crate) fn render(r: &ProbeReport) {
     t.add_row(vec!["timing".to_string(), String::new(), timing]);
     println!("{t}");
     for f in &r.findings {
-        println!("  * {f}");
+        println!("{}", util::wrap(&format!("  * {f}"), 4));
     }
-    println!("verdict: {}", r.verdict);
+    println!("{}", util::verdict_line(&r.verdict));
     println!("(probe took {})", took(r));
 }

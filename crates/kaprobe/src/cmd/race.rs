@@ -156,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn render(r: &RaceReport) {
-    println!(
+    util::println_wrapped(&format!(
         "{} -> {}: {} {} reuse(s) after idle {:.2} s ± {:.2} s",
         r.url,
         r.address,
@@ -164,7 +164,7 @@ fn render(r: &RaceReport) {
         r.method,
         r.idle_s,
         r.spread_s
-    );
+    ));
     let mut t = table();
     t.set_header(vec![
         "idle",
@@ -184,26 +184,32 @@ fn render(r: &RaceReport) {
         } else {
             format!("{:.3}-{:.3} s", b.idle_from_s, b.idle_to_s)
         };
-        // A bar: '#' per failure, '.' per success, scaled to 20 columns.
-        let scale = |n: usize| (n * 20).div_ceil(widest);
+        // A bar: '#' per failure, '.' per success, scaled to 20 columns (fewer when the
+        // output is narrow, so that the table keeps one line per bin at 80 columns).
+        let bar_cols = util::output().width.saturating_sub(72).clamp(6, 20);
+        let scale = |n: usize| (n * bar_cols).div_ceil(widest);
         let bar = format!(
             "{}{}",
             "#".repeat(scale(b.failures())),
             ".".repeat(scale(b.ok))
         );
+        let mut bar = comfy_table::Cell::new(bar);
+        if b.failures() > 0 {
+            bar = bar.fg(comfy_table::Color::Red);
+        }
         t.add_row(vec![
-            idle,
-            b.attempts.to_string(),
-            b.ok.to_string(),
-            b.bad_gateway.to_string(),
-            b.reset.to_string(),
-            b.empty_reply.to_string(),
-            b.no_answer.to_string(),
-            (b.broken + b.setup_failed).to_string(),
+            comfy_table::Cell::new(idle),
+            comfy_table::Cell::new(b.attempts),
+            comfy_table::Cell::new(b.ok),
+            comfy_table::Cell::new(b.bad_gateway),
+            comfy_table::Cell::new(b.reset),
+            comfy_table::Cell::new(b.empty_reply),
+            comfy_table::Cell::new(b.no_answer),
+            comfy_table::Cell::new(b.broken + b.setup_failed),
             bar,
         ]);
     }
     println!("{t}");
     println!("('#' = failed reuse, '.' = worked)");
-    println!("verdict: {}", r.verdict);
+    println!("{}", util::verdict_line(&r.verdict));
 }

@@ -24,14 +24,18 @@ use crate::exit::{self, Failure};
 /// first probe, the interval, answered/unanswered probes, how the flow ended and the likely
 /// keep-alive settings. Frame numbers count every frame from 1, as Wireshark does.
 ///
+/// FILE `-` reads the capture from standard input, so kaprobe can sit at the end of a
+/// `tcpdump -w -` pipeline; the table comes when the input ends (Ctrl-C on tcpdump).
+///
 /// Exit status: 0 done, 2 bad flag, 7 unreadable/corrupt/unsupported file.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     tcpdump -i any -w ka.pcap 'tcp port 5432' & ...; kaprobe read ka.pcap\n  \
+    sudo tcpdump -i lo -U -w - 'tcp port 5432' | kaprobe read -\n  \
     kaprobe read ka.pcapng --json | jq 'select(.type==\"flow\")'\n  \
     kaprobe read ka.pcap --port 8080 --packets\n\nJSON schema: docs/read.md")]
 pub struct Args {
-    /// The capture file (pcap or pcapng).
+    /// The capture file (pcap or pcapng), or - for standard input.
     pub file: PathBuf,
     /// One JSON object per line: {"type":"packet",...} per classified packet, then
     /// {"type":"flow",...} per flow with probes, then one {"type":"stats",...}.
@@ -56,7 +60,7 @@ pub struct Args {
 const AUTO_PACKET_ROWS: usize = 60;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut src = FileSource::open(&args.file).map_err(capture_failure)?;
+    let mut src = open(&args.file)?;
     let filter = Filter {
         port: args.port,
         host: args.host,
@@ -132,7 +136,7 @@ fn write_human(
     elapsed: Duration,
 ) -> io::Result<()> {
     if n_packets > 0 && (args.packets || n_packets <= AUTO_PACKET_ROWS) {
-        writeln!(out, "{}", packets_table(packets))?;
+        write_packets(out, packets)?;
     } else if n_packets > 0 {
         writeln!(
             out,
@@ -145,6 +149,22 @@ fn write_human(
         writeln!(out, "{}", flows_table(flows))?;
     }
     writeln!(out, "{}", stats_line(stats, elapsed))
+}
+
+/// The capture file, or standard input for `-`.
+fn open(file: &std::path::Path) -> anyhow::Result<FileSource> {
+    if file.as_os_str() != "-" {
+        return FileSource::open(file).map_err(capture_failure);
+    }
+    let stdin = io::stdin();
+    if std::io::IsTerminal::is_terminal(&stdin) {
+        return Err(Failure::usage(
+            "FILE '-' reads a capture from standard input, but it is a terminal: \
+             pipe one in (tcpdump -U -w - ... | kaprobe read -)",
+        )
+        .into());
+    }
+    FileSource::from_reader("standard input", stdin).map_err(capture_failure)
 }
 
 pub(crate) fn capture_failure(e: CaptureError) -> anyhow::Error {
@@ -263,8 +283,8 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
         0.0
     };
     let mut line = format!(
-        "{} frames ({} TCP) in {:.2} s ({:.0} frames/s): {} keep-alives, {} keep-alive ACKs, \
-         {} zero-window probes; {} flows (peak {} tracked, {} evicted)",
+        "{} frames ({} TCP) in {:.2} s ({:.0} frames/s)\n{} keep-alives, {} keep-alive ACKs, \
+         {} zero-window probes\n{} flows (peak {} tracked, {} evicted)",
         s.frames,
         t.tcp_packets,
         elapsed.as_secs_f64(),
@@ -291,7 +311,7 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
     if s.dropped > 0 {
         line.push_str(&format!("; {} dropped/truncated", s.dropped));
     }
-    line
+    crate::util::wrap(&line, 2)
 }
 
 fn fmt_secs(d: Option<f64>) -> String {
@@ -336,72 +356,185 @@ fn table() -> comfy_table::Table {
     t
 }
 
-/// The flows table: one row per flow with probes.
+/// The width of a table drawn without wrapping: each column is its widest cell plus one
+/// space either side, plus one border character per column and one more.
+fn natural_width<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> usize {
+    let mut widest = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widest.iter_mut().zip(row) {
+            let cw = cell.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+            *w = (*w).max(cw);
+        }
+    }
+    widest.iter().map(|w| w + 3).sum::<usize>() + 1
+}
+
+/// How a flow stands, in words.
+fn state_text(f: &FlowSummary) -> String {
+    match f.outcome {
+        Outcome::PeerDead => format!("peer dead: RST after {} unanswered", f.unanswered_at_end),
+        Outcome::Probing => format!("probing: {} unanswered", f.unanswered_at_end),
+        o => o.as_str().to_string(),
+    }
+}
+
+/// A cell coloured by the flow's fate when colour is on: dead red, probing yellow, alive
+/// green.
+fn fate_cell(text: String, o: Outcome) -> comfy_table::Cell {
+    use comfy_table::{Attribute, Cell, Color};
+    let cell = Cell::new(text);
+    match o {
+        Outcome::PeerDead => cell.fg(Color::Red).add_attribute(Attribute::Bold),
+        Outcome::Probing => cell.fg(Color::Yellow),
+        Outcome::Alive => cell.fg(Color::Green),
+        _ => cell,
+    }
+}
+
+const FLOW_HEADER: [&str; 9] = [
+    "flow (client -> server)",
+    "prober",
+    "idle before probe",
+    "interval",
+    "probes",
+    "answered",
+    "last probe",
+    "state",
+    "likely settings",
+];
+
+/// One flow's nine cells, as the wide table shows them.
+fn flow_cells(f: &FlowSummary) -> [String; 9] {
+    let probes = if f.zero_window_probes > 0 {
+        format!("{} (+{} zero-window)", f.keepalives, f.zero_window_probes)
+    } else {
+        f.keepalives.to_string()
+    };
+    [
+        format!("{} -> {}", f.client, f.server),
+        f.prober_role.as_str().to_string(),
+        fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64())),
+        fmt_secs(f.probe_interval),
+        probes,
+        f.answered.to_string(),
+        f.last_probe.map_or("-".into(), time_of_day),
+        state_text(f),
+        f.inference.name.clone(),
+    ]
+}
+
+/// The flows table: one row per flow with probes. When its nine columns do not fit the
+/// output width (80 columns in a pipe), each flow becomes one row of two cells: the flow
+/// with its state, and its details one per line.
 pub(crate) fn flows_table(flows: &[FlowSummary]) -> comfy_table::Table {
+    let rows: Vec<[String; 9]> = flows.iter().map(flow_cells).collect();
+    let width = crate::util::output().width;
     let mut t = table();
-    t.set_header(vec![
-        "flow (client -> server)",
-        "prober",
-        "idle before probe",
-        "interval",
-        "probes",
-        "answered",
-        "last probe",
-        "state",
-        "likely settings",
-    ]);
-    for f in flows {
-        let state = match f.outcome {
-            Outcome::PeerDead => format!("peer dead: RST after {} unanswered", f.unanswered_at_end),
-            Outcome::Probing => format!("probing: {} unanswered", f.unanswered_at_end),
-            o => o.as_str().to_string(),
-        };
-        let probes = if f.zero_window_probes > 0 {
-            format!("{} (+{} zero-window)", f.keepalives, f.zero_window_probes)
-        } else {
-            f.keepalives.to_string()
-        };
+    // Cells are laid out here, so comfy-table need not measure and wrap them again.
+    t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    if natural_width(&FLOW_HEADER, &rows) <= width {
+        t.set_header(FLOW_HEADER);
+        for (f, [flow, prober, idle, interval, probes, answered, last, state, likely]) in
+            flows.iter().zip(rows)
+        {
+            t.add_row(vec![
+                comfy_table::Cell::new(flow),
+                comfy_table::Cell::new(prober),
+                comfy_table::Cell::new(idle),
+                comfy_table::Cell::new(interval),
+                comfy_table::Cell::new(probes),
+                comfy_table::Cell::new(answered),
+                comfy_table::Cell::new(last),
+                fate_cell(state, f.outcome),
+                comfy_table::Cell::new(likely),
+            ]);
+        }
+        return t;
+    }
+    t.load_preset(comfy_table::presets::UTF8_FULL);
+    let header = ["flow (client -> server)", "keep-alive probes"];
+    let firsts: Vec<String> = flows
+        .iter()
+        .zip(&rows)
+        .map(|(f, [flow, .., state, _])| {
+            if flow.chars().count() + 7 > width / 2 {
+                format!("{} ->\n{}\n{state}", f.client, f.server)
+            } else {
+                format!("{flow}\n{state}")
+            }
+        })
+        .collect();
+    let first_w = firsts
+        .iter()
+        .flat_map(|c| c.lines())
+        .map(|l| l.chars().count())
+        .chain([header[0].chars().count()])
+        .max()
+        .unwrap_or(0);
+    let details_w = width.saturating_sub(first_w + 7).max(24);
+    t.set_header(header);
+    for ((f, first), [_, prober, idle, interval, probes, answered, last, _, likely]) in
+        flows.iter().zip(firsts).zip(rows)
+    {
+        let details = format!(
+            "prober: {prober}, {probes} sent, {answered} answered\n\
+             idle before the first: {idle}\ninterval: {interval}\nlast: {last}\n\
+             likely: {likely}"
+        );
         t.add_row(vec![
-            format!("{} -> {}", f.client, f.server),
-            f.prober_role.as_str().to_string(),
-            fmt_secs(f.idle_before_first_probe.map(|d| d.as_secs_f64())),
-            fmt_secs(f.probe_interval),
-            probes,
-            f.answered.to_string(),
-            f.last_probe.map_or("-".into(), time_of_day),
-            state,
-            f.inference.name.clone(),
+            fate_cell(first, f.outcome),
+            comfy_table::Cell::new(crate::util::wrap_to(&details, details_w, 2)),
         ]);
     }
     t
 }
 
-/// The packets table: one row per classified packet.
-pub(crate) fn packets_table(packets: &[PacketEvent]) -> comfy_table::Table {
-    let mut t = table();
-    t.set_header(vec![
-        "frame",
-        "time",
-        "kind",
-        "from -> to",
-        "seq",
-        "ack",
-        "len",
-        "note",
-    ]);
-    for p in packets {
-        t.add_row(vec![
-            p.frame.to_string(),
-            time_of_day(p.ts),
-            p.kind.as_str().to_string(),
-            format!("{} -> {}", p.src, p.dst),
-            p.seq.to_string(),
-            p.ack.to_string(),
-            p.len.to_string(),
-            packet_note(p),
-        ]);
+const PACKET_HEADER: [&str; 8] = [
+    "frame",
+    "time",
+    "kind",
+    "from -> to",
+    "seq",
+    "ack",
+    "len",
+    "note",
+];
+
+/// The classified packets: a table when it fits the output width, else two lines per packet
+/// (wrapped, continuation lines indented), as easy to grep as to read.
+fn write_packets(out: &mut impl Write, packets: &[PacketEvent]) -> io::Result<()> {
+    let rows: Vec<[String; 8]> = packets
+        .iter()
+        .map(|p| {
+            [
+                p.frame.to_string(),
+                time_of_day(p.ts),
+                p.kind.as_str().to_string(),
+                format!("{} -> {}", p.src, p.dst),
+                p.seq.to_string(),
+                p.ack.to_string(),
+                p.len.to_string(),
+                packet_note(p),
+            ]
+        })
+        .collect();
+    if natural_width(&PACKET_HEADER, &rows) <= crate::util::output().width {
+        let mut t = table();
+        t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+        t.set_header(PACKET_HEADER);
+        for r in rows {
+            t.add_row(r);
+        }
+        return writeln!(out, "{t}");
     }
-    t
+    for [frame, time, kind, addrs, seq, ack, len, note] in rows {
+        // The second line (and any wrapped part) is indented under the first.
+        let line = format!(
+            "frame {frame} {time} {kind} {addrs}\n    seq {seq} ack {ack} len {len}: {note}"
+        );
+        writeln!(out, "{}", crate::util::wrap(&line, 4))?;
+    }
+    Ok(())
 }
 
 /// A short human note for a classified packet.

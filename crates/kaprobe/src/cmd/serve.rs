@@ -205,7 +205,8 @@ fn check(args: &Args) -> Result<Config, Failure> {
 
 fn text_line(ev: &CloseEvent) -> String {
     let mut s = format!(
-        "close peer={} reason={} requests={} lifetime={:.3}s ending={}",
+        // Peer and reason lead without keys, so a line fits 80 columns with an IPv4 peer.
+        "close {} {} requests={} lifetime={:.3}s ending={}",
         ev.peer,
         ev.reason.as_str(),
         ev.requests,

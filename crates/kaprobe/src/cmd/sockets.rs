@@ -192,7 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("no TCP sockets match");
                 return Ok(ExitCode::SUCCESS);
             }
-            t.write(&mut out)
+            t.write(&mut out, crate::util::output().width)
         };
         if let Err(e) = r {
             return write_failed(&e);
@@ -319,13 +319,26 @@ impl PlainTable {
         self.spans.is_empty()
     }
 
-    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+    /// Draw the table; beyond `max_width` columns the Inode, UID and Last ACK columns are
+    /// left out, in that order, until it fits.
+    fn write(&self, out: &mut impl Write, max_width: usize) -> std::io::Result<()> {
+        let mut shown = [true; 9];
+        for drop in [8, 7, 6] {
+            let total: usize = (0..9)
+                .filter(|&i| shown[i])
+                .map(|i| self.width[i] + 3)
+                .sum();
+            if total < max_width {
+                break;
+            }
+            shown[drop] = false;
+        }
         let width = self.width;
         let mut line = String::with_capacity(256);
         let mut rule = |out: &mut dyn Write, l: char, fill: char, mid: char, r: char| {
             line.clear();
             line.push(l);
-            for (i, w) in width.iter().enumerate() {
+            for (i, w) in width.iter().enumerate().filter(|&(i, _)| shown[i]) {
                 if i > 0 {
                     line.push(mid);
                 }
@@ -343,6 +356,9 @@ impl PlainTable {
             for (i, (&to, w)) in ends.iter().zip(width).enumerate() {
                 let c = text.get(from..to).unwrap_or("");
                 from = to;
+                if !shown[i] {
+                    continue;
+                }
                 if i > 0 {
                     row_line.push('┆');
                 }
@@ -426,7 +442,7 @@ mod tests {
             plain.add(e);
         }
         let mut out = Vec::new();
-        plain.write(&mut out).unwrap();
+        plain.write(&mut out, usize::MAX).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), format!("{t}\n"));
         assert!(t.to_string().contains("170ms ago"), "{t}");
     }

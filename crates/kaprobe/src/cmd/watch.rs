@@ -198,7 +198,7 @@ impl WatchSink for Sink {
                     f.inference.name
                 ),
             };
-            self.line(&s);
+            self.line(&crate::util::wrap(&s, 4));
         }
     }
 
