@@ -52,9 +52,9 @@ impl Close {
 fn protocol_detail(p: &ProtocolError) -> &'static str {
     match p {
         ProtocolError::UnmaskedFrameFromClient => "unmasked client frame",
-        ProtocolError::UnknownDataFrameType(_) | ProtocolError::UnknownControlFrameType(_) => {
-            "reserved opcode"
-        }
+        ProtocolError::UnknownDataFrameType(_)
+        | ProtocolError::UnknownControlFrameType(_)
+        | ProtocolError::InvalidOpcode(_) => "reserved opcode",
         ProtocolError::NonZeroReservedBits => "reserved bits set",
         ProtocolError::FragmentedControlFrame => "fragmented control frame",
         ProtocolError::ControlFrameTooBig => "control frame too big",
