@@ -229,6 +229,31 @@ async fn ws_without_room_echoes_text_and_binary() {
 }
 
 #[tokio::test]
+async fn push_connections_outlive_the_keepalive_timeout_and_are_counted() {
+    let srv = serve(&["--keepalive-timeout", "1s"]);
+    let mut c = ws(&srv.ws_url("?room=k")).await;
+    let mut sse = Sse::open(&srv.addr, "/sse?room=k", "").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = get(&srv.addr, "/_kaprobe/stats", "").await;
+    let v: serde_json::Value = serde_json::from_str(body(&r)).unwrap();
+    assert_eq!(
+        (v["ws_open"].as_u64(), v["sse_open"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["closes"]["idle_timeout"], 0, "{v}");
+    publish(&srv.addr, "k", "still open").await;
+    assert_eq!(next_text(&mut c).await, "still open");
+    sse.until("data: still open\n\n").await;
+    let r = get(&srv.addr, "/metrics", "").await;
+    assert!(r.contains("\nkaprobe_published_total 1\n"), "{r}");
+    assert!(
+        r.contains("kaprobe_connection_closes_total{reason=\"ws_pong_timeout\"} 0"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
 async fn room_broadcast_reaches_exactly_the_three_members() {
     let srv = serve(&[]);
     let mut members = Vec::new();
