@@ -736,3 +736,30 @@ async fn through_nginx_heartbeats_keep_idle_channels_open_and_silence_gets_them_
     assert_eq!(t, None, "event stream with heartbeats was cut");
     assert!(beats >= 8, "{beats} heartbeats in 10 s");
 }
+
+#[test]
+fn bad_push_flags_name_the_flag_and_the_range() {
+    let cases: [(&[&str], u8, &str); 4] = [
+        (&["--ws-ping", "5ms"], 2, "--ws-ping"),
+        (&["--sse-heartbeat", "2h"], 2, "--sse-heartbeat"),
+        (
+            &["--ws-max-message", "10"],
+            2,
+            "--ws-max-message 10 is out of range: use 125..=67108864",
+        ),
+        (
+            &["--store", "/nonexistent-kaprobe-dir/x.sqlite"],
+            7,
+            "--store /nonexistent-kaprobe-dir/x.sqlite",
+        ),
+    ];
+    for (args, code, msg) in cases {
+        let mut full = vec!["serve", "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        let o = kaprobe_tests::run(&full);
+        assert_eq!(o.status.code(), Some(i32::from(code)), "{args:?}");
+        let err = kaprobe_tests::stderr(&o);
+        assert!(err.contains(msg), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
