@@ -364,6 +364,30 @@ async fn store_keeps_messages_and_ids_across_a_restart() {
 }
 
 #[tokio::test]
+async fn a_large_publish_with_expect_continue_is_not_held_up() {
+    require_tool!("curl");
+    let srv = serve(&[]);
+    // curl sends Expect: 100-continue for bodies over 1 KiB and waits up to 1 s for the 100.
+    let text = "z".repeat(5000);
+    let url = format!("http://{}/publish?room=big", srv.addr);
+    let t0 = Instant::now();
+    let o = Command::new("curl")
+        .args(["-sf", "--data-binary", &text, &url])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"room":"big","id":1}));
+    let r = get(&srv.addr, "/poll?room=big", "").await;
+    assert!(body(&r).contains(&text), "{r}");
+}
+
+#[tokio::test]
 async fn long_poll_waits_for_a_publish_and_short_poll_answers_at_once() {
     let srv = serve(&[]);
     let t0 = Instant::now();
