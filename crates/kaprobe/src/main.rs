@@ -90,9 +90,38 @@ fn color_arg(args: &[std::ffi::OsString]) -> clap::ColorChoice {
 
 /// The clap definition with the run's colour and width applied.
 fn command_for(color: clap::ColorChoice, width: usize) -> clap::Command {
-    Cli::command()
+    reflow_help(Cli::command())
         .color(color)
         .term_width(width.min(util::PROSE_MAX))
+}
+
+/// The after-help texts are written with hard line breaks; join the lines of each prose
+/// paragraph so clap wraps them to the terminal instead of breaking them twice.
+fn reflow_help(c: clap::Command) -> clap::Command {
+    let mut c = c.mut_subcommands(reflow_help);
+    if let Some(t) = c.get_after_help().map(ToString::to_string) {
+        c = c.after_help(reflow(&t));
+    }
+    if let Some(t) = c.get_after_long_help().map(ToString::to_string) {
+        c = c.after_long_help(reflow(&t));
+    }
+    c
+}
+
+/// Join consecutive unindented, non-empty lines with a space; keep blank lines, indented
+/// lines (examples, tables) and the line breaks around them.
+fn reflow(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut prev_prose = false;
+    for (i, line) in text.split('\n').enumerate() {
+        let prose = !line.is_empty() && !line.starts_with(char::is_whitespace);
+        if i > 0 {
+            out.push(if prev_prose && prose { ' ' } else { '\n' });
+        }
+        out.push_str(line);
+        prev_prose = prose;
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -124,5 +153,19 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => exit::report(&err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reflow;
+
+    #[test]
+    fn reflow_joins_prose_lines_and_keeps_examples_and_blank_lines() {
+        let t = "First line of a\nparagraph.\n\nExamples:\n  kaprobe a\n  kaprobe b\nExit: 0\nok.";
+        assert_eq!(
+            reflow(t),
+            "First line of a paragraph.\n\nExamples:\n  kaprobe a\n  kaprobe b\nExit: 0 ok."
+        );
     }
 }

@@ -17,7 +17,7 @@ use crate::exit::{self, Failure};
 Examples:
   source <(kaprobe completions bash)                  # this bash session only
   kaprobe completions bash > ~/.local/share/bash-completion/completions/kaprobe
-  kaprobe completions zsh > ~/.zfunc/_kaprobe         # with fpath+=(~/.zfunc) in ~/.zshrc
+  kaprobe completions zsh > ~/.zfunc/_kaprobe   # fpath+=(~/.zfunc) in ~/.zshrc
   kaprobe completions fish > ~/.config/fish/completions/kaprobe.fish
 
 See docs/install.md.")]

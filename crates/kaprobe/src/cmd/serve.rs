@@ -97,7 +97,7 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", value_parser = super::watch::parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
 
-    /// Push channels: send a WebSocket ping this often and close a connection (1001,
+    /// Send a WebSocket ping this often and close a connection (1001,
     /// ws_pong_timeout) whose pong has not come back by the next one. 0 = off; per
     /// connection: /ws?ping=D. Range 0 or 10ms..=1h.
     #[arg(long, value_name = "D", default_value = "0", value_parser = parse_duration, help_heading = "Push channels")]
@@ -143,20 +143,23 @@ request as JSON), /close (answers with Connection: close), /_kaprobe/stats (JSON
 
 Push channels (docs/push.md), one message log per room (NAME: 1..=64 of [A-Za-z0-9_.-],
 default \"default\"), ids 1, 2, 3, ... per room:
-  POST /publish?room=NAME            body = message text; answers {\"room\":..,\"id\":N}
-  GET  /ws[?room=NAME][&ping=D]      WebSocket: echo, or every text message to all members
-  GET  /sse[?room=NAME][&heartbeat=D] event stream; Last-Event-ID: N replays ids > N
-  GET  /poll?room=NAME&since=N[&wait=D]  JSON messages with id > N; wait=D long-polls
+  POST /publish?room=NAME     body = the message; answers {\"room\":..,\"id\":N}
+  GET  /ws[?room=NAME][&ping=D]
+                              WebSocket: echo, or each text message to all members
+  GET  /sse[?room=NAME][&heartbeat=D]
+                              event stream; Last-Event-ID: N replays ids > N
+  GET  /poll?room=NAME&since=N[&wait=D]
+                              JSON messages with id > N; wait=D long-polls
 SIGTERM closes WebSockets with 1001 and ends event streams.
 
 SIGINT/SIGTERM: stop accepting, answer requests in flight with Connection: close, close idle
 connections, exit within --drain-timeout.
 
 Examples:
-  kaprobe serve --listen 127.0.0.1:0 --keepalive-timeout 2s --max-requests 3 --log json
-  kaprobe serve --keepalive-timeout 4s --close-style rst     # an upstream that resets idle conns
-  kaprobe serve --advertise-timeout 60s --keepalive-timeout 5s   # a server that lies
-  kaprobe serve --ws-ping 20s --sse-heartbeat 15s --store /var/tmp/push.sqlite  # push, durable
+  kaprobe serve --listen 127.0.0.1:0 --keepalive-timeout 2s --max-requests 3
+  kaprobe serve --keepalive-timeout 4s --close-style rst   # resets idle conns
+  kaprobe serve --advertise-timeout 60s --keepalive-timeout 5s   # it lies
+  kaprobe serve --ws-ping 20s --sse-heartbeat 15s --store /var/tmp/push.sqlite
 
 Exit status: 0 after a signal-driven stop, 1 bind or other I/O failure, 2 bad flag value,
 6 permission denied (privileged port). See docs/serve.md.";

@@ -14,19 +14,21 @@ const AFTER_HELP: &str = "\
 For each socket: local and peer address, state, the pending timer and when it fires, the
 timer's counter, and how long ago an ACK last arrived. Timers, as `ss -o` names them:
 
-  keepalive  idle connection with SO_KEEPALIVE: a probe goes out when it expires; the
-             counter is probes sent without an answer (0 = the peer answers)
-  on         retransmission: data in flight not yet acknowledged; counter = retries
+  keepalive  idle connection with SO_KEEPALIVE: a probe goes out when it
+             expires; the counter is probes sent without an answer (0 = the
+             peer answers)
+  on         retransmission: data in flight not yet acknowledged;
+             counter = retries
   persist    zero-window probe: the peer's receive window is 0; counter = probes
   timewait   TIME-WAIT: the socket disappears when it expires
-  none       nothing pending (idle without keep-alive: such a connection can be dead
-             for hours before anyone notices)
+  none       nothing pending (idle without keep-alive: such a connection can
+             be dead for hours before anyone notices)
 
 Read through the kernel's sock_diag interface (no root needed); the kernel does the
 filtering. Examples:
 
-  kaprobe sockets                        open connections (the states ss lists by default)
-  kaprobe sockets --port 443 --json      sockets to or from port 443, as JSON lines
+  kaprobe sockets                    open connections (ss's default states)
+  kaprobe sockets --port 443 --json  sockets to or from port 443, as JSON lines
   kaprobe sockets --state established,close-wait
   kaprobe sockets --state all            listeners and TIME-WAIT too
 
