@@ -277,17 +277,26 @@ impl RecordReader {
         &self.buf
     }
 
-    fn word(&self, at: usize) -> u32 {
-        let d = self.data();
-        let b = [d[at], d[at + 1], d[at + 2], d[at + 3]];
-        if self.big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
+    /// The four words of the record header at `start` (caller made 16 bytes available).
+    #[inline]
+    fn header(&self) -> [u32; 4] {
+        let mut h = [0u8; 16];
+        if let Some(b) = self.buf.get(self.start..self.start + 16) {
+            h.copy_from_slice(b);
         }
+        let v = u128::from_le_bytes(h);
+        let mut w = [v as u32, (v >> 32) as u32, (v >> 64) as u32, (v >> 96) as u32];
+        if self.big_endian {
+            for x in &mut w {
+                *x = x.swap_bytes();
+            }
+        }
+        w
     }
 
     /// Make at least `need` bytes available from `start`; false at end of file.
+    #[cold]
+    #[inline(never)]
     fn fill(&mut self, need: usize, path: &Path) -> Result<bool, CaptureError> {
         while self.end - self.start < need {
             if self.eof {
@@ -316,19 +325,14 @@ impl RecordReader {
         Ok(true)
     }
 
+    #[inline]
     fn next(&mut self, path: &Path, frames: u64) -> Result<Record<'_>, CaptureError> {
-        if !self.fill(16, path)? {
+        if self.end - self.start < 16 && !self.fill(16, path)? {
             return Ok(Record::End {
                 truncated: self.end > self.start,
             });
         }
-        let h = self.start;
-        let (ts_sec, ts_frac, incl, orig_len) = (
-            self.word(h),
-            self.word(h + 4),
-            self.word(h + 8),
-            self.word(h + 12),
-        );
+        let [ts_sec, ts_frac, incl, orig_len] = self.header();
         let incl = incl as usize;
         if incl > MAX_RECORD {
             return Err(CaptureError::Corrupt {
@@ -337,7 +341,7 @@ impl RecordReader {
                 detail: format!("record {} claims {incl} captured bytes", frames + 1),
             });
         }
-        if !self.fill(16 + incl, path)? {
+        if self.end - self.start < 16 + incl && !self.fill(16 + incl, path)? {
             return Ok(Record::End { truncated: true });
         }
         let at = self.start + 16;
