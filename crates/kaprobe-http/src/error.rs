@@ -53,6 +53,9 @@ pub enum Error {
     /// The connection was reset or closed before any response byte.
     #[error("{what}: {detail}")]
     NoResponse { what: String, detail: String },
+    /// The server answered, but not as a push channel (no WebSocket upgrade, no event stream).
+    #[error("{what}: {detail}")]
+    NotPush { what: String, detail: String },
     /// A CA certificate file could not be read or holds no PEM certificate.
     #[error("CA file {path}: {reason}")]
     CaFile { path: String, reason: String },

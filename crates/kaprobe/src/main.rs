@@ -49,6 +49,8 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Reproduce the keep-alive reuse race against a URL and count failures per idle time.
     Race(cmd::race::Args),
+    /// Benchmarks: `bench push` compares polling, long polling, SSE and WebSocket per message.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Probe(a) => cmd::probe::run(a),
         Command::Race(a) => cmd::race::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(code) => code,
