@@ -72,6 +72,16 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// After a half-close, how long to read and discard what the client still sends.
     pub linger: Duration,
+    /// Server ping interval on WebSocket connections (zero: off).
+    pub ws_ping: Duration,
+    /// Heartbeat comment interval on event streams (zero: off).
+    pub sse_heartbeat: Duration,
+    /// Largest WebSocket message (and frame) accepted; larger ones get close 1009.
+    pub ws_max_message: usize,
+    /// Messages kept in memory per room.
+    pub store_limit: usize,
+    /// SQLite file keeping every published message (None: memory only).
+    pub store: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -88,6 +98,11 @@ impl Default for Config {
             max_body_bytes: 10 << 20,
             drain_timeout: Duration::from_secs(5),
             linger: Duration::from_secs(1),
+            ws_ping: Duration::ZERO,
+            sse_heartbeat: Duration::ZERO,
+            ws_max_message: 1 << 20,
+            store_limit: 10_000,
+            store: None,
         }
     }
 }
@@ -113,10 +128,24 @@ pub enum Reason {
     SendTimeout,
     /// Another socket error.
     IoError,
+    /// The WebSocket client sent a close frame.
+    WsClientClose,
+    /// The WebSocket client's TCP connection ended without a close frame.
+    WsClientGone,
+    /// No pong came back within one ping interval (close 1001).
+    WsPongTimeout,
+    /// A malformed frame (close 1002).
+    WsProtocolError,
+    /// A text message that is not UTF-8 (close 1007).
+    WsInvalidUtf8,
+    /// A message larger than --ws-max-message (close 1009).
+    WsMessageTooBig,
+    /// The event-stream client went away.
+    SseClientGone,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 21] = [
         Self::IdleTimeout,
         Self::MaxRequests,
         Self::ClientCloseHeader,
@@ -131,6 +160,13 @@ impl Reason {
         Self::CapFull,
         Self::SendTimeout,
         Self::IoError,
+        Self::WsClientClose,
+        Self::WsClientGone,
+        Self::WsPongTimeout,
+        Self::WsProtocolError,
+        Self::WsInvalidUtf8,
+        Self::WsMessageTooBig,
+        Self::SseClientGone,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -149,6 +185,13 @@ impl Reason {
             Self::CapFull => "cap_full",
             Self::SendTimeout => "send_timeout",
             Self::IoError => "io_error",
+            Self::WsClientClose => "ws_client_close",
+            Self::WsClientGone => "ws_client_gone",
+            Self::WsPongTimeout => "ws_pong_timeout",
+            Self::WsProtocolError => "ws_protocol_error",
+            Self::WsInvalidUtf8 => "ws_invalid_utf8",
+            Self::WsMessageTooBig => "ws_message_too_big",
+            Self::SseClientGone => "sse_client_gone",
         }
     }
 }
@@ -323,6 +366,7 @@ pub(crate) struct Shared {
     pub(crate) shutting_down: Cell<bool>,
     pub(crate) conns: RefCell<Vec<Option<Rc<Ctl>>>>,
     pub(crate) lot: park::Lot,
+    pub(crate) hub: crate::push::store::Hub,
     free: RefCell<Vec<u32>>,
     idle_order: RefCell<VecDeque<(u64, u32)>>,
     next_seq: Cell<u64>,
@@ -585,7 +629,9 @@ async fn serve(
     let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
     let drain = cfg.drain_timeout;
+    let hub = crate::push::store::Hub::new(cfg.store_limit, cfg.store.as_deref())?;
     let sh = Rc::new(Shared {
+        hub,
         cfg,
         stats: Stats::default(),
         shutting_down: Cell::new(false),
@@ -628,11 +674,15 @@ async fn serve(
     for c in &left {
         sh.report(c, Reason::Shutdown, "drain timeout", Ending::Rst);
     }
-    Ok(Summary {
+    let summary = Summary {
         connections: sh.stats.accepted.get(),
         requests: sh.stats.requests.get(),
         cut_at_drain: left.len() as u64,
-    })
+    };
+    drop(left);
+    // Tasks still holding the shared state are dropped with the runtime; the store writer
+    // finishes what was queued when the hub is dropped.
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -57,6 +57,8 @@ enum End {
     Gone(Reason, &'static str),
     /// Idle long enough: move to the parking lot.
     Park(Instant),
+    /// A push request: [`crate::push`] takes over, with the input read beyond its head.
+    Push(Box<super::proto::PushStart>, Vec<u8>),
 }
 
 enum Step {
@@ -73,6 +75,22 @@ pub(crate) struct Carry {
     outq: Vec<u8>,
     outcome: Outcome,
     answered: bool,
+    /// `pending` may hold complete requests: process it before reading.
+    reprocess: bool,
+}
+
+impl Carry {
+    /// Back to HTTP after a push request was answered, with the input read beyond it.
+    pub(crate) fn after_push(served: u64, pending: Vec<u8>) -> Box<Self> {
+        Box::new(Self {
+            proto: Proto::resume(served),
+            reprocess: !pending.is_empty(),
+            pending,
+            outq: Vec::new(),
+            outcome: Outcome::NeedMore,
+            answered: true,
+        })
+    }
 }
 
 enum First {
@@ -134,6 +152,7 @@ pub(crate) fn accepted(std: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) 
                 outq: wbuf[done..].to_vec(),
                 outcome,
                 answered,
+                reprocess: false,
             }))),
         }
     });
@@ -159,12 +178,37 @@ pub(crate) fn accepted(std: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) 
 }
 
 pub(crate) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     ctl: Rc<Ctl>,
     sh: Rc<Shared>,
-    carry: Option<Box<Carry>>,
+    mut carry: Option<Box<Carry>>,
 ) {
-    let end = drive(&stream, &ctl, &sh, carry).await;
+    use crate::push::After;
+    let end = loop {
+        match drive(&stream, &ctl, &sh, carry.take()).await {
+            End::Push(start, pending) => {
+                match crate::push::serve(stream, pending, *start, &ctl, &sh).await {
+                    After::Http(s, pending) => {
+                        stream = s;
+                        carry = Some(Carry::after_push(ctl.served.get(), pending));
+                    }
+                    After::Fin(s, r, d) => {
+                        stream = s;
+                        break End::Fin(r, d);
+                    }
+                    After::Gone(s, r, d) => {
+                        stream = s;
+                        break End::Gone(r, d);
+                    }
+                    After::Done => {
+                        sh.unregister(&ctl);
+                        return;
+                    }
+                }
+            }
+            end => break end,
+        }
+    };
     match end {
         End::Park(since) => {
             super::park::park(&sh, stream, &ctl, since);
@@ -195,6 +239,7 @@ pub(crate) async fn serve(
             }
         },
         End::Gone(r, d) => sh.report(&ctl, r, d, Ending::PeerGone),
+        End::Push(..) => {}
     }
     drop(stream);
     sh.unregister(&ctl);
@@ -248,6 +293,7 @@ fn io_reason(e: &io::Error) -> Reason {
 #[allow(clippy::too_many_lines)]
 async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Carry>>) -> End {
     let cfg = &sh.cfg;
+    let mut reprocess = false;
     let (mut proto, mut pending, mut outq, mut first) = match carry {
         Some(c) => {
             let c = *c;
@@ -255,6 +301,7 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                 outcome: c.outcome,
                 answered: c.answered,
             };
+            reprocess = c.reprocess;
             (c.proto, c.pending, c.outq, Some(step))
         }
         None => (
@@ -358,7 +405,15 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                     partial_since = Some(now);
                 }
                 match outcome {
-                    Outcome::NeedMore => {}
+                    Outcome::NeedMore => {
+                        unprocessed = std::mem::take(&mut reprocess) && !pending.is_empty();
+                    }
+                    Outcome::Push => {
+                        return match proto.take_push() {
+                            Some(start) => End::Push(start, std::mem::take(&mut pending)),
+                            None => End::Fin(Reason::BadRequest, "push request lost"),
+                        };
+                    }
                     Outcome::Close(r, d) => return End::Fin(r, d),
                     Outcome::Delay(d) => {
                         sleep(d).await;

@@ -39,6 +39,9 @@ pub enum Route {
     Headers(String),
     Stats,
     Metrics,
+    /// A push-channel endpoint (`/ws`, `/sse`, `/poll`, `/publish`), checked but not served
+    /// here: the connection hands itself to [`crate::push`].
+    Push(Box<crate::push::req::PushReq>),
     NotFound,
     /// A well-framed request for something we cannot answer (bad path argument).
     Invalid(u16, &'static str),
@@ -173,7 +176,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Reject> {
             "more than one Host"
         }));
     }
-    h.route = route(method, target, req.headers);
+    h.route = route(method, minor, target, req.headers);
     Ok(Some((len, h)))
 }
 
@@ -215,8 +218,11 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
 }
 
-fn route(method: &str, target: &str, headers: &[httparse::Header<'_>]) -> Route {
+fn route(method: &str, minor: u8, target: &str, headers: &[httparse::Header<'_>]) -> Route {
     let path = target.split('?').next().unwrap_or(target);
+    if let Some(p) = crate::push::req::parse(method, minor, target, headers) {
+        return Route::Push(Box::new(p));
+    }
     match path {
         "/" => Route::Root,
         "/close" => Route::Close,

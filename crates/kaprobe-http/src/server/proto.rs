@@ -28,6 +28,19 @@ pub enum Outcome {
     Delay(Duration),
     /// Write out what was produced, then close for this reason.
     Close(Reason, &'static str),
+    /// A push-channel request: hand the connection to [`crate::push`] (see
+    /// [`Proto::take_push`]); unconsumed input belongs to it.
+    Push,
+}
+
+/// A push request as the protocol layer saw it, for [`crate::push`] to serve.
+#[derive(Debug)]
+pub struct PushStart {
+    pub req: crate::push::req::PushReq,
+    pub body: BodyKind,
+    pub minor: u8,
+    /// Why the connection must close after this request, if the request said so.
+    pub close: Option<Reason>,
 }
 
 #[derive(Debug)]
@@ -59,6 +72,7 @@ pub struct Proto {
     /// Responses sent on this connection.
     pub served: u64,
     phase: Phase,
+    push: Option<Box<PushStart>>,
 }
 
 impl Proto {
@@ -67,12 +81,18 @@ impl Proto {
         Self {
             served,
             phase: Phase::Head,
+            push: None,
         }
     }
 
     /// True between requests (no request head or body partly read).
     pub fn between_requests(&self) -> bool {
         matches!(self.phase, Phase::Head)
+    }
+
+    /// The push request behind the last [`Outcome::Push`].
+    pub fn take_push(&mut self) -> Option<Box<PushStart>> {
+        self.push.take()
     }
 
     /// True while a request body is being read.
@@ -104,6 +124,17 @@ impl Proto {
                                 return (input.len(), reject(too_big(), out, ctx));
                             }
                             pos += len;
+                            let close = request_close(&head);
+                            if let Route::Push(p) = head.route {
+                                self.count(ctx);
+                                self.push = Some(Box::new(PushStart {
+                                    close,
+                                    req: *p,
+                                    body: head.body,
+                                    minor: head.minor,
+                                }));
+                                return (pos, Outcome::Push);
+                            }
                             let req = Box::new(request(&head, ctx.cfg));
                             let left = match head.body {
                                 BodyKind::None => {
@@ -195,13 +226,17 @@ impl Proto {
         }
     }
 
-    fn respond(&mut self, req: &Req, out: &mut Vec<u8>, ctx: &Ctx<'_>) -> Option<Reason> {
-        let cfg = ctx.cfg;
+    fn count(&mut self, ctx: &Ctx<'_>) {
         self.served += 1;
         ctx.stats.requests.set(ctx.stats.requests.get() + 1);
         if self.served > 1 {
             ctx.stats.reused.set(ctx.stats.reused.get() + 1);
         }
+    }
+
+    fn respond(&mut self, req: &Req, out: &mut Vec<u8>, ctx: &Ctx<'_>) -> Option<Reason> {
+        let cfg = ctx.cfg;
+        self.count(ctx);
         let close = req
             .close
             .or_else(|| {
@@ -248,7 +283,7 @@ impl Proto {
                 owned = ctx.stats.prometheus();
                 (200, PROM, Body::Slice(owned.as_bytes()))
             }
-            Route::NotFound => (404, TEXT, Body::Slice(b"not found\n")),
+            Route::NotFound | Route::Push(_) => (404, TEXT, Body::Slice(b"not found\n")),
             Route::Invalid(c, msg) => {
                 owned = format!("{msg}\n");
                 (*c, TEXT, Body::Slice(owned.as_bytes()))
@@ -284,6 +319,17 @@ fn too_big() -> Reject {
     Reject {
         status: 431,
         detail: "request header section larger than --max-header-bytes",
+    }
+}
+
+/// Why the request itself asks for the connection to close, if it does.
+fn request_close(head: &Head) -> Option<Reason> {
+    if head.minor == 0 && !head.conn_keep_alive {
+        Some(Reason::Http10)
+    } else if head.conn_close {
+        Some(Reason::ClientCloseHeader)
+    } else {
+        None
     }
 }
 
@@ -369,7 +415,7 @@ fn write_head(out: &mut Vec<u8>, status: u16, ctype: &[u8], len: Option<u64>, co
     out.extend_from_slice(b"\r\n\r\n");
 }
 
-fn reason_phrase(status: u16) -> &'static [u8] {
+pub(crate) fn reason_phrase(status: u16) -> &'static [u8] {
     let line = reason_phrase_line(status);
     &line[..line.len() - 1]
 }
@@ -379,6 +425,7 @@ fn reason_phrase_line(status: u16) -> &'static [u8] {
         200 => b"OK\n",
         201 => b"Created\n",
         202 => b"Accepted\n",
+        101 => b"Switching Protocols\n",
         204 => b"No Content\n",
         301 => b"Moved Permanently\n",
         302 => b"Found\n",
@@ -387,8 +434,11 @@ fn reason_phrase_line(status: u16) -> &'static [u8] {
         401 => b"Unauthorized\n",
         403 => b"Forbidden\n",
         404 => b"Not Found\n",
+        405 => b"Method Not Allowed\n",
         408 => b"Request Timeout\n",
+        411 => b"Length Required\n",
         413 => b"Content Too Large\n",
+        426 => b"Upgrade Required\n",
         429 => b"Too Many Requests\n",
         431 => b"Request Header Fields Too Large\n",
         500 => b"Internal Server Error\n",

@@ -18,6 +18,16 @@ pub struct Stats {
     pub reused: Cell<u64>,
     pub bad_requests: Cell<u64>,
     pub accept_errors: Cell<u64>,
+    /// WebSocket connections open now.
+    pub ws_open: Cell<u64>,
+    /// Event streams open now.
+    pub sse_open: Cell<u64>,
+    /// Long polls waiting now.
+    pub polls_waiting: Cell<u64>,
+    /// Messages published (by /publish or a WebSocket room member).
+    pub published: Cell<u64>,
+    /// Messages written to push clients (WebSocket frames, events, poll entries).
+    pub delivered: Cell<u64>,
     pub closes: [Cell<u64>; Reason::ALL.len()],
 }
 
@@ -32,6 +42,11 @@ impl Default for Stats {
             reused: Cell::new(0),
             bad_requests: Cell::new(0),
             accept_errors: Cell::new(0),
+            ws_open: Cell::new(0),
+            sse_open: Cell::new(0),
+            polls_waiting: Cell::new(0),
+            published: Cell::new(0),
+            delivered: Cell::new(0),
             closes: Default::default(),
         }
     }
@@ -76,6 +91,11 @@ impl Stats {
             "reuse_ratio": self.reuse_ratio(),
             "bad_requests": self.bad_requests.get(),
             "accept_errors": self.accept_errors.get(),
+            "ws_open": self.ws_open.get(),
+            "sse_open": self.sse_open.get(),
+            "polls_waiting": self.polls_waiting.get(),
+            "published": self.published.get(),
+            "delivered": self.delivered.get(),
             "closes": closes,
             "shutting_down": shutting_down,
         })
@@ -134,6 +154,36 @@ impl Stats {
             "counter",
             "Requests rejected with a 4xx.",
             self.bad_requests.get().to_string(),
+        );
+        g(
+            "kaprobe_ws_open",
+            "gauge",
+            "WebSocket connections open now.",
+            self.ws_open.get().to_string(),
+        );
+        g(
+            "kaprobe_sse_open",
+            "gauge",
+            "Event streams open now.",
+            self.sse_open.get().to_string(),
+        );
+        g(
+            "kaprobe_polls_waiting",
+            "gauge",
+            "Long polls waiting now.",
+            self.polls_waiting.get().to_string(),
+        );
+        g(
+            "kaprobe_published_total",
+            "counter",
+            "Messages published to rooms.",
+            self.published.get().to_string(),
+        );
+        g(
+            "kaprobe_delivered_total",
+            "counter",
+            "Messages written to push clients.",
+            self.delivered.get().to_string(),
         );
         s.push_str("# HELP kaprobe_connection_closes_total Connections closed, by reason.\n# TYPE kaprobe_connection_closes_total counter\n");
         for r in Reason::ALL {

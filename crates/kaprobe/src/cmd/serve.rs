@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kaprobe_http::server::{self, Advertise, CloseEvent, CloseStyle, Config};
 
-use crate::exit::{Failure, PERMISSION};
-use crate::util::parse_duration;
+use crate::exit::{Failure, FILE, PERMISSION};
+use crate::util::{in_range, parse_duration};
 
 /// Serve HTTP/1.x with exact keep-alive behaviour and a logged reason for every close.
 ///
@@ -21,11 +21,15 @@ use crate::util::parse_duration;
 /// closed connection prints one line on stdout (text, or JSON with --log json) with its
 /// reason: idle_timeout, max_requests, client_close_header, http10, client_fin,
 /// client_rst, header_timeout, bad_request, shutdown, cap_eviction, close_endpoint,
-/// cap_full, send_timeout, io_error.
+/// cap_full, send_timeout, io_error; push connections: ws_client_close, ws_client_gone,
+/// ws_pong_timeout, ws_protocol_error, ws_invalid_utf8, ws_message_too_big,
+/// sse_client_gone.
 ///
 /// Endpoints: / (body "ok"), /delay/{duration}, /status/{code}, /bytes/{n}, /headers
 /// (request echoed as JSON), /close (answers with Connection: close), /_kaprobe/stats
-/// (JSON counters), /metrics (Prometheus text).
+/// (JSON counters), /metrics (Prometheus text). Push channels (see docs/push.md): /ws
+/// (WebSocket echo, or ?room=NAME to broadcast), /sse?room=NAME (event stream with ids and
+/// Last-Event-ID resume), /poll?room=NAME&since=N[&wait=D], POST /publish?room=NAME.
 ///
 /// SIGINT/SIGTERM stop accepting, answer requests in flight with `Connection: close`,
 /// close idle connections and exit within --drain-timeout. See docs/serve.md.
@@ -87,6 +91,37 @@ pub struct Args {
     /// Close log format on stdout: one text line or one JSON object per closed connection.
     #[arg(long, value_enum, default_value = "text")]
     pub log: LogArg,
+
+    /// Push channels: send a WebSocket ping this often and close a connection (1001,
+    /// ws_pong_timeout) whose pong has not come back by the next one. 0 = off; per
+    /// connection: /ws?ping=D. Range 0 or 10ms..=1h.
+    #[arg(long, value_name = "D", default_value = "0", value_parser = parse_duration, help_heading = "Push channels")]
+    pub ws_ping: Duration,
+
+    /// Send the comment line `: heartbeat` on event streams this often, so idle streams are
+    /// not cut by proxies. 0 = off; per connection: /sse?heartbeat=D. Range 0 or 10ms..=1h.
+    #[arg(long, value_name = "D", default_value = "0", value_parser = parse_duration, help_heading = "Push channels")]
+    pub sse_heartbeat: Duration,
+
+    /// Largest WebSocket message (and frame) in bytes; larger ones get close 1009.
+    /// Range 125..=67108864.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20, help_heading = "Push channels")]
+    pub ws_max_message: usize,
+
+    /// Messages kept in memory per room for late and reconnecting clients (older ones are
+    /// dropped; a resume older than that is told so). Range 1..=10000000.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        help_heading = "Push channels"
+    )]
+    pub store_limit: usize,
+
+    /// Keep every published message in this SQLite file (WAL, synchronous=FULL): a publish
+    /// is answered only after its commit, and ids and messages survive a restart.
+    #[arg(long, value_name = "FILE", help_heading = "Push channels")]
+    pub store: Option<std::path::PathBuf>,
 }
 
 const AFTER_HELP: &str = "\
@@ -94,11 +129,20 @@ Each bound listener prints `kaprobe serve: listening on http://ADDR` on stderr. 
 connection prints one line on stdout (text, or one JSON object with --log json) with its
 reason: idle_timeout, max_requests, client_close_header, http10, client_fin, client_rst,
 header_timeout, bad_request, shutdown, cap_eviction, close_endpoint, cap_full, send_timeout,
-io_error.
+io_error; push connections: ws_client_close, ws_client_gone, ws_pong_timeout,
+ws_protocol_error, ws_invalid_utf8, ws_message_too_big, sse_client_gone.
 
 Endpoints: / (body \"ok\"), /delay/DURATION, /status/CODE, /bytes/N, /headers (the
 request as JSON), /close (answers with Connection: close), /_kaprobe/stats (JSON counters),
 /metrics (Prometheus text).
+
+Push channels (docs/push.md), one message log per room (NAME: 1..=64 of [A-Za-z0-9_.-],
+default \"default\"), ids 1, 2, 3, ... per room:
+  POST /publish?room=NAME            body = message text; answers {\"room\":..,\"id\":N}
+  GET  /ws[?room=NAME][&ping=D]      WebSocket: echo, or every text message to all members
+  GET  /sse[?room=NAME][&heartbeat=D] event stream; Last-Event-ID: N replays ids > N
+  GET  /poll?room=NAME&since=N[&wait=D]  JSON messages with id > N; wait=D long-polls
+SIGTERM closes WebSockets with 1001 and ends event streams.
 
 SIGINT/SIGTERM: stop accepting, answer requests in flight with Connection: close, close idle
 connections, exit within --drain-timeout.
@@ -107,6 +151,7 @@ Examples:
   kaprobe serve --listen 127.0.0.1:0 --keepalive-timeout 2s --max-requests 3 --log json
   kaprobe serve --keepalive-timeout 4s --close-style rst     # an upstream that resets idle conns
   kaprobe serve --advertise-timeout 60s --keepalive-timeout 5s   # a server that lies
+  kaprobe serve --ws-ping 20s --sse-heartbeat 15s --store /var/tmp/push.sqlite  # push, durable
 
 Exit status: 0 after a signal-driven stop, 1 bind or other I/O failure, 2 bad flag value,
 6 permission denied (privileged port). See docs/serve.md.";
@@ -170,6 +215,17 @@ fn check(args: &Args) -> Result<Config, Failure> {
     if let Some(a) = args.advertise_timeout {
         range("--advertise-timeout", a, Duration::ZERO, DAY)?;
     }
+    let hour = Duration::from_secs(3600);
+    for (flag, v) in [
+        ("--ws-ping", args.ws_ping),
+        ("--sse-heartbeat", args.sse_heartbeat),
+    ] {
+        if !v.is_zero() {
+            range(flag, v, Duration::from_millis(10), hour)?;
+        }
+    }
+    in_range("--ws-max-message", args.ws_max_message, 125..=64 << 20)?;
+    in_range("--store-limit", args.store_limit, 1..=10_000_000)?;
     if !(256..=1 << 20).contains(&args.max_header_bytes) {
         return Err(Failure::usage(format!(
             "--max-header-bytes {} is out of range: use 256..=1048576",
@@ -194,6 +250,11 @@ fn check(args: &Args) -> Result<Config, Failure> {
         max_header_bytes: args.max_header_bytes,
         max_body_bytes: args.max_body_bytes,
         drain_timeout: args.drain_timeout,
+        ws_ping: args.ws_ping,
+        sse_heartbeat: args.sse_heartbeat,
+        ws_max_message: args.ws_max_message,
+        store_limit: args.store_limit,
+        store: args.store.clone(),
         ..Config::default()
     })
 }
@@ -228,6 +289,10 @@ fn json_line(ev: &CloseEvent) -> String {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = check(&args)?;
+    if let Some(path) = &cfg.store {
+        kaprobe_http::push::store::check(path)
+            .map_err(|e| Failure::new(FILE, format!("--store {}: {e}", path.display())))?;
+    }
     let addrs = args
         .listen
         .iter()
