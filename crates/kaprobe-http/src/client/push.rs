@@ -327,15 +327,15 @@ fn with_heartbeat(path: &str, d: Duration) -> String {
     format!("{path}{sep}heartbeat={}ms", d.as_millis().max(1))
 }
 
-/// About half a lifetime, rounded down to a readable value.
+/// About half a lifetime, rounded to a readable value (at most two thirds of it).
 pub fn half_heartbeat(lifetime: Duration) -> Duration {
     let h = lifetime.as_secs_f64() / 2.0;
     let rounded = if h >= 10.0 {
-        h.floor()
-    } else if h >= 1.0 {
-        (h * 2.0).floor() / 2.0
+        h.round()
+    } else if h >= 0.75 {
+        (h * 2.0).round() / 2.0
     } else {
-        ((h * 10.0).floor() / 10.0).max(0.1)
+        ((h * 10.0).round() / 10.0).max(0.1)
     };
     Duration::from_secs_f64(rounded)
 }
@@ -1161,7 +1161,16 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_is_about_half_the_lifetime_rounded_down() {
+    fn heartbeat_is_about_half_the_lifetime_rounded() {
+        // A timer of 2 s seen a little early from the client still gives 1 s.
+        assert_eq!(
+            half_heartbeat(Duration::from_millis(1980)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            half_heartbeat(Duration::from_millis(1500)),
+            Duration::from_secs(1)
+        );
         assert_eq!(
             half_heartbeat(Duration::from_millis(2010)),
             Duration::from_secs(1)
@@ -1176,7 +1185,7 @@ mod tests {
         );
         assert_eq!(
             half_heartbeat(Duration::from_millis(500)),
-            Duration::from_millis(200)
+            Duration::from_millis(300)
         );
         assert_eq!(
             half_heartbeat(Duration::from_millis(10)),

@@ -44,9 +44,9 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
-            messages: 30,
-            rate: 10.0,
-            poll_interval: Duration::from_millis(250),
+            messages: 20,
+            rate: 5.0,
+            poll_interval: Duration::from_millis(100),
             long_poll_wait: Duration::from_secs(30),
             room: None,
         }
@@ -509,9 +509,17 @@ async fn publish_all(sh: &Shared, opts: &BenchOptions) -> Result<(), Error> {
     let mut http = Http::new(io, format!("publishing to {}", sh.target.url));
     let t0 = Instant::now();
     let room = &sh.room;
+    // Messages go out at the rate on average, each shifted by up to half a spacing
+    // (a fixed pseudo-random sequence), so a polling clock never lines up with them.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for seq in 0..opts.messages {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
         #[allow(clippy::cast_precision_loss)]
-        let at = t0 + Duration::from_secs_f64(seq as f64 / opts.rate);
+        let jitter = (x % 1000) as f64 / 2000.0;
+        #[allow(clippy::cast_precision_loss)]
+        let at = t0 + Duration::from_secs_f64((seq as f64 + jitter) / opts.rate);
         tokio::time::sleep_until(at).await;
         let body = message_text(seq);
         let req = format!(

@@ -53,15 +53,16 @@ pub struct PushArgs {
     pub url: Option<String>,
 
     /// Messages to publish. Range 1..=100000.
-    #[arg(long, value_name = "N", default_value_t = 30)]
+    #[arg(long, value_name = "N", default_value_t = 20)]
     pub messages: usize,
 
     /// Messages published per second. Range 0.1..=10000.
-    #[arg(long, value_name = "R", default_value_t = 10.0)]
+    #[arg(long, value_name = "R", default_value_t = 5.0)]
     pub rate: f64,
 
-    /// How often the short polling client asks. Range 10ms..=1m.
-    #[arg(long, value_name = "D", default_value = "250ms", value_parser = parse_duration)]
+    /// How often the short polling client asks (the default keeps its latency near the push
+    /// channels'; a longer interval batches messages but delays them). Range 10ms..=1m.
+    #[arg(long, value_name = "D", default_value = "100ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
     /// One JSON object on stdout instead of the table (shape in docs/push-probe.md).
