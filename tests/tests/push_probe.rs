@@ -255,3 +255,120 @@ fn bad_urls_refused_ports_and_servers_without_push_channels_get_their_own_exit_c
         "not text/event-stream",
     );
 }
+
+/// A one-connection peer on loopback, run on its own thread: `serve_one(stream)` handles the
+/// first accepted connection.
+fn one_peer<F, Fut>(serve_one: F) -> SocketAddr
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            if let Ok((s, _)) = listener.accept().await {
+                serve_one(s).await;
+            }
+        });
+    });
+    addr
+}
+
+#[test]
+fn a_close_frame_a_reset_and_a_clean_end_of_stream_are_told_apart() {
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // A WebSocket server that says goodbye with 1001 after 1 s of silence.
+    let polite = one_peer(|s| async move {
+        let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let frame = CloseFrame {
+            code: CloseCode::Away,
+            reason: "idle for too long".into(),
+        };
+        let _ = ws.send(Message::Close(Some(frame))).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    // A WebSocket server that resets the connection after 1 s.
+    let rude = one_peer(|s| async move {
+        let ws = tokio_tungstenite::accept_async(s).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let tcp = ws.into_inner();
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(tcp);
+    });
+    // An event stream that sends one event, then ends the response cleanly after 1 s.
+    let ending = one_peer(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  f\r\nid: 1\ndata: x\n\n\r\n",
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = s.write_all(b"0\r\n\r\n").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    // Each peer takes one connection: --max-wait 2s leaves no time for a second (check) one.
+    let polite_url = format!("ws://{polite}/");
+    let rude_url = format!("ws://{rude}/");
+    let ending_url = format!("http://{ending}/");
+    let polite = start(&["probe", &polite_url, "--max-wait", "2s", "--json"]);
+    let rude = start(&["probe", &rude_url, "--max-wait", "2s", "--json"]);
+    let ending = start(&["probe", "--sse", &ending_url, "--max-wait", "2s", "--json"]);
+    let (polite, rude, ending) = (
+        finish(polite, "polite"),
+        finish(rude, "rude"),
+        finish(ending, "ending"),
+    );
+    assert_eq!(polite["idle"]["end"], "close_frame", "{polite}");
+    assert_eq!(polite["idle"]["close_code"], 1001, "{polite}");
+    assert_eq!(
+        polite["idle"]["close_reason"], "idle for too long",
+        "{polite}"
+    );
+    assert!(
+        polite["verdict"].as_str().unwrap().starts_with(
+            "the server (close frame, code 1001, \"idle for too long\") cuts idle WebSockets after 1.0 s"
+        ),
+        "{}",
+        polite["verdict"]
+    );
+    assert_eq!(rude["idle"]["end"], "rst", "{rude}");
+    assert!(rude["cut_by"].as_str().unwrap().contains("RST"), "{rude}");
+    assert_eq!(ending["idle"]["end"], "stream_end", "{ending}");
+    assert_eq!(ending["idle"]["messages"], 1, "{ending}");
+    assert!(
+        ending["cut_by"]
+            .as_str()
+            .unwrap()
+            .contains("ended the response"),
+        "{ending}"
+    );
+    for r in [&polite, &rude, &ending] {
+        let lived = f(r, "/idle/lasted_s");
+        assert!((0.9..=1.8).contains(&lived), "{r}");
+        // Not enough --max-wait left for a check: the heartbeat is derived, and it says so.
+        assert!(r["heartbeat"].is_null(), "{r}");
+        assert!(
+            r["verdict"].as_str().unwrap().contains("not checked"),
+            "{}",
+            r["verdict"]
+        );
+    }
+}

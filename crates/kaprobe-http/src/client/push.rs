@@ -658,7 +658,14 @@ async fn watch_sse(
                     Ok(n) => {
                         silence.heard(now);
                         match dec.feed(&chunk[..n]) {
-                            Ok(items) => count(items, &mut w),
+                            Ok(items) => {
+                                count(items, &mut w);
+                                // The response is over even if the connection stays open.
+                                if dec.ended() {
+                                    w.end = PushEnd::StreamEnd;
+                                    break now;
+                                }
+                            }
                             Err(e) => {
                                 w.end = PushEnd::Error;
                                 w.error = Some(e);
