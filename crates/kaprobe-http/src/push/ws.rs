@@ -15,9 +15,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use super::store::Room;
 use super::{interval, io_reason, killed, tick, write_all, After};
 use crate::server::stats::Stats;
 use crate::server::{Ctl, Ending, Reason, Shared};
+use tokio::sync::watch;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -52,9 +54,9 @@ impl Close {
 fn protocol_detail(p: &ProtocolError) -> &'static str {
     match p {
         ProtocolError::UnmaskedFrameFromClient => "unmasked client frame",
-        ProtocolError::UnknownDataFrameType(_) | ProtocolError::UnknownControlFrameType(_) => {
-            "reserved opcode"
-        }
+        ProtocolError::UnknownDataFrameType(_)
+        | ProtocolError::UnknownControlFrameType(_)
+        | ProtocolError::InvalidOpcode(_) => "reserved opcode",
         ProtocolError::NonZeroReservedBits => "reserved bits set",
         ProtocolError::FragmentedControlFrame => "fragmented control frame",
         ProtocolError::ControlFrameTooBig => "control frame too big",
@@ -123,6 +125,14 @@ pub(super) async fn run(
     ctl: &Rc<Ctl>,
     sh: &Rc<Shared>,
 ) -> After {
+    // Join the room before the 101 goes out: a client is a member from the moment it can
+    // know it is connected.
+    let room = room.map(|name| {
+        let r = sh.hub.room(name);
+        let rx = r.subscribe();
+        let last = r.last_id();
+        (r, rx, last)
+    });
     let accept = derive_accept_key(key.as_bytes());
     let mut out = Vec::with_capacity(192);
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nServer: kaprobe\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
@@ -163,10 +173,17 @@ pub(super) async fn run(
     After::Done
 }
 
-async fn session(ws: &mut Ws, room: Option<&str>, ping: Duration, ctl: &Ctl, sh: &Shared) -> Close {
-    let room = room.map(|name| sh.hub.room(name));
-    let mut rx = room.as_ref().map(|r| r.subscribe());
-    let mut last = room.as_ref().map_or(0, |r| r.last_id());
+async fn session(
+    ws: &mut Ws,
+    room: Option<(Rc<Room>, watch::Receiver<u64>, u64)>,
+    ping: Duration,
+    ctl: &Ctl,
+    sh: &Shared,
+) -> Close {
+    let (room, mut rx, mut last) = match room {
+        Some((r, rx, last)) => (Some(r), Some(rx), last),
+        None => (None, None, 0),
+    };
     let mut pinger = interval(ping);
     let mut awaiting_pong = false;
     loop {

@@ -587,6 +587,26 @@ mod tests {
     }
 
     #[test]
+    fn a_push_request_hands_over_with_the_bytes_after_its_head() {
+        let c = Config::default();
+        let mut p = Proto::default();
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /publish?room=r HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let (n, o, out) = run(&mut p, &c, input);
+        assert_eq!(o, Outcome::Push);
+        assert_eq!(&input[n..], b"hello");
+        assert_eq!(out.matches("200 OK").count(), 1, "{out}");
+        assert_eq!(p.served, 2);
+        let start = p.take_push().unwrap();
+        assert_eq!(
+            start.req,
+            crate::push::req::PushReq::Publish { room: "r".into() }
+        );
+        assert_eq!(start.body, BodyKind::Length(5));
+        assert_eq!(start.close, None);
+        assert!(p.take_push().is_none());
+    }
+
+    #[test]
     fn random_bytes_never_panic_the_state_machine() {
         let c = Config {
             max_header_bytes: 256,
