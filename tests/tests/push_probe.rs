@@ -372,3 +372,61 @@ fn a_close_frame_a_reset_and_a_clean_end_of_stream_are_told_apart() {
         );
     }
 }
+
+/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
+fn make_certs(dir: &peers::TempDir) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let p = |p: std::path::PathBuf| p.display().to_string();
+    (
+        p(dir.write("ca.pem", &ca.pem())),
+        p(dir.write("server.pem", &cert.pem())),
+        p(dir.write("server.key", &key.serialize_pem())),
+    )
+}
+
+#[test]
+fn wss_through_nginx_with_tls_is_probed_with_the_usual_tls_options() {
+    require_tool!("nginx");
+    let (_s, app) = serve(&[]);
+    let certs = peers::TempDir::new("wss-certs");
+    let (ca, cert, key) = make_certs(&certs);
+    let front = free_port();
+    let _ng = nginx(
+        &format!(
+            "  server {{ listen 127.0.0.1:{front} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n    \
+             location / {{ proxy_pass http://{app}; proxy_http_version 1.1;\n      \
+             proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";\n      \
+             proxy_read_timeout 2s; }} }}"
+        ),
+        front,
+        None,
+    );
+    let url = format!("wss://127.0.0.1:{front}/ws");
+    let r = finish(
+        start(&[
+            "probe",
+            &url,
+            "--cacert",
+            &ca,
+            "--heartbeat",
+            "500ms",
+            "--hold",
+            "3s",
+            "--json",
+        ]),
+        "wss probe",
+    );
+    assert_eq!(r["status"], 101, "{r}");
+    assert!(f(&r, "/tls_handshake_s") > 0.0, "{r}");
+    assert_eq!(r["heartbeat"]["end"], "alive", "{r}");
+    assert!(f(&r, "/heartbeat/pongs_received") >= 4.0, "{r}");
+    // The certificate is not trusted without --cacert: a TLS error, exit 8.
+    fails(&["probe", &url, "--hold", "1s"], 8, "TLS");
+}
