@@ -45,7 +45,7 @@ enum Command {
     Read(cmd::read::Args),
     /// Serve HTTP/1.x with exact, configurable keep-alive behaviour and logged close reasons.
     Serve(cmd::serve::Args),
-    /// Measure what an HTTP server or proxy really does with idle connections.
+    /// Measure what a server or proxy does with idle HTTP, WebSocket and SSE connections.
     Probe(cmd::probe::Args),
     /// Reproduce the keep-alive reuse race against a URL and count failures per idle time.
     Race(cmd::race::Args),
