@@ -149,3 +149,43 @@ fn bad_flags_and_a_closed_port_get_their_exit_codes() {
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(stderr(&o).contains("Connection refused"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_server_without_push_endpoints_is_told_so_with_exit_9() {
+    // A plain HTTP server: every path, /ws and /publish included, is 404.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in listener.incoming().take(16) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0
+                        || s.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nnot found\n",
+                        )
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let o = kaprobe()
+        .args([
+            "bench",
+            "push",
+            "--url",
+            &format!("http://{addr}"),
+            "--messages",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(9), "{}", stderr(&o));
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+}

@@ -430,3 +430,27 @@ fn wss_through_nginx_with_tls_is_probed_with_the_usual_tls_options() {
     // The certificate is not trusted without --cacert: a TLS error, exit 8.
     fails(&["probe", &url, "--hold", "1s"], 8, "TLS");
 }
+
+#[test]
+fn server_heartbeats_on_an_idle_event_stream_are_counted_and_named_in_the_verdict() {
+    let (_s, app) = serve(&["--sse-heartbeat", "300ms"]);
+    let r = finish(
+        start(&[
+            "probe",
+            "--sse",
+            &format!("http://{app}/sse"),
+            "--hold",
+            "1500ms",
+            "--json",
+        ]),
+        "sse probe",
+    );
+    assert_eq!(r["idle"]["end"], "alive", "{r}");
+    assert!(f(&r, "/idle/heartbeats_received") >= 3.0, "{r}");
+    assert!(f(&r, "/idle/longest_silence_s") < 1.0, "{r}");
+    let verdict = r["verdict"].as_str().unwrap();
+    assert!(
+        verdict.starts_with("survived at least 1.5 s idle (the server sent "),
+        "{verdict}"
+    );
+}
