@@ -15,7 +15,7 @@ pub enum Error {
     #[error("bad URL '{url}': {reason}")]
     BadUrl { url: String, reason: String },
     /// The URL's scheme is not http or https.
-    #[error("unsupported scheme '{scheme}' in '{url}': kaprobe speaks http:// and https:// only")]
+    #[error("unsupported scheme '{scheme}' in '{url}': kaprobe speaks http://, https://, ws:// and wss://")]
     UnsupportedScheme { url: String, scheme: String },
     /// The host name did not resolve.
     #[error("could not resolve host '{host}': {reason}")]
