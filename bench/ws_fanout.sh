@@ -3,14 +3,19 @@
 # broadcast server (bench/ws/broadcast.js, one thread), side by side in one run, same client:
 #   - N idle WebSocket clients (default 10,000) over source addresses 127.0.0.1..8
 #   - memory per idle WebSocket connection: server RSS delta / N
-#   - M messages (default 50, one every 20 ms) sent by one more client and broadcast to all:
-#     delivery latency p50/p99 (send to receive, same clock) and delivered messages/s
+#   - M messages (default 20, one every 500 ms) sent by one more client and broadcast to all:
+#     delivery latency p50/p99 (send to receive, one clock in one client process)
+#   - then B messages (default 50) back to back: delivered messages/s over the burst
+# Server and client are pinned to different CPUs. The client process reads every delivery,
+# so on a 2-core machine it can be what limits the figures: compare the two columns, and
+# pace (interval) so that one broadcast is read before the next is sent.
 # Needs: node (v18+), npm (installs `ws` into a temp dir), python3, taskset.
-# Usage: bench/ws_fanout.sh [clients] [messages] [interval-ms]
+# Usage: bench/ws_fanout.sh [clients] [messages] [interval-ms] [burst]
 set -euo pipefail
 CLIENTS=${1:-10000}
-MESSAGES=${2:-50}
-INTERVAL=${3:-20}
+MESSAGES=${2:-20}
+INTERVAL=${3:-500}
+BURST=${4:-50}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 cargo build --release -q -p kaprobe --bin kaprobe
@@ -36,7 +41,7 @@ WS_VERSION=$(node -p "require('$TMP/node_modules/ws/package.json').version")
 
 run_client() { # url pid -> JSON line
   taskset -c $CLIENT_CPU "$CLIENT" --url "$1" --pid "$2" --clients "$CLIENTS" \
-    --messages "$MESSAGES" --interval-ms "$INTERVAL"
+    --messages "$MESSAGES" --interval-ms "$INTERVAL" --burst "$BURST"
 }
 
 port=$(free_port)
@@ -64,7 +69,7 @@ rows = [
   ("bytes per idle WebSocket", f"{k['bytes_per_idle_conn']:.0f}", f"{n['bytes_per_idle_conn']:.0f}", n['bytes_per_idle_conn'] / k['bytes_per_idle_conn'] if k['bytes_per_idle_conn'] else None),
   ("connect all (s)", f"{k['connect_s']:.2f}", f"{n['connect_s']:.2f}", None),
 ]
-print(f"{k['clients']} WebSocket clients, {k['messages']} broadcast messages; anchor: node ws {ver}")
+print(f"{k['clients']} WebSocket clients, {k['messages']} paced + {k['burst']} burst broadcast messages; anchor: node ws {ver}")
 print(f"{'':28} {'kaprobe':>14} {'node ws':>14} {'ratio (kaprobe better if > 1)':>30}")
 for name, a, b, r in rows:
     print(f"{name:28} {a:>14} {b:>14} {'' if r is None else f'{r:.2f}x':>30}")

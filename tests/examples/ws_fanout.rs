@@ -2,9 +2,11 @@
 //!
 //! Opens `--clients` WebSocket connections to one URL (spread over source addresses
 //! 127.0.0.1..=127.0.0.N), reads the server's RSS before and after (memory per idle
-//! connection), then a publisher connection sends `--messages` text messages, each carrying
-//! its send time; every client records the delivery latency of each. Prints one JSON line:
-//! clients, delivered, p50/p99 latency (ms), delivered messages/s, bytes per idle connection.
+//! connection), then a publisher connection sends `--messages` text messages paced
+//! `--interval-ms` apart, each carrying its send time; every client records the delivery
+//! latency of each (p50/p99). Then `--burst` messages back to back: delivered messages/s is
+//! the burst's deliveries over the time from its first send to its last delivery. Prints one
+//! JSON line.
 //!
 //! The server must broadcast every text message it receives to all connections of the URL
 //! (kaprobe: `/ws?room=NAME`; the Node `ws` server in the bench script does the same).
@@ -25,6 +27,7 @@ struct Args {
     interval: Duration,
     pid: Option<u32>,
     sources: u8,
+    burst: usize,
 }
 
 fn args() -> Args {
@@ -35,6 +38,7 @@ fn args() -> Args {
         interval: Duration::from_millis(20),
         pid: None,
         sources: 8,
+        burst: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -46,6 +50,7 @@ fn args() -> Args {
             "--interval-ms" => a.interval = Duration::from_millis(v.parse().unwrap()),
             "--pid" => a.pid = Some(v.parse().unwrap()),
             "--sources" => a.sources = v.parse().unwrap(),
+            "--burst" => a.burst = v.parse().unwrap(),
             _ => panic!("unknown option {k}"),
         }
     }
@@ -69,7 +74,15 @@ async fn connect(url: &str, target: SocketAddr, source: Ipv4Addr) -> Ws {
     sock.bind(SocketAddr::from((source, 0))).unwrap();
     let tcp = sock.connect(target).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    tokio_tungstenite::client_async(url, tcp).await.unwrap().0
+    // A small read buffer: tungstenite's default (128 KiB) is prepared on every read, which
+    // would make this client, not the server, the thing measured.
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    tokio_tungstenite::client_async_with_config(url, tcp, Some(cfg))
+        .await
+        .unwrap()
+        .0
 }
 
 fn main() {
@@ -115,6 +128,7 @@ async fn run(a: Args) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let rss1 = rss_kib(a.pid);
     let messages = a.messages;
+    let total = a.messages + a.burst;
     let done = Arc::new(tokio::sync::Semaphore::new(0));
     let mut tasks = Vec::with_capacity(conns.len());
     for mut c in conns {
@@ -122,31 +136,35 @@ async fn run(a: Args) {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(messages);
             let mut last = Duration::ZERO;
-            while lat.len() < messages {
+            let mut got = 0;
+            let mut burst_got = 0u64;
+            while got < total {
                 let m = match tokio::time::timeout(Duration::from_secs(60), c.next()).await {
                     Ok(Some(Ok(m))) => m,
                     _ => break,
                 };
                 if let Message::Text(t) = m {
                     let now = epoch.elapsed();
-                    let sent: u64 = t
-                        .split(':')
-                        .nth(1)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    let sent = Duration::from_nanos(sent);
-                    lat.push(now.saturating_sub(sent).as_micros() as u32);
-                    last = now;
+                    let mut parts = t.split(':');
+                    let seq: usize = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let sent: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    got += 1;
+                    if seq < messages {
+                        let sent = Duration::from_nanos(sent);
+                        lat.push(now.saturating_sub(sent).as_micros() as u32);
+                    } else {
+                        burst_got += 1;
+                        last = now;
+                    }
                 }
             }
             done.add_permits(1);
-            (lat, last, c)
+            (lat, last, burst_got, c)
         }));
     }
     let source = Ipv4Addr::new(127, 0, 0, 1);
     let mut publisher = connect(&a.url, target, source).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let first_send = epoch.elapsed();
     let pad = "x".repeat(32);
     for seq in 0..a.messages {
         let now = epoch.elapsed().as_nanos();
@@ -158,13 +176,26 @@ async fn run(a: Args) {
             tokio::time::sleep(a.interval).await;
         }
     }
+    // Let the paced phase drain before the burst.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first_send = epoch.elapsed();
+    for seq in a.messages..total {
+        let now = epoch.elapsed().as_nanos();
+        publisher
+            .feed(Message::text(format!("{seq}:{now}:{pad}")))
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
     let mut all = Vec::with_capacity(a.clients * a.messages);
     let mut last = Duration::ZERO;
+    let mut burst_delivered = 0u64;
     let mut keep = Vec::with_capacity(a.clients);
     for t in tasks {
-        let (lat, l, c) = t.await.unwrap();
+        let (lat, l, b, c) = t.await.unwrap();
         all.extend(lat);
         last = last.max(l);
+        burst_delivered += b;
         keep.push(c);
     }
     all.sort_unstable();
@@ -176,16 +207,17 @@ async fn run(a: Args) {
         f64::from(all[idx]) / 1000.0
     };
     let span = last.saturating_sub(first_send).as_secs_f64();
-    let delivered = all.len();
+    let delivered = all.len() as u64 + burst_delivered;
     let v = serde_json::json!({
         "clients": a.clients,
         "messages": a.messages,
-        "expected": a.clients * a.messages,
+        "burst": a.burst,
+        "expected": a.clients * total,
         "delivered": delivered,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
-        "msgs_per_s": if span > 0.0 { delivered as f64 / span } else { 0.0 },
+        "msgs_per_s": if span > 0.0 { burst_delivered as f64 / span } else { 0.0 },
         "span_s": span,
         "connect_s": connect_s,
         "rss_before_kib": rss0,

@@ -229,6 +229,31 @@ async fn ws_without_room_echoes_text_and_binary() {
 }
 
 #[tokio::test]
+async fn push_connections_outlive_the_keepalive_timeout_and_are_counted() {
+    let srv = serve(&["--keepalive-timeout", "1s"]);
+    let mut c = ws(&srv.ws_url("?room=k")).await;
+    let mut sse = Sse::open(&srv.addr, "/sse?room=k", "").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = get(&srv.addr, "/_kaprobe/stats", "").await;
+    let v: serde_json::Value = serde_json::from_str(body(&r)).unwrap();
+    assert_eq!(
+        (v["ws_open"].as_u64(), v["sse_open"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["closes"]["idle_timeout"], 0, "{v}");
+    publish(&srv.addr, "k", "still open").await;
+    assert_eq!(next_text(&mut c).await, "still open");
+    sse.until("data: still open\n\n").await;
+    let r = get(&srv.addr, "/metrics", "").await;
+    assert!(r.contains("\nkaprobe_published_total 1\n"), "{r}");
+    assert!(
+        r.contains("kaprobe_connection_closes_total{reason=\"ws_pong_timeout\"} 0"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
 async fn room_broadcast_reaches_exactly_the_three_members() {
     let srv = serve(&[]);
     let mut members = Vec::new();
@@ -336,6 +361,30 @@ async fn store_keeps_messages_and_ids_across_a_restart() {
     assert_eq!(v["messages"].as_array().unwrap().len(), 2);
     drop(srv);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_large_publish_with_expect_continue_is_not_held_up() {
+    require_tool!("curl");
+    let srv = serve(&[]);
+    // curl sends Expect: 100-continue for bodies over 1 KiB and waits up to 1 s for the 100.
+    let text = "z".repeat(5000);
+    let url = format!("http://{}/publish?room=big", srv.addr);
+    let t0 = Instant::now();
+    let o = Command::new("curl")
+        .args(["-sf", "--data-binary", &text, &url])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"room":"big","id":1}));
+    let r = get(&srv.addr, "/poll?room=big", "").await;
+    assert!(body(&r).contains(&text), "{r}");
 }
 
 #[tokio::test]
@@ -710,4 +759,31 @@ async fn through_nginx_heartbeats_keep_idle_channels_open_and_silence_gets_them_
     let (t, beats) = sse_beat.await.unwrap();
     assert_eq!(t, None, "event stream with heartbeats was cut");
     assert!(beats >= 8, "{beats} heartbeats in 10 s");
+}
+
+#[test]
+fn bad_push_flags_name_the_flag_and_the_range() {
+    let cases: [(&[&str], u8, &str); 4] = [
+        (&["--ws-ping", "5ms"], 2, "--ws-ping"),
+        (&["--sse-heartbeat", "2h"], 2, "--sse-heartbeat"),
+        (
+            &["--ws-max-message", "10"],
+            2,
+            "--ws-max-message 10 is out of range: use 125..=67108864",
+        ),
+        (
+            &["--store", "/nonexistent-kaprobe-dir/x.sqlite"],
+            7,
+            "--store /nonexistent-kaprobe-dir/x.sqlite",
+        ),
+    ];
+    for (args, code, msg) in cases {
+        let mut full = vec!["serve", "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        let o = kaprobe_tests::run(&full);
+        assert_eq!(o.status.code(), Some(i32::from(code)), "{args:?}");
+        let err = kaprobe_tests::stderr(&o);
+        assert!(err.contains(msg), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 }

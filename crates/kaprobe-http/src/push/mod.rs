@@ -97,6 +97,7 @@ pub(crate) async fn serve(
                 stream,
                 pending,
                 start.body,
+                start.expect_continue,
                 &start_meta(&start.close, start.minor),
                 &room,
                 ctl,
@@ -239,10 +240,12 @@ fn interval(every: Duration) -> Option<tokio::time::Interval> {
     Some(i)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     mut stream: TcpStream,
     mut pending: Vec<u8>,
     body: BodyKind,
+    expect_continue: bool,
     meta: &Meta,
     room: &str,
     ctl: &Ctl,
@@ -262,6 +265,11 @@ async fn publish(
         }
     };
     let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if expect_continue && pending.len() < len {
+        if let Err(r) = write_all(&mut stream, b"HTTP/1.1 100 Continue\r\n\r\n", sh).await {
+            return After::Gone(stream, r, "mid-request");
+        }
+    }
     let deadline = Instant::now() + sh.cfg.header_timeout;
     while pending.len() < len {
         pending.reserve((len - pending.len()).min(64 * 1024));

@@ -342,4 +342,50 @@ mod tests {
         );
         assert_eq!(parse("GET", 1, "/wsx", &[]), None);
     }
+
+    #[test]
+    fn arbitrary_targets_and_headers_never_panic() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let bits = [
+            "/ws",
+            "/sse",
+            "/poll",
+            "/publish",
+            "?",
+            "&",
+            "=",
+            "room",
+            "ping",
+            "since",
+            "wait",
+            "heartbeat",
+            "last_event_id",
+            "1s",
+            "0",
+            "-1",
+            "99999999999999999999",
+            "%",
+            "\u{e9}",
+            "ms",
+            "x",
+        ];
+        for _ in 0..20_000 {
+            let mut t = String::new();
+            for _ in 0..8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push_str(bits[(x % bits.len() as u64) as usize]);
+            }
+            let id: String = t.chars().take(5).collect();
+            let hs = [
+                ("Upgrade", "websocket"),
+                ("Connection", "upgrade"),
+                ("Last-Event-ID", id.as_str()),
+            ];
+            for m in ["GET", "POST"] {
+                let _ = parse(m, 1, &t, &h(&hs));
+            }
+        }
+    }
 }

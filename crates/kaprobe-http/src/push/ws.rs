@@ -143,8 +143,10 @@ pub(super) async fn run(
     }
     drop(out);
     let max = sh.cfg.ws_max_message;
+    // A small read buffer (tungstenite grows it for larger frames): it is most of what an
+    // idle connection holds, and it is zeroed before each read.
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));

@@ -41,6 +41,8 @@ pub struct PushStart {
     pub minor: u8,
     /// Why the connection must close after this request, if the request said so.
     pub close: Option<Reason>,
+    /// The request sent `Expect: 100-continue`.
+    pub expect_continue: bool,
 }
 
 #[derive(Debug)]
@@ -132,6 +134,7 @@ impl Proto {
                                     req: *p,
                                     body: head.body,
                                     minor: head.minor,
+                                    expect_continue: head.expect_continue,
                                 }));
                                 return (pos, Outcome::Push);
                             }
