@@ -254,6 +254,20 @@ fn bad_urls_refused_ports_and_servers_without_push_channels_get_their_own_exit_c
         9,
         "not text/event-stream",
     );
+    // An HTTP/1.0 server cannot upgrade at all.
+    let old = one_peer(|mut s| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            .await;
+    });
+    fails(
+        &["probe", &format!("ws://{old}/ws")],
+        9,
+        "HTTP/1.0, which has no upgrade: not a WebSocket endpoint",
+    );
 }
 
 /// A one-connection peer on loopback, run on its own thread: `serve_one(stream)` handles the

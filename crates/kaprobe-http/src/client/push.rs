@@ -465,6 +465,11 @@ fn ws_handshake_error(what: String, e: WsError) -> Error {
             what,
             detail: "the server closed the connection without answering".into(),
         },
+        WsError::Protocol(ProtocolError::WrongHttpVersion) => Error::NotPush {
+            what,
+            detail: "the server answered with HTTP/1.0, which has no upgrade: not a WebSocket endpoint"
+                .into(),
+        },
         WsError::Tls(e) => Error::Tls {
             what,
             reason: e.to_string(),
