@@ -285,7 +285,12 @@ impl RecordReader {
             h.copy_from_slice(b);
         }
         let v = u128::from_le_bytes(h);
-        let mut w = [v as u32, (v >> 32) as u32, (v >> 64) as u32, (v >> 96) as u32];
+        let mut w = [
+            v as u32,
+            (v >> 32) as u32,
+            (v >> 64) as u32,
+            (v >> 96) as u32,
+        ];
         if self.big_endian {
             for x in &mut w {
                 *x = x.swap_bytes();

@@ -15,7 +15,7 @@ pub enum Error {
     #[error("bad URL '{url}': {reason}")]
     BadUrl { url: String, reason: String },
     /// The URL's scheme is not http or https.
-    #[error("unsupported scheme '{scheme}' in '{url}': kaprobe speaks http:// and https:// only")]
+    #[error("unsupported scheme '{scheme}' in '{url}': kaprobe speaks http://, https://, ws:// and wss://")]
     UnsupportedScheme { url: String, scheme: String },
     /// The host name did not resolve.
     #[error("could not resolve host '{host}': {reason}")]
@@ -53,6 +53,9 @@ pub enum Error {
     /// The connection was reset or closed before any response byte.
     #[error("{what}: {detail}")]
     NoResponse { what: String, detail: String },
+    /// The server answered, but not as a push channel (no WebSocket upgrade, no event stream).
+    #[error("{what}: {detail}")]
+    NotPush { what: String, detail: String },
     /// A CA certificate file could not be read or holds no PEM certificate.
     #[error("CA file {path}: {reason}")]
     CaFile { path: String, reason: String },

@@ -55,10 +55,12 @@ enum Command {
     Read(cmd::read::Args),
     /// Serve HTTP/1.x with exact, configurable keep-alive behaviour and logged close reasons.
     Serve(cmd::serve::Args),
-    /// Measure what an HTTP server or proxy really does with idle connections.
+    /// Measure what a server or proxy does with idle HTTP, WebSocket and SSE connections.
     Probe(cmd::probe::Args),
     /// Reproduce the keep-alive reuse race against a URL and count failures per idle time.
     Race(cmd::race::Args),
+    /// Benchmarks: `bench push` compares polling, long polling, SSE and WebSocket per message.
+    Bench(cmd::bench::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
     /// Print the man page (roff), or write one page per command into a directory.
@@ -147,6 +149,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Probe(a) => cmd::probe::run(a),
         Command::Race(a) => cmd::race::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Completions(a) => cmd::completions::run(&a, Cli::command()),
         Command::Man(a) => cmd::man::run(&a, Cli::command()),
     };

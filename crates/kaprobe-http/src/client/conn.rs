@@ -618,6 +618,12 @@ impl Conn {
     pub fn has_buffered(&self) -> bool {
         !self.buf.is_empty()
     }
+
+    /// The byte stream and the bytes already read past the last response head (push
+    /// channels take over the connection after the handshake).
+    pub fn into_parts(self) -> (Box<dyn Io>, Vec<u8>) {
+        (self.io, self.buf)
+    }
 }
 
 fn truncate(e: ReadFail, got: u64) -> ReadFail {

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use kaprobe_http::client::{probe, ProbeOptions, ProbeReport, TlsOptions};
+use kaprobe_http::client::{probe, ProbeOptions, ProbeReport, PushKind, TlsOptions};
 
 use crate::exit::{self, Failure};
 use crate::util::{self, parse_duration, print_json_line, table};
 
-/// Measure what an HTTP server or proxy really does with idle connections.
+/// Measure what an HTTP server or proxy really does with idle connections (and idle
+/// WebSockets and event streams: ws://, wss://, --sse).
 ///
 /// Opens a ladder of keep-alive connections (--connections, default 100) that idle in
 /// parallel. Each one waits for the server to close it (timing the FIN or RST to a few
@@ -36,23 +37,51 @@ the TLS handshake against a request on a reused connection. It compares all of t
 what the server advertises (`Keep-Alive: timeout=N, max=M`) and ends with a verdict: the
 idle time a client or proxy pool in front of the server must stay under.
 
+Push channels: a ws:// or wss:// URL, or --sse with an http(s) URL, probes a WebSocket or a
+Server-Sent Events stream instead. One connection is left idle and timed until something ends
+it (close frame, bare FIN, RST) or --hold / --max-wait runs out; when it died after T, a second
+connection with a heartbeat of about T/2 (client pings; for SSE the server's heartbeat, asked
+for with ?heartbeat=D, a kaprobe serve parameter) is watched for a few lifetimes to confirm
+the interval. --heartbeat D watches one connection with that heartbeat instead. See
+docs/push-probe.md.
+
 Examples:
   kaprobe probe http://127.0.0.1:8080/
   kaprobe probe https://localhost:8443/health --cacert ca.pem --max-wait 90s
   kaprobe probe http://10.0.0.5/ --json | jq .idle
+  kaprobe probe ws://127.0.0.1:8080/ws
+  kaprobe probe --sse http://127.0.0.1:8080/sse --heartbeat 1s --hold 10s
 
 Exit codes: 0 measured (whatever the verdict), 2 bad URL or flag, 3 host not resolved,
 4 connection refused, 5 unreachable or no answer in time,
 7 --cacert file unreadable or not PEM, 8 TLS error,
-9 not HTTP (garbage, cut-off or empty answer). See docs/probe.md.")]
+9 not HTTP (garbage, cut-off or empty answer), not a WebSocket (no 101 to the upgrade) or
+not an event stream (no 200 text/event-stream). See docs/probe.md and docs/push-probe.md.")]
 pub struct Args {
-    /// The URL to probe: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH].
+    /// The URL to probe: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH]; ws:// or
+    /// wss:// for a WebSocket.
     pub url: String,
 
+    /// Probe a Server-Sent Events stream (text/event-stream) at the http(s) URL.
+    #[arg(long)]
+    pub sse: bool,
+
     /// Upper bound on the whole probe (e.g. 90s, 2m). Idle timeouts longer than this are
-    /// reported as "not within --max-wait". Range 1s..=24h.
-    #[arg(long, value_name = "D", default_value = "150s", value_parser = parse_duration)]
-    pub max_wait: Duration,
+    /// reported as "not within --max-wait" ("survived at least" for push channels).
+    /// Range 1s..=24h. Default 150s for http(s), 5m for WebSocket and SSE.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub max_wait: Option<Duration>,
+
+    /// Push channels only: keep the connection alive with this heartbeat and watch just that
+    /// one (WebSocket: a client ping every D; SSE: asks the server with ?heartbeat=D, which
+    /// kaprobe serve understands). Range 10ms..=1h.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+
+    /// Push channels only: watch each connection at most this long (e.g. --heartbeat 1s
+    /// --hold 10s: does a 1 s heartbeat keep it alive for 10 s?). Range 1s..=24h.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub hold: Option<Duration>,
 
     /// Connections on the idle ladder (more connections = finer silent-drop timing).
     /// Range 2..=1000.
@@ -86,7 +115,10 @@ pub(crate) fn failure(e: kaprobe_http::Error) -> Failure {
         E::ConnectTimeout { .. } | E::NoAnswer { .. } => exit::UNREACHABLE,
         E::Tls { .. } => exit::TLS,
         E::CaFile { .. } => exit::FILE,
-        E::Garbage { .. } | E::ClosedMidResponse { .. } | E::NoResponse { .. } => exit::PROTOCOL,
+        E::Garbage { .. }
+        | E::ClosedMidResponse { .. }
+        | E::NoResponse { .. }
+        | E::NotPush { .. } => exit::PROTOCOL,
         _ => exit::FAILURE,
     };
     Failure::new(code, e.to_string())
@@ -111,11 +143,27 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    check_max_wait(args.max_wait)?;
+    let lower = args.url.trim().to_ascii_lowercase();
+    if args.sse || lower.starts_with("ws://") || lower.starts_with("wss://") {
+        let kind = if args.sse {
+            PushKind::Sse
+        } else {
+            PushKind::Websocket
+        };
+        return run_push(&args, kind);
+    }
+    if args.heartbeat.is_some() || args.hold.is_some() {
+        return Err(Failure::usage(
+            "--heartbeat and --hold are for push channels: use a ws:// or wss:// URL, or --sse",
+        )
+        .into());
+    }
+    let max_wait = args.max_wait.unwrap_or(Duration::from_secs(150));
+    check_max_wait(max_wait)?;
     util::in_range("--connections", args.connections, 2..=1000)?;
     util::in_range("--max-requests-cap", args.max_requests_cap, 1..=100_000)?;
     let opts = ProbeOptions {
-        max_wait: args.max_wait,
+        max_wait,
         connections: args.connections,
         max_requests_cap: args.max_requests_cap,
         tls: TlsOptions {
@@ -257,4 +305,117 @@ pub(crate) fn render(r: &ProbeReport) {
     }
     println!("{}", util::verdict_line(&r.verdict));
     println!("(probe took {})", took(r));
+}
+
+/// `kaprobe probe ws://...` / `kaprobe probe --sse URL`: the push-channel prober.
+fn run_push(args: &Args, kind: PushKind) -> anyhow::Result<ExitCode> {
+    use kaprobe_http::client::{push_probe, PushOptions};
+    let max_wait = args.max_wait.unwrap_or(Duration::from_secs(300));
+    check_max_wait(max_wait)?;
+    if let Some(h) = args.heartbeat {
+        if h < Duration::from_millis(10) || h > Duration::from_secs(3600) {
+            return Err(Failure::usage(format!(
+                "--heartbeat {} is out of range: use 10ms..=1h",
+                util::human(h)
+            ))
+            .into());
+        }
+    }
+    if let Some(h) = args.hold {
+        if h < Duration::from_secs(1) || h > Duration::from_secs(86_400) {
+            return Err(Failure::usage(format!(
+                "--hold {} is out of range: use 1s..=24h",
+                util::human(h)
+            ))
+            .into());
+        }
+    }
+    let opts = PushOptions {
+        kind,
+        max_wait,
+        heartbeat: args.heartbeat,
+        hold: args.hold,
+        tls: TlsOptions {
+            cacert: args.cacert.clone(),
+            insecure: args.insecure,
+        },
+    };
+    let rt = runtime()?;
+    let result = rt.block_on(push_probe(&args.url, &opts));
+    rt.shutdown_timeout(Duration::from_millis(100));
+    let report = result.map_err(failure)?;
+    if args.json {
+        print_json_line(&serde_json::to_value(&report)?);
+    } else {
+        render_push(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_push(r: &kaprobe_http::client::PushReport) {
+    use kaprobe_http::client::{PushEnd, PushWatch};
+    println!(
+        "{} -> {} (status {}{})",
+        r.url,
+        r.address,
+        r.status,
+        r.server
+            .as_deref()
+            .map_or(String::new(), |s| format!(", server: {s}"))
+    );
+    let mut t = table();
+    t.set_header(vec![
+        "connection",
+        "heartbeat",
+        "lasted",
+        "how it ended",
+        "heard from the server",
+    ]);
+    let row = |name: &str, w: &PushWatch| {
+        let beat = match (w.heartbeat_s, r.kind) {
+            (None, _) => "none".to_string(),
+            (Some(h), PushKind::Websocket) => format!("client ping every {h:.1} s"),
+            (Some(h), PushKind::Sse) => format!("?heartbeat={h:.1}s"),
+        };
+        let lasted = if w.end == PushEnd::Alive {
+            format!("at least {:.2} s", w.lasted_s)
+        } else {
+            format!("{:.2} s", w.lasted_s)
+        };
+        let mut how = w.end.describe(r.kind).to_string();
+        if let Some(c) = w.close_code {
+            how.push_str(&format!(" {c}"));
+        }
+        if let Some(reason) = w.close_reason.as_deref().filter(|s| !s.is_empty()) {
+            how.push_str(&format!(" \"{reason}\""));
+        }
+        if let Some(e) = &w.error {
+            how.push_str(&format!(": {e}"));
+        }
+        let heard = match r.kind {
+            PushKind::Websocket => format!(
+                "{} pongs to {} pings, {} server pings, {} messages",
+                w.pongs_received, w.pings_sent, w.server_pings, w.messages
+            ),
+            PushKind::Sse => format!(
+                "{} heartbeats, {} events",
+                w.heartbeats_received, w.messages
+            ),
+        };
+        vec![name.to_string(), beat, lasted, how, heard]
+    };
+    if let Some(w) = &r.idle {
+        t.add_row(row("idle", w));
+    }
+    if let Some(w) = &r.heartbeat {
+        t.add_row(row("with heartbeat", w));
+    }
+    println!("{t}");
+    println!("verdict: {}", r.verdict);
+    println!(
+        "(connect {}, handshake {}; probe took {:.2} s)",
+        ms(r.connect_s),
+        ms(r.handshake_s),
+        r.elapsed_s
+    );
 }

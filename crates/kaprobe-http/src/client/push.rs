@@ -1,0 +1,1283 @@
+//! `probe` for push channels: how long an idle WebSocket or Server-Sent Events stream lives,
+//! how it ends, and the longest heartbeat interval that keeps it alive.
+//!
+//! One connection is opened and left idle until something ends it (a WebSocket close frame,
+//! a bare FIN, an RST, the clean end of an event stream) or the watch runs out. When it died
+//! after `T`, a second connection with a heartbeat of about `T/2` (WebSocket: client pings;
+//! SSE: the server's heartbeat, asked for with `?heartbeat=D`, a `kaprobe serve` parameter)
+//! is watched for a few lifetimes to confirm that the heartbeat keeps it alive.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::conn::{Connector, HttpVersion, Io, OpenTimes};
+use super::target::Target;
+use super::tls::TlsOptions;
+use crate::Error;
+
+/// Which push channel to probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushKind {
+    /// RFC 6455 WebSocket (`ws://`, `wss://`).
+    Websocket,
+    /// Server-Sent Events (`text/event-stream` over http:// or https://).
+    Sse,
+}
+
+impl PushKind {
+    fn noun(self) -> &'static str {
+        match self {
+            PushKind::Websocket => "WebSockets",
+            PushKind::Sse => "event streams",
+        }
+    }
+}
+
+/// What the push prober does and how long it may take.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub kind: PushKind,
+    /// Upper bound on the whole probe.
+    pub max_wait: Duration,
+    /// Force this heartbeat (WebSocket: client ping; SSE: `?heartbeat=D`) and watch only one
+    /// connection with it.
+    pub heartbeat: Option<Duration>,
+    /// Watch each connection at most this long.
+    pub hold: Option<Duration>,
+    pub tls: TlsOptions,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self {
+            kind: PushKind::Websocket,
+            max_wait: Duration::from_secs(300),
+            heartbeat: None,
+            hold: None,
+            tls: TlsOptions::default(),
+        }
+    }
+}
+
+/// How a watched connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushEnd {
+    /// WebSocket: the peer sent a close frame.
+    CloseFrame,
+    /// SSE: the response ended cleanly (the last chunk of a chunked body).
+    StreamEnd,
+    /// The TCP connection ended with FIN, without a close frame or a clean end.
+    Fin,
+    /// The connection was reset (RST).
+    Rst,
+    /// Some other error ended it.
+    Error,
+    /// Still open when the watch ended.
+    Alive,
+}
+
+impl PushEnd {
+    /// A few words for tables and verdicts.
+    pub fn describe(self, kind: PushKind) -> &'static str {
+        match (self, kind) {
+            (PushEnd::CloseFrame, _) => "close frame",
+            (PushEnd::StreamEnd, _) => "clean end of the stream",
+            (PushEnd::Fin, PushKind::Websocket) => "FIN without a close frame",
+            (PushEnd::Fin, PushKind::Sse) => "FIN mid-stream",
+            (PushEnd::Rst, _) => "RST",
+            (PushEnd::Error, _) => "error",
+            (PushEnd::Alive, _) => "still open",
+        }
+    }
+}
+
+/// One watched connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushWatch {
+    /// The heartbeat used on it (client ping or requested server heartbeat), seconds.
+    pub heartbeat_s: Option<f64>,
+    /// From the end of the handshake to the end (or to the end of the watch).
+    pub lasted_s: f64,
+    pub end: PushEnd,
+    /// Seconds without any byte from the peer before the end.
+    pub silent_before_end_s: f64,
+    /// Longest time without any byte from the peer.
+    pub longest_silence_s: f64,
+    /// WebSocket close frame code and reason.
+    pub close_code: Option<u16>,
+    pub close_reason: Option<String>,
+    /// The error that ended it (`end` = `error`).
+    pub error: Option<String>,
+    /// WebSocket pings the prober sent, pongs it got back, pings the server sent.
+    pub pings_sent: u64,
+    pub pongs_received: u64,
+    pub server_pings: u64,
+    /// SSE comment lines (`: heartbeat`) received.
+    pub heartbeats_received: u64,
+    /// Messages (WebSocket data frames, SSE events) received.
+    pub messages: u64,
+}
+
+impl PushWatch {
+    fn new(heartbeat: Option<Duration>) -> Self {
+        Self {
+            heartbeat_s: heartbeat.map(|d| d.as_secs_f64()),
+            lasted_s: 0.0,
+            end: PushEnd::Alive,
+            silent_before_end_s: 0.0,
+            longest_silence_s: 0.0,
+            close_code: None,
+            close_reason: None,
+            error: None,
+            pings_sent: 0,
+            pongs_received: 0,
+            server_pings: 0,
+            heartbeats_received: 0,
+            messages: 0,
+        }
+    }
+
+    fn died(&self) -> bool {
+        !matches!(self.end, PushEnd::Alive | PushEnd::Error)
+    }
+}
+
+/// The push prober's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    pub url: String,
+    pub kind: PushKind,
+    /// The address connected to.
+    pub address: String,
+    /// Handshake status (101 for WebSocket, 200 for SSE).
+    pub status: u16,
+    /// The handshake's `Server` header (a proxy in front usually puts its own name there).
+    pub server: Option<String>,
+    pub connect_s: f64,
+    pub tls_handshake_s: Option<f64>,
+    /// From the request to the handshake's answer.
+    pub handshake_s: f64,
+    /// The connection left idle (absent when `--heartbeat` forced one).
+    pub idle: Option<PushWatch>,
+    /// The connection with a heartbeat (the check after an idle death, or `--heartbeat`).
+    pub heartbeat: Option<PushWatch>,
+    /// How long an idle connection lived, when something ended it.
+    pub idle_lifetime_s: Option<f64>,
+    /// The longest heartbeat interval that keeps the channel alive (measured or derived).
+    pub heartbeat_max_s: Option<f64>,
+    /// Who ended the idle connection, as far as can be told.
+    pub cut_by: Option<String>,
+    pub verdict: String,
+    pub elapsed_s: f64,
+}
+
+/// An open channel, right after its handshake.
+enum Channel {
+    Ws(Box<WebSocketStream<Box<dyn Io>>>),
+    Sse {
+        io: Box<dyn Io>,
+        rest: Vec<u8>,
+        chunked: bool,
+    },
+}
+
+struct Opened {
+    channel: Channel,
+    times: OpenTimes,
+    handshake: Duration,
+    status: u16,
+    server: Option<String>,
+}
+
+/// Probe a push channel at `url` (`ws://`, `wss://`, or http(s):// for SSE).
+pub async fn push_probe(url: &str, opts: &PushOptions) -> Result<PushReport, Error> {
+    let start = Instant::now();
+    let deadline = start + opts.max_wait;
+    let target = push_target(url, opts.kind)?;
+    if let Some(h) = opts.heartbeat {
+        if h.is_zero() {
+            return Err(Error::InvalidOption(
+                "--heartbeat must be more than 0 (e.g. 1s, 500ms)".into(),
+            ));
+        }
+    }
+    let open_timeout = opts.max_wait.min(Duration::from_secs(10));
+    let mut connector = Connector::new(target.clone(), &opts.tls, open_timeout).await?;
+    let watch_len = |now: Instant| {
+        let left = deadline.saturating_duration_since(now);
+        opts.hold.map_or(left, |h| h.min(left))
+    };
+    let mut path = target.path.clone();
+    if opts.kind == PushKind::Sse {
+        if let Some(h) = opts.heartbeat {
+            path = with_heartbeat(&path, h);
+        }
+    }
+    let first = open_channel(&mut connector, opts.kind, &path, open_timeout, true).await?;
+    let mut report = PushReport {
+        url: url.to_string(),
+        kind: opts.kind,
+        address: connector.addr.to_string(),
+        status: first.status,
+        server: first.server.clone(),
+        connect_s: first.times.connect.as_secs_f64(),
+        tls_handshake_s: first.times.tls_handshake.map(|d| d.as_secs_f64()),
+        handshake_s: first.handshake.as_secs_f64(),
+        idle: None,
+        heartbeat: None,
+        idle_lifetime_s: None,
+        heartbeat_max_s: None,
+        cut_by: None,
+        verdict: String::new(),
+        elapsed_s: 0.0,
+    };
+    if let Some(h) = opts.heartbeat {
+        let until = Instant::now() + watch_len(Instant::now());
+        let w = watch(first.channel, opts.kind, Some(h), until).await;
+        report.heartbeat = Some(w);
+    } else {
+        let until = Instant::now() + watch_len(Instant::now());
+        let idle = watch(first.channel, opts.kind, None, until).await;
+        if idle.died() {
+            let t = Duration::from_secs_f64(idle.lasted_s);
+            report.idle_lifetime_s = Some(idle.lasted_s);
+            let h = half_heartbeat(t);
+            // Watch a few lifetimes, at least a few seconds, within what is left.
+            let want = (t * 3).max(t + Duration::from_secs(3));
+            let len = opts.hold.map_or(want, |x| x.min(want));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left >= t + Duration::from_secs(1) {
+                let p = if opts.kind == PushKind::Sse {
+                    with_heartbeat(&target.path, h)
+                } else {
+                    target.path.clone()
+                };
+                match open_channel(&mut connector, opts.kind, &p, open_timeout, false).await {
+                    Ok(o) => {
+                        let until = Instant::now() + len.min(left);
+                        report.heartbeat = Some(watch(o.channel, opts.kind, Some(h), until).await);
+                    }
+                    Err(e) => {
+                        let mut w = PushWatch::new(Some(h));
+                        w.end = PushEnd::Error;
+                        w.error = Some(e.to_string());
+                        report.heartbeat = Some(w);
+                    }
+                }
+            }
+        }
+        report.idle = Some(idle);
+    }
+    conclude(&mut report);
+    report.elapsed_s = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Parse `ws://`/`wss://` (as http/https) or an http(s) URL for SSE.
+pub fn push_target(url: &str, kind: PushKind) -> Result<Target, Error> {
+    let trimmed = url.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let (is_ws, rest) = if let Some(r) = lower.strip_prefix("ws://").map(|_| &trimmed[5..]) {
+        (true, format!("http://{r}"))
+    } else if let Some(r) = lower.strip_prefix("wss://").map(|_| &trimmed[6..]) {
+        (true, format!("https://{r}"))
+    } else {
+        (false, trimmed.to_string())
+    };
+    match (kind, is_ws) {
+        (PushKind::Sse, true) => {
+            return Err(Error::BadUrl {
+                url: url.to_string(),
+                reason: "--sse takes an http:// or https:// URL; ws:// and wss:// are WebSockets"
+                    .into(),
+            })
+        }
+        (PushKind::Websocket, false) => {
+            return Err(Error::BadUrl {
+                url: url.to_string(),
+                reason: "a WebSocket URL starts with ws:// or wss://".into(),
+            })
+        }
+        _ => {}
+    }
+    let mut t = Target::parse(&rest).map_err(|e| match e {
+        Error::BadUrl { reason, .. } => Error::BadUrl {
+            url: url.to_string(),
+            reason,
+        },
+        other => other,
+    })?;
+    t.url = url.to_string();
+    Ok(t)
+}
+
+/// `path` with `heartbeat=D` added to its query (a `kaprobe serve` parameter).
+fn with_heartbeat(path: &str, d: Duration) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}heartbeat={}ms", d.as_millis().max(1))
+}
+
+/// About half a lifetime, rounded to a readable value (at most two thirds of it).
+pub fn half_heartbeat(lifetime: Duration) -> Duration {
+    let h = lifetime.as_secs_f64() / 2.0;
+    let rounded = if h >= 10.0 {
+        h.round()
+    } else if h >= 0.75 {
+        (h * 2.0).round() / 2.0
+    } else {
+        ((h * 10.0).round() / 10.0).max(0.1)
+    };
+    Duration::from_secs_f64(rounded)
+}
+
+async fn open_channel(
+    connector: &mut Connector,
+    kind: PushKind,
+    path: &str,
+    timeout: Duration,
+    first: bool,
+) -> Result<Opened, Error> {
+    let (conn, times) = if first {
+        connector.open_first(timeout).await?
+    } else {
+        connector.open(timeout).await?
+    };
+    let hs_start = Instant::now();
+    let hs_deadline = hs_start + timeout;
+    let addr = connector.addr;
+    match kind {
+        PushKind::Websocket => {
+            let (io, _) = conn.into_parts();
+            let scheme = match connector.target.scheme {
+                super::Scheme::Http => "ws",
+                super::Scheme::Https => "wss",
+            };
+            let uri = format!("{scheme}://{}{path}", connector.target.host_header());
+            let what = format!("WebSocket handshake with {addr}");
+            let hs = tokio_tungstenite::client_async(uri, io);
+            let (ws, resp) = match tokio::time::timeout_at(hs_deadline, hs).await {
+                Err(_) => {
+                    return Err(Error::NoAnswer {
+                        what,
+                        after: timeout,
+                    })
+                }
+                Ok(Err(e)) => return Err(ws_handshake_error(what, e)),
+                Ok(Ok(x)) => x,
+            };
+            let server = resp
+                .headers()
+                .get("server")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Ok(Opened {
+                channel: Channel::Ws(Box::new(ws)),
+                times,
+                handshake: hs_start.elapsed(),
+                status: resp.status().as_u16(),
+                server,
+            })
+        }
+        PushKind::Sse => {
+            let mut conn = conn;
+            let what = format!("event stream request to {addr}");
+            let req = sse_request(connector, path);
+            let resp = conn
+                .exchange(&req, true, hs_deadline)
+                .await
+                .map_err(|e| e.into_error(what.clone(), timeout))?;
+            let ctype = resp.header("content-type").unwrap_or("").to_string();
+            if resp.status != 200 {
+                return Err(Error::NotPush {
+                    what,
+                    detail: format!(
+                        "the server answered {} instead of 200 with text/event-stream: not an event stream",
+                        resp.status
+                    ),
+                });
+            }
+            if !ctype.to_ascii_lowercase().starts_with("text/event-stream") {
+                let shown = if ctype.is_empty() { "none" } else { &ctype };
+                return Err(Error::NotPush {
+                    what,
+                    detail: format!(
+                        "Content-Type is {shown}, not text/event-stream: not an event stream"
+                    ),
+                });
+            }
+            let chunked = resp
+                .header("transfer-encoding")
+                .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+            let server = resp.header("server").map(str::to_string);
+            let (io, rest) = conn.into_parts();
+            Ok(Opened {
+                channel: Channel::Sse { io, rest, chunked },
+                times,
+                handshake: hs_start.elapsed(),
+                status: resp.status,
+                server,
+            })
+        }
+    }
+}
+
+fn sse_request(connector: &Connector, path: &str) -> Vec<u8> {
+    // Start from the prober's usual request and ask for an event stream instead.
+    let base = connector.request("GET", Some(path), HttpVersion::Http11);
+    let text = String::from_utf8_lossy(&base).replace(
+        "Accept: */*\r\n",
+        "Accept: text/event-stream\r\nCache-Control: no-cache\r\n",
+    );
+    text.into_bytes()
+}
+
+fn ws_handshake_error(what: String, e: WsError) -> Error {
+    match e {
+        WsError::Http(resp) => Error::NotPush {
+            what,
+            detail: format!(
+                "the server answered {} instead of 101 Switching Protocols: not a WebSocket endpoint",
+                resp.status()
+            ),
+        },
+        WsError::Io(source) if is_reset(&source) => Error::NoResponse {
+            what,
+            detail: "the server reset the connection without answering".into(),
+        },
+        WsError::Io(source) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::NoResponse {
+                what,
+                detail: "the server closed the connection without answering".into(),
+            }
+        }
+        WsError::Io(source) => Error::Io { what, source },
+        WsError::Protocol(ProtocolError::HandshakeIncomplete) => Error::NoResponse {
+            what,
+            detail: "the server closed the connection without answering".into(),
+        },
+        WsError::Protocol(ProtocolError::WrongHttpVersion) => Error::NotPush {
+            what,
+            detail: "the server answered with HTTP/1.0, which has no upgrade: not a WebSocket endpoint"
+                .into(),
+        },
+        WsError::Tls(e) => Error::Tls {
+            what,
+            reason: e.to_string(),
+        },
+        other => Error::NotPush {
+            what,
+            detail: format!("not a WebSocket handshake answer ({other})"),
+        },
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Silence bookkeeping: the longest gap between bytes from the peer.
+struct Silence {
+    start: Instant,
+    last: Instant,
+    longest: Duration,
+}
+
+impl Silence {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            start: now,
+            last: now,
+            longest: Duration::ZERO,
+        }
+    }
+
+    fn heard(&mut self, now: Instant) {
+        self.longest = self.longest.max(now.saturating_duration_since(self.last));
+        self.last = now;
+    }
+
+    fn finish(&self, w: &mut PushWatch, end: Instant) {
+        let tail = end.saturating_duration_since(self.last);
+        w.lasted_s = end.saturating_duration_since(self.start).as_secs_f64();
+        w.silent_before_end_s = tail.as_secs_f64();
+        w.longest_silence_s = self.longest.max(tail).as_secs_f64();
+    }
+}
+
+async fn watch(
+    channel: Channel,
+    kind: PushKind,
+    heartbeat: Option<Duration>,
+    until: Instant,
+) -> PushWatch {
+    match channel {
+        Channel::Ws(ws) => watch_ws(*ws, heartbeat, until).await,
+        Channel::Sse { io, rest, chunked } => {
+            let _ = kind;
+            watch_sse(io, rest, chunked, heartbeat, until).await
+        }
+    }
+}
+
+/// How a WebSocket read or write error ended the connection.
+fn ws_end(e: &WsError) -> (PushEnd, Option<String>) {
+    match e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed => (PushEnd::Fin, None),
+        WsError::Io(io) if is_reset(io) => (PushEnd::Rst, None),
+        WsError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => (PushEnd::Fin, None),
+        other => (PushEnd::Error, Some(other.to_string())),
+    }
+}
+
+async fn watch_ws(
+    ws: WebSocketStream<Box<dyn Io>>,
+    ping: Option<Duration>,
+    until: Instant,
+) -> PushWatch {
+    let mut w = PushWatch::new(ping);
+    let mut silence = Silence::new();
+    let (mut tx, mut rx) = ws.split();
+    let mut tick = ping.map(|d| tokio::time::interval_at(silence.start + d, d));
+    let end_at = loop {
+        tokio::select! {
+            m = rx.next() => {
+                let now = Instant::now();
+                match m {
+                    None => {
+                        w.end = PushEnd::Fin;
+                        break now;
+                    }
+                    Some(Ok(msg)) => {
+                        silence.heard(now);
+                        match msg {
+                            Message::Close(frame) => {
+                                w.end = PushEnd::CloseFrame;
+                                if let Some(f) = frame {
+                                    w.close_code = Some(u16::from(f.code));
+                                    w.close_reason = Some(f.reason.to_string());
+                                }
+                                break now;
+                            }
+                            Message::Ping(_) => w.server_pings += 1,
+                            Message::Pong(_) => w.pongs_received += 1,
+                            Message::Text(_) | Message::Binary(_) => w.messages += 1,
+                            Message::Frame(_) => {}
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let (end, err) = ws_end(&e);
+                        w.end = end;
+                        w.error = err;
+                        break now;
+                    }
+                }
+            }
+            () = next_tick(tick.as_mut()) => {
+                if let Err(e) = tx.send(Message::Ping(b"kaprobe".to_vec().into())).await {
+                    let (end, err) = ws_end(&e);
+                    w.end = end;
+                    w.error = err;
+                    break Instant::now();
+                }
+                w.pings_sent += 1;
+            }
+            () = tokio::time::sleep_until(until) => {
+                w.end = PushEnd::Alive;
+                break Instant::now();
+            }
+        }
+    };
+    silence.finish(&mut w, end_at);
+    if w.end == PushEnd::Alive {
+        // Say goodbye properly; the answer does not matter.
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), tx.send(Message::Close(None))).await;
+    }
+    w
+}
+
+async fn next_tick(tick: Option<&mut tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+async fn watch_sse(
+    mut io: Box<dyn Io>,
+    rest: Vec<u8>,
+    chunked: bool,
+    heartbeat: Option<Duration>,
+    until: Instant,
+) -> PushWatch {
+    let mut w = PushWatch::new(heartbeat);
+    let mut silence = Silence::new();
+    let mut dec = SseDecoder::new(chunked);
+    let count = |items: Vec<SseItem>, w: &mut PushWatch| {
+        for it in items {
+            match it {
+                SseItem::Comment(_) => w.heartbeats_received += 1,
+                SseItem::Event { .. } => w.messages += 1,
+            }
+        }
+    };
+    match dec.feed(&rest) {
+        Ok(items) => count(items, &mut w),
+        Err(e) => {
+            w.end = PushEnd::Error;
+            w.error = Some(e);
+            silence.finish(&mut w, Instant::now());
+            return w;
+        }
+    }
+    let mut chunk = vec![0u8; 16 * 1024];
+    let end_at = loop {
+        tokio::select! {
+            r = io.read(&mut chunk) => {
+                let now = Instant::now();
+                match r {
+                    Ok(0) => {
+                        w.end = if dec.ended() { PushEnd::StreamEnd } else { PushEnd::Fin };
+                        break now;
+                    }
+                    Ok(n) => {
+                        silence.heard(now);
+                        match dec.feed(&chunk[..n]) {
+                            Ok(items) => {
+                                count(items, &mut w);
+                                // The response is over even if the connection stays open.
+                                if dec.ended() {
+                                    w.end = PushEnd::StreamEnd;
+                                    break now;
+                                }
+                            }
+                            Err(e) => {
+                                w.end = PushEnd::Error;
+                                w.error = Some(e);
+                                break now;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        w.end = if dec.ended() { PushEnd::StreamEnd } else { PushEnd::Fin };
+                        break now;
+                    }
+                    Err(e) if is_reset(&e) => {
+                        w.end = PushEnd::Rst;
+                        break now;
+                    }
+                    Err(e) => {
+                        w.end = PushEnd::Error;
+                        w.error = Some(e.to_string());
+                        break now;
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(until) => {
+                w.end = PushEnd::Alive;
+                break Instant::now();
+            }
+        }
+    };
+    silence.finish(&mut w, end_at);
+    w
+}
+
+/// One item of an event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseItem {
+    /// A comment line (`: heartbeat`), without the colon.
+    Comment(String),
+    /// A dispatched event: its `id` and its `data` lines joined with `\n`.
+    Event { id: Option<String>, data: String },
+}
+
+#[derive(Debug)]
+enum Chunk {
+    Size(Vec<u8>),
+    Data(u64),
+    DataEnd,
+    Trailer(Vec<u8>),
+    Done,
+}
+
+/// Incremental decoder of a chunked HTTP body (`Transfer-Encoding: chunked`). Never panics
+/// on any input; malformed framing is an error.
+#[derive(Debug)]
+pub struct Dechunker {
+    chunk: Option<Chunk>,
+}
+
+impl Default for Dechunker {
+    fn default() -> Self {
+        Self {
+            chunk: Some(Chunk::Size(Vec::new())),
+        }
+    }
+}
+
+/// Incremental decoder: (optionally chunked) HTTP body bytes in, SSE items out. Never panics
+/// on any input; malformed chunk framing is an error.
+#[derive(Debug)]
+pub struct SseDecoder {
+    chunk: Option<Dechunker>,
+    line: Vec<u8>,
+    data: Option<String>,
+    id: Option<String>,
+}
+
+/// Longest SSE line or chunk-size line accepted.
+const MAX_LINE: usize = 1024 * 1024;
+
+impl SseDecoder {
+    /// `chunked`: the body uses `Transfer-Encoding: chunked`.
+    pub fn new(chunked: bool) -> Self {
+        Self {
+            chunk: chunked.then(Dechunker::default),
+            line: Vec::new(),
+            data: None,
+            id: None,
+        }
+    }
+
+    /// True once the last chunk (and trailers) of a chunked body arrived.
+    pub fn ended(&self) -> bool {
+        self.chunk.as_ref().is_some_and(Dechunker::done)
+    }
+
+    /// Feed body bytes; returns the items they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseItem>, String> {
+        let mut payload = Vec::new();
+        match self.chunk.as_mut() {
+            None => payload.extend_from_slice(bytes),
+            Some(d) => d.feed(bytes, &mut payload)?,
+        }
+        let mut items = Vec::new();
+        for &b in &payload {
+            if b == b'\n' {
+                let mut line = std::mem::take(&mut self.line);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.line_done(&String::from_utf8_lossy(&line), &mut items);
+            } else {
+                if self.line.len() >= MAX_LINE {
+                    return Err(format!(
+                        "an event stream line is longer than {MAX_LINE} bytes"
+                    ));
+                }
+                self.line.push(b);
+            }
+        }
+        Ok(items)
+    }
+
+    fn line_done(&mut self, line: &str, items: &mut Vec<SseItem>) {
+        if line.is_empty() {
+            if let Some(data) = self.data.take() {
+                items.push(SseItem::Event {
+                    id: self.id.clone(),
+                    data,
+                });
+            }
+            return;
+        }
+        if let Some(c) = line.strip_prefix(':') {
+            items.push(SseItem::Comment(c.trim_start().to_string()));
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => match self.data.as_mut() {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => self.data = Some(value.to_string()),
+            },
+            "id" => self.id = Some(value.to_string()),
+            _ => {}
+        }
+    }
+}
+
+impl Dechunker {
+    /// True once the last chunk and the trailers arrived.
+    pub fn done(&self) -> bool {
+        matches!(self.chunk, Some(Chunk::Done))
+    }
+
+    /// Feed body bytes; the payload they carry is appended to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let mut i = 0;
+        while i < input.len() {
+            let Some(state) = self.chunk.as_mut() else {
+                return Ok(());
+            };
+            match state {
+                Chunk::Size(line) => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\n' {
+                        let text = String::from_utf8_lossy(line);
+                        let size_txt = text.split(';').next().unwrap_or_default().trim();
+                        let size = u64::from_str_radix(size_txt, 16)
+                            .map_err(|_| format!("bad chunk size line '{}'", text.trim()))?;
+                        self.chunk = Some(if size == 0 {
+                            Chunk::Trailer(Vec::new())
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    } else {
+                        if line.len() > 4096 {
+                            return Err("a chunk size line is too long".into());
+                        }
+                        line.push(b);
+                    }
+                }
+                Chunk::Data(left) => {
+                    let avail = (input.len() - i) as u64;
+                    let take = (*left).min(avail);
+                    let end = i + usize::try_from(take).unwrap_or(input.len() - i);
+                    out.extend_from_slice(&input[i..end]);
+                    i = end;
+                    *left -= take;
+                    if *left == 0 {
+                        self.chunk = Some(Chunk::DataEnd);
+                    }
+                }
+                Chunk::DataEnd => {
+                    let b = input[i];
+                    i += 1;
+                    match b {
+                        b'\r' => {}
+                        b'\n' => self.chunk = Some(Chunk::Size(Vec::new())),
+                        _ => return Err("chunk data is not followed by CRLF".into()),
+                    }
+                }
+                Chunk::Trailer(line) => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\n' {
+                        if line.iter().all(|c| *c == b'\r') {
+                            self.chunk = Some(Chunk::Done);
+                        } else {
+                            line.clear();
+                        }
+                    } else if line.len() < 4096 {
+                        line.push(b);
+                    }
+                }
+                Chunk::Done => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Secs with one decimal: "2.0 s".
+fn s1(x: f64) -> String {
+    format!("{x:.1} s")
+}
+
+/// A heartbeat interval the way people say it: "1 s", "1.5 s", "300 ms".
+pub fn say_interval(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms.is_multiple_of(1000) {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// Who ended an idle connection, from how it ended and the handshake's `Server` header.
+fn who(kind: PushKind, w: &PushWatch, server: Option<&str>) -> String {
+    let nginx = server.is_some_and(|s| s.to_ascii_lowercase().contains("nginx"));
+    match w.end {
+        PushEnd::CloseFrame => {
+            let reason = w
+                .close_reason
+                .as_deref()
+                .filter(|r| !r.is_empty())
+                .map_or(String::new(), |r| format!(", \"{r}\""));
+            let code = w
+                .close_code
+                .map_or("no code".into(), |c| format!("code {c}"));
+            format!("the server (close frame, {code}{reason})")
+        }
+        PushEnd::StreamEnd => "the server (it ended the response)".into(),
+        PushEnd::Fin if nginx => "nginx (proxy_read_timeout?)".into(),
+        PushEnd::Fin => {
+            let what = match kind {
+                PushKind::Websocket => "a bare FIN, no close frame",
+                PushKind::Sse => "a FIN mid-stream",
+            };
+            match server {
+                Some(s) => format!("{s} or a proxy in front of it ({what})"),
+                None => format!("a proxy or the server ({what})"),
+            }
+        }
+        PushEnd::Rst => "something on the path (RST: a proxy, load balancer or firewall)".into(),
+        PushEnd::Error | PushEnd::Alive => "nothing".into(),
+    }
+}
+
+/// What keeps the channel alive, in the imperative.
+fn keep_alive_advice(kind: PushKind, h: Duration) -> String {
+    match kind {
+        PushKind::Websocket => format!("ping every {} or less", say_interval(h)),
+        PushKind::Sse => format!(
+            "have the server send a heartbeat (a ': comment' line) every {} or less",
+            say_interval(h)
+        ),
+    }
+}
+
+fn beat_words(kind: PushKind, h: Duration) -> String {
+    match kind {
+        PushKind::Websocket => format!("{} pings", say_interval(h)),
+        PushKind::Sse => format!("{} server heartbeats", say_interval(h)),
+    }
+}
+
+/// Fill in `cut_by`, `heartbeat_max_s` and the verdict.
+fn conclude(r: &mut PushReport) {
+    let kind = r.kind;
+    let noun = kind.noun();
+    let server = r.server.clone();
+    // Forced heartbeat: one connection only.
+    if r.idle.is_none() {
+        let Some(w) = r.heartbeat.as_ref() else {
+            r.verdict = "nothing was measured".into();
+            return;
+        };
+        let h = Duration::from_secs_f64(w.heartbeat_s.unwrap_or(0.0));
+        let mut v = match w.end {
+            PushEnd::Alive => {
+                r.heartbeat_max_s = w.heartbeat_s;
+                format!("survived {} with {}", s1(w.lasted_s), beat_words(kind, h))
+            }
+            PushEnd::Error => format!(
+                "the connection failed after {}: {}",
+                s1(w.lasted_s),
+                w.error.as_deref().unwrap_or("unknown error")
+            ),
+            end => {
+                r.cut_by = Some(who(kind, w, server.as_deref()));
+                format!(
+                    "died after {} ({}) despite {}: cut by {}",
+                    s1(w.lasted_s),
+                    end.describe(kind),
+                    beat_words(kind, h),
+                    who(kind, w, server.as_deref())
+                )
+            }
+        };
+        if kind == PushKind::Sse && w.heartbeats_received == 0 {
+            v.push_str(
+                "; no heartbeat arrived: ?heartbeat= is a kaprobe serve parameter, other servers need their own setting",
+            );
+        }
+        r.verdict = v;
+        return;
+    }
+    let Some(idle) = r.idle.as_ref() else { return };
+    let server_beats = match kind {
+        PushKind::Websocket => idle.server_pings,
+        PushKind::Sse => idle.heartbeats_received,
+    };
+    r.verdict = match idle.end {
+        PushEnd::Alive => {
+            let mut v = format!("survived at least {} idle", s1(idle.lasted_s));
+            if server_beats > 0 {
+                v.push_str(&format!(
+                    " (the server sent {server_beats} {}; longest silence {})",
+                    match kind {
+                        PushKind::Websocket => "pings",
+                        PushKind::Sse => "heartbeats",
+                    },
+                    s1(idle.longest_silence_s)
+                ));
+            } else {
+                v.push_str(": nothing on the path cuts idle ");
+                v.push_str(noun);
+                v.push_str(" that soon, no heartbeat needed within that time");
+            }
+            v
+        }
+        PushEnd::Error => format!(
+            "the idle connection failed after {}: {}",
+            s1(idle.lasted_s),
+            idle.error.as_deref().unwrap_or("unknown error")
+        ),
+        _ => {
+            let by = who(kind, idle, server.as_deref());
+            r.cut_by = Some(by.clone());
+            let mut v = format!("{by} cuts idle {noun} after {}", s1(idle.lasted_s));
+            if server_beats > 0 {
+                v.push_str(&format!(
+                    " (even though the server sent {server_beats} heartbeat(s))"
+                ));
+            }
+            let derived = half_heartbeat(Duration::from_secs_f64(idle.lasted_s));
+            match r.heartbeat.as_ref() {
+                Some(c) if c.end == PushEnd::Alive => {
+                    let h = Duration::from_secs_f64(c.heartbeat_s.unwrap_or(0.0));
+                    r.heartbeat_max_s = c.heartbeat_s;
+                    v.push_str(&format!(
+                        "; {} (checked: with {} it lived {})",
+                        keep_alive_advice(kind, h),
+                        beat_words(kind, h),
+                        s1(c.lasted_s)
+                    ));
+                }
+                Some(c) if c.end == PushEnd::Error => {
+                    r.heartbeat_max_s = Some(derived.as_secs_f64());
+                    v.push_str(&format!(
+                        "; {} (the check connection failed: {})",
+                        keep_alive_advice(kind, derived),
+                        c.error.as_deref().unwrap_or("unknown error")
+                    ));
+                }
+                Some(c) => {
+                    let h = Duration::from_secs_f64(c.heartbeat_s.unwrap_or(0.0));
+                    v.push_str(&format!(
+                        "; even with {} it died after {} ({}), so something other than idleness ends it",
+                        beat_words(kind, h),
+                        s1(c.lasted_s),
+                        c.end.describe(kind)
+                    ));
+                    if kind == PushKind::Sse && c.heartbeats_received == 0 {
+                        v.push_str(&format!(
+                            "; no heartbeat arrived on the check stream (?heartbeat= is a kaprobe serve parameter): {}",
+                            keep_alive_advice(kind, derived)
+                        ));
+                    }
+                }
+                None => {
+                    r.heartbeat_max_s = Some(derived.as_secs_f64());
+                    v.push_str(&format!(
+                        "; {} (not checked: --max-wait ran out)",
+                        keep_alive_advice(kind, derived)
+                    ));
+                }
+            }
+            v
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(chunked: bool, parts: &[&[u8]]) -> (Vec<SseItem>, SseDecoder) {
+        let mut d = SseDecoder::new(chunked);
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend(d.feed(p).unwrap());
+        }
+        (out, d)
+    }
+
+    #[test]
+    fn sse_events_and_comments_are_split_across_reads() {
+        let (items, d) = events(
+            false,
+            &[
+                b"id: 1\ndata: a\nda",
+                b"ta: b\n\n: heart",
+                b"beat\n\nid:2\r\ndata:x\r\n\r\n",
+            ],
+        );
+        assert_eq!(
+            items,
+            vec![
+                SseItem::Event {
+                    id: Some("1".into()),
+                    data: "a\nb".into()
+                },
+                SseItem::Comment("heartbeat".into()),
+                SseItem::Event {
+                    id: Some("2".into()),
+                    data: "x".into()
+                },
+            ]
+        );
+        assert!(!d.ended());
+    }
+
+    #[test]
+    fn chunked_sse_is_decoded_and_its_clean_end_seen() {
+        let body: &[u8] = b"d\r\n: heartbeat\n\n\r\n10;x=y\r\nid: 7\ndata: hi\n\n\r\n0\r\n\r\n";
+        // Byte by byte: every split point works.
+        let parts: Vec<&[u8]> = body.chunks(1).collect();
+        let (items, d) = events(true, &parts);
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(
+            items[1],
+            SseItem::Event {
+                id: Some("7".into()),
+                data: "hi".into()
+            }
+        );
+        assert!(d.ended());
+    }
+
+    #[test]
+    fn broken_chunking_is_an_error_not_a_panic() {
+        let mut d = SseDecoder::new(true);
+        assert!(d.feed(b"zz\r\n").is_err());
+        let mut d = SseDecoder::new(true);
+        assert!(d.feed(b"2\r\nabX").is_err());
+        // Arbitrary bytes never panic.
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        for _ in 0..500 {
+            let mut d = SseDecoder::new(x & 1 == 0);
+            let mut bytes = Vec::new();
+            for _ in 0..(x % 64) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let alphabet: &[u8] = b"0123456789abcdef\r\n:;data id";
+                bytes.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let _ = d.feed(&bytes);
+            x = x.wrapping_add(0x9e37_79b9);
+        }
+    }
+
+    #[test]
+    fn heartbeat_is_about_half_the_lifetime_rounded() {
+        // A timer of 2 s seen a little early from the client still gives 1 s.
+        assert_eq!(
+            half_heartbeat(Duration::from_millis(1980)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            half_heartbeat(Duration::from_millis(1500)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            half_heartbeat(Duration::from_millis(2010)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            half_heartbeat(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            half_heartbeat(Duration::from_secs(5)),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            half_heartbeat(Duration::from_millis(500)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            half_heartbeat(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(say_interval(Duration::from_secs(30)), "30 s");
+        assert_eq!(say_interval(Duration::from_millis(2500)), "2.5 s");
+        assert_eq!(say_interval(Duration::from_millis(200)), "200 ms");
+    }
+
+    #[test]
+    fn ws_and_sse_urls_are_told_apart() {
+        let t = push_target("ws://127.0.0.1:9/ws?room=a", PushKind::Websocket).unwrap();
+        assert_eq!((t.port, t.path.as_str()), (9, "/ws?room=a"));
+        assert_eq!(t.url, "ws://127.0.0.1:9/ws?room=a");
+        let t = push_target("WSS://h/ws", PushKind::Websocket).unwrap();
+        assert_eq!(t.port, 443);
+        assert!(push_target("http://h/sse", PushKind::Websocket).is_err());
+        assert!(push_target("ws://h/sse", PushKind::Sse).is_err());
+        assert!(matches!(
+            push_target("ws://h:0/", PushKind::Websocket),
+            Err(Error::BadUrl { .. })
+        ));
+        assert_eq!(
+            with_heartbeat("/sse", Duration::from_secs(1)),
+            "/sse?heartbeat=1000ms"
+        );
+        assert_eq!(
+            with_heartbeat("/sse?room=a", Duration::from_millis(5)),
+            "/sse?room=a&heartbeat=5ms"
+        );
+    }
+
+    fn idle_died(end: PushEnd, lasted: f64) -> PushWatch {
+        let mut w = PushWatch::new(None);
+        w.end = end;
+        w.lasted_s = lasted;
+        w
+    }
+
+    #[test]
+    fn verdict_names_nginx_the_lifetime_and_the_checked_heartbeat() {
+        let mut check = PushWatch::new(Some(Duration::from_secs(1)));
+        check.lasted_s = 6.0;
+        let mut r = PushReport {
+            url: "ws://x/ws".into(),
+            kind: PushKind::Websocket,
+            address: "127.0.0.1:1".into(),
+            status: 101,
+            server: Some("nginx/1.22.1".into()),
+            connect_s: 0.0,
+            tls_handshake_s: None,
+            handshake_s: 0.0,
+            idle: Some(idle_died(PushEnd::Fin, 2.004)),
+            heartbeat: Some(check),
+            idle_lifetime_s: Some(2.004),
+            heartbeat_max_s: None,
+            cut_by: None,
+            verdict: String::new(),
+            elapsed_s: 0.0,
+        };
+        conclude(&mut r);
+        assert_eq!(
+            r.verdict,
+            "nginx (proxy_read_timeout?) cuts idle WebSockets after 2.0 s; ping every 1 s or less (checked: with 1 s pings it lived 6.0 s)"
+        );
+        assert_eq!(r.heartbeat_max_s, Some(1.0));
+        // A close frame names its code and reason.
+        r.idle = Some({
+            let mut w = idle_died(PushEnd::CloseFrame, 3.0);
+            w.close_code = Some(1001);
+            w.close_reason = Some("pong timeout".into());
+            w
+        });
+        conclude(&mut r);
+        assert!(
+            r.verdict
+                .starts_with("the server (close frame, code 1001, \"pong timeout\") cuts idle WebSockets after 3.0 s"),
+            "{}",
+            r.verdict
+        );
+    }
+}
