@@ -101,12 +101,12 @@ fn against_a_running_server_the_table_names_every_channel() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     for words in [
-        "short polling",
-        "long polling",
-        "sse",
-        "websocket",
-        "bytes/message",
-        "latency p99",
+        "short poll",
+        "long poll",
+        "SSE",
+        "WebSocket",
+        "B/msg",
+        "p99",
         "the bytes of WebSocket per delivered message",
     ] {
         assert!(out.contains(words), "{words:?} missing in:\n{out}");

@@ -389,6 +389,8 @@ fn piped_output_fits_80_columns_without_escapes() {
         "serve",
         "probe",
         "race",
+        "bench",
+        "bench push",
         "completions",
         "man",
     ] {
@@ -445,6 +447,10 @@ fn piped_output_fits_80_columns_without_escapes() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_fits_a_pipe("race", &stdout(&o));
+    let o = piped(&["bench", "push", "--messages", "5", "--rate", "50"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("WebSocket"), "{}", stdout(&o));
+    assert_fits_a_pipe("bench push", &stdout(&o));
     let first = wait_line(&log, Duration::from_secs(5), |l| l.starts_with("close"))
         .unwrap_or_else(|seen| panic!("no close line from serve; saw {seen:?}"));
     let mut lines = vec![first];

@@ -195,41 +195,47 @@ fn run_push(a: PushArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn opt_ms(v: Option<f64>) -> String {
-    v.map_or("-".into(), |s| format!("{:.1} ms", s * 1000.0))
+    v.map_or("-".into(), |s| format!("{:.1}ms", s * 1000.0))
+}
+
+/// Short names for the table (JSON keeps the snake_case ones).
+fn channel_label(name: &str) -> &str {
+    match name {
+        "short_polling" => "short poll",
+        "long_polling" => "long poll",
+        "sse" => "SSE",
+        "websocket" => "WebSocket",
+        other => other,
+    }
 }
 
 fn render(r: &BenchReport) {
     println!(
-        "{} messages of {} bytes at {}/s to room {} on {} (short polling every {})",
-        r.messages,
-        r.message_bytes,
-        r.rate,
-        r.room,
-        r.url,
-        util::human(Duration::from_secs_f64(r.poll_interval_s))
+        "{}",
+        util::wrap(
+            &format!(
+                "{} messages of {} bytes at {}/s to room {} on {} (short polling every {})",
+                r.messages,
+                r.message_bytes,
+                r.rate,
+                r.room,
+                r.url,
+                util::human(Duration::from_secs_f64(r.poll_interval_s))
+            ),
+            2
+        )
     );
     let mut t = table();
     t.set_header(vec![
-        "channel",
-        "delivered",
-        "lost",
-        "bytes/message",
-        "bytes sent",
-        "bytes received",
-        "requests",
-        "latency p50",
-        "latency p99",
-        "latency max",
+        "channel", "msgs", "lost", "B/msg", "reqs", "p50", "p99", "max",
     ]);
     for c in &r.channels {
         t.add_row(vec![
-            c.channel.replace('_', " "),
+            channel_label(c.channel).to_string(),
             c.delivered.to_string(),
             c.lost.to_string(),
             c.bytes_per_message
                 .map_or("-".into(), |b| format!("{b:.0}")),
-            c.bytes_sent.to_string(),
-            c.bytes_received.to_string(),
             c.requests.to_string(),
             opt_ms(c.latency_p50_s),
             opt_ms(c.latency_p99_s),
@@ -237,6 +243,14 @@ fn render(r: &BenchReport) {
         ]);
     }
     println!("{t}");
+    println!(
+        "{}",
+        util::wrap(
+            "B/msg: bytes the client's sockets sent and received per delivered message \
+             (--json also has the totals); p50/p99/max: delivery latency",
+            2
+        )
+    );
     let per = |name: &str| {
         r.channels
             .iter()

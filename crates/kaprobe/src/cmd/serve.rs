@@ -228,8 +228,11 @@ fn check(args: &Args) -> Result<Config, Failure> {
         ("--ws-ping", args.ws_ping),
         ("--sse-heartbeat", args.sse_heartbeat),
     ] {
-        if !v.is_zero() {
-            range(flag, v, Duration::from_millis(10), hour)?;
+        if !v.is_zero() && !(Duration::from_millis(10)..=hour).contains(&v) {
+            return Err(Failure::usage(format!(
+                "{flag} {} is out of range: use 0 (off) or 10ms..=1h",
+                humantime::format_duration(v)
+            )));
         }
     }
     in_range("--ws-max-message", args.ws_max_message, 125..=64 << 20)?;
