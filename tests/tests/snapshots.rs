@@ -95,7 +95,11 @@ fn help_texts() {
         args.push("--help");
         let o = run(&args);
         assert!(o.status.success(), "{c} --help: {}", stderr(&o));
-        let name = if c.is_empty() { "top" } else { c };
+        let name = if c.is_empty() {
+            "top".to_string()
+        } else {
+            c.replace(' ', "_")
+        };
         insta::assert_snapshot!(format!("help_{name}"), stdout(&o));
     }
 }
