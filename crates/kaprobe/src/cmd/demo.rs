@@ -40,6 +40,7 @@ Next:
    kaprobe probe http://HOST/            what a server does to idle connections
    kaprobe race URL --idle 5s            reproduce the reuse race (502s, resets)
    kaprobe serve --keepalive-timeout 5s  HTTP server with keep-alive you control
+   kaprobe probe ws://HOST/PATH          how long an idle WebSocket survives
    kaprobe --help                        everything else";
 
 const WATCH: Duration = Duration::from_millis(3600);
