@@ -187,7 +187,9 @@ pub(crate) async fn serve(
     let end = loop {
         match drive(&stream, &ctl, &sh, carry.take()).await {
             End::Push(start, pending) => {
-                match crate::push::serve(stream, pending, *start, &ctl, &sh).await {
+                // Boxed: the push state machine is large, and only push connections need it
+                // (inline, it would grow every HTTP connection's task).
+                match Box::pin(crate::push::serve(stream, pending, *start, &ctl, &sh)).await {
                     After::Http(s, pending) => {
                         stream = s;
                         carry = Some(Carry::after_push(ctl.served.get(), pending));
