@@ -400,17 +400,17 @@ fn bad_metrics_addresses_exit_2_naming_the_flag() {
             "{args:?}: {e}"
         );
     }
-    // A well-formed address this host does not have.
+    // A well-formed address this host does not have (bind fails; nothing is sent).
     let o = run(&[
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--metrics",
-        "192.0.2.1:9464",
+        "10.200.255.1:9464",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("--metrics 192.0.2.1:9464"),
+        stderr(&o).contains("--metrics 10.200.255.1:9464"),
         "{}",
         stderr(&o)
     );
