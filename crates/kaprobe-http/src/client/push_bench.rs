@@ -548,6 +548,18 @@ async fn publish_all(sh: &Shared, opts: &BenchOptions) -> Result<(), Error> {
 
 type Ready = tokio::sync::mpsc::Sender<Result<(), Error>>;
 
+/// Connect a client; on failure, hand the error to the run through `ready` (the client then
+/// ends with nothing received).
+async fn connect_or_report(target: &Target, meter: &Meter, ready: &Ready) -> Option<Counted> {
+    match connect(target, meter).await {
+        Ok(io) => Some(io),
+        Err(e) => {
+            let _ = ready.send(Err(e)).await;
+            None
+        }
+    }
+}
+
 /// Short polling (`wait` = None) or long polling.
 async fn polling(
     mut sh: Shared,
@@ -557,12 +569,8 @@ async fn polling(
     ready: Ready,
 ) -> Result<Tally, Error> {
     let mut tally = Tally::default();
-    let io = match connect(&sh.target, &meter).await {
-        Ok(io) => io,
-        Err(e) => {
-            let _ = ready.send(Err(e)).await;
-            return Ok(tally);
-        }
+    let Some(io) = connect_or_report(&sh.target, &meter, &ready).await else {
+        return Ok(tally);
     };
     let kind = if wait.is_some() { "long" } else { "short" };
     let mut http = Http::new(io, format!("{kind} polling {}", sh.target.url));
@@ -642,14 +650,9 @@ async fn polling(
 
 async fn sse(mut sh: Shared, meter: Meter, total: usize, ready: Ready) -> Result<Tally, Error> {
     let mut tally = Tally::default();
-    let io = match connect(&sh.target, &meter).await {
-        Ok(io) => io,
-        Err(e) => {
-            let _ = ready.send(Err(e)).await;
-            return Ok(tally);
-        }
+    let Some(mut io) = connect_or_report(&sh.target, &meter, &ready).await else {
+        return Ok(tally);
     };
-    let mut io = io;
     let path = format!("/sse?room={}", sh.room);
     let what = format!("GET {path}");
     // Last-Event-ID: 0 replays anything published before the subscription took hold.
@@ -744,12 +747,8 @@ async fn websocket(
     ready: Ready,
 ) -> Result<Tally, Error> {
     let mut tally = Tally::default();
-    let io = match connect(&sh.target, &meter).await {
-        Ok(io) => io,
-        Err(e) => {
-            let _ = ready.send(Err(e)).await;
-            return Ok(tally);
-        }
+    let Some(io) = connect_or_report(&sh.target, &meter, &ready).await else {
+        return Ok(tally);
     };
     let uri = format!("ws://{}/ws?room={}", sh.target.host_header(), sh.room);
     let what = format!("WebSocket /ws?room={}", sh.room);
