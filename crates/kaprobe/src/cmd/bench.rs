@@ -7,7 +7,7 @@ use std::time::Duration;
 use kaprobe_http::client::push_bench::{bench_push, BenchOptions, BenchReport};
 
 use crate::exit::Failure;
-use crate::util::{self, parse_duration, print_json_line, table};
+use crate::util::{self, parse_duration, table};
 
 /// Measure what push channels cost per delivered message.
 #[derive(Debug, clap::Args)]
@@ -181,17 +181,9 @@ fn run_push(a: PushArgs) -> anyhow::Result<ExitCode> {
         poll_interval: a.poll_interval,
         ..BenchOptions::default()
     };
-    let rt = super::probe::runtime()?;
-    let result = rt.block_on(bench_push(&url, &opts));
-    rt.shutdown_timeout(Duration::from_millis(100));
+    let code = super::probe::measure(bench_push(&url, &opts), a.json, render);
     drop(own);
-    let report = result.map_err(super::probe::failure)?;
-    if a.json {
-        print_json_line(&serde_json::to_value(&report)?);
-    } else {
-        render(&report);
-    }
-    Ok(ExitCode::SUCCESS)
+    code
 }
 
 fn opt_ms(v: Option<f64>) -> String {

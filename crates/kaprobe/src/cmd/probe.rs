@@ -171,12 +171,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             insecure: args.insecure,
         },
     };
+    measure(probe(&args.url, &opts), args.json, render)
+}
+
+/// Run one measurement to its end and print its report: one JSON line, or `render`.
+pub(crate) fn measure<R: serde::Serialize>(
+    fut: impl std::future::Future<Output = Result<R, kaprobe_http::Error>>,
+    json: bool,
+    render: fn(&R),
+) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let result = rt.block_on(probe(&args.url, &opts));
+    let result = rt.block_on(fut);
     // A resolver thread stuck on a slow DNS server must not hold the exit past --max-wait.
     rt.shutdown_timeout(Duration::from_millis(100));
     let report = result.map_err(failure)?;
-    if args.json {
+    if json {
         print_json_line(&serde_json::to_value(&report)?);
     } else {
         render(&report);
@@ -340,16 +349,7 @@ fn run_push(args: &Args, kind: PushKind) -> anyhow::Result<ExitCode> {
             insecure: args.insecure,
         },
     };
-    let rt = runtime()?;
-    let result = rt.block_on(push_probe(&args.url, &opts));
-    rt.shutdown_timeout(Duration::from_millis(100));
-    let report = result.map_err(failure)?;
-    if args.json {
-        print_json_line(&serde_json::to_value(&report)?);
-    } else {
-        render_push(&report);
-    }
-    Ok(ExitCode::SUCCESS)
+    measure(push_probe(&args.url, &opts), args.json, render_push)
 }
 
 fn render_push(r: &kaprobe_http::client::PushReport) {
