@@ -356,3 +356,22 @@ impl RouterTriple {
         ));
     }
 }
+
+/// Every command line that has its own `--help` ("" is the top level), for the tests that
+/// check each help text.
+pub const COMMANDS: &[&str] = &[
+    "",
+    "demo",
+    "defaults",
+    "hold",
+    "sockets",
+    "watch",
+    "read",
+    "serve",
+    "probe",
+    "race",
+    "bench",
+    "bench push",
+    "completions",
+    "man",
+];

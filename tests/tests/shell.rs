@@ -378,22 +378,7 @@ fn piped_output_fits_80_columns_without_escapes() {
     let o = piped(&["defaults"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_fits_a_pipe("defaults", &stdout(&o));
-    for cmd in [
-        "",
-        "demo",
-        "defaults",
-        "hold",
-        "sockets",
-        "watch",
-        "read",
-        "serve",
-        "probe",
-        "race",
-        "bench",
-        "bench push",
-        "completions",
-        "man",
-    ] {
+    for &cmd in kaprobe_tests::COMMANDS {
         let mut args: Vec<&str> = cmd.split_whitespace().collect();
         args.push("--help");
         let o = piped(&args);

@@ -74,23 +74,7 @@ fn redact_timing(text: &str) -> String {
 
 #[test]
 fn help_texts() {
-    let commands = [
-        "",
-        "demo",
-        "defaults",
-        "hold",
-        "sockets",
-        "watch",
-        "read",
-        "serve",
-        "probe",
-        "race",
-        "bench",
-        "bench push",
-        "completions",
-        "man",
-    ];
-    for c in commands {
+    for &c in kaprobe_tests::COMMANDS {
         let mut args: Vec<&str> = c.split_whitespace().collect();
         args.push("--help");
         let o = run(&args);
