@@ -1,8 +1,9 @@
 //! A bounded flow table: hash map from flow key to a slab slot, with an intrusive
 //! least-recently-active list so the oldest idle flow is found (and evicted) in O(1).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use hashbrown::HashTable;
 use std::net::{IpAddr, SocketAddr};
 
 const NIL: u32 = u32::MAX;
@@ -104,12 +105,24 @@ impl std::hash::Hash for FlowKey {
     }
 }
 
+fn hash_key(k: &FlowKey) -> u64 {
+    BuildHasherDefault::<FxHasher>::default().hash_one(k)
+}
+
+fn key_at<V>(slots: &[Option<Slot<V>>], i: u32) -> Option<&FlowKey> {
+    slots
+        .get(i as usize)
+        .and_then(Option::as_ref)
+        .map(|s| &s.key)
+}
+
 /// Endpoint pair as socket addresses.
 #[must_use]
 pub fn sock(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+#[repr(C)]
 struct Slot<V> {
     key: FlowKey,
     value: V,
@@ -124,7 +137,9 @@ struct Link {
 
 /// Bounded map from [`FlowKey`] to `V`, ordered by last activity.
 pub struct FlowTable<V> {
-    map: HashMap<FlowKey, u32, BuildHasherDefault<FxHasher>>,
+    /// Slot indices by key hash; keys live only in the slots, so a lookup reads a 4-byte
+    /// index and then the slot it needs anyway.
+    map: HashTable<u32>,
     slots: Vec<Option<Slot<V>>>,
     links: Vec<Link>,
     free: Vec<u32>,
@@ -140,7 +155,7 @@ impl<V> FlowTable<V> {
     #[must_use]
     pub fn new(cap: usize) -> Self {
         Self {
-            map: HashMap::default(),
+            map: HashTable::new(),
             slots: Vec::new(),
             links: Vec::new(),
             free: Vec::new(),
@@ -166,6 +181,13 @@ impl<V> FlowTable<V> {
     #[must_use]
     pub fn is_full(&self) -> bool {
         self.map.len() >= self.cap
+    }
+
+    fn find(&self, key: &FlowKey) -> Option<u32> {
+        let slots = &self.slots;
+        self.map
+            .find(hash_key(key), |&j| key_at(slots, j) == Some(key))
+            .copied()
     }
 
     fn slot(&self, i: u32) -> Option<&Slot<V>> {
@@ -225,7 +247,7 @@ impl<V> FlowTable<V> {
     /// (callers skip it for flows already promoted within the same second, which keeps the
     /// order right to a second at a fraction of the cost).
     pub fn lookup_touch(&mut self, key: &FlowKey, promote: bool) -> Option<u32> {
-        let i = *self.map.get(key)?;
+        let i = self.find(key)?;
         if promote && self.head != i {
             self.unlink(i);
             self.push_front(i);
@@ -248,7 +270,7 @@ impl<V> FlowTable<V> {
 
     /// Look up `key` without changing its position.
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
-        let i = *self.map.get(key)?;
+        let i = self.find(key)?;
         self.slot_mut(i).map(|s| &mut s.value)
     }
 
@@ -275,7 +297,13 @@ impl<V> FlowTable<V> {
             self.links.push(link);
             (self.slots.len() - 1) as u32
         };
-        self.map.insert(key, i);
+        let slots = &self.slots;
+        self.map.insert_unique(hash_key(&key), i, |&j| {
+            slots
+                .get(j as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| hash_key(&s.key))
+        });
         self.push_front(i);
         (evicted, i)
     }
@@ -295,7 +323,12 @@ impl<V> FlowTable<V> {
 
     /// Remove `key`.
     pub fn remove(&mut self, key: &FlowKey) -> Option<V> {
-        let i = self.map.remove(key)?;
+        let slots = &self.slots;
+        let (i, _) = self
+            .map
+            .find_entry(hash_key(key), |&j| key_at(slots, j) == Some(key))
+            .ok()?
+            .remove();
         self.unlink(i);
         let s = self.slots.get_mut(i as usize)?.take()?;
         self.free.push(i);
