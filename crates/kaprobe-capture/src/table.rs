@@ -56,7 +56,7 @@ impl Hasher for FxHasher {
 }
 
 /// An endpoint packed for hashing: IPv4 addresses as v4-mapped IPv6.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Ep {
     addr: [u8; 16],
     port: u16,
@@ -64,12 +64,37 @@ pub struct Ep {
 
 impl Ep {
     #[must_use]
+    #[inline]
     pub fn new(ip: IpAddr, port: u16) -> Self {
-        let addr = match ip {
-            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            IpAddr::V6(a) => a.octets(),
+        // Built as one 128-bit word (::ffff:a.b.c.d for IPv4), not byte by byte.
+        let word = match ip {
+            IpAddr::V4(a) => (0xffff_u128 << 32) | u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
         };
-        Self { addr, port }
+        Self {
+            addr: word.to_be_bytes(),
+            port,
+        }
+    }
+
+    #[inline]
+    fn word(&self) -> u128 {
+        u128::from_be_bytes(self.addr)
+    }
+}
+
+/// Address bytes, then port: the same order as comparing the fields in turn.
+impl Ord for Ep {
+    #[inline]
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.word(), self.port).cmp(&(o.word(), o.port))
+    }
+}
+
+impl PartialOrd for Ep {
+    #[inline]
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
     }
 }
 
@@ -382,6 +407,31 @@ mod tests {
         assert_eq!(t.pop_oldest().map(|e| e.1), Some(3));
         assert_eq!(t.drain().len(), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn endpoints_order_as_their_bytes_then_port() {
+        let eps: Vec<(IpAddr, u16)> = vec![
+            ("10.0.0.1".parse().unwrap(), 80),
+            ("10.0.0.1".parse().unwrap(), 7),
+            ("9.255.255.255".parse().unwrap(), 9),
+            ("::1".parse().unwrap(), 1),
+            ("fe80::1".parse().unwrap(), 1),
+            ("::ffff:10.0.0.1".parse().unwrap(), 81),
+        ];
+        for &(a, pa) in &eps {
+            for &(b, pb) in &eps {
+                let bytes = |ip: IpAddr| match ip {
+                    IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+                    IpAddr::V6(v) => v.octets(),
+                };
+                assert_eq!(
+                    Ep::new(a, pa).cmp(&Ep::new(b, pb)),
+                    (bytes(a), pa).cmp(&(bytes(b), pb)),
+                    "{a}:{pa} vs {b}:{pb}"
+                );
+            }
+        }
     }
 
     #[test]
