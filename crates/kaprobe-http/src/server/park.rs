@@ -33,7 +33,17 @@ pub(crate) struct Lot {
     /// went idle.
     pub(crate) hot: RefCell<VecDeque<(u64, u32, Instant)>>,
     pub(crate) hot_notify: Notify,
+    /// A timerfd in the lot's epoll set for the head's deadline, so an idle close costs one
+    /// timer wake-up (tokio's wheel wakes first at a coarse slot, then at the deadline; on
+    /// a virtual machine each wake-up of an idle process can be milliseconds late).
+    /// `None` where timerfd is refused: then tokio's timer is used.
+    timer: Option<OwnedFd>,
+    /// The deadline the timer is armed for.
+    armed: std::cell::Cell<Option<Instant>>,
 }
+
+/// The lot's epoll token for its timer (registry slots are u32).
+const TIMER_TOKEN: u64 = u64::MAX;
 
 impl Lot {
     pub(crate) fn new() -> io::Result<Self> {
@@ -46,9 +56,12 @@ impl Lot {
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: `owned` is an open epoll descriptor that the AsyncFd owns from here on, so
         // it stays open and refers to the same file for the registration's life.
+        let timer = new_timer(&owned);
         let ep = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
         Ok(Self {
+            timer,
+            armed: std::cell::Cell::new(None),
             ep,
             queue: RefCell::new(VecDeque::new()),
             next: std::cell::Cell::new(0),
@@ -69,6 +82,79 @@ impl Lot {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// A non-blocking CLOCK_MONOTONIC timerfd (the clock `Instant` reads), added to `ep`.
+fn new_timer(ep: &OwnedFd) -> Option<OwnedFd> {
+    // SAFETY: timerfd_create has no preconditions; we check the result.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let timer = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: TIMER_TOKEN,
+    };
+    // SAFETY: both descriptors are open; ev lives for the call.
+    let r = unsafe {
+        libc::epoll_ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            timer.as_raw_fd(),
+            &raw mut ev,
+        )
+    };
+    (r == 0).then_some(timer)
+}
+
+impl Lot {
+    /// Arm the timer to fire at `at` (once). False when there is no timer or the kernel
+    /// refuses, so the caller falls back on tokio's timer.
+    fn arm(&self, at: Instant) -> bool {
+        let Some(t) = &self.timer else { return false };
+        if self.armed.get() == Some(at) {
+            return true;
+        }
+        let left = at.saturating_duration_since(Instant::now());
+        // An all-zero it_value disarms: ask for at least 1 ns.
+        let left = left.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: libc::c_long::try_from(left.subsec_nanos()).unwrap_or(0),
+            },
+        };
+        // SAFETY: the timerfd is open; spec lives for the call; no old value asked for.
+        let r = unsafe {
+            libc::timerfd_settime(t.as_raw_fd(), 0, &raw const spec, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return false;
+        }
+        self.armed.set(Some(at));
+        true
+    }
+
+    /// Consume the timer's expiry count after it fired.
+    fn clear_timer(&self) {
+        if let Some(t) = &self.timer {
+            let mut n = 0u64;
+            // SAFETY: reading 8 bytes into `n` from the open, non-blocking timerfd.
+            let _ = unsafe { libc::read(t.as_raw_fd(), std::ptr::from_mut(&mut n).cast(), 8) };
+        }
+        self.armed.set(None);
     }
 }
 
@@ -156,6 +242,14 @@ pub(crate) async fn run(sh: Rc<Shared>) {
         let deadline = head
             .as_ref()
             .map_or_else(Instant::now, |c| c.idle_since.get() + timeout);
+        if let Some(c) = &head {
+            if deadline <= Instant::now() {
+                sh.lot.queue.borrow_mut().pop_front();
+                unpark(&sh, c, Some(Reason::IdleTimeout));
+                continue;
+            }
+        }
+        let by_timerfd = head.is_some() && sh.lot.arm(deadline);
         tokio::select! {
             biased;
             g = sh.lot.ep.readable() => {
@@ -171,6 +265,11 @@ pub(crate) async fn run(sh: Rc<Shared>) {
                         break;
                     }
                     for ev in &events[..usize::try_from(n).unwrap_or(0)] {
+                        if ev.u64 == TIMER_TOKEN {
+                            // The head's deadline: handled at the top of the loop.
+                            sh.lot.clear_timer();
+                            continue;
+                        }
                         let slot = u32::try_from(ev.u64).unwrap_or(u32::MAX);
                         if let Some(c) = lookup(&sh, slot) {
                             unpark(&sh, &c, None);
@@ -178,7 +277,7 @@ pub(crate) async fn run(sh: Rc<Shared>) {
                     }
                 }
             }
-            () = sleep_until(deadline), if head.is_some() => {
+            () = sleep_until(deadline), if head.is_some() && !by_timerfd => {
                 if let Some(c) = head {
                     sh.lot.queue.borrow_mut().pop_front();
                     unpark(&sh, &c, Some(Reason::IdleTimeout));
