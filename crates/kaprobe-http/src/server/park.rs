@@ -133,7 +133,8 @@ impl Lot {
             },
             it_value: libc::timespec {
                 tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::try_from(left.subsec_nanos()).unwrap_or(0),
+                // Below 10^9: fits a c_long of any width.
+                tv_nsec: left.subsec_nanos() as libc::c_long,
             },
         };
         // SAFETY: the timerfd is open; spec lives for the call; no old value asked for.
