@@ -217,16 +217,14 @@ fn yes_no(v: Option<bool>, yes: &str, no: &str) -> String {
     }
 }
 
+/// The first line of both reports: what was probed, where it went, what answered.
+fn print_target(url: &str, address: &impl std::fmt::Display, status: u16, server: Option<&str>) {
+    let server = server.map_or(String::new(), |s| format!(", server: {s}"));
+    util::println_wrapped(&format!("{url} -> {address} (status {status}{server})"));
+}
+
 pub(crate) fn render(r: &ProbeReport) {
-    util::println_wrapped(&format!(
-        "{} -> {} (status {}{})",
-        r.url,
-        r.address,
-        r.status,
-        r.server
-            .as_deref()
-            .map_or(String::new(), |s| format!(", server: {s}"))
-    ));
+    print_target(&r.url, &r.address, r.status, r.server.as_deref());
     let mut t = table();
     t.set_header(vec!["", "advertised", "observed"]);
     let idle = &r.idle;
@@ -354,15 +352,7 @@ fn run_push(args: &Args, kind: PushKind) -> anyhow::Result<ExitCode> {
 
 fn render_push(r: &kaprobe_http::client::PushReport) {
     use kaprobe_http::client::{PushEnd, PushWatch};
-    println!(
-        "{} -> {} (status {}{})",
-        r.url,
-        r.address,
-        r.status,
-        r.server
-            .as_deref()
-            .map_or(String::new(), |s| format!(", server: {s}"))
-    );
+    print_target(&r.url, &r.address, r.status, r.server.as_deref());
     let mut t = table();
     t.set_header(vec![
         "connection",
