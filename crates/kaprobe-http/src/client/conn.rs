@@ -348,7 +348,8 @@ impl ReadFail {
     }
 }
 
-fn is_reset(e: &std::io::Error) -> bool {
+/// True for the errors a reset connection gives (RST received, or writing after one).
+pub(super) fn is_reset(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::ConnectionReset

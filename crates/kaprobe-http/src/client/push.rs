@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::conn::{Connector, HttpVersion, Io, OpenTimes};
+use super::conn::{is_reset, Connector, HttpVersion, Io, OpenTimes};
 use super::target::Target;
 use super::tls::TlsOptions;
 use crate::Error;
@@ -479,15 +479,6 @@ fn ws_handshake_error(what: String, e: WsError) -> Error {
             detail: format!("not a WebSocket handshake answer ({other})"),
         },
     }
-}
-
-fn is_reset(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::BrokenPipe
-            | std::io::ErrorKind::ConnectionAborted
-    )
 }
 
 /// Silence bookkeeping: the longest gap between bytes from the peer.
