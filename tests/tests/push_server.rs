@@ -787,3 +787,134 @@ fn bad_push_flags_name_the_flag_and_the_range() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// The server's `/_kaprobe/stats` counters.
+async fn push_stats(addr: &str) -> serde_json::Value {
+    let r = get(addr, "/_kaprobe/stats", "").await;
+    serde_json::from_str(body(&r)).unwrap()
+}
+
+/// A request for a room beyond `--max-rooms`: 503, the message, and the connection closed.
+fn assert_room_limit(resp: &str, max: u32) {
+    assert!(
+        resp.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{resp}"
+    );
+    assert!(resp.contains("Connection: close\r\n"), "{resp}");
+    assert!(resp.contains("Content-Type: text/plain\r\n"), "{resp}");
+    assert_eq!(
+        body(resp),
+        format!("room limit reached (--max-rooms {max})\n"),
+        "{resp}"
+    );
+}
+
+#[tokio::test]
+async fn empty_rooms_are_freed_as_their_clients_leave_so_200_rooms_fit_under_a_cap_of_50() {
+    let srv = serve(&["--max-rooms", "50"]);
+    let mut n = 0;
+    for round in 0..5 {
+        // 40 clients at once, each in a room of its own, then they leave one by one.
+        let mut open = Vec::new();
+        for i in 0..40 {
+            open.push(ws(&srv.ws_url(&format!("?room=r{round}-{i}"))).await);
+        }
+        assert_eq!(push_stats(&srv.addr).await["rooms"], 40);
+        for mut c in open {
+            c.close(None).await.unwrap();
+            // The room is released before the close is logged.
+            srv.close_event("ws_client_close");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 200);
+    let st = push_stats(&srv.addr).await;
+    assert_eq!(st["rooms"], 0, "{st}");
+    assert_eq!(st["room_limit_refusals"], 0, "{st}");
+}
+
+#[tokio::test]
+async fn at_the_room_cap_new_rooms_get_503_on_every_endpoint_and_old_rooms_keep_working() {
+    let srv = serve(&["--max-rooms", "3"]);
+    for room in ["a", "b", "c"] {
+        assert_eq!(publish(&srv.addr, room, room).await, 1);
+    }
+    let a = &srv.addr;
+    let r = http(
+        a,
+        "POST /publish?room=d HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+    )
+    .await;
+    assert_room_limit(&r, 3);
+    let r = get(a, "/ws?room=d", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n").await;
+    assert_room_limit(&r, 3);
+    assert_room_limit(&get(a, "/sse?room=d", "").await, 3);
+    assert_room_limit(&get(a, "/poll?room=d&since=0", "").await, 3);
+    for _ in 0..4 {
+        assert_eq!(srv.close_event("room_limit")["ending"], "fin");
+    }
+    let st = push_stats(a).await;
+    assert_eq!(st["rooms"], 3, "{st}");
+    assert_eq!(st["room_limit_refusals"], 4, "{st}");
+    assert_eq!(st["closes"]["room_limit"], 4, "{st}");
+    let m = get(a, "/metrics", "").await;
+    assert!(m.contains("\nkaprobe_push_rooms 3\n"), "{m}");
+    assert!(
+        m.contains("# TYPE kaprobe_push_room_limit_refusals_total counter\nkaprobe_push_room_limit_refusals_total 4\n"),
+        "{m}"
+    );
+    // Rooms already there keep working at the cap: a WebSocket member of `a` gets a publish.
+    let mut c = ws(&srv.ws_url("?room=a")).await;
+    assert_eq!(publish(a, "a", "second").await, 2);
+    assert_eq!(next_text(&mut c).await, "second");
+    let r = get(a, "/poll?room=c&since=0", "").await;
+    let v: serde_json::Value = serde_json::from_str(body(&r)).unwrap();
+    assert_eq!(v["messages"], serde_json::json!([{"id": 1, "data": "c"}]));
+}
+
+#[tokio::test]
+async fn with_a_store_rooms_nobody_holds_make_way_and_come_back_with_their_ids() {
+    let dir = std::env::temp_dir().join(format!("kp-push-rooms-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("push.sqlite");
+    let srv = serve(&["--store", file.to_str().unwrap(), "--max-rooms", "2"]);
+    for room in ["a", "b", "c"] {
+        assert_eq!(publish(&srv.addr, room, &format!("{room}1")).await, 1);
+    }
+    let st = push_stats(&srv.addr).await;
+    assert_eq!(st["rooms"], 2, "{st}");
+    // a was freed from memory to make way for c; it comes back from the file.
+    let r = get(&srv.addr, "/poll?room=a&since=0", "").await;
+    let v: serde_json::Value = serde_json::from_str(body(&r)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"room": "a", "messages": [{"id": 1, "data": "a1"}], "last_id": 1})
+    );
+    // Its ids continue, and so do b's after it too was freed.
+    assert_eq!(publish(&srv.addr, "a", "a2").await, 2);
+    assert_eq!(publish(&srv.addr, "b", "b2").await, 2);
+    assert_eq!(publish(&srv.addr, "c", "c2").await, 2);
+    // A room held by a client is not freed: with a and b held, a third room is refused.
+    let _ha = ws(&srv.ws_url("?room=a")).await;
+    let _hb = ws(&srv.ws_url("?room=b")).await;
+    assert_room_limit(&get(&srv.addr, "/poll?room=c", "").await, 2);
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn max_rooms_out_of_range_or_not_a_number_is_a_one_line_usage_error() {
+    for v in ["0", "x", "1000001"] {
+        let o = kaprobe_tests::run(&["serve", "--listen", "127.0.0.1:0", "--max-rooms", v]);
+        assert_eq!(o.status.code(), Some(2), "{v}");
+        let err = kaprobe_tests::stderr(&o);
+        assert!(
+            err.contains(&format!("--max-rooms {v}"))
+                || err.contains(&format!("--max-rooms '{v}'")),
+            "{err}"
+        );
+        assert!(err.contains("use 1..=1000000"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}

@@ -83,6 +83,8 @@ pub struct Config {
     pub store_limit: usize,
     /// SQLite file keeping every published message (None: memory only).
     pub store: Option<std::path::PathBuf>,
+    /// Push rooms in memory at most; a request for a new room beyond it gets 503.
+    pub max_rooms: usize,
 }
 
 impl Default for Config {
@@ -104,6 +106,7 @@ impl Default for Config {
             ws_max_message: 1 << 20,
             store_limit: 10_000,
             store: None,
+            max_rooms: 10_000,
         }
     }
 }
@@ -143,10 +146,12 @@ pub enum Reason {
     WsMessageTooBig,
     /// The event-stream client went away.
     SseClientGone,
+    /// A push request for a new room was refused with 503 at --max-rooms.
+    RoomLimit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Self::IdleTimeout,
         Self::MaxRequests,
         Self::ClientCloseHeader,
@@ -168,6 +173,7 @@ impl Reason {
         Self::WsInvalidUtf8,
         Self::WsMessageTooBig,
         Self::SseClientGone,
+        Self::RoomLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -193,6 +199,7 @@ impl Reason {
             Self::WsInvalidUtf8 => "ws_invalid_utf8",
             Self::WsMessageTooBig => "ws_message_too_big",
             Self::SseClientGone => "sse_client_gone",
+            Self::RoomLimit => "room_limit",
         }
     }
 }
@@ -645,11 +652,17 @@ async fn serve(
     let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
     let drain = cfg.drain_timeout;
-    let hub = crate::push::store::Hub::new(cfg.store_limit, cfg.store.as_deref())?;
+    let stats = Stats::default();
+    let hub = crate::push::store::Hub::new(
+        cfg.store_limit,
+        cfg.max_rooms,
+        cfg.store.as_deref(),
+        stats.rooms.clone(),
+    )?;
     let sh = Rc::new(Shared {
         hub,
         cfg,
-        stats: Stats::default(),
+        stats,
         shutting_down: Cell::new(false),
         conns: RefCell::new(Vec::new()),
         lot: park::Lot::new().map_err(|source| Error::Io {

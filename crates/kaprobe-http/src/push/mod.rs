@@ -265,6 +265,11 @@ async fn publish(
         }
     };
     let len = usize::try_from(len).unwrap_or(usize::MAX);
+    // Before any body is read or invited: a refused room costs the client no upload.
+    let room_rc = match sh.hub.room(room) {
+        Ok(r) => r,
+        Err(e) => return room_limit(stream, sh, e).await,
+    };
     if expect_continue && pending.len() < len {
         if let Err(r) = write_all(&mut stream, b"HTTP/1.1 100 Continue\r\n\r\n", sh).await {
             return After::Gone(stream, r, "mid-request");
@@ -294,7 +299,6 @@ async fn publish(
     let Ok(text) = String::from_utf8(pending) else {
         return reject(stream, sh, 400, "publish body is not UTF-8").await;
     };
-    let room_rc = sh.hub.room(room);
     match sh.hub.publish(&room_rc, Utf8Bytes::from(text)).await {
         Ok(id) => {
             Stats::add(&sh.stats.published, 1);
@@ -330,6 +334,25 @@ async fn publish(
             .await
         }
     }
+}
+
+/// Refuse a request for a new room at the `--max-rooms` cap: 503, then close.
+async fn room_limit(stream: TcpStream, sh: &Shared, e: store::RoomLimit) -> After {
+    Stats::add(&sh.stats.room_limit_refusals, 1);
+    let body = format!("{e}\n");
+    respond(
+        stream,
+        sh,
+        503,
+        TEXT,
+        body.as_bytes(),
+        b"",
+        Some(Reason::RoomLimit),
+        1,
+        Vec::new(),
+        "room limit reached",
+    )
+    .await
 }
 
 async fn reject(stream: TcpStream, sh: &Shared, status: u16, detail: &'static str) -> After {
@@ -374,7 +397,10 @@ async fn poll(
     ctl: &Ctl,
     sh: &Rc<Shared>,
 ) -> After {
-    let r = sh.hub.room(room);
+    let r = match sh.hub.room(room) {
+        Ok(r) => r,
+        Err(e) => return room_limit(stream, sh, e).await,
+    };
     let mut rx = r.subscribe();
     let mut got = sh.hub.since(&r, since);
     let wait = wait.unwrap_or(Duration::ZERO);

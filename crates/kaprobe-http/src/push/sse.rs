@@ -41,7 +41,10 @@ pub(super) async fn run(
     ctl: &Rc<Ctl>,
     sh: &Rc<Shared>,
 ) -> After {
-    let r = sh.hub.room(room);
+    let r = match sh.hub.room(room) {
+        Ok(r) => r,
+        Err(e) => return super::room_limit(stream, sh, e).await,
+    };
     let mut rx = r.subscribe();
     let mut out = Vec::with_capacity(512);
     head(

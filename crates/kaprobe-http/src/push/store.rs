@@ -7,6 +7,14 @@
 //! subscribers, only once its transaction has committed. Commits may finish in any order as
 //! seen from the tasks, so visibility goes strictly by id: a message waits until every
 //! earlier id of its room is committed (or has failed).
+//!
+//! Rooms live only as long as they are needed. Every user of a room holds it through a
+//! [`Held`]; when the last one goes, a room that loses nothing by going (no message
+//! published yet) is dropped at once, and with SQLite a room with messages joins a queue of
+//! rooms nobody holds, to be dropped (oldest release first) when a new room needs its place
+//! under the `max_rooms` cap; it is reloaded from SQLite on next use. So every room that could
+//! be freed is either gone already or on that queue, and [`Hub::room`] needs O(1) amortised
+//! work to find space, or to refuse with [`RoomLimit`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -44,6 +52,8 @@ pub struct Room {
     /// Stored out of order, waiting for an earlier id (`None`: that id failed to store).
     waiting: RefCell<BTreeMap<u64, Option<Msg>>>,
     tx: watch::Sender<u64>,
+    /// On the hub's queue of rooms nobody holds (SQLite only).
+    queued: Cell<bool>,
 }
 
 impl Room {
@@ -55,6 +65,7 @@ impl Room {
             visible: Cell::new(last),
             waiting: RefCell::new(BTreeMap::new()),
             tx: watch::Sender::new(last),
+            queued: Cell::new(false),
         }
     }
 
@@ -123,8 +134,46 @@ struct Durable {
 /// Every room of one server.
 pub struct Hub {
     rooms: RefCell<HashMap<Rc<str>, Rc<Room>>>,
+    /// With SQLite: rooms with messages that nobody held at their last release, oldest
+    /// first (an entry whose room is held again, or was queued again, is skipped).
+    idle: RefCell<VecDeque<Rc<str>>>,
     limit: usize,
+    max_rooms: usize,
+    /// The number of rooms in memory, shared with the server's counters.
+    gauge: Rc<Cell<u64>>,
     durable: Option<Durable>,
+}
+
+/// A new room was refused: the hub already holds `max` rooms that cannot be freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimit {
+    pub max: usize,
+}
+
+impl std::fmt::Display for RoomLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "room limit reached (--max-rooms {})", self.max)
+    }
+}
+
+/// A room in use. The room stays in the hub while any `Held` of it lives; dropping the last
+/// one lets the hub free it (see the module notes).
+pub struct Held<'h> {
+    hub: &'h Hub,
+    room: Rc<Room>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Room;
+    fn deref(&self) -> &Room {
+        &self.room
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.hub.release(&self.room);
+    }
 }
 
 fn store_err(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
@@ -197,11 +246,17 @@ pub fn check(path: &Path) -> Result<(), Error> {
 
 impl Hub {
     /// A hub keeping `limit` messages per room in memory, and all of them in SQLite at
-    /// `store` when given.
+    /// `store` when given, with at most `max_rooms` rooms in memory; `gauge` follows the
+    /// number of rooms in memory.
     ///
     /// # Errors
     /// [`Error::Io`] when the SQLite file cannot be opened or set up.
-    pub fn new(limit: usize, store: Option<&Path>) -> Result<Self, Error> {
+    pub fn new(
+        limit: usize,
+        max_rooms: usize,
+        store: Option<&Path>,
+        gauge: Rc<Cell<u64>>,
+    ) -> Result<Self, Error> {
         let durable = match store {
             None => None,
             Some(path) => {
@@ -223,9 +278,13 @@ impl Hub {
                 })
             }
         };
+        gauge.set(0);
         Ok(Self {
             rooms: RefCell::new(HashMap::new()),
+            idle: RefCell::new(VecDeque::new()),
             limit: limit.max(1),
+            max_rooms: max_rooms.max(1),
+            gauge,
             durable,
         })
     }
@@ -235,18 +294,81 @@ impl Hub {
         self.durable.is_some()
     }
 
-    /// The room called `name`, created (and, with SQLite, loaded) on first use.
-    pub fn room(&self, name: &str) -> Rc<Room> {
+    /// The room called `name`, created (and, with SQLite, loaded) when not in memory.
+    ///
+    /// # Errors
+    /// [`RoomLimit`] when the room is not in memory and `max_rooms` rooms are, none of
+    /// which can be freed.
+    pub fn room(&self, name: &str) -> Result<Held<'_>, RoomLimit> {
         if let Some(r) = self.rooms.borrow().get(name) {
-            return r.clone();
+            return Ok(Held {
+                hub: self,
+                room: r.clone(),
+            });
+        }
+        if !self.make_space() {
+            return Err(RoomLimit {
+                max: self.max_rooms,
+            });
         }
         let (last, recent) = match &self.durable {
             Some(d) => load(&d.read, name, self.limit).unwrap_or_default(),
             None => (0, Vec::new()),
         };
         let r = Rc::new(Room::new(name, last, recent));
-        self.rooms.borrow_mut().insert(r.name.clone(), r.clone());
-        r
+        let mut rooms = self.rooms.borrow_mut();
+        rooms.insert(r.name.clone(), r.clone());
+        self.gauge.set(rooms.len() as u64);
+        Ok(Held { hub: self, room: r })
+    }
+
+    /// Rooms in memory now.
+    pub fn len(&self) -> usize {
+        self.rooms.borrow().len()
+    }
+
+    /// True when no room is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.borrow().is_empty()
+    }
+
+    /// Free queued rooms until there is room for one more; false when none is left to free.
+    fn make_space(&self) -> bool {
+        let mut rooms = self.rooms.borrow_mut();
+        let mut idle = self.idle.borrow_mut();
+        while rooms.len() >= self.max_rooms {
+            let Some(name) = idle.pop_front() else {
+                return false;
+            };
+            let Some(r) = rooms.get(&name) else { continue };
+            if !r.queued.replace(false) {
+                continue;
+            }
+            // Held again since it was queued: its next release queues it again.
+            if Rc::strong_count(r) == 1 {
+                rooms.remove(&name);
+            }
+        }
+        self.gauge.set(rooms.len() as u64);
+        true
+    }
+
+    /// Called as a [`Held`] of `room` goes (while it still counts): when it is the last,
+    /// drop a room that loses nothing by going, or queue one that SQLite can restore.
+    fn release(&self, room: &Rc<Room>) {
+        // The hub's map and the `Held` being dropped.
+        if Rc::strong_count(room) != 2 {
+            return;
+        }
+        if room.assigned.get() == 0 {
+            let mut rooms = self.rooms.borrow_mut();
+            if rooms.get(&room.name).is_some_and(|r| Rc::ptr_eq(r, room)) {
+                rooms.remove(&room.name);
+                self.gauge.set(rooms.len() as u64);
+            }
+        } else if self.durable.is_some() && !room.queued.replace(true) {
+            self.idle.borrow_mut().push_back(room.name.clone());
+        }
     }
 
     /// Messages of `room` with id > `after`: from memory, and with SQLite also those that
@@ -267,7 +389,7 @@ impl Hub {
     ///
     /// # Errors
     /// The SQLite error text when the message could not be committed.
-    pub async fn publish(&self, room: &Rc<Room>, data: Utf8Bytes) -> Result<u64, String> {
+    pub async fn publish(&self, room: &Room, data: Utf8Bytes) -> Result<u64, String> {
         let id = room.assigned.get() + 1;
         room.assigned.set(id);
         if let Some(tx) = self.durable.as_ref().and_then(|d| d.tx.as_ref()) {
@@ -417,8 +539,8 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut hub = Hub::new(2, Some(&path)).unwrap();
-            let room = hub.room("a");
+            let mut hub = Hub::new(2, 10, Some(&path), Rc::default()).unwrap();
+            let room = hub.room("a").unwrap();
             for i in 1..=4u64 {
                 let id = hub
                     .publish(&room, Utf8Bytes::from(format!("m{i}")))
@@ -426,18 +548,111 @@ mod tests {
                     .unwrap();
                 assert_eq!(id, i);
             }
+            drop(room);
             hub.close();
         });
         rt.block_on(async {
-            let hub = Hub::new(2, Some(&path)).unwrap();
-            let room = hub.room("a");
+            let hub = Hub::new(2, 10, Some(&path), Rc::default()).unwrap();
+            let room = hub.room("a").unwrap();
             assert_eq!(room.last_id(), 4);
             let s = hub.since(&room, 0);
             assert_eq!(s.missed, None);
             let data: Vec<&str> = s.msgs.iter().map(|m| m.data.as_str()).collect();
             assert_eq!(data, ["m1", "m2", "m3", "m4"]);
             assert_eq!(hub.publish(&room, Utf8Bytes::from("m5")).await.unwrap(), 5);
+            drop(room);
         });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_empty_room_is_freed_when_its_last_holder_goes() {
+        let gauge = Rc::new(Cell::new(0));
+        let hub = Hub::new(10, 2, None, gauge.clone()).unwrap();
+        let a = hub.room("a").unwrap();
+        let a2 = hub.room("a").unwrap();
+        assert_eq!((hub.len(), gauge.get()), (1, 1));
+        drop(a);
+        assert_eq!(hub.len(), 1, "still held by a2");
+        drop(a2);
+        assert_eq!((hub.len(), gauge.get()), (0, 0));
+        // Many distinct empty rooms, one at a time, never reach the cap of 2.
+        for i in 0..1000 {
+            let r = hub.room(&format!("r{i}")).unwrap();
+            assert_eq!(r.last_id(), 0);
+        }
+        assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn in_memory_rooms_with_messages_or_holders_are_kept_and_the_cap_refuses_new_ones() {
+        let gauge = Rc::new(Cell::new(0));
+        let hub = Hub::new(10, 2, None, gauge.clone()).unwrap();
+        rt().block_on(async {
+            let a = hub.room("a").unwrap();
+            assert_eq!(hub.publish(&a, Utf8Bytes::from("x")).await.unwrap(), 1);
+        });
+        let held = hub.room("b").unwrap();
+        assert_eq!(gauge.get(), 2);
+        assert_eq!(hub.room("c").err(), Some(RoomLimit { max: 2 }));
+        assert_eq!(
+            RoomLimit { max: 2 }.to_string(),
+            "room limit reached (--max-rooms 2)"
+        );
+        // Rooms already there keep working at the cap.
+        let a = hub.room("a").unwrap();
+        assert_eq!(a.since(0).msgs.len(), 1);
+        drop(a);
+        assert_eq!(hub.len(), 2, "a holds a message: not freed without SQLite");
+        drop(held);
+        assert_eq!(hub.len(), 1, "b was empty: freed");
+        assert!(hub.room("c").is_ok());
+    }
+
+    #[test]
+    fn with_sqlite_unheld_rooms_make_way_and_come_back_with_their_ids() {
+        let dir = std::env::temp_dir().join(format!("kaprobe-rooms-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("t.sqlite");
+        let _ = std::fs::remove_file(&path);
+        let gauge = Rc::new(Cell::new(0));
+        let mut hub = Hub::new(10, 2, Some(&path), gauge.clone()).unwrap();
+        rt().block_on(async {
+            for (name, n) in [("a", 2), ("b", 1), ("c", 1)] {
+                let r = hub.room(name).unwrap();
+                for _ in 0..n {
+                    hub.publish(&r, Utf8Bytes::from(name)).await.unwrap();
+                }
+            }
+            assert_eq!(gauge.get(), 2, "a made way for c");
+            // A held room is not freed: with b and c both held, a new room is refused.
+            let b = hub.room("b").unwrap();
+            let c = hub.room("c").unwrap();
+            assert!(hub.room("a").is_err());
+            drop(c);
+            // a comes back from SQLite in c's place, and its ids go on.
+            let a = hub.room("a").unwrap();
+            assert_eq!(a.last_id(), 2);
+            let s = hub.since(&a, 0);
+            let ids: Vec<u64> = s.msgs.iter().map(|m| m.id).collect();
+            assert_eq!(ids, [1, 2]);
+            assert_eq!(hub.publish(&a, Utf8Bytes::from("a3")).await.unwrap(), 3);
+            drop((a, b));
+            // Held and released again while queued: queued once, freed once.
+            for _ in 0..100 {
+                drop(hub.room("a").unwrap());
+            }
+            assert!(hub.idle.borrow().len() <= hub.len());
+            let c = hub.room("c").unwrap();
+            assert_eq!(c.last_id(), 1);
+        });
+        hub.close();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

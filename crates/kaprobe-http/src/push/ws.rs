@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::store::Room;
+use super::store::Held;
 use super::{interval, io_reason, killed, tick, write_all, After};
 use crate::server::stats::Stats;
 use crate::server::{Ctl, Ending, Reason, Shared};
@@ -127,12 +127,14 @@ pub(super) async fn run(
 ) -> After {
     // Join the room before the 101 goes out: a client is a member from the moment it can
     // know it is connected.
-    let room = room.map(|name| {
-        let r = sh.hub.room(name);
-        let rx = r.subscribe();
-        let last = r.last_id();
-        (r, rx, last)
-    });
+    let room = match room.map(|name| sh.hub.room(name)).transpose() {
+        Ok(r) => r.map(|r| {
+            let rx = r.subscribe();
+            let last = r.last_id();
+            (r, rx, last)
+        }),
+        Err(e) => return super::room_limit(stream, sh, e).await,
+    };
     let accept = derive_accept_key(key.as_bytes());
     let mut out = Vec::with_capacity(192);
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nServer: kaprobe\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
@@ -177,7 +179,7 @@ pub(super) async fn run(
 
 async fn session(
     ws: &mut Ws,
-    room: Option<(Rc<Room>, watch::Receiver<u64>, u64)>,
+    room: Option<(Held<'_>, watch::Receiver<u64>, u64)>,
     ping: Duration,
     ctl: &Ctl,
     sh: &Shared,

@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::fmt::Write as _;
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::Reason;
@@ -28,6 +29,10 @@ pub struct Stats {
     pub published: Cell<u64>,
     /// Messages written to push clients (WebSocket frames, events, poll entries).
     pub delivered: Cell<u64>,
+    /// Push rooms in memory now (kept up to date by the hub).
+    pub rooms: Rc<Cell<u64>>,
+    /// Requests refused because a new room would pass --max-rooms.
+    pub room_limit_refusals: Cell<u64>,
     pub closes: [Cell<u64>; Reason::ALL.len()],
 }
 
@@ -47,6 +52,8 @@ impl Default for Stats {
             polls_waiting: Cell::new(0),
             published: Cell::new(0),
             delivered: Cell::new(0),
+            rooms: Rc::new(Cell::new(0)),
+            room_limit_refusals: Cell::new(0),
             closes: Default::default(),
         }
     }
@@ -96,6 +103,8 @@ impl Stats {
             "polls_waiting": self.polls_waiting.get(),
             "published": self.published.get(),
             "delivered": self.delivered.get(),
+            "rooms": self.rooms.get(),
+            "room_limit_refusals": self.room_limit_refusals.get(),
             "closes": closes,
             "shutting_down": shutting_down,
         })
@@ -184,6 +193,18 @@ impl Stats {
             "counter",
             "Messages written to push clients.",
             self.delivered.get().to_string(),
+        );
+        g(
+            "kaprobe_push_rooms",
+            "gauge",
+            "Push rooms in memory now.",
+            self.rooms.get().to_string(),
+        );
+        g(
+            "kaprobe_push_room_limit_refusals_total",
+            "counter",
+            "Requests refused with 503 because a new room would pass --max-rooms.",
+            self.room_limit_refusals.get().to_string(),
         );
         s.push_str("# HELP kaprobe_connection_closes_total Connections closed, by reason.\n# TYPE kaprobe_connection_closes_total counter\n");
         for r in Reason::ALL {

@@ -23,7 +23,7 @@ use crate::util::{in_range, parse_duration};
 /// client_rst, header_timeout, bad_request, shutdown, cap_eviction, close_endpoint,
 /// cap_full, send_timeout, io_error; push connections: ws_client_close, ws_client_gone,
 /// ws_pong_timeout, ws_protocol_error, ws_invalid_utf8, ws_message_too_big,
-/// sse_client_gone.
+/// sse_client_gone, room_limit.
 ///
 /// Endpoints: / (body "ok"), /delay/{duration}, /status/{code}, /bytes/{n}, /headers
 /// (request echoed as JSON), /close (answers with Connection: close), /_kaprobe/stats
@@ -123,6 +123,18 @@ pub struct Args {
     )]
     pub store_limit: usize,
 
+    /// Push rooms held in memory at most. A room with no message and no client is freed at
+    /// once; with --store, any room no client holds is freed when space is needed (reloaded
+    /// from the file on next use). A request that needs a new room beyond the cap gets 503.
+    /// Range 1..=1000000.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "10000",
+        help_heading = "Push channels"
+    )]
+    pub max_rooms: String,
+
     /// Keep every published message in this SQLite file (WAL, synchronous=FULL): a publish
     /// is answered only after its commit, and ids and messages survive a restart.
     #[arg(long, value_name = "FILE", help_heading = "Push channels")]
@@ -135,7 +147,7 @@ connection prints one line on stdout (text, or one JSON object with --log json) 
 reason: idle_timeout, max_requests, client_close_header, http10, client_fin, client_rst,
 header_timeout, bad_request, shutdown, cap_eviction, close_endpoint, cap_full, send_timeout,
 io_error; push connections: ws_client_close, ws_client_gone, ws_pong_timeout,
-ws_protocol_error, ws_invalid_utf8, ws_message_too_big, sse_client_gone.
+ws_protocol_error, ws_invalid_utf8, ws_message_too_big, sse_client_gone, room_limit.
 
 Endpoints: / (body \"ok\"), /delay/DURATION, /status/CODE, /bytes/N, /headers (the
 request as JSON), /close (answers with Connection: close), /_kaprobe/stats (JSON counters),
@@ -150,6 +162,8 @@ default \"default\"), ids 1, 2, 3, ... per room:
                               event stream; Last-Event-ID: N replays ids > N
   GET  /poll?room=NAME&since=N[&wait=D]
                               JSON messages with id > N; wait=D long-polls
+A request that needs a new room when --max-rooms rooms are in memory and none can be freed
+gets 503 \"room limit reached\" (logged room_limit).
 SIGTERM closes WebSockets with 1001 and ends event streams.
 
 SIGINT/SIGTERM: stop accepting, answer requests in flight with Connection: close, close idle
@@ -237,6 +251,13 @@ fn check(args: &Args) -> Result<Config, Failure> {
     }
     in_range("--ws-max-message", args.ws_max_message, 125..=64 << 20)?;
     in_range("--store-limit", args.store_limit, 1..=10_000_000)?;
+    let max_rooms = args.max_rooms.trim().parse::<usize>().map_err(|_| {
+        Failure::usage(format!(
+            "--max-rooms '{}' is not a number: use 1..=1000000",
+            args.max_rooms
+        ))
+    })?;
+    in_range("--max-rooms", max_rooms, 1..=1_000_000)?;
     if !(256..=1 << 20).contains(&args.max_header_bytes) {
         return Err(Failure::usage(format!(
             "--max-header-bytes {} is out of range: use 256..=1048576",
@@ -266,6 +287,7 @@ fn check(args: &Args) -> Result<Config, Failure> {
         ws_max_message: args.ws_max_message,
         store_limit: args.store_limit,
         store: args.store.clone(),
+        max_rooms,
         ..Config::default()
     })
 }
