@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::server::conn::io_reason;
 use crate::server::parse::BodyKind;
 use crate::server::proto::PushStart;
 use crate::server::stats::Stats;
@@ -165,15 +166,6 @@ async fn write_all(stream: &mut TcpStream, buf: &[u8], sh: &Shared) -> Result<()
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(io_reason(&e)),
         Err(_) => Err(Reason::SendTimeout),
-    }
-}
-
-fn io_reason(e: &io::Error) -> Reason {
-    match e.kind() {
-        io::ErrorKind::ConnectionReset
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionAborted => Reason::ClientRst,
-        _ => Reason::IoError,
     }
 }
 

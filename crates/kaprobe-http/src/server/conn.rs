@@ -283,7 +283,8 @@ async fn linger(stream: &TcpStream, sh: &Shared) {
     }
 }
 
-fn io_reason(e: &io::Error) -> Reason {
+/// The close reason for a failed read or write: a reset by the client, or another error.
+pub(crate) fn io_reason(e: &io::Error) -> Reason {
     match e.kind() {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::BrokenPipe
