@@ -2,9 +2,11 @@
 //! namespaces that clean up after themselves, and child processes that die with the test.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -289,6 +291,77 @@ pub fn wait_line(
             Ok(l) => seen.push(l),
             Err(_) => return Err(seen),
         }
+    }
+}
+
+/// What `kaprobe serve` prints on stderr before each address it listens on.
+const LISTENING: &str = "kaprobe serve: listening on http://";
+
+/// A running `kaprobe serve --listen 127.0.0.1:0 ARGS`: the process, the address it reported
+/// on stderr, and its stdout lines. The rest of stderr is drained on a thread so the server
+/// never blocks on (or fails writing to) a full or closed pipe.
+pub struct Serve {
+    pub child: KillOnDrop,
+    pub addr: String,
+    pub out: Receiver<String>,
+}
+
+impl Serve {
+    /// Start the server and wait up to `wait` for its listening line.
+    pub fn start(args: &[&str], wait: Duration) -> Self {
+        let mut child = KillOnDrop::spawn(
+            kaprobe()
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .args(args)
+                .stdin(Stdio::null()),
+        );
+        let err = line_reader(child.0.stderr.take().unwrap());
+        let out = line_reader(child.0.stdout.take().unwrap());
+        let line = wait_line(&err, wait, |l| l.starts_with(LISTENING))
+            .unwrap_or_else(|seen| panic!("serve {args:?} never said it was listening: {seen:?}"));
+        std::thread::spawn(move || while err.recv().is_ok() {});
+        let addr = line
+            .trim()
+            .trim_start_matches(LISTENING)
+            .trim_end_matches('/')
+            .to_string();
+        Self { child, addr, out }
+    }
+
+    /// The address as a socket address.
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.addr
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {:?}: {e}", self.addr))
+    }
+
+    /// Send `sig` to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe {
+            libc::kill(self.child.0.id().cast_signed(), sig);
+        }
+    }
+
+    /// SIGTERM, then wait up to 10 s for the server to exit; panic if it does not.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("kaprobe serve did not stop on SIGTERM");
+    }
+
+    /// The next stdout line containing `pat`, as JSON (earlier lines are skipped); panics
+    /// naming `what` after `timeout`.
+    pub fn json_line(&self, pat: &str, timeout: Duration, what: &str) -> serde_json::Value {
+        let l = wait_line(&self.out, timeout, |l| l.contains(pat))
+            .unwrap_or_else(|seen| panic!("no {what}: {seen:?}"));
+        serde_json::from_str(&l).unwrap()
     }
 }
 

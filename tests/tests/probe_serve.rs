@@ -7,37 +7,17 @@
 mod peers;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kaprobe_tests::{
-    json_lines, kaprobe, kaprobe_bin, line_reader, require_tool, stderr, wait_line, KillOnDrop,
-};
+use kaprobe_tests::{json_lines, kaprobe, require_tool, stderr, Serve};
 use peers::{free_port, latency_line, nginx};
 use serde_json::Value;
 
 /// `kaprobe serve --listen 127.0.0.1:0 ARGS`, and the address it reports on stderr.
-fn serve(args: &[&str]) -> (KillOnDrop, SocketAddr) {
-    let mut child = KillOnDrop::spawn(
-        Command::new(kaprobe_bin())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null()),
-    );
-    let rx = line_reader(child.0.stderr.take().unwrap());
-    let line = wait_line(&rx, Duration::from_secs(10), |l| {
-        l.starts_with("kaprobe serve: listening on http://")
-    })
-    .unwrap_or_else(|seen| panic!("serve {args:?} never said it was listening: {seen:?}"));
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    let addr = line
-        .trim()
-        .trim_start_matches("kaprobe serve: listening on http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-    (child, addr)
+fn serve(args: &[&str]) -> (Serve, SocketAddr) {
+    let s = Serve::start(args, Duration::from_secs(10));
+    let addr = s.socket_addr();
+    (s, addr)
 }
 
 fn probe(url: &str, max_wait: &str) -> Value {
@@ -112,7 +92,7 @@ fn serve_request_limit_is_counted() {
 
 /// nginx proxy with an upstream keep-alive pool (`pool_timeout`) in front of kaprobe serve
 /// closing idle connections after 1 s, over a path with 250 ms each way.
-fn nginx_pool_in_front_of_serve(pool_timeout: &str) -> (KillOnDrop, peers::Peer, String) {
+fn nginx_pool_in_front_of_serve(pool_timeout: &str) -> (Serve, peers::Peer, String) {
     let (s, app) = serve(&["--keepalive-timeout", "1s"]);
     let line = latency_line(app, Duration::from_millis(250));
     let front = free_port();

@@ -9,37 +9,18 @@
 mod peers;
 
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use kaprobe_tests::{
-    json_lines, kaprobe, kaprobe_bin, line_reader, require_tool, stderr, stdout, wait_line,
-    KillOnDrop,
-};
+use kaprobe_tests::{json_lines, kaprobe, require_tool, stderr, stdout, Serve};
 use peers::{free_port, nginx, Peer};
 use serde_json::Value;
 
 /// `kaprobe serve --listen 127.0.0.1:0 ARGS`, and the address it reports on stderr.
-fn serve(args: &[&str]) -> (KillOnDrop, SocketAddr) {
-    let mut child = KillOnDrop::spawn(
-        Command::new(kaprobe_bin())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null()),
-    );
-    let rx = line_reader(child.0.stderr.take().unwrap());
-    let line = wait_line(&rx, Duration::from_secs(10), |l| {
-        l.starts_with("kaprobe serve: listening on http://")
-    })
-    .unwrap_or_else(|seen| panic!("serve {args:?} never said it was listening: {seen:?}"));
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    let addr = line
-        .trim()
-        .trim_start_matches("kaprobe serve: listening on http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-    (child, addr)
+fn serve(args: &[&str]) -> (Serve, SocketAddr) {
+    let s = Serve::start(args, Duration::from_secs(10));
+    let addr = s.socket_addr();
+    (s, addr)
 }
 
 /// nginx proxying WebSockets and event streams to `upstream`, cutting idle ones after 2 s.

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::process::Command;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -13,55 +12,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use kaprobe_tests::{kaprobe, line_reader, require_tool, wait_line, KillOnDrop};
+use kaprobe_tests::{require_tool, KillOnDrop, Serve as Server};
 
-/// A running `kaprobe serve`, its address and its stdout lines.
-struct Server {
-    child: KillOnDrop,
-    addr: String,
-    out: Receiver<String>,
-}
-
+/// `kaprobe serve --log json ARGS` on an ephemeral loopback port.
 fn serve(args: &[&str]) -> Server {
-    let mut cmd = kaprobe();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log", "json"])
-        .args(args);
-    let mut child = KillOnDrop::spawn(&mut cmd);
-    let err = line_reader(child.0.stderr.take().unwrap());
-    let out = line_reader(child.0.stdout.take().unwrap());
-    let line = wait_line(&err, Duration::from_secs(60), |l| {
-        l.contains("listening on")
-    })
-    .unwrap_or_else(|seen| panic!("no listening line: {seen:?}"));
-    let addr = line
-        .strip_prefix("kaprobe serve: listening on http://")
-        .unwrap()
-        .to_string();
-    Server { child, addr, out }
+    Server::start(
+        &[&["--log", "json"], args].concat(),
+        Duration::from_secs(60),
+    )
 }
 
-impl Server {
+/// What these tests ask of a running server.
+trait ServerExt {
+    fn close_event(&self, reason: &str) -> serde_json::Value;
+    fn ws_url(&self, q: &str) -> String;
+}
+
+impl ServerExt for Server {
     /// The next close event with this reason (other close events are skipped).
     fn close_event(&self, reason: &str) -> serde_json::Value {
         let want = format!("\"reason\":\"{reason}\"");
-        let l = wait_line(&self.out, Duration::from_secs(15), |l| l.contains(&want))
-            .unwrap_or_else(|seen| panic!("no {reason} close event: {seen:?}"));
-        serde_json::from_str(&l).unwrap()
-    }
-
-    fn stop(&mut self) {
-        // SAFETY: kill on our own child's pid.
-        unsafe {
-            libc::kill(self.child.0.id().cast_signed(), libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("kaprobe serve did not stop on SIGTERM");
+        self.json_line(
+            &want,
+            Duration::from_secs(15),
+            &format!("{reason} close event"),
+        )
     }
 
     fn ws_url(&self, q: &str) -> String {

@@ -5,37 +5,25 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use kaprobe_tests::{kaprobe, line_reader, require_tool, wait_line, KillOnDrop};
+use kaprobe_tests::{kaprobe, line_reader, require_tool, wait_line, KillOnDrop, Serve as Server};
 
-/// A running `kaprobe serve`, its address and its stdout lines.
-struct Server {
-    child: KillOnDrop,
-    addr: String,
-    out: Receiver<String>,
-}
-
+/// `kaprobe serve --log json ARGS` on an ephemeral loopback port.
 fn serve(args: &[&str]) -> Server {
-    let mut cmd = kaprobe();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log", "json"])
-        .args(args);
-    let mut child = KillOnDrop::spawn(&mut cmd);
-    let err = line_reader(child.0.stderr.take().unwrap());
-    let out = line_reader(child.0.stdout.take().unwrap());
-    let line = wait_line(&err, Duration::from_secs(60), |l| {
-        l.contains("listening on")
-    })
-    .unwrap_or_else(|seen| panic!("no listening line: {seen:?}"));
-    let addr = line
-        .strip_prefix("kaprobe serve: listening on http://")
-        .unwrap()
-        .to_string();
-    Server { child, addr, out }
+    Server::start(
+        &[&["--log", "json"], args].concat(),
+        Duration::from_secs(60),
+    )
 }
 
-impl Server {
+/// What these tests ask of a running server.
+trait ServerExt {
+    fn connect(&self) -> TcpStream;
+    fn close_event(&self) -> serde_json::Value;
+}
+
+impl ServerExt for Server {
     fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(&self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -44,18 +32,7 @@ impl Server {
 
     /// The next close event on stdout.
     fn close_event(&self) -> serde_json::Value {
-        let l = wait_line(&self.out, Duration::from_secs(10), |l| {
-            l.contains("\"close\"")
-        })
-        .unwrap_or_else(|seen| panic!("no close event: {seen:?}"));
-        serde_json::from_str(&l).unwrap()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill on our own child's pid.
-        unsafe {
-            libc::kill(self.child.0.id().cast_signed(), sig);
-        }
+        self.json_line("\"close\"", Duration::from_secs(10), "close event")
     }
 }
 
