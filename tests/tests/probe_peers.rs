@@ -1,5 +1,6 @@
-//! Real peers for the probe and race tests: nginx, haproxy and Apache started from a private
-//! temp dir with a config the test writes, killed and cleaned up on drop. Also a latency
+//! Real peers for the probe and race tests: haproxy and Apache started from a private temp
+//! dir with a config the test writes, killed and cleaned up on drop (nginx, the temp dir and
+//! the port helpers live in `kaprobe_tests` and are re-exported here). Also a latency
 //! line (a TCP relay that delays every byte and every close by a fixed time) standing in for
 //! a long network path, since `tc netem` is not available on these machines.
 //!
@@ -7,143 +8,12 @@
 //! empty test target.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kaprobe_tests::{wait_for, KillOnDrop, Netns};
-
-static DIRS: AtomicU32 = AtomicU32::new(0);
-
-/// A temp dir readable by nginx/Apache workers (which drop privileges), removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let n = DIRS.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("kaprobe-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(p.join("tmp")).unwrap();
-        Command::new("chmod")
-            .args(["-R", "755"])
-            .arg(&p)
-            .status()
-            .unwrap();
-        Self(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        Command::new("chmod").arg("644").arg(&p).status().unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A port that was free on 127.0.0.1 a moment ago (for peers that cannot report the port
-/// they bound).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Wait until something accepts connections on `addr` (loopback).
-pub fn wait_listening(addr: SocketAddr, child: &mut KillOnDrop, log: &Path) {
-    wait_for(
-        &format!("a listener on {addr}"),
-        Duration::from_secs(10),
-        || {
-            if let Ok(Some(status)) = child.0.try_wait() {
-                panic!(
-                    "peer exited early ({status}): {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .ok()
-                .map(|_| ())
-        },
-    );
-}
-
-/// Wait until something listens on TCP `port` inside `ns`.
-pub fn wait_listening_in(ns: &Netns, port: u16) {
-    wait_for(
-        &format!("a listener on port {port} in {}", ns.name),
-        Duration::from_secs(10),
-        || {
-            let o = Command::new("ip")
-                .args(["netns", "exec", &ns.name, "ss", "-Hltn"])
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&o.stdout)
-                .contains(&format!(":{port} "))
-                .then_some(())
-        },
-    );
-}
-
-/// A running peer: the process, its directory, and where it listens.
-pub struct Peer {
-    pub child: KillOnDrop,
-    pub dir: TempDir,
-    pub port: u16,
-}
-
-impl Peer {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-/// nginx with one worker and the given `http { ... }` body (server blocks etc.). `port` is
-/// what the body listens on; `ns` runs it inside a namespace (then `port` is waited for there).
-pub fn nginx(http_body: &str, port: u16, ns: Option<&Netns>) -> Peer {
-    let dir = TempDir::new("nginx");
-    let d = dir.path().display().to_string();
-    let conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-         events {{ worker_connections 2048; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  \
-         fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n{http_body}\n}}\n"
-    );
-    let conf_path = dir.write("nginx.conf", &conf);
-    let nginx = which("nginx");
-    let mut cmd = match ns {
-        Some(ns) => ns.command(&nginx),
-        None => Command::new(&nginx),
-    };
-    cmd.arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"]);
-    let mut child = KillOnDrop::spawn(&mut cmd);
-    match ns {
-        Some(ns) => wait_listening_in(ns, port),
-        None => wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            &mut child,
-            &dir.path().join("error.log"),
-        ),
-    }
-    Peer { child, dir, port }
-}
+use kaprobe_tests::KillOnDrop;
+pub use kaprobe_tests::{free_port, nginx, wait_listening, which, Peer, TempDir};
 
 /// haproxy in the foreground with the given sections after a small `global`/`defaults`.
 pub fn haproxy(defaults: &str, body: &str, port: u16) -> Peer {
@@ -195,21 +65,6 @@ pub fn apache(port: u16, keepalive_timeout_secs: u32, max_keepalive_requests: u3
         &dir.path().join("error.log"),
     );
     Peer { child, dir, port }
-}
-
-/// Full path of a tool (also finds the ones in /usr/sbin when PATH lacks it).
-pub fn which(tool: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
-        "/usr/sbin",
-        "/sbin",
-        "/usr/local/sbin",
-    ]) {
-        let p = Path::new(dir).join(tool);
-        if p.is_file() {
-            return p;
-        }
-    }
-    PathBuf::from(tool)
 }
 
 /// A latency line on loopback: accepts on an ephemeral port and relays each connection to

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use kaprobe_tests::{require_tool, KillOnDrop, Serve as Server};
+use kaprobe_tests::{require_tool, Serve as Server};
 
 /// `kaprobe serve --log json ARGS` on an ephemeral loopback port.
 fn serve(args: &[&str]) -> Server {
@@ -615,36 +615,11 @@ async fn shutdown_closes_websockets_with_1001_and_ends_event_streams() {
 
 /// nginx in front of `upstream` with the WebSocket upgrade headers, unbuffered event
 /// streams and the given read timeout.
-struct Nginx {
-    _child: KillOnDrop,
-    addr: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn nginx(upstream: &str, read_timeout: &str) -> Nginx {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("kp-push-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let d = dir.display();
-    let conf = format!(
-        "master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{
+fn nginx(upstream: &str, read_timeout: &str) -> kaprobe_tests::Peer {
+    let port = kaprobe_tests::free_port();
+    kaprobe_tests::nginx(
+        &format!(
+            "  server {{
     listen 127.0.0.1:{port};
     location / {{
       proxy_pass http://{upstream};
@@ -654,28 +629,11 @@ http {{
       proxy_read_timeout {read_timeout};
       proxy_buffering off;
     }}
-  }}
-}}
-"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = KillOnDrop::spawn(Command::new("nginx").args([
-        "-p",
-        &d.to_string(),
-        "-c",
-        &format!("{d}/nginx.conf"),
-        "-g",
-        "daemon off;",
-    ]));
-    let addr = format!("127.0.0.1:{port}");
-    kaprobe_tests::wait_for("nginx to listen", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(&addr).ok()
-    });
-    Nginx {
-        _child: child,
-        addr,
-        dir,
-    }
+  }}"
+        ),
+        port,
+        None,
+    )
 }
 
 /// How long an idle WebSocket lives through the proxy (None: still open after `hold`).
@@ -717,7 +675,7 @@ async fn through_nginx_heartbeats_keep_idle_channels_open_and_silence_gets_them_
     require_tool!("nginx");
     let srv = serve(&[]);
     let proxy = nginx(&srv.addr, "2s");
-    let a = proxy.addr.clone();
+    let a = proxy.addr();
     let hold = Duration::from_secs(10);
     // All four at once: with a 1 s heartbeat (ping / comment) and without.
     let ws_beat = tokio::spawn(ws_lifetime(format!("ws://{a}/ws?ping=1s"), hold));

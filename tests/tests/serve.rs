@@ -413,39 +413,19 @@ fn nginx_upstream_keepalive_pool_reuses_connections() {
     require_tool!("nginx");
     require_tool!("curl");
     let srv = serve(&["--keepalive-timeout", "30s", "--max-requests", "1000"]);
-    let dir = std::env::temp_dir().join(format!("kp-serve-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let nginx_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let d = dir.display();
-    let conf = format!(
-        "master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  upstream kp {{ server {}; keepalive 8; }}
+    let nginx_port = kaprobe_tests::free_port();
+    let _nginx = kaprobe_tests::nginx(
+        &format!(
+            "  upstream kp {{ server {}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{nginx_port};
     location / {{ proxy_pass http://kp; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}
-  }}
-}}
-",
-        srv.addr
+  }}",
+            srv.addr
+        ),
+        nginx_port,
+        None,
     );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    // One process (no master/worker pair), so killing it on drop leaves nothing behind.
-    let _nginx = KillOnDrop::spawn(Command::new("nginx").args([
-        "-p",
-        &d.to_string(),
-        "-c",
-        &format!("{d}/nginx.conf"),
-        "-g",
-        "daemon off;",
-    ]));
     let url = format!("http://127.0.0.1:{nginx_port}/");
     kaprobe_tests::wait_for("nginx to answer", Duration::from_secs(10), || {
         Command::new("curl")
@@ -476,7 +456,6 @@ http {{
         .unwrap();
     assert_eq!(ev["reason"], "shutdown", "{ev}");
     assert!(ev["requests"].as_u64().unwrap() >= 10, "{ev}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
