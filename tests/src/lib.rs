@@ -182,6 +182,15 @@ impl Netns {
         sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmdline))
     }
 
+    /// The name of the first interface in the namespace that is not `lo` (its veth end).
+    pub fn veth(&self) -> String {
+        self.exec("ls /sys/class/net")
+            .split_whitespace()
+            .find(|n| *n != "lo")
+            .unwrap()
+            .to_string()
+    }
+
     /// A `Command` that runs `program` inside the namespace.
     pub fn command(&self, program: &Path) -> Command {
         let mut c = Command::new("ip");
@@ -204,6 +213,31 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Run `f` in a thread that joined network namespace `ns`: sockets it makes live there.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd changes only this thread's network namespace.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Turn on TCP keep-alive on `s`: the first probe after `idle` s of silence, then one every
+/// `intvl` s, `count` unanswered probes before the kernel gives up.
+pub fn keepalive(s: &TcpStream, idle: u64, intvl: u64, count: u32) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(idle))
+        .with_interval(Duration::from_secs(intvl))
+        .with_retries(count);
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka).unwrap();
 }
 
 /// Two namespaces joined by a veth pair: `a` is 10.200.`subnet`.1/24 and `b` is
@@ -244,6 +278,40 @@ impl NsPair {
             a_addr,
             b_addr,
         }
+    }
+
+    /// A listener on an ephemeral port of `b`'s address, inside `b`.
+    pub fn listen_b(&self) -> TcpListener {
+        let b_addr = self.b_addr.clone();
+        in_netns(&self.b.name, move || {
+            TcpListener::bind(format!("{b_addr}:0")).unwrap()
+        })
+    }
+
+    /// A peer that dies silently: connect from `a` to `listener` (made by [`Self::listen_b`])
+    /// with keep-alive after 1 s, every 1 s, 3 probes; send 5 bytes across; then drop
+    /// everything that arrives in `b` and wait (up to 15 s) until the client's read fails
+    /// with ETIMEDOUT. Returns the client and the accepted server socket, to be kept open
+    /// until the test ends.
+    pub fn lose_peer(&self, listener: &TcpListener) -> (TcpStream, TcpStream) {
+        use std::io::{Read, Write};
+        let server_addr = listener.local_addr().unwrap();
+        let mut client = in_netns(&self.a.name, move || {
+            TcpStream::connect(server_addr).unwrap()
+        });
+        keepalive(&client, 1, 1, 3);
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).unwrap();
+        // The peer goes silent: every probe is dropped on arrival.
+        self.b.exec("iptables -A INPUT -j DROP");
+        client
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let err = client.read(&mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+        (client, server)
     }
 }
 

@@ -3,27 +3,17 @@
 //! tshark.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use kaprobe_tests::{
-    json_lines, kaprobe, line_reader, require_root, require_tool, run, stderr, wait_line,
-    KillOnDrop, NsPair,
+    json_lines, kaprobe, keepalive, line_reader, require_root, require_tool, run, stderr,
+    wait_line, KillOnDrop, NsPair,
 };
 use serde_json::Value;
-use socket2::{SockRef, TcpKeepalive};
-
-fn keepalive(s: &TcpStream, idle: u64, intvl: u64, count: u32) {
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(idle))
-        .with_interval(Duration::from_secs(intvl))
-        .with_retries(count);
-    SockRef::from(s).set_tcp_keepalive(&ka).unwrap();
-}
 
 /// Start `kaprobe watch` (already configured in `cmd`) and wait for its start line.
 fn start_watch(cmd: &mut Command) -> (KillOnDrop, Receiver<String>) {
@@ -133,37 +123,14 @@ fn watch_reports_kernel_probes_on_loopback_at_1s() {
     assert_eq!(last["frames"], stats[0]["frames"], "{last}");
 }
 
-/// Run `f` in a thread that joined network namespace `ns`: sockets it makes live there.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd changes only this thread's network namespace.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 #[test]
 fn dead_peer_in_a_namespace_shows_unanswered_probes_then_rst() {
     require_root!();
     require_tool!("iptables");
     let pair = NsPair::new("kpcap");
-    let b_addr = pair.b_addr.clone();
-    let listener = in_netns(&pair.b.name, move || {
-        TcpListener::bind(format!("{b_addr}:0")).unwrap()
-    });
-    let server_addr: SocketAddr = listener.local_addr().unwrap();
-    let veth = pair
-        .a
-        .exec("ls /sys/class/net")
-        .split_whitespace()
-        .find(|n| *n != "lo")
-        .unwrap()
-        .to_string();
+    let listener = pair.listen_b();
+    let server_addr = listener.local_addr().unwrap();
+    let veth = pair.a.veth();
     let mut cmd = pair.a.command(kaprobe_tests::kaprobe_bin());
     cmd.args([
         "watch",
@@ -175,21 +142,7 @@ fn dead_peer_in_a_namespace_shows_unanswered_probes_then_rst() {
         &server_addr.port().to_string(),
     ]);
     let (mut child, rx) = start_watch(&mut cmd);
-    let mut client = in_netns(&pair.a.name, move || {
-        TcpStream::connect(server_addr).unwrap()
-    });
-    keepalive(&client, 1, 1, 3);
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"hello").unwrap();
-    let mut buf = [0u8; 5];
-    server.read_exact(&mut buf).unwrap();
-    // The peer goes silent: every probe is dropped on arrival.
-    pair.b.exec("iptables -A INPUT -j DROP");
-    client
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let err = client.read(&mut buf).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let _conn = pair.lose_peer(&listener);
     let events = rest(&mut child, &rx);
     let probes: Vec<&Value> = of_type(&events, "packet")
         .into_iter()
