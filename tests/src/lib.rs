@@ -652,6 +652,39 @@ pub fn which(tool: &str) -> PathBuf {
     PathBuf::from(tool)
 }
 
+/// The packets tshark flags in the capture at `path`, frame number -> `"keepalive"` or
+/// `"keepalive_ack"` (`tcp.analysis.keep_alive` / `tcp.analysis.keep_alive_ack`).
+pub fn tshark_keepalive_flags(path: &Path) -> std::collections::BTreeMap<u64, String> {
+    let o = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(path)
+        .args([
+            "-Y",
+            "tcp.analysis.keep_alive or tcp.analysis.keep_alive_ack",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+            "-e",
+            "tcp.analysis.keep_alive",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tshark failed: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut c = l.split('\t');
+            let frame = c.next()?.trim().parse().ok()?;
+            let ka = c.next().is_some_and(|x| !x.trim().is_empty());
+            Some((
+                frame,
+                if ka { "keepalive" } else { "keepalive_ack" }.to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// Every command line that has its own `--help` ("" is the top level), for the tests that
 /// check each help text.
 pub const COMMANDS: &[&str] = &[

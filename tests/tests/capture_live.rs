@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
@@ -165,37 +164,6 @@ fn dead_peer_in_a_namespace_shows_unanswered_probes_then_rst() {
     assert!(f["config"].as_str().unwrap().contains("3 probes"), "{f}");
 }
 
-fn tshark_flags(path: &Path) -> Vec<(u64, String)> {
-    let o = Command::new("tshark")
-        .args(["-n", "-r"])
-        .arg(path)
-        .args([
-            "-Y",
-            "tcp.analysis.keep_alive or tcp.analysis.keep_alive_ack",
-            "-T",
-            "fields",
-            "-e",
-            "frame.number",
-            "-e",
-            "tcp.analysis.keep_alive",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "tshark: {}", stderr(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut c = l.split('\t');
-            let n = c.next()?.trim().parse().ok()?;
-            let ka = c.next().is_some_and(|x| !x.trim().is_empty());
-            Some((
-                n,
-                if ka { "keepalive" } else { "keepalive_ack" }.to_string(),
-            ))
-        })
-        .collect()
-}
-
 #[test]
 fn tshark_agrees_on_a_real_loopback_capture_except_the_window_scale_case() {
     require_root!();
@@ -251,7 +219,7 @@ fn tshark_agrees_on_a_real_loopback_capture_except_the_window_scale_case() {
             )
         })
         .collect();
-    let theirs = tshark_flags(&file);
+    let theirs = kaprobe_tests::tshark_keepalive_flags(&file);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         ours.iter().filter(|o| o.1 == "keepalive").count() >= 4,
@@ -265,10 +233,7 @@ fn tshark_agrees_on_a_real_loopback_capture_except_the_window_scale_case() {
         );
     }
     // kaprobe's extra flags: only connection 2's first keep-alive ACK.
-    let extra: Vec<_> = ours
-        .iter()
-        .filter(|o| !theirs.iter().any(|t| t.0 == o.0))
-        .collect();
+    let extra: Vec<_> = ours.iter().filter(|o| !theirs.contains_key(&o.0)).collect();
     assert_eq!(extra.len(), 1, "extra: {extra:?}, tshark: {theirs:?}");
     assert_eq!(extra[0].1, "keepalive_ack");
     assert_eq!(
