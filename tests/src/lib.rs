@@ -685,6 +685,30 @@ pub fn tshark_keepalive_flags(path: &Path) -> std::collections::BTreeMap<u64, St
         .collect()
 }
 
+/// Run `kaprobe race ARGS --json` (it must succeed): its attempt lines, its bin lines and its
+/// summary line.
+pub fn race_json(
+    args: &[&str],
+) -> (
+    Vec<serde_json::Value>,
+    Vec<serde_json::Value>,
+    serde_json::Value,
+) {
+    let o = kaprobe()
+        .arg("race")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "race {args:?}: {}", stderr(&o));
+    let lines = json_lines(&o);
+    let of = |t: &str| -> Vec<serde_json::Value> {
+        lines.iter().filter(|l| l["type"] == t).cloned().collect()
+    };
+    let summary = of("summary").pop().expect("a summary line");
+    (of("attempt"), of("bin"), summary)
+}
+
 /// Every command line that has its own `--help` ("" is the top level), for the tests that
 /// check each help text.
 pub const COMMANDS: &[&str] = &[

@@ -67,6 +67,50 @@ pub fn apache(port: u16, keepalive_timeout_secs: u32, max_keepalive_requests: u3
     Peer { child, dir, port }
 }
 
+/// nginx as a proxy on a free port whose upstream keep-alive pool (4 connections, each kept
+/// idle up to `pool_timeout`) reaches `upstream` through a latency line of `delay` each way.
+/// `more` is added to the `http` body (say, the upstream itself as another server block).
+/// Returns the proxy and its URL.
+pub fn pool_proxy(
+    upstream: SocketAddr,
+    delay: Duration,
+    pool_timeout: &str,
+    more: &str,
+) -> (Peer, String) {
+    let line = latency_line(upstream, delay);
+    let front = free_port();
+    let ng = nginx(
+        &format!(
+            "  upstream app {{ server {line}; keepalive 4; keepalive_timeout {pool_timeout}; }}\n  \
+             server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass http://app;\n    \
+               proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}{more}"
+        ),
+        front,
+        None,
+    );
+    (ng, format!("http://127.0.0.1:{front}/"))
+}
+
+/// The race both pool tests run: 9 POSTs whose idle times spread over 800 ms +- 400 ms.
+pub const RACE: [&str; 8] = [
+    "--idle",
+    "800ms",
+    "--spread",
+    "400ms",
+    "--requests",
+    "9",
+    "--method",
+    "POST",
+];
+
+/// `kaprobe race URL` with [`RACE`]: its attempts and its summary.
+pub fn race_window(url: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let mut args = vec![url];
+    args.extend(RACE);
+    let (attempts, _, summary) = kaprobe_tests::race_json(&args);
+    (attempts, summary)
+}
+
 /// A latency line on loopback: accepts on an ephemeral port and relays each connection to
 /// `upstream`, delivering every chunk and every close `delay` after it arrived, in both
 /// directions, like a long network path. A reset on one side becomes a reset on the other.

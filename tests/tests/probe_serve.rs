@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kaprobe_tests::{json_lines, kaprobe, require_tool, stderr, Serve};
-use peers::{free_port, latency_line, nginx};
+use peers::{pool_proxy, race_window};
 use serde_json::Value;
 
 /// `kaprobe serve --listen 127.0.0.1:0 ARGS`, and the address it reports on stderr.
@@ -94,57 +94,15 @@ fn serve_request_limit_is_counted() {
 /// closing idle connections after 1 s, over a path with 250 ms each way.
 fn nginx_pool_in_front_of_serve(pool_timeout: &str) -> (Serve, peers::Peer, String) {
     let (s, app) = serve(&["--keepalive-timeout", "1s"]);
-    let line = latency_line(app, Duration::from_millis(250));
-    let front = free_port();
-    let ng = nginx(
-        &format!(
-            "  upstream app {{ server {line}; keepalive 4; keepalive_timeout {pool_timeout}; }}\n  \
-             server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass http://app;\n    \
-               proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
-        ),
-        front,
-        None,
-    );
-    (s, ng, format!("http://127.0.0.1:{front}/"))
-}
-
-fn race(url: &str) -> (Vec<Value>, Value) {
-    let o = kaprobe()
-        .args([
-            "race",
-            url,
-            "--idle",
-            "800ms",
-            "--spread",
-            "400ms",
-            "--requests",
-            "9",
-            "--method",
-            "POST",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "race {url}: {}", stderr(&o));
-    let lines = json_lines(&o);
-    let attempts = lines
-        .iter()
-        .filter(|l| l["type"] == "attempt")
-        .cloned()
-        .collect();
-    let summary = lines
-        .iter()
-        .find(|l| l["type"] == "summary")
-        .cloned()
-        .unwrap();
-    (attempts, summary)
+    let (ng, url) = pool_proxy(app, Duration::from_millis(250), pool_timeout, "");
+    (s, ng, url)
 }
 
 #[test]
 fn nginx_pool_longer_than_serve_idle_timeout_gives_502s_in_the_window() {
     require_tool!("nginx");
     let (_s, _ng, url) = nginx_pool_in_front_of_serve("60s");
-    let (attempts, summary) = race(&url);
+    let (attempts, summary) = race_window(&url);
     let failed: Vec<&Value> = attempts.iter().filter(|a| a["outcome"] != "ok").collect();
     assert!(
         !failed.is_empty(),
@@ -168,7 +126,7 @@ fn nginx_pool_longer_than_serve_idle_timeout_gives_502s_in_the_window() {
 fn nginx_pool_shorter_than_serve_idle_timeout_minus_rtt_gives_none() {
     require_tool!("nginx");
     let (_s, _ng, url) = nginx_pool_in_front_of_serve("300ms");
-    let (attempts, summary) = race(&url);
+    let (attempts, summary) = race_window(&url);
     assert_eq!(attempts.len(), 9);
     assert!(
         attempts.iter().all(|a| a["outcome"] == "ok"),
