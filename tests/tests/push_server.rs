@@ -105,6 +105,19 @@ async fn next_text(c: &mut Ws) -> String {
     }
 }
 
+/// The next message (within 5 s) is a close frame with `code`.
+async fn expect_close(c: &mut Ws, code: u16) {
+    let m = tokio::time::timeout(Duration::from_secs(5), c.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match m {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), code),
+        other => panic!("expected close {code}, got {other:?}"),
+    }
+}
+
 /// Nothing but control frames arrives for `d`.
 async fn silent_for(c: &mut Ws, d: Duration) {
     let end = tokio::time::Instant::now() + d;
@@ -493,15 +506,7 @@ async fn oversized_messages_get_1009() {
     let mut other = ws(&srv.ws_url("")).await;
     let mut c = ws(&srv.ws_url("")).await;
     let _ = c.send(Message::text("x".repeat(2000))).await;
-    let m = tokio::time::timeout(Duration::from_secs(5), c.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    match m {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
-        other => panic!("expected close 1009, got {other:?}"),
-    }
+    expect_close(&mut c, 1009).await;
     srv.close_event("ws_message_too_big");
     // Exactly at the limit is fine, on another connection.
     other.send(Message::text("y".repeat(1024))).await.unwrap();
@@ -587,15 +592,7 @@ async fn shutdown_closes_websockets_with_1001_and_ends_event_streams() {
         srv.stop();
         srv
     });
-    let m = tokio::time::timeout(Duration::from_secs(5), c.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    match m {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
-        other => panic!("expected close 1001, got {other:?}"),
-    }
+    expect_close(&mut c, 1001).await;
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), sse.s.read_to_end(&mut rest))
         .await
