@@ -69,6 +69,20 @@ pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Run kaprobe with `args` and check that it fails as a user should see it: exit `code`, one
+/// line on stderr that contains `words`, and no panic.
+pub fn fails(args: &[&str], code: i32, words: &str) {
+    let o = run(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    assert!(
+        err.contains(words),
+        "{args:?}: expected '{words}' in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+}
+
 /// True when running as root (uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use kaprobe_tests::{json_lines, kaprobe, require_tool, stderr, stdout, Serve};
+use kaprobe_tests::{fails, json_lines, kaprobe, require_tool, stderr, stdout, Serve};
 use peers::{free_port, nginx, Peer};
 use serde_json::Value;
 
@@ -178,14 +178,6 @@ fn an_idle_websocket_straight_to_serve_outlives_the_hold_and_says_at_least() {
         out.contains("verdict: survived at least 1.0 s idle"),
         "{out}"
     );
-}
-
-fn fails(args: &[&str], code: i32, words: &str) {
-    let o = kaprobe().args(args).output().unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
-    assert!(err.contains(words), "{args:?}: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
 #[test]
