@@ -254,6 +254,14 @@ pub fn keepalive(s: &TcpStream, idle: u64, intvl: u64, count: u32) {
     socket2::SockRef::from(s).set_tcp_keepalive(&ka).unwrap();
 }
 
+/// Join `a` and `b` with a veth pair: interface `va` in `a`, `vb` in `b`.
+fn link(a: &Netns, va: &str, b: &Netns, vb: &str) {
+    sh(&format!(
+        "ip link add {va} netns {} type veth peer name {vb} netns {}",
+        a.name, b.name
+    ));
+}
+
 /// Two namespaces joined by a veth pair: `a` is 10.200.`subnet`.1/24 and `b` is
 /// 10.200.`subnet`.2/24. Both are removed on drop.
 pub struct NsPair {
@@ -276,10 +284,7 @@ impl NsPair {
         let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
         let va = format!("kpa{}x{n}", std::process::id() % 100_000);
         let vb = format!("kpb{}x{n}", std::process::id() % 100_000);
-        sh(&format!(
-            "ip link add {va} netns {} type veth peer name {vb} netns {}",
-            a.name, b.name
-        ));
+        link(&a, &va, &b, &vb);
         a.exec(&format!(
             "ip addr add {a_addr}/24 dev {va} && ip link set {va} up"
         ));
@@ -448,6 +453,23 @@ impl Serve {
     }
 }
 
+/// `kaprobe serve --log json ARGS` (close events as JSON lines on stdout), waiting up to 60 s
+/// for it to listen.
+pub fn serve_json(args: &[&str]) -> Serve {
+    Serve::start(
+        &[&["--log", "json"], args].concat(),
+        Duration::from_secs(60),
+    )
+}
+
+/// `kaprobe serve ARGS` with its default log, waiting up to 10 s for it to listen; the
+/// server and its address.
+pub fn serve_quiet(args: &[&str]) -> (Serve, SocketAddr) {
+    let s = Serve::start(args, Duration::from_secs(10));
+    let addr = s.socket_addr();
+    (s, addr)
+}
+
 /// Three namespaces in a line, `client` -- `router` -- `server`, the router forwarding and
 /// masquerading between 10.200.1.0/24 (client side: client 10.200.1.2, router 10.200.1.1)
 /// and 10.200.2.0/24 (server side: router 10.200.2.1, server 10.200.2.2). Built by
@@ -474,14 +496,8 @@ impl RouterTriple {
             format!("kq{id}x{n}"),
             format!("ks{id}x{n}"),
         );
-        sh(&format!(
-            "ip link add {c0} netns {} type veth peer name {r0} netns {}",
-            client.name, router.name
-        ));
-        sh(&format!(
-            "ip link add {r1} netns {} type veth peer name {s1} netns {}",
-            router.name, server.name
-        ));
+        link(&client, &c0, &router, &r0);
+        link(&router, &r1, &server, &s1);
         client.exec(&format!(
             "ip addr add 10.200.1.2/24 dev {c0} && ip link set {c0} up && ip route add default via 10.200.1.1"
         ));

@@ -6,19 +6,11 @@
 #[path = "probe_peers.rs"]
 mod peers;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use kaprobe_tests::{json_lines, kaprobe, require_tool, stderr, Serve};
+use kaprobe_tests::{json_lines, kaprobe, require_tool, serve_quiet as serve, stderr, Serve};
 use peers::{pool_proxy, race_window};
 use serde_json::Value;
-
-/// `kaprobe serve --listen 127.0.0.1:0 ARGS`, and the address it reports on stderr.
-fn serve(args: &[&str]) -> (Serve, SocketAddr) {
-    let s = Serve::start(args, Duration::from_secs(10));
-    let addr = s.socket_addr();
-    (s, addr)
-}
 
 fn probe(url: &str, max_wait: &str) -> Value {
     let o = kaprobe()

@@ -12,16 +12,11 @@ use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use kaprobe_tests::{fails, json_lines, kaprobe, require_tool, stderr, stdout, Serve};
+use kaprobe_tests::{
+    fails, json_lines, kaprobe, require_tool, serve_quiet as serve, stderr, stdout,
+};
 use peers::{free_port, nginx, Peer};
 use serde_json::Value;
-
-/// `kaprobe serve --listen 127.0.0.1:0 ARGS`, and the address it reports on stderr.
-fn serve(args: &[&str]) -> (Serve, SocketAddr) {
-    let s = Serve::start(args, Duration::from_secs(10));
-    let addr = s.socket_addr();
-    (s, addr)
-}
 
 /// nginx proxying WebSockets and event streams to `upstream`, cutting idle ones after 2 s.
 fn nginx_2s(upstream: SocketAddr) -> Peer {

@@ -12,15 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use kaprobe_tests::{require_tool, Serve as Server};
-
-/// `kaprobe serve --log json ARGS` on an ephemeral loopback port.
-fn serve(args: &[&str]) -> Server {
-    Server::start(
-        &[&["--log", "json"], args].concat(),
-        Duration::from_secs(60),
-    )
-}
+use kaprobe_tests::{require_tool, serve_json as serve, Serve as Server};
 
 /// What these tests ask of a running server.
 trait ServerExt {

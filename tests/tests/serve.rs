@@ -7,15 +7,9 @@ use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kaprobe_tests::{kaprobe, line_reader, require_tool, wait_line, KillOnDrop, Serve as Server};
-
-/// `kaprobe serve --log json ARGS` on an ephemeral loopback port.
-fn serve(args: &[&str]) -> Server {
-    Server::start(
-        &[&["--log", "json"], args].concat(),
-        Duration::from_secs(60),
-    )
-}
+use kaprobe_tests::{
+    kaprobe, line_reader, require_tool, serve_json as serve, wait_line, KillOnDrop, Serve as Server,
+};
 
 /// What these tests ask of a running server.
 trait ServerExt {
