@@ -307,6 +307,16 @@ impl NsPair {
         })
     }
 
+    /// `kaprobe watch` on `a`'s veth, run inside `a`, for connections to `port`, with `args`
+    /// after the interface name.
+    pub fn watch_in_a(&self, port: u16, args: &[&str]) -> Command {
+        let mut cmd = self.a.command(kaprobe_bin());
+        cmd.args(["watch", &self.a.veth()])
+            .args(args)
+            .args(["--port", &port.to_string()]);
+        cmd
+    }
+
     /// A peer that dies silently: connect from `a` to `listener` (made by [`Self::listen_b`])
     /// with keep-alive after 1 s, every 1 s, 3 probes; send 5 bytes across; then drop
     /// everything that arrives in `b` and wait (up to 15 s) until the client's read fails

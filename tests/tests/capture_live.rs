@@ -128,18 +128,8 @@ fn dead_peer_in_a_namespace_shows_unanswered_probes_then_rst() {
     require_tool!("iptables");
     let pair = NsPair::new("kpcap");
     let listener = pair.listen_b();
-    let server_addr = listener.local_addr().unwrap();
-    let veth = pair.a.veth();
-    let mut cmd = pair.a.command(kaprobe_tests::kaprobe_bin());
-    cmd.args([
-        "watch",
-        &veth,
-        "--duration",
-        "7s",
-        "--json",
-        "--port",
-        &server_addr.port().to_string(),
-    ]);
+    let port = listener.local_addr().unwrap().port();
+    let mut cmd = pair.watch_in_a(port, &["--duration", "7s", "--json"]);
     let (mut child, rx) = start_watch(&mut cmd);
     let _conn = pair.lose_peer(&listener);
     let events = rest(&mut child, &rx);

@@ -203,20 +203,11 @@ fn watch_metrics_count_a_peer_that_died_silently() {
     kaprobe_tests::require_tool!("iptables");
     let pair = NsPair::new("kpmet");
     let listener = pair.listen_b();
-    let server_addr = listener.local_addr().unwrap();
-    let veth = pair.a.veth();
-    let mut cmd = pair.a.command(kaprobe_tests::kaprobe_bin());
-    cmd.args([
-        "watch",
-        &veth,
-        "--json",
-        "--duration",
-        "60s",
-        "--metrics",
-        "127.0.0.1:0",
-        "--port",
-        &server_addr.port().to_string(),
-    ]);
+    let port = listener.local_addr().unwrap().port();
+    let mut cmd = pair.watch_in_a(
+        port,
+        &["--json", "--duration", "60s", "--metrics", "127.0.0.1:0"],
+    );
     let mut child = KillOnDrop::spawn(&mut cmd);
     let out = line_reader(child.0.stdout.take().unwrap());
     let err = line_reader(child.0.stderr.take().unwrap());
