@@ -116,6 +116,47 @@ pub fn race_window(url: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
 /// directions, like a long network path. A reset on one side becomes a reset on the other.
 /// Runs on its own thread until the test process ends.
 pub fn latency_line(upstream: SocketAddr, delay: Duration) -> SocketAddr {
+    on_loopback(move |listener| async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                // Closes after a reset go out as RSTs (SO_LINGER 0).
+                let _ = socket2::SockRef::from(&down).set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(&up).set_linger(Some(Duration::ZERO));
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                let a = direction(dr, uw, delay);
+                let b = direction(ur, dw, delay);
+                tokio::pin!(a, b);
+                let (mut a_done, mut b_done) = (false, false);
+                while !(a_done && b_done) {
+                    let reset = tokio::select! {
+                        r = &mut a, if !a_done => { a_done = true; r }
+                        r = &mut b, if !b_done => { b_done = true; r }
+                    };
+                    if reset {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Bind an ephemeral port on 127.0.0.1 and run `run(listener)` on a current-thread tokio
+/// runtime on its own thread (until it returns or the test process ends); the address.
+pub fn on_loopback<F, Fut>(run: F) -> SocketAddr
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -125,37 +166,7 @@ pub fn latency_line(upstream: SocketAddr, delay: Duration) -> SocketAddr {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((down, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = down.set_nodelay(true);
-                    let _ = up.set_nodelay(true);
-                    // Closes after a reset go out as RSTs (SO_LINGER 0).
-                    let _ = socket2::SockRef::from(&down).set_linger(Some(Duration::ZERO));
-                    let _ = socket2::SockRef::from(&up).set_linger(Some(Duration::ZERO));
-                    let (dr, dw) = down.into_split();
-                    let (ur, uw) = up.into_split();
-                    let a = direction(dr, uw, delay);
-                    let b = direction(ur, dw, delay);
-                    tokio::pin!(a, b);
-                    let (mut a_done, mut b_done) = (false, false);
-                    while !(a_done && b_done) {
-                        let reset = tokio::select! {
-                            r = &mut a, if !a_done => { a_done = true; r }
-                            r = &mut b, if !b_done => { b_done = true; r }
-                        };
-                        if reset {
-                            break;
-                        }
-                    }
-                });
-            }
+            run(tokio::net::TcpListener::from_std(listener).unwrap()).await;
         });
     });
     addr

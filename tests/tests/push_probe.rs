@@ -245,22 +245,11 @@ where
     F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            if let Ok((s, _)) = listener.accept().await {
-                serve_one(s).await;
-            }
-        });
-    });
-    addr
+    peers::on_loopback(move |listener| async move {
+        if let Ok((s, _)) = listener.accept().await {
+            serve_one(s).await;
+        }
+    })
 }
 
 #[test]
