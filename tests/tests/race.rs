@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kaprobe_tests::{kaprobe, race_json, require_tool};
-use peers::{free_port, haproxy, latency_line, nginx, pool_proxy, race_window};
+use peers::{free_port, haproxy, latency_line, nginx, pool_proxy, race_window, RACE};
 use serde_json::Value;
 
 fn idle(a: &Value) -> f64 {
@@ -193,15 +193,8 @@ fn haproxy_reusing_a_closed_upstream_connection_drops_even_a_get_in_the_window()
         port,
     );
     let url = format!("http://127.0.0.1:{port}/");
-    let (attempts, _, summary) = race_json(&[
-        &url,
-        "--idle",
-        "800ms",
-        "--spread",
-        "400ms",
-        "--requests",
-        "9",
-    ]);
+    // The same race as the pool tests, but as GETs: RACE without its `--method POST`.
+    let (attempts, _, summary) = race_json(&[&[url.as_str()][..], &RACE[..6]].concat());
     let failed: Vec<&Value> = attempts.iter().filter(|a| a["outcome"] != "ok").collect();
     assert!(
         failed.len() >= 2,
