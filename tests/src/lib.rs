@@ -83,6 +83,13 @@ pub fn fails(args: &[&str], code: i32, words: &str) {
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
 }
 
+/// The number at JSON pointer `path` (`/idle/timeout_s`) in `v`; panics naming the path.
+pub fn f64_at(v: &serde_json::Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
+}
+
 /// True when running as root (uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

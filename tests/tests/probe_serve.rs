@@ -8,7 +8,9 @@ mod peers;
 
 use std::time::Duration;
 
-use kaprobe_tests::{json_lines, kaprobe, require_tool, serve_quiet as serve, stderr, Serve};
+use kaprobe_tests::{
+    f64_at as f, json_lines, kaprobe, require_tool, serve_quiet as serve, stderr, Serve,
+};
 use peers::{pool_proxy, race_window};
 use serde_json::Value;
 
@@ -19,12 +21,6 @@ fn probe(url: &str, max_wait: &str) -> Value {
         .unwrap();
     assert!(o.status.success(), "probe {url}: {}", stderr(&o));
     json_lines(&o).remove(0)
-}
-
-fn f(v: &Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
 
 #[test]

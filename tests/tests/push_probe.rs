@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use kaprobe_tests::{
-    fails, json_lines, kaprobe, require_tool, serve_quiet as serve, stderr, stdout,
+    f64_at as f, fails, json_lines, kaprobe, require_tool, serve_quiet as serve, stderr, stdout,
 };
 use peers::{free_port, nginx, Peer};
 use serde_json::Value;
@@ -47,12 +47,6 @@ fn finish(child: std::process::Child, what: &str) -> Value {
     let o: Output = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{what}: {}{}", stdout(&o), stderr(&o));
     json_lines(&o).remove(0)
-}
-
-fn f(v: &Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
 
 #[test]
