@@ -1,10 +1,13 @@
 //! Shared helpers for the end-to-end tests: the built binary, root/tool checks, network
-//! namespaces that clean up after themselves, and child processes that die with the test.
+//! namespaces that clean up after themselves, child processes that die with the test, a
+//! `kaprobe serve` on an ephemeral port, and nginx from a private temp dir.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,27 @@ pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
+}
+
+/// Run kaprobe with `args` and check that it fails as a user should see it: exit `code`, one
+/// line on stderr that contains `words`, and no panic.
+pub fn fails(args: &[&str], code: i32, words: &str) {
+    let o = run(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    assert!(
+        err.contains(words),
+        "{args:?}: expected '{words}' in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+}
+
+/// The number at JSON pointer `path` (`/idle/timeout_s`) in `v`; panics naming the path.
+pub fn f64_at(v: &serde_json::Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
 
 /// True when running as root (uid 0).
@@ -179,6 +203,15 @@ impl Netns {
         sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmdline))
     }
 
+    /// The name of the first interface in the namespace that is not `lo` (its veth end).
+    pub fn veth(&self) -> String {
+        self.exec("ls /sys/class/net")
+            .split_whitespace()
+            .find(|n| *n != "lo")
+            .unwrap()
+            .to_string()
+    }
+
     /// A `Command` that runs `program` inside the namespace.
     pub fn command(&self, program: &Path) -> Command {
         let mut c = Command::new("ip");
@@ -203,6 +236,39 @@ impl Drop for Netns {
     }
 }
 
+/// Run `f` in a thread that joined network namespace `ns`: sockets it makes live there.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd changes only this thread's network namespace.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Turn on TCP keep-alive on `s`: the first probe after `idle` s of silence, then one every
+/// `intvl` s, `count` unanswered probes before the kernel gives up.
+pub fn keepalive(s: &TcpStream, idle: u64, intvl: u64, count: u32) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(idle))
+        .with_interval(Duration::from_secs(intvl))
+        .with_retries(count);
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka).unwrap();
+}
+
+/// Join `a` and `b` with a veth pair: interface `va` in `a`, `vb` in `b`.
+fn link(a: &Netns, va: &str, b: &Netns, vb: &str) {
+    sh(&format!(
+        "ip link add {va} netns {} type veth peer name {vb} netns {}",
+        a.name, b.name
+    ));
+}
+
 /// Two namespaces joined by a veth pair: `a` is 10.200.`subnet`.1/24 and `b` is
 /// 10.200.`subnet`.2/24. Both are removed on drop.
 pub struct NsPair {
@@ -225,10 +291,7 @@ impl NsPair {
         let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
         let va = format!("kpa{}x{n}", std::process::id() % 100_000);
         let vb = format!("kpb{}x{n}", std::process::id() % 100_000);
-        sh(&format!(
-            "ip link add {va} netns {} type veth peer name {vb} netns {}",
-            a.name, b.name
-        ));
+        link(&a, &va, &b, &vb);
         a.exec(&format!(
             "ip addr add {a_addr}/24 dev {va} && ip link set {va} up"
         ));
@@ -241,6 +304,50 @@ impl NsPair {
             a_addr,
             b_addr,
         }
+    }
+
+    /// A listener on an ephemeral port of `b`'s address, inside `b`.
+    pub fn listen_b(&self) -> TcpListener {
+        let b_addr = self.b_addr.clone();
+        in_netns(&self.b.name, move || {
+            TcpListener::bind(format!("{b_addr}:0")).unwrap()
+        })
+    }
+
+    /// `kaprobe watch` on `a`'s veth, run inside `a`, for connections to `port`, with `args`
+    /// after the interface name.
+    pub fn watch_in_a(&self, port: u16, args: &[&str]) -> Command {
+        let mut cmd = self.a.command(kaprobe_bin());
+        cmd.args(["watch", &self.a.veth()])
+            .args(args)
+            .args(["--port", &port.to_string()]);
+        cmd
+    }
+
+    /// A peer that dies silently: connect from `a` to `listener` (made by [`Self::listen_b`])
+    /// with keep-alive after 1 s, every 1 s, 3 probes; send 5 bytes across; then drop
+    /// everything that arrives in `b` and wait (up to 15 s) until the client's read fails
+    /// with ETIMEDOUT. Returns the client and the accepted server socket, to be kept open
+    /// until the test ends.
+    pub fn lose_peer(&self, listener: &TcpListener) -> (TcpStream, TcpStream) {
+        use std::io::{Read, Write};
+        let server_addr = listener.local_addr().unwrap();
+        let mut client = in_netns(&self.a.name, move || {
+            TcpStream::connect(server_addr).unwrap()
+        });
+        keepalive(&client, 1, 1, 3);
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).unwrap();
+        // The peer goes silent: every probe is dropped on arrival.
+        self.b.exec("iptables -A INPUT -j DROP");
+        client
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let err = client.read(&mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+        (client, server)
     }
 }
 
@@ -292,6 +399,94 @@ pub fn wait_line(
     }
 }
 
+/// What `kaprobe serve` prints on stderr before each address it listens on.
+const LISTENING: &str = "kaprobe serve: listening on http://";
+
+/// A running `kaprobe serve --listen 127.0.0.1:0 ARGS`: the process, the address it reported
+/// on stderr, and its stdout lines. The rest of stderr is drained on a thread so the server
+/// never blocks on (or fails writing to) a full or closed pipe.
+pub struct Serve {
+    pub child: KillOnDrop,
+    pub addr: String,
+    pub out: Receiver<String>,
+}
+
+impl Serve {
+    /// Start the server and wait up to `wait` for its listening line.
+    pub fn start(args: &[&str], wait: Duration) -> Self {
+        let mut child = KillOnDrop::spawn(
+            kaprobe()
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .args(args)
+                .stdin(Stdio::null()),
+        );
+        let err = line_reader(child.0.stderr.take().unwrap());
+        let out = line_reader(child.0.stdout.take().unwrap());
+        let line = wait_line(&err, wait, |l| l.starts_with(LISTENING))
+            .unwrap_or_else(|seen| panic!("serve {args:?} never said it was listening: {seen:?}"));
+        std::thread::spawn(move || while err.recv().is_ok() {});
+        let addr = line
+            .trim()
+            .trim_start_matches(LISTENING)
+            .trim_end_matches('/')
+            .to_string();
+        Self { child, addr, out }
+    }
+
+    /// The address as a socket address.
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.addr
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {:?}: {e}", self.addr))
+    }
+
+    /// Send `sig` to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe {
+            libc::kill(self.child.0.id().cast_signed(), sig);
+        }
+    }
+
+    /// SIGTERM, then wait up to 10 s for the server to exit; panic if it does not.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("kaprobe serve did not stop on SIGTERM");
+    }
+
+    /// The next stdout line containing `pat`, as JSON (earlier lines are skipped); panics
+    /// naming `what` after `timeout`.
+    pub fn json_line(&self, pat: &str, timeout: Duration, what: &str) -> serde_json::Value {
+        let l = wait_line(&self.out, timeout, |l| l.contains(pat))
+            .unwrap_or_else(|seen| panic!("no {what}: {seen:?}"));
+        serde_json::from_str(&l).unwrap()
+    }
+}
+
+/// `kaprobe serve --log json ARGS` (close events as JSON lines on stdout), waiting up to 60 s
+/// for it to listen.
+pub fn serve_json(args: &[&str]) -> Serve {
+    Serve::start(
+        &[&["--log", "json"], args].concat(),
+        Duration::from_secs(60),
+    )
+}
+
+/// `kaprobe serve ARGS` with its default log, waiting up to 10 s for it to listen; the
+/// server and its address.
+pub fn serve_quiet(args: &[&str]) -> (Serve, SocketAddr) {
+    let s = Serve::start(args, Duration::from_secs(10));
+    let addr = s.socket_addr();
+    (s, addr)
+}
+
 /// Three namespaces in a line, `client` -- `router` -- `server`, the router forwarding and
 /// masquerading between 10.200.1.0/24 (client side: client 10.200.1.2, router 10.200.1.1)
 /// and 10.200.2.0/24 (server side: router 10.200.2.1, server 10.200.2.2). Built by
@@ -318,14 +513,8 @@ impl RouterTriple {
             format!("kq{id}x{n}"),
             format!("ks{id}x{n}"),
         );
-        sh(&format!(
-            "ip link add {c0} netns {} type veth peer name {r0} netns {}",
-            client.name, router.name
-        ));
-        sh(&format!(
-            "ip link add {r1} netns {} type veth peer name {s1} netns {}",
-            router.name, server.name
-        ));
+        link(&client, &c0, &router, &r0);
+        link(&router, &r1, &server, &s1);
         client.exec(&format!(
             "ip addr add 10.200.1.2/24 dev {c0} && ip link set {c0} up && ip route add default via 10.200.1.1"
         ));
@@ -355,6 +544,216 @@ impl RouterTriple {
             "sysctl -qw net.netfilter.nf_conntrack_tcp_loose=0 && sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established={established_secs}"
         ));
     }
+}
+
+// Peers (nginx here; haproxy and Apache in tests/probe_peers.rs) run from a private temp
+// dir with a config the test writes, killed and cleaned up on drop.
+
+static DIRS: AtomicU32 = AtomicU32::new(0);
+
+/// A temp dir readable by nginx/Apache workers (which drop privileges), removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = DIRS.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("kaprobe-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(p.join("tmp")).unwrap();
+        Command::new("chmod")
+            .args(["-R", "755"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        Command::new("chmod").arg("644").arg(&p).status().unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago (for peers that cannot report the port
+/// they bound).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until something accepts connections on `addr` (loopback).
+pub fn wait_listening(addr: SocketAddr, child: &mut KillOnDrop, log: &Path) {
+    wait_for(
+        &format!("a listener on {addr}"),
+        Duration::from_secs(10),
+        || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!(
+                    "peer exited early ({status}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| ())
+        },
+    );
+}
+
+/// Wait until something listens on TCP `port` inside `ns`.
+pub fn wait_listening_in(ns: &Netns, port: u16) {
+    wait_for(
+        &format!("a listener on port {port} in {}", ns.name),
+        Duration::from_secs(10),
+        || {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "ss", "-Hltn"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&o.stdout)
+                .contains(&format!(":{port} "))
+                .then_some(())
+        },
+    );
+}
+
+/// A running peer: the process, its directory, and where it listens.
+pub struct Peer {
+    pub child: KillOnDrop,
+    pub dir: TempDir,
+    pub port: u16,
+}
+
+impl Peer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// nginx with one worker and the given `http { ... }` body (server blocks etc.). `port` is
+/// what the body listens on; `ns` runs it inside a namespace (then `port` is waited for there).
+pub fn nginx(http_body: &str, port: u16, ns: Option<&Netns>) -> Peer {
+    let dir = TempDir::new("nginx");
+    let d = dir.path().display().to_string();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 2048; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  \
+         fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n{http_body}\n}}\n"
+    );
+    let conf_path = dir.write("nginx.conf", &conf);
+    let nginx = which("nginx");
+    let mut cmd = match ns {
+        Some(ns) => ns.command(&nginx),
+        None => Command::new(&nginx),
+    };
+    cmd.arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"]);
+    let mut child = KillOnDrop::spawn(&mut cmd);
+    match ns {
+        Some(ns) => wait_listening_in(ns, port),
+        None => wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &mut child,
+            &dir.path().join("error.log"),
+        ),
+    }
+    Peer { child, dir, port }
+}
+
+/// Full path of a tool (also finds the ones in /usr/sbin when PATH lacks it).
+pub fn which(tool: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
+        "/usr/sbin",
+        "/sbin",
+        "/usr/local/sbin",
+    ]) {
+        let p = Path::new(dir).join(tool);
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from(tool)
+}
+
+/// The packets tshark flags in the capture at `path`, frame number -> `"keepalive"` or
+/// `"keepalive_ack"` (`tcp.analysis.keep_alive` / `tcp.analysis.keep_alive_ack`).
+pub fn tshark_keepalive_flags(path: &Path) -> std::collections::BTreeMap<u64, String> {
+    let o = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(path)
+        .args([
+            "-Y",
+            "tcp.analysis.keep_alive or tcp.analysis.keep_alive_ack",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+            "-e",
+            "tcp.analysis.keep_alive",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tshark failed: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut c = l.split('\t');
+            let frame = c.next()?.trim().parse().ok()?;
+            let ka = c.next().is_some_and(|x| !x.trim().is_empty());
+            Some((
+                frame,
+                if ka { "keepalive" } else { "keepalive_ack" }.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Run `kaprobe race ARGS --json` (it must succeed): its attempt lines, its bin lines and its
+/// summary line.
+pub fn race_json(
+    args: &[&str],
+) -> (
+    Vec<serde_json::Value>,
+    Vec<serde_json::Value>,
+    serde_json::Value,
+) {
+    let o = kaprobe()
+        .arg("race")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "race {args:?}: {}", stderr(&o));
+    let lines = json_lines(&o);
+    let of = |t: &str| -> Vec<serde_json::Value> {
+        lines.iter().filter(|l| l["type"] == t).cloned().collect()
+    };
+    let summary = of("summary").pop().expect("a summary line");
+    (of("attempt"), of("bin"), summary)
 }
 
 /// Every command line that has its own `--help` ("" is the top level), for the tests that

@@ -3,27 +3,16 @@
 //! tshark.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use kaprobe_tests::{
-    json_lines, kaprobe, line_reader, require_root, require_tool, run, stderr, wait_line,
-    KillOnDrop, NsPair,
+    json_lines, kaprobe, keepalive, line_reader, require_root, require_tool, run, stderr,
+    wait_line, KillOnDrop, NsPair,
 };
 use serde_json::Value;
-use socket2::{SockRef, TcpKeepalive};
-
-fn keepalive(s: &TcpStream, idle: u64, intvl: u64, count: u32) {
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(idle))
-        .with_interval(Duration::from_secs(intvl))
-        .with_retries(count);
-    SockRef::from(s).set_tcp_keepalive(&ka).unwrap();
-}
 
 /// Start `kaprobe watch` (already configured in `cmd`) and wait for its start line.
 fn start_watch(cmd: &mut Command) -> (KillOnDrop, Receiver<String>) {
@@ -133,63 +122,16 @@ fn watch_reports_kernel_probes_on_loopback_at_1s() {
     assert_eq!(last["frames"], stats[0]["frames"], "{last}");
 }
 
-/// Run `f` in a thread that joined network namespace `ns`: sockets it makes live there.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd changes only this thread's network namespace.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 #[test]
 fn dead_peer_in_a_namespace_shows_unanswered_probes_then_rst() {
     require_root!();
     require_tool!("iptables");
     let pair = NsPair::new("kpcap");
-    let b_addr = pair.b_addr.clone();
-    let listener = in_netns(&pair.b.name, move || {
-        TcpListener::bind(format!("{b_addr}:0")).unwrap()
-    });
-    let server_addr: SocketAddr = listener.local_addr().unwrap();
-    let veth = pair
-        .a
-        .exec("ls /sys/class/net")
-        .split_whitespace()
-        .find(|n| *n != "lo")
-        .unwrap()
-        .to_string();
-    let mut cmd = pair.a.command(kaprobe_tests::kaprobe_bin());
-    cmd.args([
-        "watch",
-        &veth,
-        "--duration",
-        "7s",
-        "--json",
-        "--port",
-        &server_addr.port().to_string(),
-    ]);
+    let listener = pair.listen_b();
+    let port = listener.local_addr().unwrap().port();
+    let mut cmd = pair.watch_in_a(port, &["--duration", "7s", "--json"]);
     let (mut child, rx) = start_watch(&mut cmd);
-    let mut client = in_netns(&pair.a.name, move || {
-        TcpStream::connect(server_addr).unwrap()
-    });
-    keepalive(&client, 1, 1, 3);
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"hello").unwrap();
-    let mut buf = [0u8; 5];
-    server.read_exact(&mut buf).unwrap();
-    // The peer goes silent: every probe is dropped on arrival.
-    pair.b.exec("iptables -A INPUT -j DROP");
-    client
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let err = client.read(&mut buf).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let _conn = pair.lose_peer(&listener);
     let events = rest(&mut child, &rx);
     let probes: Vec<&Value> = of_type(&events, "packet")
         .into_iter()
@@ -210,37 +152,6 @@ fn dead_peer_in_a_namespace_shows_unanswered_probes_then_rst() {
     let interval = f["inferred_interval"].as_f64().unwrap();
     assert!((interval - 1.0).abs() <= 0.1, "{f}");
     assert!(f["config"].as_str().unwrap().contains("3 probes"), "{f}");
-}
-
-fn tshark_flags(path: &Path) -> Vec<(u64, String)> {
-    let o = Command::new("tshark")
-        .args(["-n", "-r"])
-        .arg(path)
-        .args([
-            "-Y",
-            "tcp.analysis.keep_alive or tcp.analysis.keep_alive_ack",
-            "-T",
-            "fields",
-            "-e",
-            "frame.number",
-            "-e",
-            "tcp.analysis.keep_alive",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "tshark: {}", stderr(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut c = l.split('\t');
-            let n = c.next()?.trim().parse().ok()?;
-            let ka = c.next().is_some_and(|x| !x.trim().is_empty());
-            Some((
-                n,
-                if ka { "keepalive" } else { "keepalive_ack" }.to_string(),
-            ))
-        })
-        .collect()
 }
 
 #[test]
@@ -298,7 +209,7 @@ fn tshark_agrees_on_a_real_loopback_capture_except_the_window_scale_case() {
             )
         })
         .collect();
-    let theirs = tshark_flags(&file);
+    let theirs = kaprobe_tests::tshark_keepalive_flags(&file);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         ours.iter().filter(|o| o.1 == "keepalive").count() >= 4,
@@ -312,10 +223,7 @@ fn tshark_agrees_on_a_real_loopback_capture_except_the_window_scale_case() {
         );
     }
     // kaprobe's extra flags: only connection 2's first keep-alive ACK.
-    let extra: Vec<_> = ours
-        .iter()
-        .filter(|o| !theirs.iter().any(|t| t.0 == o.0))
-        .collect();
+    let extra: Vec<_> = ours.iter().filter(|o| !theirs.contains_key(&o.0)).collect();
     assert_eq!(extra.len(), 1, "extra: {extra:?}, tshark: {theirs:?}");
     assert_eq!(extra[0].1, "keepalive_ack");
     assert_eq!(

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kaprobe_capture::scenario::{all, frame_for, Scenario, WiresharkWrong};
 use kaprobe_capture::{LinkType, PcapWriter};
@@ -29,42 +28,6 @@ fn write_fixture(dir: &Path, sc: &Scenario, link: LinkType, qinq: bool) -> PathB
     path
 }
 
-/// frame -> "keepalive" / "keepalive_ack" as tshark flags them.
-fn tshark_flags(path: &Path) -> BTreeMap<u64, String> {
-    let o = Command::new("tshark")
-        .args(["-n", "-r"])
-        .arg(path)
-        .args([
-            "-Y",
-            "tcp.analysis.keep_alive or tcp.analysis.keep_alive_ack",
-            "-T",
-            "fields",
-            "-e",
-            "frame.number",
-            "-e",
-            "tcp.analysis.keep_alive",
-            "-e",
-            "tcp.analysis.keep_alive_ack",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "tshark failed: {}", stderr(&o));
-    let mut m = BTreeMap::new();
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
-        let cols: Vec<&str> = line.split('\t').collect();
-        let Ok(frame) = cols[0].trim().parse::<u64>() else {
-            continue;
-        };
-        let kind = if cols.get(1).is_some_and(|c| !c.trim().is_empty()) {
-            "keepalive"
-        } else {
-            "keepalive_ack"
-        };
-        m.insert(frame, kind.to_string());
-    }
-    m
-}
-
 /// frame -> kind as `kaprobe read --json` reports it.
 fn kaprobe_kinds(path: &Path) -> BTreeMap<u64, String> {
     let o = run(&["read", path.to_str().unwrap(), "--json"]);
@@ -83,7 +46,7 @@ fn kaprobe_kinds(path: &Path) -> BTreeMap<u64, String> {
 
 /// Compare one fixture; returns the violations found.
 fn check(sc: &Scenario, path: &Path) -> Vec<String> {
-    let ws = tshark_flags(path);
+    let ws = kaprobe_tests::tshark_keepalive_flags(path);
     let ours = kaprobe_kinds(path);
     let mut bad = Vec::new();
     for (i, fr) in sc.frames.iter().enumerate() {

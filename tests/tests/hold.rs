@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kaprobe_tests::{
-    json_lines, kaprobe, kaprobe_bin, line_reader, require_root, run, stderr, wait_line,
+    fails, json_lines, kaprobe, kaprobe_bin, line_reader, require_root, run, stderr, wait_line,
     KillOnDrop, NsPair,
 };
 use serde_json::Value;
@@ -270,60 +270,36 @@ fn client_options_read_back_on_ipv6() {
     );
 }
 
-fn fails(args: &[&str], code: i32, needle: &str) {
-    let o = run(args);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?}: expected '{needle}' in: {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
-}
-
 #[test]
 fn bad_keepalive_values_name_flag_value_and_range() {
-    fails(
-        &["hold", "127.0.0.1:9", "--idle", "0"],
-        2,
-        "--idle 0s is out of range: TCP_KEEPIDLE takes whole seconds in 1..=32767 s",
-    );
-    fails(
-        &["hold", "127.0.0.1:9", "--idle", "32768"],
-        2,
-        "--idle 32768s is out of range",
-    );
-    fails(
-        &["hold", "127.0.0.1:9", "--interval", "40000s"],
-        2,
-        "TCP_KEEPINTVL takes whole seconds in 1..=32767 s",
-    );
-    fails(
-        &["hold", "127.0.0.1:9", "--interval", "500ms"],
-        2,
-        "sub-second values are not rounded",
-    );
-    fails(
-        &["hold", "127.0.0.1:9", "--count", "0"],
-        2,
-        "--count 0 is out of range: TCP_KEEPCNT takes 1..=127 probes",
-    );
-    fails(
-        &["hold", "127.0.0.1:9", "--count", "128"],
-        2,
-        "--count 128 is out of range",
-    );
-    fails(
-        &["hold", "127.0.0.1:9", "--user-timeout", "1500us"],
-        2,
-        "TCP_USER_TIMEOUT takes whole milliseconds",
-    );
-    fails(
-        &["hold", "127.0.0.1:9", "--user-timeout", "50d"],
-        2,
-        "0..=4294967295 ms",
-    );
+    // (flag and value, words the error must contain)
+    let cases = [
+        (
+            "--idle 0",
+            "--idle 0s is out of range: TCP_KEEPIDLE takes whole seconds in 1..=32767 s",
+        ),
+        ("--idle 32768", "--idle 32768s is out of range"),
+        (
+            "--interval 40000s",
+            "TCP_KEEPINTVL takes whole seconds in 1..=32767 s",
+        ),
+        ("--interval 500ms", "sub-second values are not rounded"),
+        (
+            "--count 0",
+            "--count 0 is out of range: TCP_KEEPCNT takes 1..=127 probes",
+        ),
+        ("--count 128", "--count 128 is out of range"),
+        (
+            "--user-timeout 1500us",
+            "TCP_USER_TIMEOUT takes whole milliseconds",
+        ),
+        ("--user-timeout 50d", "0..=4294967295 ms"),
+    ];
+    for (flag_value, words) in cases {
+        let mut args = vec!["hold", "127.0.0.1:9"];
+        args.extend(flag_value.split(' '));
+        fails(&args, 2, words);
+    }
 }
 
 #[test]

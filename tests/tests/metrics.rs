@@ -4,25 +4,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use kaprobe_tests::{
-    have_tool, in_ci, kaprobe, line_reader, require_root, run, stderr, wait_for, wait_line,
-    workspace_root, KillOnDrop, NsPair,
+    have_tool, in_ci, in_netns, kaprobe, keepalive, line_reader, require_root, run, stderr,
+    wait_for, wait_line, workspace_root, KillOnDrop, NsPair,
 };
 use prometheus_parse::{Scrape, Value};
-use socket2::{SockRef, TcpKeepalive};
-
-fn keepalive(s: &TcpStream, idle: u64, intvl: u64, count: u32) {
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(idle))
-        .with_interval(Duration::from_secs(intvl))
-        .with_retries(count);
-    SockRef::from(s).set_tcp_keepalive(&ka).unwrap();
-}
 
 /// GET `path` from `addr` over plain HTTP/1.1; the body.
 fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -207,68 +197,23 @@ fn watch_metrics_count_the_probes_of_a_known_keepalive_exchange() {
     promtool_lint(&text);
 }
 
-/// Run `f` in a thread that joined network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd changes only this thread's network namespace.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 #[test]
 fn watch_metrics_count_a_peer_that_died_silently() {
     require_root!();
     kaprobe_tests::require_tool!("iptables");
     let pair = NsPair::new("kpmet");
-    let b_addr = pair.b_addr.clone();
-    let listener = in_netns(&pair.b.name, move || {
-        TcpListener::bind(format!("{b_addr}:0")).unwrap()
-    });
-    let server_addr = listener.local_addr().unwrap();
-    let veth = pair
-        .a
-        .exec("ls /sys/class/net")
-        .split_whitespace()
-        .find(|n| *n != "lo")
-        .unwrap()
-        .to_string();
-    let mut cmd = pair.a.command(kaprobe_tests::kaprobe_bin());
-    cmd.args([
-        "watch",
-        &veth,
-        "--json",
-        "--duration",
-        "60s",
-        "--metrics",
-        "127.0.0.1:0",
-        "--port",
-        &server_addr.port().to_string(),
-    ]);
+    let listener = pair.listen_b();
+    let port = listener.local_addr().unwrap().port();
+    let mut cmd = pair.watch_in_a(
+        port,
+        &["--json", "--duration", "60s", "--metrics", "127.0.0.1:0"],
+    );
     let mut child = KillOnDrop::spawn(&mut cmd);
     let out = line_reader(child.0.stdout.take().unwrap());
     let err = line_reader(child.0.stderr.take().unwrap());
     let addr = metrics_addr(&err);
     wait_line(&out, Duration::from_secs(20), |l| l.contains("\"start\"")).unwrap();
-    let mut client = in_netns(&pair.a.name, move || {
-        TcpStream::connect(server_addr).unwrap()
-    });
-    keepalive(&client, 1, 1, 3);
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"hello").unwrap();
-    let mut buf = [0u8; 5];
-    server.read_exact(&mut buf).unwrap();
-    pair.b.exec("iptables -A INPUT -j DROP");
-    client
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let e = client.read(&mut buf).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT), "{e}");
+    let _conn = pair.lose_peer(&listener);
     wait_line(&out, Duration::from_secs(10), |l| l.contains("peer_dead"))
         .unwrap_or_else(|seen| panic!("no peer_dead flow: {seen:?}"));
     let ns = pair.a.name.clone();

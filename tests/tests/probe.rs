@@ -9,7 +9,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use kaprobe_tests::{json_lines, kaprobe, require_root, require_tool, stderr, RouterTriple};
+use kaprobe_tests::{
+    f64_at as f, json_lines, kaprobe, require_root, require_tool, stderr, RouterTriple,
+};
 use peers::{apache, free_port, haproxy, nginx, TempDir};
 use serde_json::Value;
 
@@ -23,12 +25,6 @@ fn probe_json(args: &[&str]) -> (Value, Duration) {
     let mut lines = json_lines(&o);
     assert_eq!(lines.len(), 1, "one JSON object expected");
     (lines.remove(0), wall)
-}
-
-fn f(v: &Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
 
 fn s<'a>(v: &'a Value, path: &str) -> &'a str {

@@ -1,5 +1,6 @@
-//! Real peers for the probe and race tests: nginx, haproxy and Apache started from a private
-//! temp dir with a config the test writes, killed and cleaned up on drop. Also a latency
+//! Real peers for the probe and race tests: haproxy and Apache started from a private temp
+//! dir with a config the test writes, killed and cleaned up on drop (nginx, the temp dir and
+//! the port helpers live in `kaprobe_tests` and are re-exported here). Also a latency
 //! line (a TCP relay that delays every byte and every close by a fixed time) standing in for
 //! a long network path, since `tc netem` is not available on these machines.
 //!
@@ -7,143 +8,12 @@
 //! empty test target.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kaprobe_tests::{wait_for, KillOnDrop, Netns};
-
-static DIRS: AtomicU32 = AtomicU32::new(0);
-
-/// A temp dir readable by nginx/Apache workers (which drop privileges), removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let n = DIRS.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("kaprobe-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(p.join("tmp")).unwrap();
-        Command::new("chmod")
-            .args(["-R", "755"])
-            .arg(&p)
-            .status()
-            .unwrap();
-        Self(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        Command::new("chmod").arg("644").arg(&p).status().unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A port that was free on 127.0.0.1 a moment ago (for peers that cannot report the port
-/// they bound).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Wait until something accepts connections on `addr` (loopback).
-pub fn wait_listening(addr: SocketAddr, child: &mut KillOnDrop, log: &Path) {
-    wait_for(
-        &format!("a listener on {addr}"),
-        Duration::from_secs(10),
-        || {
-            if let Ok(Some(status)) = child.0.try_wait() {
-                panic!(
-                    "peer exited early ({status}): {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .ok()
-                .map(|_| ())
-        },
-    );
-}
-
-/// Wait until something listens on TCP `port` inside `ns`.
-pub fn wait_listening_in(ns: &Netns, port: u16) {
-    wait_for(
-        &format!("a listener on port {port} in {}", ns.name),
-        Duration::from_secs(10),
-        || {
-            let o = Command::new("ip")
-                .args(["netns", "exec", &ns.name, "ss", "-Hltn"])
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&o.stdout)
-                .contains(&format!(":{port} "))
-                .then_some(())
-        },
-    );
-}
-
-/// A running peer: the process, its directory, and where it listens.
-pub struct Peer {
-    pub child: KillOnDrop,
-    pub dir: TempDir,
-    pub port: u16,
-}
-
-impl Peer {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-/// nginx with one worker and the given `http { ... }` body (server blocks etc.). `port` is
-/// what the body listens on; `ns` runs it inside a namespace (then `port` is waited for there).
-pub fn nginx(http_body: &str, port: u16, ns: Option<&Netns>) -> Peer {
-    let dir = TempDir::new("nginx");
-    let d = dir.path().display().to_string();
-    let conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-         events {{ worker_connections 2048; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  \
-         fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n{http_body}\n}}\n"
-    );
-    let conf_path = dir.write("nginx.conf", &conf);
-    let nginx = which("nginx");
-    let mut cmd = match ns {
-        Some(ns) => ns.command(&nginx),
-        None => Command::new(&nginx),
-    };
-    cmd.arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"]);
-    let mut child = KillOnDrop::spawn(&mut cmd);
-    match ns {
-        Some(ns) => wait_listening_in(ns, port),
-        None => wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            &mut child,
-            &dir.path().join("error.log"),
-        ),
-    }
-    Peer { child, dir, port }
-}
+use kaprobe_tests::KillOnDrop;
+pub use kaprobe_tests::{free_port, nginx, wait_listening, which, Peer, TempDir};
 
 /// haproxy in the foreground with the given sections after a small `global`/`defaults`.
 pub fn haproxy(defaults: &str, body: &str, port: u16) -> Peer {
@@ -197,19 +67,48 @@ pub fn apache(port: u16, keepalive_timeout_secs: u32, max_keepalive_requests: u3
     Peer { child, dir, port }
 }
 
-/// Full path of a tool (also finds the ones in /usr/sbin when PATH lacks it).
-pub fn which(tool: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
-        "/usr/sbin",
-        "/sbin",
-        "/usr/local/sbin",
-    ]) {
-        let p = Path::new(dir).join(tool);
-        if p.is_file() {
-            return p;
-        }
-    }
-    PathBuf::from(tool)
+/// nginx as a proxy on a free port whose upstream keep-alive pool (4 connections, each kept
+/// idle up to `pool_timeout`) reaches `upstream` through a latency line of `delay` each way.
+/// `more` is added to the `http` body (say, the upstream itself as another server block).
+/// Returns the proxy and its URL.
+pub fn pool_proxy(
+    upstream: SocketAddr,
+    delay: Duration,
+    pool_timeout: &str,
+    more: &str,
+) -> (Peer, String) {
+    let line = latency_line(upstream, delay);
+    let front = free_port();
+    let ng = nginx(
+        &format!(
+            "  upstream app {{ server {line}; keepalive 4; keepalive_timeout {pool_timeout}; }}\n  \
+             server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass http://app;\n    \
+               proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}{more}"
+        ),
+        front,
+        None,
+    );
+    (ng, format!("http://127.0.0.1:{front}/"))
+}
+
+/// The race both pool tests run: 9 POSTs whose idle times spread over 800 ms +- 400 ms.
+pub const RACE: [&str; 8] = [
+    "--idle",
+    "800ms",
+    "--spread",
+    "400ms",
+    "--requests",
+    "9",
+    "--method",
+    "POST",
+];
+
+/// `kaprobe race URL` with [`RACE`]: its attempts and its summary.
+pub fn race_window(url: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let mut args = vec![url];
+    args.extend(RACE);
+    let (attempts, _, summary) = kaprobe_tests::race_json(&args);
+    (attempts, summary)
 }
 
 /// A latency line on loopback: accepts on an ephemeral port and relays each connection to
@@ -217,6 +116,47 @@ pub fn which(tool: &str) -> PathBuf {
 /// directions, like a long network path. A reset on one side becomes a reset on the other.
 /// Runs on its own thread until the test process ends.
 pub fn latency_line(upstream: SocketAddr, delay: Duration) -> SocketAddr {
+    on_loopback(move |listener| async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                // Closes after a reset go out as RSTs (SO_LINGER 0).
+                let _ = socket2::SockRef::from(&down).set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(&up).set_linger(Some(Duration::ZERO));
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                let a = direction(dr, uw, delay);
+                let b = direction(ur, dw, delay);
+                tokio::pin!(a, b);
+                let (mut a_done, mut b_done) = (false, false);
+                while !(a_done && b_done) {
+                    let reset = tokio::select! {
+                        r = &mut a, if !a_done => { a_done = true; r }
+                        r = &mut b, if !b_done => { b_done = true; r }
+                    };
+                    if reset {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Bind an ephemeral port on 127.0.0.1 and run `run(listener)` on a current-thread tokio
+/// runtime on its own thread (until it returns or the test process ends); the address.
+pub fn on_loopback<F, Fut>(run: F) -> SocketAddr
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -226,37 +166,7 @@ pub fn latency_line(upstream: SocketAddr, delay: Duration) -> SocketAddr {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((down, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = down.set_nodelay(true);
-                    let _ = up.set_nodelay(true);
-                    // Closes after a reset go out as RSTs (SO_LINGER 0).
-                    let _ = socket2::SockRef::from(&down).set_linger(Some(Duration::ZERO));
-                    let _ = socket2::SockRef::from(&up).set_linger(Some(Duration::ZERO));
-                    let (dr, dw) = down.into_split();
-                    let (ur, uw) = up.into_split();
-                    let a = direction(dr, uw, delay);
-                    let b = direction(ur, dw, delay);
-                    tokio::pin!(a, b);
-                    let (mut a_done, mut b_done) = (false, false);
-                    while !(a_done && b_done) {
-                        let reset = tokio::select! {
-                            r = &mut a, if !a_done => { a_done = true; r }
-                            r = &mut b, if !b_done => { b_done = true; r }
-                        };
-                        if reset {
-                            break;
-                        }
-                    }
-                });
-            }
+            run(tokio::net::TcpListener::from_std(listener).unwrap()).await;
         });
     });
     addr

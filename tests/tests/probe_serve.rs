@@ -6,39 +6,13 @@
 #[path = "probe_peers.rs"]
 mod peers;
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kaprobe_tests::{
-    json_lines, kaprobe, kaprobe_bin, line_reader, require_tool, stderr, wait_line, KillOnDrop,
+    f64_at as f, json_lines, kaprobe, require_tool, serve_quiet as serve, stderr, Serve,
 };
-use peers::{free_port, latency_line, nginx};
+use peers::{pool_proxy, race_window};
 use serde_json::Value;
-
-/// `kaprobe serve --listen 127.0.0.1:0 ARGS`, and the address it reports on stderr.
-fn serve(args: &[&str]) -> (KillOnDrop, SocketAddr) {
-    let mut child = KillOnDrop::spawn(
-        Command::new(kaprobe_bin())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null()),
-    );
-    let rx = line_reader(child.0.stderr.take().unwrap());
-    let line = wait_line(&rx, Duration::from_secs(10), |l| {
-        l.starts_with("kaprobe serve: listening on http://")
-    })
-    .unwrap_or_else(|seen| panic!("serve {args:?} never said it was listening: {seen:?}"));
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    let addr = line
-        .trim()
-        .trim_start_matches("kaprobe serve: listening on http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-    (child, addr)
-}
 
 fn probe(url: &str, max_wait: &str) -> Value {
     let o = kaprobe()
@@ -47,12 +21,6 @@ fn probe(url: &str, max_wait: &str) -> Value {
         .unwrap();
     assert!(o.status.success(), "probe {url}: {}", stderr(&o));
     json_lines(&o).remove(0)
-}
-
-fn f(v: &Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
 
 #[test]
@@ -112,59 +80,17 @@ fn serve_request_limit_is_counted() {
 
 /// nginx proxy with an upstream keep-alive pool (`pool_timeout`) in front of kaprobe serve
 /// closing idle connections after 1 s, over a path with 250 ms each way.
-fn nginx_pool_in_front_of_serve(pool_timeout: &str) -> (KillOnDrop, peers::Peer, String) {
+fn nginx_pool_in_front_of_serve(pool_timeout: &str) -> (Serve, peers::Peer, String) {
     let (s, app) = serve(&["--keepalive-timeout", "1s"]);
-    let line = latency_line(app, Duration::from_millis(250));
-    let front = free_port();
-    let ng = nginx(
-        &format!(
-            "  upstream app {{ server {line}; keepalive 4; keepalive_timeout {pool_timeout}; }}\n  \
-             server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass http://app;\n    \
-               proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
-        ),
-        front,
-        None,
-    );
-    (s, ng, format!("http://127.0.0.1:{front}/"))
-}
-
-fn race(url: &str) -> (Vec<Value>, Value) {
-    let o = kaprobe()
-        .args([
-            "race",
-            url,
-            "--idle",
-            "800ms",
-            "--spread",
-            "400ms",
-            "--requests",
-            "9",
-            "--method",
-            "POST",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "race {url}: {}", stderr(&o));
-    let lines = json_lines(&o);
-    let attempts = lines
-        .iter()
-        .filter(|l| l["type"] == "attempt")
-        .cloned()
-        .collect();
-    let summary = lines
-        .iter()
-        .find(|l| l["type"] == "summary")
-        .cloned()
-        .unwrap();
-    (attempts, summary)
+    let (ng, url) = pool_proxy(app, Duration::from_millis(250), pool_timeout, "");
+    (s, ng, url)
 }
 
 #[test]
 fn nginx_pool_longer_than_serve_idle_timeout_gives_502s_in_the_window() {
     require_tool!("nginx");
     let (_s, _ng, url) = nginx_pool_in_front_of_serve("60s");
-    let (attempts, summary) = race(&url);
+    let (attempts, summary) = race_window(&url);
     let failed: Vec<&Value> = attempts.iter().filter(|a| a["outcome"] != "ok").collect();
     assert!(
         !failed.is_empty(),
@@ -188,7 +114,7 @@ fn nginx_pool_longer_than_serve_idle_timeout_gives_502s_in_the_window() {
 fn nginx_pool_shorter_than_serve_idle_timeout_minus_rtt_gives_none() {
     require_tool!("nginx");
     let (_s, _ng, url) = nginx_pool_in_front_of_serve("300ms");
-    let (attempts, summary) = race(&url);
+    let (attempts, summary) = race_window(&url);
     assert_eq!(attempts.len(), 9);
     assert!(
         attempts.iter().all(|a| a["outcome"] == "ok"),

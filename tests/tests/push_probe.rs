@@ -9,38 +9,14 @@
 mod peers;
 
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use kaprobe_tests::{
-    json_lines, kaprobe, kaprobe_bin, line_reader, require_tool, stderr, stdout, wait_line,
-    KillOnDrop,
+    f64_at as f, fails, json_lines, kaprobe, require_tool, serve_quiet as serve, stderr, stdout,
 };
 use peers::{free_port, nginx, Peer};
 use serde_json::Value;
-
-/// `kaprobe serve --listen 127.0.0.1:0 ARGS`, and the address it reports on stderr.
-fn serve(args: &[&str]) -> (KillOnDrop, SocketAddr) {
-    let mut child = KillOnDrop::spawn(
-        Command::new(kaprobe_bin())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null()),
-    );
-    let rx = line_reader(child.0.stderr.take().unwrap());
-    let line = wait_line(&rx, Duration::from_secs(10), |l| {
-        l.starts_with("kaprobe serve: listening on http://")
-    })
-    .unwrap_or_else(|seen| panic!("serve {args:?} never said it was listening: {seen:?}"));
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    let addr = line
-        .trim()
-        .trim_start_matches("kaprobe serve: listening on http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-    (child, addr)
-}
 
 /// nginx proxying WebSockets and event streams to `upstream`, cutting idle ones after 2 s.
 fn nginx_2s(upstream: SocketAddr) -> Peer {
@@ -71,12 +47,6 @@ fn finish(child: std::process::Child, what: &str) -> Value {
     let o: Output = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{what}: {}{}", stdout(&o), stderr(&o));
     json_lines(&o).remove(0)
-}
-
-fn f(v: &Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
 
 #[test]
@@ -199,14 +169,6 @@ fn an_idle_websocket_straight_to_serve_outlives_the_hold_and_says_at_least() {
     );
 }
 
-fn fails(args: &[&str], code: i32, words: &str) {
-    let o = kaprobe().args(args).output().unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
-    assert!(err.contains(words), "{args:?}: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-}
-
 #[test]
 fn bad_urls_refused_ports_and_servers_without_push_channels_get_their_own_exit_codes() {
     let (_s, app) = serve(&[]);
@@ -277,22 +239,11 @@ where
     F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            if let Ok((s, _)) = listener.accept().await {
-                serve_one(s).await;
-            }
-        });
-    });
-    addr
+    peers::on_loopback(move |listener| async move {
+        if let Ok((s, _)) = listener.accept().await {
+            serve_one(s).await;
+        }
+    })
 }
 
 #[test]

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::process::Command;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -13,55 +12,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use kaprobe_tests::{kaprobe, line_reader, require_tool, wait_line, KillOnDrop};
+use kaprobe_tests::{require_tool, serve_json as serve, Serve as Server};
 
-/// A running `kaprobe serve`, its address and its stdout lines.
-struct Server {
-    child: KillOnDrop,
-    addr: String,
-    out: Receiver<String>,
+/// What these tests ask of a running server.
+trait ServerExt {
+    fn close_event(&self, reason: &str) -> serde_json::Value;
+    fn ws_url(&self, q: &str) -> String;
 }
 
-fn serve(args: &[&str]) -> Server {
-    let mut cmd = kaprobe();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log", "json"])
-        .args(args);
-    let mut child = KillOnDrop::spawn(&mut cmd);
-    let err = line_reader(child.0.stderr.take().unwrap());
-    let out = line_reader(child.0.stdout.take().unwrap());
-    let line = wait_line(&err, Duration::from_secs(60), |l| {
-        l.contains("listening on")
-    })
-    .unwrap_or_else(|seen| panic!("no listening line: {seen:?}"));
-    let addr = line
-        .strip_prefix("kaprobe serve: listening on http://")
-        .unwrap()
-        .to_string();
-    Server { child, addr, out }
-}
-
-impl Server {
+impl ServerExt for Server {
     /// The next close event with this reason (other close events are skipped).
     fn close_event(&self, reason: &str) -> serde_json::Value {
         let want = format!("\"reason\":\"{reason}\"");
-        let l = wait_line(&self.out, Duration::from_secs(15), |l| l.contains(&want))
-            .unwrap_or_else(|seen| panic!("no {reason} close event: {seen:?}"));
-        serde_json::from_str(&l).unwrap()
-    }
-
-    fn stop(&mut self) {
-        // SAFETY: kill on our own child's pid.
-        unsafe {
-            libc::kill(self.child.0.id().cast_signed(), libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("kaprobe serve did not stop on SIGTERM");
+        self.json_line(
+            &want,
+            Duration::from_secs(15),
+            &format!("{reason} close event"),
+        )
     }
 
     fn ws_url(&self, q: &str) -> String {
@@ -127,6 +94,19 @@ async fn next_text(c: &mut Ws) -> String {
             Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("unexpected {other:?}"),
         }
+    }
+}
+
+/// The next message (within 5 s) is a close frame with `code`.
+async fn expect_close(c: &mut Ws, code: u16) {
+    let m = tokio::time::timeout(Duration::from_secs(5), c.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match m {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), code),
+        other => panic!("expected close {code}, got {other:?}"),
     }
 }
 
@@ -518,15 +498,7 @@ async fn oversized_messages_get_1009() {
     let mut other = ws(&srv.ws_url("")).await;
     let mut c = ws(&srv.ws_url("")).await;
     let _ = c.send(Message::text("x".repeat(2000))).await;
-    let m = tokio::time::timeout(Duration::from_secs(5), c.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    match m {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
-        other => panic!("expected close 1009, got {other:?}"),
-    }
+    expect_close(&mut c, 1009).await;
     srv.close_event("ws_message_too_big");
     // Exactly at the limit is fine, on another connection.
     other.send(Message::text("y".repeat(1024))).await.unwrap();
@@ -612,15 +584,7 @@ async fn shutdown_closes_websockets_with_1001_and_ends_event_streams() {
         srv.stop();
         srv
     });
-    let m = tokio::time::timeout(Duration::from_secs(5), c.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    match m {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
-        other => panic!("expected close 1001, got {other:?}"),
-    }
+    expect_close(&mut c, 1001).await;
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), sse.s.read_to_end(&mut rest))
         .await
@@ -640,36 +604,11 @@ async fn shutdown_closes_websockets_with_1001_and_ends_event_streams() {
 
 /// nginx in front of `upstream` with the WebSocket upgrade headers, unbuffered event
 /// streams and the given read timeout.
-struct Nginx {
-    _child: KillOnDrop,
-    addr: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn nginx(upstream: &str, read_timeout: &str) -> Nginx {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("kp-push-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let d = dir.display();
-    let conf = format!(
-        "master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{
+fn nginx(upstream: &str, read_timeout: &str) -> kaprobe_tests::Peer {
+    let port = kaprobe_tests::free_port();
+    kaprobe_tests::nginx(
+        &format!(
+            "  server {{
     listen 127.0.0.1:{port};
     location / {{
       proxy_pass http://{upstream};
@@ -679,28 +618,11 @@ http {{
       proxy_read_timeout {read_timeout};
       proxy_buffering off;
     }}
-  }}
-}}
-"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = KillOnDrop::spawn(Command::new("nginx").args([
-        "-p",
-        &d.to_string(),
-        "-c",
-        &format!("{d}/nginx.conf"),
-        "-g",
-        "daemon off;",
-    ]));
-    let addr = format!("127.0.0.1:{port}");
-    kaprobe_tests::wait_for("nginx to listen", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(&addr).ok()
-    });
-    Nginx {
-        _child: child,
-        addr,
-        dir,
-    }
+  }}"
+        ),
+        port,
+        None,
+    )
 }
 
 /// How long an idle WebSocket lives through the proxy (None: still open after `hold`).
@@ -742,7 +664,7 @@ async fn through_nginx_heartbeats_keep_idle_channels_open_and_silence_gets_them_
     require_tool!("nginx");
     let srv = serve(&[]);
     let proxy = nginx(&srv.addr, "2s");
-    let a = proxy.addr.clone();
+    let a = proxy.addr();
     let hold = Duration::from_secs(10);
     // All four at once: with a 1 s heartbeat (ping / comment) and without.
     let ws_beat = tokio::spawn(ws_lifetime(format!("ws://{a}/ws?ping=1s"), hold));

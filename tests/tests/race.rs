@@ -9,26 +9,31 @@ mod peers;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kaprobe_tests::{json_lines, kaprobe, require_tool, stderr};
-use peers::{free_port, haproxy, latency_line, nginx};
+use kaprobe_tests::{kaprobe, race_json, require_tool};
+use peers::{free_port, haproxy, latency_line, nginx, pool_proxy, race_window, RACE};
 use serde_json::Value;
-
-fn race_json(args: &[&str]) -> (Vec<Value>, Vec<Value>, Value) {
-    let o = kaprobe()
-        .arg("race")
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "race {args:?}: {}", stderr(&o));
-    let lines = json_lines(&o);
-    let of = |t: &str| -> Vec<Value> { lines.iter().filter(|l| l["type"] == t).cloned().collect() };
-    let summary = of("summary").pop().expect("a summary line");
-    (of("attempt"), of("bin"), summary)
-}
 
 fn idle(a: &Value) -> f64 {
     a["actual_idle_s"].as_f64().unwrap()
+}
+
+/// The reuse window of the proxy tests (app idle timeout 1 s, 250 ms each way): every
+/// failure has an idle time in it (the request reaches the app after it closed, idle >
+/// 1 s - 2 x 250 ms, but the proxy has not yet seen the FIN, idle < 1 s; with slack for
+/// timers), and short idles and idles past the window work.
+fn failures_only_in_the_window(attempts: &[Value]) {
+    for a in attempts {
+        let x = idle(a);
+        if a["outcome"] != "ok" {
+            assert!(
+                (0.4..=1.1).contains(&x),
+                "failure outside the window at {x}: {a}"
+            );
+        }
+        if !(0.45..=1.1).contains(&x) {
+            assert_eq!(a["outcome"], "ok", "{a}");
+        }
+    }
 }
 
 #[test]
@@ -102,31 +107,15 @@ fn reusing_past_nginx_idle_timeout_fails_and_before_it_works() {
 /// idle timeout is 1 s, reached over a path with `delay` each way.
 fn proxied(pool_timeout: &str, delay: Duration) -> (peers::Peer, String) {
     let app = free_port();
-    let line = latency_line(SocketAddr::from(([127, 0, 0, 1], app)), delay);
-    let front = free_port();
-    let ng = nginx(
+    pool_proxy(
+        SocketAddr::from(([127, 0, 0, 1], app)),
+        delay,
+        pool_timeout,
         &format!(
-            "  upstream app {{ server {line}; keepalive 4; keepalive_timeout {pool_timeout}; }}\n  \
-             server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass http://app;\n    \
-               proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n  \
-             server {{ listen 127.0.0.1:{app}; keepalive_timeout 1s; location / {{ return 200 \"app\\n\"; }} }}"
+            "\n  server {{ listen 127.0.0.1:{app}; keepalive_timeout 1s; location / {{ return 200 \"app\\n\"; }} }}"
         ),
-        front,
-        None,
-    );
-    (ng, format!("http://127.0.0.1:{front}/"))
+    )
 }
-
-const RACE: [&str; 8] = [
-    "--idle",
-    "800ms",
-    "--spread",
-    "400ms",
-    "--requests",
-    "9",
-    "--method",
-    "POST",
-];
 
 #[test]
 fn proxy_pool_outliving_the_upstream_idle_timeout_gives_502s_in_a_window() {
@@ -134,9 +123,7 @@ fn proxy_pool_outliving_the_upstream_idle_timeout_gives_502s_in_a_window() {
     // Pool keeps idle upstream connections 60 s; the app closes them after 1 s; the path
     // between them takes 250 ms each way, so the app's FIN reaches the proxy late.
     let (_ng, url) = proxied("60s", Duration::from_millis(250));
-    let mut args = vec![url.as_str()];
-    args.extend(RACE);
-    let (attempts, _, summary) = race_json(&args);
+    let (attempts, summary) = race_window(&url);
     let failed: Vec<&Value> = attempts.iter().filter(|a| a["outcome"] != "ok").collect();
     assert!(
         !failed.is_empty(),
@@ -145,21 +132,8 @@ fn proxy_pool_outliving_the_upstream_idle_timeout_gives_502s_in_a_window() {
     for a in &failed {
         assert_eq!(a["outcome"], "bad_gateway", "{a}");
         assert_eq!(a["status"], 502, "{a}");
-        // The window: the request reaches the app after it closed (idle > 1 s - 2 x 250 ms)
-        // but the proxy has not yet seen the FIN (idle < 1 s), with slack for timers.
-        let x = idle(a);
-        assert!(
-            (0.4..=1.1).contains(&x),
-            "failure outside the window at {x}: {a}"
-        );
     }
-    // Short idles and idles past the window work.
-    for a in &attempts {
-        let x = idle(a);
-        if !(0.45..=1.1).contains(&x) {
-            assert_eq!(a["outcome"], "ok", "{a}");
-        }
-    }
+    failures_only_in_the_window(&attempts);
     assert!(
         summary["verdict"]
             .as_str()
@@ -175,9 +149,7 @@ fn proxy_pool_timeout_below_the_upstream_minus_the_round_trip_gives_no_failures(
     // Same app and path, but the pool drops idle upstream connections after 300 ms: before
     // the app's 1 s minus the 500 ms round trip.
     let (_ng, url) = proxied("300ms", Duration::from_millis(250));
-    let mut args = vec![url.as_str()];
-    args.extend(RACE);
-    let (attempts, _, summary) = race_json(&args);
+    let (attempts, summary) = race_window(&url);
     assert_eq!(attempts.len(), 9);
     for a in &attempts {
         assert_eq!(a["outcome"], "ok", "{a}");
@@ -221,39 +193,19 @@ fn haproxy_reusing_a_closed_upstream_connection_drops_even_a_get_in_the_window()
         port,
     );
     let url = format!("http://127.0.0.1:{port}/");
-    let (attempts, _, summary) = race_json(&[
-        &url,
-        "--idle",
-        "800ms",
-        "--spread",
-        "400ms",
-        "--requests",
-        "9",
-    ]);
+    // The same race as the pool tests, but as GETs: RACE without its `--method POST`.
+    let (attempts, _, summary) = race_json(&[&[url.as_str()][..], &RACE[..6]].concat());
     let failed: Vec<&Value> = attempts.iter().filter(|a| a["outcome"] != "ok").collect();
     assert!(
         failed.len() >= 2,
         "expected failures in the window: {attempts:?}"
     );
-    for a in &attempts {
-        let x = idle(a);
-        if a["outcome"] == "ok" {
-            continue;
-        }
+    for a in &failed {
         assert!(
             ["empty_reply", "reset", "bad_gateway"].contains(&a["outcome"].as_str().unwrap()),
             "{a}"
         );
-        assert!(
-            (0.4..=1.1).contains(&x),
-            "failure outside the window at {x}: {a}"
-        );
     }
-    for a in &attempts {
-        let x = idle(a);
-        if !(0.45..=1.1).contains(&x) {
-            assert_eq!(a["outcome"], "ok", "{a}");
-        }
-    }
+    failures_only_in_the_window(&attempts);
     assert_eq!(summary["method"], "GET");
 }

@@ -5,37 +5,19 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use kaprobe_tests::{kaprobe, line_reader, require_tool, wait_line, KillOnDrop};
+use kaprobe_tests::{
+    kaprobe, line_reader, require_tool, serve_json as serve, wait_line, KillOnDrop, Serve as Server,
+};
 
-/// A running `kaprobe serve`, its address and its stdout lines.
-struct Server {
-    child: KillOnDrop,
-    addr: String,
-    out: Receiver<String>,
+/// What these tests ask of a running server.
+trait ServerExt {
+    fn connect(&self) -> TcpStream;
+    fn close_event(&self) -> serde_json::Value;
 }
 
-fn serve(args: &[&str]) -> Server {
-    let mut cmd = kaprobe();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log", "json"])
-        .args(args);
-    let mut child = KillOnDrop::spawn(&mut cmd);
-    let err = line_reader(child.0.stderr.take().unwrap());
-    let out = line_reader(child.0.stdout.take().unwrap());
-    let line = wait_line(&err, Duration::from_secs(60), |l| {
-        l.contains("listening on")
-    })
-    .unwrap_or_else(|seen| panic!("no listening line: {seen:?}"));
-    let addr = line
-        .strip_prefix("kaprobe serve: listening on http://")
-        .unwrap()
-        .to_string();
-    Server { child, addr, out }
-}
-
-impl Server {
+impl ServerExt for Server {
     fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(&self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -44,18 +26,7 @@ impl Server {
 
     /// The next close event on stdout.
     fn close_event(&self) -> serde_json::Value {
-        let l = wait_line(&self.out, Duration::from_secs(10), |l| {
-            l.contains("\"close\"")
-        })
-        .unwrap_or_else(|seen| panic!("no close event: {seen:?}"));
-        serde_json::from_str(&l).unwrap()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill on our own child's pid.
-        unsafe {
-            libc::kill(self.child.0.id().cast_signed(), sig);
-        }
+        self.json_line("\"close\"", Duration::from_secs(10), "close event")
     }
 }
 
@@ -436,39 +407,19 @@ fn nginx_upstream_keepalive_pool_reuses_connections() {
     require_tool!("nginx");
     require_tool!("curl");
     let srv = serve(&["--keepalive-timeout", "30s", "--max-requests", "1000"]);
-    let dir = std::env::temp_dir().join(format!("kp-serve-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let nginx_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let d = dir.display();
-    let conf = format!(
-        "master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  upstream kp {{ server {}; keepalive 8; }}
+    let nginx_port = kaprobe_tests::free_port();
+    let _nginx = kaprobe_tests::nginx(
+        &format!(
+            "  upstream kp {{ server {}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{nginx_port};
     location / {{ proxy_pass http://kp; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}
-  }}
-}}
-",
-        srv.addr
+  }}",
+            srv.addr
+        ),
+        nginx_port,
+        None,
     );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    // One process (no master/worker pair), so killing it on drop leaves nothing behind.
-    let _nginx = KillOnDrop::spawn(Command::new("nginx").args([
-        "-p",
-        &d.to_string(),
-        "-c",
-        &format!("{d}/nginx.conf"),
-        "-g",
-        "daemon off;",
-    ]));
     let url = format!("http://127.0.0.1:{nginx_port}/");
     kaprobe_tests::wait_for("nginx to answer", Duration::from_secs(10), || {
         Command::new("curl")
@@ -499,7 +450,6 @@ http {{
         .unwrap();
     assert_eq!(ev["reason"], "shutdown", "{ev}");
     assert!(ev["requests"].as_u64().unwrap() >= 10, "{ev}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -4,13 +4,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use kaprobe_tests::{is_root, json_lines, kaprobe, kaprobe_bin, stderr, stdout, wait_for, Netns};
+use kaprobe_tests::{
+    in_netns, is_root, json_lines, kaprobe, kaprobe_bin, keepalive, stderr, stdout, wait_for, Netns,
+};
 use serde_json::Value;
-use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Socket, Type};
 
 /// A listener, a client connected to it and the accepted server side.
 struct Pair {
@@ -152,17 +153,7 @@ fn keepalive_counter(netstat: &str) -> u64 {
 /// Open a pair on 127.0.0.1 inside `ns` (from a thread that enters it: sockets belong to
 /// the namespace they were created in, whichever thread uses them later).
 fn pair_in(ns: &Netns) -> Pair {
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: `f` is an open namespace file; setns only changes this thread's network
-        // namespace, and this thread ends right after making the sockets.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        Pair::new("127.0.0.1:0")
-    })
-    .join()
-    .unwrap()
+    in_netns(&ns.name, || Pair::new("127.0.0.1:0"))
 }
 
 #[test]
@@ -193,11 +184,7 @@ fn keepalive_timer_shows_and_answered_probes_reset_the_last_ack() {
         keepalive_counter(&text)
     };
     let before = counter();
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(1))
-        .with_interval(Duration::from_secs(1))
-        .with_retries(3);
-    SockRef::from(&p.client).set_tcp_keepalive(&ka).unwrap();
+    keepalive(&p.client, 1, 1, 3);
     let armed = Instant::now();
     let client = p.client.local_addr().unwrap();
     let server = p.server.local_addr().unwrap();

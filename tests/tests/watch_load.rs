@@ -7,9 +7,10 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use kaprobe_capture::{parse_frame, FileSource, Next, PacketSource};
-use kaprobe_tests::{json_lines, kaprobe, line_reader, require_root, run, wait_line, KillOnDrop};
+use kaprobe_tests::{
+    json_lines, kaprobe, keepalive, line_reader, require_root, run, wait_line, KillOnDrop,
+};
 use serde_json::Value;
-use socket2::{SockRef, TcpKeepalive};
 
 /// Packets received on `lo` so far (the kernel's own count).
 fn lo_rx_packets() -> u64 {
@@ -92,11 +93,7 @@ fn headers_only_capture_keeps_payload_lengths_and_classifies_probes() {
     let rx = line_reader(child.0.stdout.take().unwrap());
     wait_line(&rx, Duration::from_secs(20), |l| l.contains("\"start\"")).unwrap();
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(1))
-        .with_interval(Duration::from_secs(1))
-        .with_retries(3);
-    SockRef::from(&client).set_tcp_keepalive(&ka).unwrap();
+    keepalive(&client, 1, 1, 3);
     let (mut server, _) = listener.accept().unwrap();
     // Payload-carrying segments much longer than the snap length, both ways.
     client.write_all(&[7u8; 3000]).unwrap();
