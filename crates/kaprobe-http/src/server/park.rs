@@ -54,9 +54,9 @@ impl Lot {
         }
         // SAFETY: fd is a fresh descriptor we own.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let timer = new_timer(&owned);
         // SAFETY: `owned` is an open epoll descriptor that the AsyncFd owns from here on, so
         // it stays open and refers to the same file for the registration's life.
-        let timer = new_timer(&owned);
         let ep = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
         Ok(Self {
@@ -245,6 +245,11 @@ pub(crate) async fn run(sh: Rc<Shared>) {
             .map_or_else(Instant::now, |c| c.idle_since.get() + timeout);
         if let Some(c) = &head {
             if deadline <= Instant::now() {
+                // Input already waiting wins over the deadline (as nginx handles events
+                // before expired timers): it may be the head's next request.
+                if drain(&sh, &mut events) > 0 {
+                    continue;
+                }
                 sh.lot.queue.borrow_mut().pop_front();
                 unpark(&sh, c, Some(Reason::IdleTimeout));
                 continue;
@@ -255,28 +260,9 @@ pub(crate) async fn run(sh: Rc<Shared>) {
             biased;
             g = sh.lot.ep.readable() => {
                 let Ok(mut guard) = g else { return };
-                loop {
-                    let cap = i32::try_from(events.len()).unwrap_or(i32::MAX);
-                    // SAFETY: events is a valid buffer of `cap` entries; timeout 0.
-                    let n = unsafe {
-                        libc::epoll_wait(sh.lot.ep.as_raw_fd(), events.as_mut_ptr(), cap, 0)
-                    };
-                    if n <= 0 {
-                        guard.clear_ready();
-                        break;
-                    }
-                    for ev in &events[..usize::try_from(n).unwrap_or(0)] {
-                        if ev.u64 == TIMER_TOKEN {
-                            // The head's deadline: handled at the top of the loop.
-                            sh.lot.clear_timer();
-                            continue;
-                        }
-                        let slot = u32::try_from(ev.u64).unwrap_or(u32::MAX);
-                        if let Some(c) = lookup(&sh, slot) {
-                            unpark(&sh, &c, None);
-                        }
-                    }
-                }
+                drain(&sh, &mut events);
+                // Drained to empty: wait for the next edge.
+                guard.clear_ready();
             }
             () = sleep_until(deadline), if head.is_some() && !by_timerfd => {
                 if let Some(c) = head {
@@ -285,6 +271,35 @@ pub(crate) async fn run(sh: Rc<Shared>) {
                 }
             }
             () = sh.lot.notify.notified(), if head.is_none() => {}
+        }
+    }
+}
+
+/// Handle every event waiting in the lot, without blocking: parked connections with input
+/// (or a FIN or RST) go back to tasks; a timer expiry is consumed (the deadline itself is
+/// checked by the caller). Returns the number of events handled.
+fn drain(sh: &Rc<Shared>, events: &mut [libc::epoll_event]) -> usize {
+    let cap = i32::try_from(events.len()).unwrap_or(i32::MAX);
+    let mut handled = 0;
+    loop {
+        // SAFETY: events is a valid buffer of `cap` entries; timeout 0.
+        let n = unsafe { libc::epoll_wait(sh.lot.ep.as_raw_fd(), events.as_mut_ptr(), cap, 0) };
+        let Ok(n) = usize::try_from(n) else {
+            return handled;
+        };
+        if n == 0 {
+            return handled;
+        }
+        handled += n;
+        for ev in &events[..n] {
+            if ev.u64 == TIMER_TOKEN {
+                sh.lot.clear_timer();
+                continue;
+            }
+            let slot = u32::try_from(ev.u64).unwrap_or(u32::MAX);
+            if let Some(c) = lookup(sh, slot) {
+                unpark(sh, &c, None);
+            }
         }
     }
 }
