@@ -9,8 +9,8 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use kaprobe_tests::{
-    have_tool, in_ci, in_netns, kaprobe, keepalive, line_reader, require_root, run, stderr,
-    wait_for, wait_line, workspace_root, KillOnDrop, NsPair,
+    in_netns, kaprobe, keepalive, line_reader, require_root, require_tool, run, stderr, wait_for,
+    wait_line, workspace_root, KillOnDrop, NsPair,
 };
 use prometheus_parse::{Scrape, Value};
 
@@ -73,14 +73,7 @@ fn tcp_ext(name: &str) -> u64 {
 
 /// Check a scrape with `promtool check metrics` when promtool is there (always in CI).
 fn promtool_lint(text: &str) {
-    if !have_tool("promtool") {
-        assert!(
-            !in_ci(),
-            "promtool missing in CI: add prometheus to scripts/test"
-        );
-        eprintln!("skipped: promtool check metrics (promtool not installed)");
-        return;
-    }
+    require_tool!("promtool");
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -200,7 +193,7 @@ fn watch_metrics_count_the_probes_of_a_known_keepalive_exchange() {
 #[test]
 fn watch_metrics_count_a_peer_that_died_silently() {
     require_root!();
-    kaprobe_tests::require_tool!("iptables");
+    require_tool!("iptables");
     let pair = NsPair::new("kpmet");
     let listener = pair.listen_b();
     let port = listener.local_addr().unwrap().port();
@@ -378,14 +371,7 @@ fn documented_alert_rules_pass_promtool_and_match_the_docs() {
     ] {
         assert!(text.contains(name), "{name}");
     }
-    if !have_tool("promtool") {
-        assert!(
-            !in_ci(),
-            "promtool missing in CI: add prometheus to scripts/test"
-        );
-        eprintln!("skipped: promtool check rules (promtool not installed)");
-        return;
-    }
+    require_tool!("promtool");
     let o = Command::new("promtool")
         .arg("check")
         .arg("rules")
