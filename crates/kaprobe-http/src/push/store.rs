@@ -531,13 +531,8 @@ mod tests {
 
     #[test]
     fn sqlite_keeps_messages_and_ids_across_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("kaprobe-store-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("t.sqlite");
-        let _ = std::fs::remove_file(&path);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, path) = fresh_store("kaprobe-store");
+        let rt = rt();
         rt.block_on(async {
             let mut hub = Hub::new(2, 10, Some(&path), Rc::default()).unwrap();
             let room = hub.room("a").unwrap();
@@ -563,6 +558,15 @@ mod tests {
             drop(room);
         });
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A directory of this process under the temp dir, and a store path in it with no file.
+    fn fresh_store(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("t.sqlite");
+        let _ = std::fs::remove_file(&path);
+        (dir, path)
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -617,10 +621,7 @@ mod tests {
 
     #[test]
     fn with_sqlite_unheld_rooms_make_way_and_come_back_with_their_ids() {
-        let dir = std::env::temp_dir().join(format!("kaprobe-rooms-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("t.sqlite");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = fresh_store("kaprobe-rooms");
         let gauge = Rc::new(Cell::new(0));
         let mut hub = Hub::new(10, 2, Some(&path), gauge.clone()).unwrap();
         rt().block_on(async {
