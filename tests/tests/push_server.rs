@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use kaprobe_tests::{require_tool, serve_json as serve, Serve as Server};
+use kaprobe_tests::{require_tool, serve_json as serve, Serve as Server, TempDir};
 
 /// What these tests ask of a running server.
 trait ServerExt {
@@ -316,10 +316,8 @@ async fn sse_resume_with_last_event_id_replays_exactly_the_missed_events() {
 
 #[tokio::test]
 async fn store_keeps_messages_and_ids_across_a_restart() {
-    let dir = std::env::temp_dir().join(format!("kp-push-store-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("push.sqlite");
+    let dir = TempDir::new("push-store");
+    let file = dir.path().join("push.sqlite");
     let f = file.to_str().unwrap();
     let mut srv = serve(&["--store", f, "--store-limit", "2"]);
     for i in 1..=5 {
@@ -340,7 +338,6 @@ async fn store_keeps_messages_and_ids_across_a_restart() {
     assert_eq!(v["last_id"], 6);
     assert_eq!(v["messages"].as_array().unwrap().len(), 2);
     drop(srv);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -796,10 +793,8 @@ async fn at_the_room_cap_new_rooms_get_503_on_every_endpoint_and_old_rooms_keep_
 
 #[tokio::test]
 async fn with_a_store_rooms_nobody_holds_make_way_and_come_back_with_their_ids() {
-    let dir = std::env::temp_dir().join(format!("kp-push-rooms-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("push.sqlite");
+    let dir = TempDir::new("push-rooms");
+    let file = dir.path().join("push.sqlite");
     let srv = serve(&["--store", file.to_str().unwrap(), "--max-rooms", "2"]);
     for room in ["a", "b", "c"] {
         assert_eq!(publish(&srv.addr, room, &format!("{room}1")).await, 1);
@@ -822,7 +817,6 @@ async fn with_a_store_rooms_nobody_holds_make_way_and_come_back_with_their_ids()
     let _hb = ws(&srv.ws_url("?room=b")).await;
     assert_room_limit(&get(&srv.addr, "/poll?room=c", "").await, 2);
     drop(srv);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
