@@ -55,7 +55,7 @@ fn nginx_idle_close_is_timed_to_20ms_and_reported_as_fin() {
         "nginx without a 2nd value advertises nothing"
     );
     assert!(
-        s(&r, "/verdict").contains("3.00 s with FIN"),
+        s(&r, "/verdict").contains(&format!("{t:.2} s with FIN")),
         "{}",
         r["verdict"]
     );
@@ -101,9 +101,22 @@ fn nginx_lying_keep_alive_header_is_reported() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("9.00 s") && out.contains("3.00 s"), "{out}");
+    // The measured time is printed to 10 ms: hold it to the same tolerance as the JSON above
+    // (a wake-up a few ms late on a busy machine prints 3.01 s).
+    let verdict = out
+        .lines()
+        .find_map(|l| l.strip_prefix("verdict: closes idle connections after "))
+        .unwrap_or_else(|| panic!("no verdict line: {out}"));
+    let (secs, rest) = verdict
+        .split_once(" s with FIN, advertises 9 s")
+        .unwrap_or_else(|| panic!("verdict: {verdict}"));
+    let secs: f64 = secs
+        .parse()
+        .unwrap_or_else(|_| panic!("verdict: {verdict}"));
+    assert!((secs - 3.0).abs() <= 0.020, "{out}");
+    assert!(rest.is_empty() || rest.starts_with(';'), "{verdict}");
     assert!(
-        out.contains("verdict: closes idle connections after 3.00 s with FIN, advertises 9 s"),
+        out.contains("9.00 s") && out.contains(&format!("{secs:.2} s ±")),
         "{out}"
     );
 }

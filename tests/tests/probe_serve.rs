@@ -28,9 +28,14 @@ fn serve_closing_with_rst_is_reported_as_rst() {
     let (_s, addr) = serve(&["--keepalive-timeout", "2s", "--close-style", "rst"]);
     let r = probe(&format!("http://{addr}/"), "8s");
     assert_eq!(r["idle"]["close_style"], "rst", "{r}");
-    assert!((f(&r, "/idle/timeout_s") - 2.0).abs() <= 0.020, "{r}");
+    let t = f(&r, "/idle/timeout_s");
+    assert!((t - 2.0).abs() <= 0.020, "{r}");
+    // The verdict names the time measured (to 10 ms), which may print as 2.01 s.
     assert!(
-        r["verdict"].as_str().unwrap().contains("2.00 s with RST"),
+        r["verdict"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{t:.2} s with RST")),
         "{}",
         r["verdict"]
     );
