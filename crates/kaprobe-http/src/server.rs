@@ -11,6 +11,7 @@ mod metrics;
 pub mod park;
 pub mod parse;
 pub mod proto;
+pub mod session;
 pub mod stats;
 
 use std::cell::{Cell, RefCell};

@@ -11,7 +11,8 @@ use std::rc::Rc;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use super::proto::{error_response, Ctx, Outcome, Proto};
+use super::proto::{error_response, Ctx, Outcome};
+use super::session::Session;
 use super::{CloseStyle, Ctl, Ending, Reason, Shared, Signal};
 
 enum Wake {
@@ -70,12 +71,11 @@ enum Step {
 
 /// What the accept fast path already did, for the task to carry on from.
 pub(crate) struct Carry {
-    proto: Proto,
-    pending: Vec<u8>,
+    session: Session,
     outq: Vec<u8>,
     outcome: Outcome,
     answered: bool,
-    /// `pending` may hold complete requests: process it before reading.
+    /// The session's pending input may hold complete requests: process it before reading.
     reprocess: bool,
 }
 
@@ -83,9 +83,8 @@ impl Carry {
     /// Back to HTTP after a push request was answered, with the input read beyond it.
     pub(crate) fn after_push(served: u64, pending: Vec<u8>) -> Box<Self> {
         Box::new(Self {
-            proto: Proto::resume(served),
             reprocess: !pending.is_empty(),
-            pending,
+            session: Session::resume_with(served, pending),
             outq: Vec::new(),
             outcome: Outcome::NeedMore,
             answered: true,
@@ -112,15 +111,15 @@ pub(crate) fn accepted(std: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) 
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return First::Task(None),
             Err(e) => return First::Closed(io_reason(&e), "", Ending::PeerGone),
         };
-        let mut proto = Proto::default();
+        let mut session = Session::default();
         wbuf.clear();
         let ctx = Ctx {
             cfg: &sh.cfg,
             stats: &sh.stats,
             shutting_down: sh.shutting_down.get(),
         };
-        let (used, outcome) = proto.process(&rbuf[..n], wbuf, &ctx);
-        ctl.served.set(proto.served);
+        let outcome = session.feed(&rbuf[..n], wbuf, &ctx);
+        ctl.served.set(session.served());
         let mut done = 0;
         while done < wbuf.len() {
             match (&std).write(&wbuf[done..]) {
@@ -137,18 +136,15 @@ pub(crate) fn accepted(std: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) 
         match outcome {
             // The client said this was its last request and sent nothing more: close now.
             Outcome::Close(r @ (Reason::ClientCloseHeader | Reason::Http10), d)
-                if all_out && used == n =>
+                if all_out && !session.discarded_input() =>
             {
                 First::Closed(r, d, Ending::Fin)
             }
-            Outcome::NeedMore if all_out && used == n => First::Task(None),
+            // Nothing to carry over: not even part of a request (a head or body still to come
+            // must reach the task with the state it started in).
+            Outcome::NeedMore if all_out && session.is_idle() => First::Task(None),
             _ => First::Task(Some(Box::new(Carry {
-                proto,
-                pending: if matches!(outcome, Outcome::Close(..)) {
-                    Vec::new()
-                } else {
-                    rbuf[used..n].to_vec()
-                },
+                session,
                 outq: wbuf[done..].to_vec(),
                 outcome,
                 answered,
@@ -297,7 +293,7 @@ pub(crate) fn io_reason(e: &io::Error) -> Reason {
 async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Carry>>) -> End {
     let cfg = &sh.cfg;
     let mut reprocess = false;
-    let (mut proto, mut pending, mut outq, mut first) = match carry {
+    let (mut session, mut outq, mut first) = match carry {
         Some(c) => {
             let c = *c;
             let step = Step::Done {
@@ -305,14 +301,9 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                 answered: c.answered,
             };
             reprocess = c.reprocess;
-            (c.proto, c.pending, c.outq, Some(step))
+            (c.session, c.outq, Some(step))
         }
-        None => (
-            Proto::resume(ctl.served.get()),
-            Vec::new(),
-            Vec::new(),
-            None,
-        ),
+        None => (Session::resume(ctl.served.get()), Vec::new(), None),
     };
     let mut unprocessed = false;
     // A connection back from the parking lot keeps its idle clock.
@@ -322,16 +313,13 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
     loop {
         let step = match first.take() {
             Some(s) => s,
-            None => round(stream, &mut proto, &mut pending, &mut outq, unprocessed, sh),
+            None => round(stream, &mut session, &mut outq, unprocessed, sh),
         };
         unprocessed = false;
         match step {
             Step::WouldBlock => {
-                let idle = pending.is_empty() && proto.between_requests();
-                if idle {
-                    if pending.capacity() > 0 {
-                        pending = Vec::new();
-                    }
+                if session.is_idle() {
+                    session.shrink();
                     if sh.shutting_down.get() {
                         return End::Fin(Reason::Shutdown, "");
                     }
@@ -371,7 +359,7 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                         () = sleep_until(deadline) => true,
                     };
                     if timed_out {
-                        let detail = if proto.in_body() {
+                        let detail = if session.proto.in_body() {
                             "request body stalled"
                         } else {
                             "request head not completed in time"
@@ -384,7 +372,7 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                 }
             }
             Step::Eof => {
-                return if pending.is_empty() && proto.between_requests() {
+                return if session.is_idle() {
                     End::Gone(Reason::ClientFin, "")
                 } else {
                     End::Gone(Reason::ClientFin, "mid-request")
@@ -392,7 +380,7 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
             }
             Step::Err(e) => return End::Gone(io_reason(&e), ""),
             Step::Done { outcome, answered } => {
-                ctl.served.set(proto.served);
+                ctl.served.set(session.served());
                 if !outq.is_empty() {
                     if let Err(end) = flush(stream, &mut outq, sh).await {
                         return end;
@@ -403,17 +391,17 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                     idle_since = now;
                     partial_since = None;
                 }
-                if proto.in_body() {
+                if session.proto.in_body() {
                     // Body reads get the header timeout as an inactivity timer.
                     partial_since = Some(now);
                 }
                 match outcome {
                     Outcome::NeedMore => {
-                        unprocessed = std::mem::take(&mut reprocess) && !pending.is_empty();
+                        unprocessed = std::mem::take(&mut reprocess) && session.has_pending();
                     }
                     Outcome::Push => {
-                        return match proto.take_push() {
-                            Some(start) => End::Push(start, std::mem::take(&mut pending)),
+                        return match session.proto.take_push() {
+                            Some(start) => End::Push(start, session.take_pending()),
                             None => End::Fin(Reason::BadRequest, "push request lost"),
                         };
                     }
@@ -426,8 +414,8 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                             stats: &sh.stats,
                             shutting_down: sh.shutting_down.get(),
                         };
-                        let close = proto.finish_delayed(&mut out, &ctx);
-                        ctl.served.set(proto.served);
+                        let close = session.proto.finish_delayed(&mut out, &ctx);
+                        ctl.served.set(session.served());
                         outq.extend_from_slice(&out);
                         if let Err(end) = flush(stream, &mut outq, sh).await {
                             return end;
@@ -437,7 +425,7 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                         }
                         idle_since = Instant::now();
                         partial_since = None;
-                        unprocessed = !pending.is_empty();
+                        unprocessed = session.has_pending();
                     }
                 }
             }
@@ -467,36 +455,28 @@ async fn flush(stream: &TcpStream, outq: &mut Vec<u8>, sh: &Shared) -> Result<()
     Ok(())
 }
 
-/// One synchronous step: read what is there (or reuse unprocessed input), answer every
+/// One synchronous step: read what is there (or re-run unprocessed input), answer every
 /// complete request, write as much as the socket takes and queue the rest.
 fn round(
     stream: &TcpStream,
-    proto: &mut Proto,
-    pending: &mut Vec<u8>,
+    session: &mut Session,
     outq: &mut Vec<u8>,
     unprocessed: bool,
     sh: &Shared,
 ) -> Step {
     SCRATCH.with_borrow_mut(|(rbuf, wbuf)| {
-        let from_scratch = !unprocessed && pending.is_empty();
         let n = if unprocessed {
-            pending.len()
+            0
         } else {
-            let r = if from_scratch {
-                let r = stream.try_read(rbuf);
-                if matches!(r, Ok(n) if n > 0 && n < rbuf.len()) {
-                    // A short read drained the socket: forget its readiness now, so the next
-                    // attempt does not cost a read() that can only return EAGAIN. New data
-                    // raises a new readiness event.
-                    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-                    });
-                }
-                r
-            } else {
-                pending.reserve(16 * 1024);
-                stream.try_read_buf(pending)
-            };
+            let r = stream.try_read(rbuf);
+            if matches!(r, Ok(n) if n > 0 && n < rbuf.len()) {
+                // A short read drained the socket: forget its readiness now, so the next
+                // attempt does not cost a read() that can only return EAGAIN. New data
+                // raises a new readiness event.
+                let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                });
+            }
             match r {
                 Ok(0) => return Step::Eof,
                 Ok(n) => n,
@@ -510,22 +490,7 @@ fn round(
             shutting_down: sh.shutting_down.get(),
         };
         wbuf.clear();
-        let outcome = if from_scratch {
-            let input = &rbuf[..n];
-            let (used, outcome) = proto.process(input, wbuf, &ctx);
-            if used < input.len() && !matches!(outcome, Outcome::Close(..)) {
-                pending.extend_from_slice(&input[used..]);
-            }
-            outcome
-        } else {
-            let (used, outcome) = proto.process(pending, wbuf, &ctx);
-            if matches!(outcome, Outcome::Close(..)) {
-                pending.clear();
-            } else {
-                pending.drain(..used);
-            }
-            outcome
-        };
+        let outcome = session.feed(&rbuf[..n], wbuf, &ctx);
         let answered = !wbuf.is_empty();
         let mut done = 0;
         while done < wbuf.len() {
