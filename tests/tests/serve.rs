@@ -570,7 +570,8 @@ fn short_idle_timeout_uses_a_per_connection_timer_and_zero_disables_keep_alive()
     let mut s = srv.connect();
     s.write_all(get("/").as_bytes()).unwrap();
     let r = read_response(&mut s, &mut Vec::new(), false);
-    assert_eq!(r.header("keep-alive"), Some("timeout=0, max=99"));
+    // Under a second there is no honest whole-second timeout to announce: only max.
+    assert_eq!(r.header("keep-alive"), Some("max=99"));
     let start = Instant::now();
     expect_eof(&mut s);
     let e = start.elapsed();
@@ -586,7 +587,7 @@ fn short_idle_timeout_uses_a_per_connection_timer_and_zero_disables_keep_alive()
     let r = read_response(&mut s, &mut Vec::new(), false);
     assert_eq!(r.header("connection"), Some("close"));
     expect_eof(&mut s);
-    assert_eq!(srv.close_event()["reason"], "idle_timeout");
+    assert_eq!(srv.close_event()["reason"], "keepalive_off");
 }
 
 #[test]

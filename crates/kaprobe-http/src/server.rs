@@ -149,10 +149,12 @@ pub enum Reason {
     SseClientGone,
     /// A push request for a new room was refused with 503 at --max-rooms.
     RoomLimit,
+    /// `--keepalive-timeout 0`: every response says `Connection: close`.
+    KeepAliveOff,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Self::IdleTimeout,
         Self::MaxRequests,
         Self::ClientCloseHeader,
@@ -175,6 +177,7 @@ impl Reason {
         Self::WsMessageTooBig,
         Self::SseClientGone,
         Self::RoomLimit,
+        Self::KeepAliveOff,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -201,6 +204,7 @@ impl Reason {
             Self::WsMessageTooBig => "ws_message_too_big",
             Self::SseClientGone => "sse_client_gone",
             Self::RoomLimit => "room_limit",
+            Self::KeepAliveOff => "keepalive_off",
         }
     }
 }

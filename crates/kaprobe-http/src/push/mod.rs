@@ -281,6 +281,7 @@ async fn publish(
             Ok(Err(e)) => return After::Gone(stream, io_reason(&e), "mid-request"),
             Err(_) => {
                 let mut out = Vec::new();
+                Stats::add(&sh.stats.bad_requests, 1);
                 crate::server::proto::error_response(&mut out, 408, "request body stalled");
                 let _ = stream.write_all(&out).await;
                 return After::Fin(stream, Reason::HeaderTimeout, "request body stalled");

@@ -365,6 +365,7 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                             "request head not completed in time"
                         };
                         let mut out = Vec::new();
+                        sh.stats.bad_requests.set(sh.stats.bad_requests.get() + 1);
                         error_response(&mut out, 408, detail);
                         let _ = stream.try_write(&out);
                         return End::Fin(Reason::HeaderTimeout, detail);

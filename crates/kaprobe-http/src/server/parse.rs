@@ -176,8 +176,40 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Reject> {
             "more than one Host"
         }));
     }
-    h.route = route(method, minor, target, req.headers);
+    let path = origin_form(target).ok_or(bad(
+        "request target is neither a path nor an absolute http:// or https:// URI",
+    ))?;
+    h.route = route(method, minor, path, target, req.headers);
     Ok(Some((len, h)))
+}
+
+/// The path and query of a request target: origin-form (`/path?q`) as it is, absolute-form
+/// (`http://host:port/path?q`, RFC 9112 section 3.2.2, which a server must accept) without its
+/// scheme and authority (an empty path is `/`), and asterisk-form (`*`) as it is. `None` for
+/// anything else (authority-form is only for CONNECT, which this server does not proxy).
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') || target == "*" {
+        return Some(target);
+    }
+    let b = target.as_bytes();
+    let after_scheme = if b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return None;
+    };
+    let rest = &target[after_scheme..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if end == 0 {
+        return None;
+    }
+    match &rest[end..] {
+        "" => Some("/"),
+        p if p.starts_with('/') => Some(p),
+        // `http://host?q`: the path is empty, so `/`; the query goes with it (routing ignores it).
+        _ => Some("/"),
+    }
 }
 
 /// Every LF in the head must follow a CR, and every CR must precede an LF.
@@ -218,9 +250,17 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
 }
 
-fn route(method: &str, minor: u8, target: &str, headers: &[httparse::Header<'_>]) -> Route {
-    let path = target.split('?').next().unwrap_or(target);
-    if let Some(p) = crate::push::req::parse(method, minor, target, headers) {
+/// Route a request: `origin` is the target in origin form (see [`origin_form`]), `target` as
+/// the client sent it (echoed by `/headers`).
+fn route(
+    method: &str,
+    minor: u8,
+    origin: &str,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+) -> Route {
+    let path = origin.split('?').next().unwrap_or(origin);
+    if let Some(p) = crate::push::req::parse(method, minor, origin, headers) {
         return Route::Push(Box::new(p));
     }
     match path {
@@ -475,6 +515,32 @@ mod tests {
         assert_eq!(h.minor, 1);
         assert_eq!(h.route, Route::Root);
         assert_eq!(h.body, BodyKind::None);
+    }
+
+    #[test]
+    fn absolute_form_targets_route_by_their_path() {
+        let route = |t: &str| {
+            head(&format!("GET {t} HTTP/1.1\r\nHost: h\r\n\r\n")).map(|r| r.map(|(_, h)| h.route))
+        };
+        assert_eq!(route("http://h/").unwrap(), Some(Route::Root));
+        assert_eq!(route("HTTP://h:8080").unwrap(), Some(Route::Root));
+        assert_eq!(
+            route("https://h/status/202?x=1").unwrap(),
+            Some(Route::Status(202))
+        );
+        assert_eq!(route("http://h?x=1").unwrap(), Some(Route::Root));
+        assert_eq!(route("*").unwrap(), Some(Route::NotFound));
+        for bad in ["http://", "http:///x", "h:80", "ftp://h/", "x"] {
+            assert_eq!(route(bad).unwrap_err().status, 400, "{bad}");
+        }
+        let (_, h) = head("GET http://h/headers HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&h.route, Route::Headers(j) if j.contains("\"target\":\"http://h/headers\"")),
+            "{:?}",
+            h.route
+        );
     }
 
     #[test]

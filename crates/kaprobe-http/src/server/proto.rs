@@ -250,7 +250,7 @@ impl Proto {
             .or_else(|| {
                 cfg.keepalive_timeout
                     .is_zero()
-                    .then_some(Reason::IdleTimeout)
+                    .then_some(Reason::KeepAliveOff)
             });
         let conn = if close.is_some() {
             ConnHeader::Close
@@ -260,11 +260,15 @@ impl Proto {
             } else {
                 None
             };
+            // Whole seconds, rounded down so a client that trusts it lets go in time. Under a
+            // second there is nothing honest to say in whole seconds (`timeout=0` reads as
+            // "do not reuse" to some clients and is ignored by others): the parameter is left out.
+            let secs = cfg
+                .advertise_timeout
+                .unwrap_or(cfg.keepalive_timeout)
+                .as_secs();
             ConnHeader::KeepAlive {
-                timeout: cfg
-                    .advertise_timeout
-                    .unwrap_or(cfg.keepalive_timeout)
-                    .as_secs(),
+                timeout: (secs > 0).then_some(secs),
                 max: remaining,
             }
         } else if req.minor == 0 {
@@ -286,8 +290,12 @@ impl Proto {
                 owned = ctx.stats.prometheus();
                 (200, PROM, Body::Slice(owned.as_bytes()))
             }
-            Route::NotFound | Route::Push(_) => (404, TEXT, Body::Slice(b"not found\n")),
+            Route::NotFound | Route::Push(_) => {
+                ctx.stats.bad_requests.set(ctx.stats.bad_requests.get() + 1);
+                (404, TEXT, Body::Slice(b"not found\n"))
+            }
             Route::Invalid(c, msg) => {
+                ctx.stats.bad_requests.set(ctx.stats.bad_requests.get() + 1);
                 owned = format!("{msg}\n");
                 (*c, TEXT, Body::Slice(owned.as_bytes()))
             }
@@ -383,7 +391,10 @@ pub fn error_response(out: &mut Vec<u8>, status: u16, detail: &str) {
 #[derive(Clone, Copy)]
 enum ConnHeader {
     Close,
-    KeepAlive { timeout: u64, max: Option<u64> },
+    KeepAlive {
+        timeout: Option<u64>,
+        max: Option<u64>,
+    },
     KeepAliveToken,
     Nothing,
 }
@@ -405,11 +416,21 @@ fn write_head(out: &mut Vec<u8>, status: u16, ctype: &[u8], len: Option<u64>, co
     match conn {
         ConnHeader::Close => out.extend_from_slice(b"\r\nConnection: close"),
         ConnHeader::KeepAlive { timeout, max } => {
-            out.extend_from_slice(b"\r\nConnection: keep-alive\r\nKeep-Alive: timeout=");
-            out.extend_from_slice(num.format(timeout).as_bytes());
-            if let Some(m) = max {
-                out.extend_from_slice(b", max=");
-                out.extend_from_slice(num.format(m).as_bytes());
+            out.extend_from_slice(b"\r\nConnection: keep-alive");
+            match (timeout, max) {
+                (Some(t), m) => {
+                    out.extend_from_slice(b"\r\nKeep-Alive: timeout=");
+                    out.extend_from_slice(num.format(t).as_bytes());
+                    if let Some(m) = m {
+                        out.extend_from_slice(b", max=");
+                        out.extend_from_slice(num.format(m).as_bytes());
+                    }
+                }
+                (None, Some(m)) => {
+                    out.extend_from_slice(b"\r\nKeep-Alive: max=");
+                    out.extend_from_slice(num.format(m).as_bytes());
+                }
+                (None, None) => {}
             }
         }
         ConnHeader::KeepAliveToken => out.extend_from_slice(b"\r\nConnection: keep-alive"),
@@ -423,32 +444,75 @@ pub(crate) fn reason_phrase(status: u16) -> &'static [u8] {
     &line[..line.len() - 1]
 }
 
+/// The reason phrase and a newline: the registered phrase (RFC 9110 section 15 and the IANA
+/// registry), or for an unregistered code the name of its class.
 fn reason_phrase_line(status: u16) -> &'static [u8] {
     match status {
+        100 => b"Continue\n",
+        101 => b"Switching Protocols\n",
+        102 => b"Processing\n",
+        103 => b"Early Hints\n",
         200 => b"OK\n",
         201 => b"Created\n",
         202 => b"Accepted\n",
-        101 => b"Switching Protocols\n",
+        203 => b"Non-Authoritative Information\n",
         204 => b"No Content\n",
+        205 => b"Reset Content\n",
+        206 => b"Partial Content\n",
+        207 => b"Multi-Status\n",
+        208 => b"Already Reported\n",
+        226 => b"IM Used\n",
+        300 => b"Multiple Choices\n",
         301 => b"Moved Permanently\n",
         302 => b"Found\n",
+        303 => b"See Other\n",
         304 => b"Not Modified\n",
+        305 => b"Use Proxy\n",
+        307 => b"Temporary Redirect\n",
+        308 => b"Permanent Redirect\n",
         400 => b"Bad Request\n",
         401 => b"Unauthorized\n",
+        402 => b"Payment Required\n",
         403 => b"Forbidden\n",
         404 => b"Not Found\n",
         405 => b"Method Not Allowed\n",
+        406 => b"Not Acceptable\n",
+        407 => b"Proxy Authentication Required\n",
         408 => b"Request Timeout\n",
+        409 => b"Conflict\n",
+        410 => b"Gone\n",
         411 => b"Length Required\n",
+        412 => b"Precondition Failed\n",
         413 => b"Content Too Large\n",
+        414 => b"URI Too Long\n",
+        415 => b"Unsupported Media Type\n",
+        416 => b"Range Not Satisfiable\n",
+        417 => b"Expectation Failed\n",
+        421 => b"Misdirected Request\n",
+        422 => b"Unprocessable Content\n",
+        423 => b"Locked\n",
+        424 => b"Failed Dependency\n",
+        425 => b"Too Early\n",
         426 => b"Upgrade Required\n",
+        428 => b"Precondition Required\n",
         429 => b"Too Many Requests\n",
         431 => b"Request Header Fields Too Large\n",
+        451 => b"Unavailable For Legal Reasons\n",
         500 => b"Internal Server Error\n",
+        501 => b"Not Implemented\n",
         502 => b"Bad Gateway\n",
         503 => b"Service Unavailable\n",
         504 => b"Gateway Timeout\n",
-        _ => b"Status\n",
+        505 => b"HTTP Version Not Supported\n",
+        506 => b"Variant Also Negotiates\n",
+        507 => b"Insufficient Storage\n",
+        508 => b"Loop Detected\n",
+        511 => b"Network Authentication Required\n",
+        100..=199 => b"Informational\n",
+        200..=299 => b"Success\n",
+        300..=399 => b"Redirection\n",
+        400..=499 => b"Client Error\n",
+        _ => b"Server Error\n",
     }
 }
 
@@ -552,6 +616,59 @@ mod tests {
         assert_eq!(out, "HTTP/1.1 100 Continue\r\n\r\n");
         let (_, _, out) = run(&mut p, &c, b"hi");
         assert!(out.starts_with("HTTP/1.1 200 OK"));
+    }
+
+    #[test]
+    fn sub_second_timeouts_are_never_advertised_as_timeout_0() {
+        let c = Config {
+            keepalive_timeout: Duration::from_millis(500),
+            max_requests: 3,
+            ..Config::default()
+        };
+        let mut p = Proto::default();
+        let (_, _, out) = run(&mut p, &c, GET);
+        assert!(out.contains("Keep-Alive: max=2\r\n"), "{out}");
+        assert!(!out.contains("timeout="), "{out}");
+        let c = Config {
+            keepalive_timeout: Duration::from_millis(2500),
+            max_requests: 0,
+            ..Config::default()
+        };
+        let (_, _, out) = run(&mut Proto::default(), &c, GET);
+        assert!(out.contains("Keep-Alive: timeout=2\r\n"), "{out}");
+        let c = Config {
+            keepalive_timeout: Duration::from_millis(500),
+            max_requests: 0,
+            ..Config::default()
+        };
+        let (_, _, out) = run(&mut Proto::default(), &c, GET);
+        assert!(
+            out.contains("Connection: keep-alive\r\n") && !out.contains("Keep-Alive:"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn keepalive_timeout_0_closes_with_its_own_reason() {
+        let c = Config {
+            keepalive_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        let (_, o, out) = run(&mut Proto::default(), &c, GET);
+        assert_eq!(o, Outcome::Close(Reason::KeepAliveOff, ""));
+        assert!(out.contains("Connection: close\r\n"), "{out}");
+    }
+
+    #[test]
+    fn every_status_has_a_reason_phrase() {
+        assert_eq!(reason_phrase(418), b"Client Error");
+        assert_eq!(reason_phrase(299), b"Success");
+        assert_eq!(reason_phrase(599), b"Server Error");
+        assert_eq!(reason_phrase(308), b"Permanent Redirect");
+        for c in 100..=599 {
+            let p = reason_phrase(c);
+            assert!(!p.is_empty() && p.iter().all(|b| b.is_ascii_graphic() || *b == b' '));
+        }
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Stats {
         g(
             "kaprobe_bad_requests_total",
             "counter",
-            "Requests rejected with a 4xx.",
+            "Requests the server itself answered with a 4xx (not /status/4xx).",
             self.bad_requests.get().to_string(),
         );
         g(
