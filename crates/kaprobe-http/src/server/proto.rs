@@ -447,7 +447,17 @@ pub(crate) fn reason_phrase(status: u16) -> &'static [u8] {
 /// The reason phrase and a newline: the registered phrase (RFC 9110 section 15 and the IANA
 /// registry), or for an unregistered code the name of its class.
 fn reason_phrase_line(status: u16) -> &'static [u8] {
-    match status {
+    registered_phrase(status).unwrap_or(match status {
+        100..=199 => b"Informational\n",
+        200..=299 => b"Success\n",
+        300..=399 => b"Redirection\n",
+        400..=499 => b"Client Error\n",
+        _ => b"Server Error\n",
+    })
+}
+
+fn registered_phrase(status: u16) -> Option<&'static [u8]> {
+    Some(match status {
         100 => b"Continue\n",
         101 => b"Switching Protocols\n",
         102 => b"Processing\n",
@@ -508,12 +518,8 @@ fn reason_phrase_line(status: u16) -> &'static [u8] {
         507 => b"Insufficient Storage\n",
         508 => b"Loop Detected\n",
         511 => b"Network Authentication Required\n",
-        100..=199 => b"Informational\n",
-        200..=299 => b"Success\n",
-        300..=399 => b"Redirection\n",
-        400..=499 => b"Client Error\n",
-        _ => b"Server Error\n",
-    }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
