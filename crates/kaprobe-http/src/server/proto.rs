@@ -113,18 +113,19 @@ impl Proto {
                     if rest.is_empty() {
                         return (pos, Outcome::NeedMore);
                     }
-                    match parse_head(rest) {
+                    // The head is judged on its first --max-header-bytes bytes only, so the
+                    // verdict is the same however the bytes arrive: an error inside the window
+                    // is that error, a head that does not end inside it is too large.
+                    let window = &rest[..rest.len().min(ctx.cfg.max_header_bytes)];
+                    match parse_head(window) {
                         Ok(None) => {
-                            if rest.len() > ctx.cfg.max_header_bytes {
+                            if rest.len() > window.len() {
                                 return (input.len(), reject(too_big(), out, ctx));
                             }
                             return (pos, Outcome::NeedMore);
                         }
                         Err(r) => return (input.len(), reject(r, out, ctx)),
                         Ok(Some((len, head))) => {
-                            if len > ctx.cfg.max_header_bytes {
-                                return (input.len(), reject(too_big(), out, ctx));
-                            }
                             pos += len;
                             let close = request_close(&head);
                             if let Route::Push(p) = head.route {
