@@ -774,3 +774,6 @@ pub const COMMANDS: &[&str] = &[
     "completions",
     "man",
 ];
+
+/// A raw HTTP/1.1 client that controls segmentation, and a request corpus.
+pub mod http1;
