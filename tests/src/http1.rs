@@ -293,6 +293,7 @@ pub fn valid() -> Vec<Case> {
             "pipelined_pair",
             "GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
         ),
+        case("later_minor_version", "GET / HTTP/1.7\r\nHost: a\r\n\r\n"),
         case(
             "absolute_form",
             "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -343,7 +344,8 @@ pub fn malformed() -> Vec<Case> {
         case("nul_in_header", "GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n"),
         case("no_host", "GET / HTTP/1.1\r\n\r\n"),
         case("two_hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
-        case("bad_version", "GET / HTTP/1.7\r\nHost: a\r\n\r\n"),
+        case("http_2_0_line", "GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
+        case("bad_version", "GET / HTTP/1.x\r\nHost: a\r\n\r\n"),
         case("space_before_colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n"),
         case("oversize_head", big_head),
         case("tls_hello", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec()),

@@ -76,6 +76,62 @@ pub const MAX_DELAY: Duration = Duration::from_secs(3600);
 /// # Errors
 /// The 4xx status and reason for a malformed, smuggling-prone or non-HTTP request.
 pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Reject> {
+    match parse_head_as_sent(buf) {
+        Err(r) if r.detail == UNSUPPORTED_VERSION => match later_minor(buf) {
+            // RFC 9110 section 2.5: a higher minor version of a major version we implement
+            // is processed as the highest minor version we implement (HTTP/1.7 as HTTP/1.1).
+            Some(Ok(at)) => {
+                let mut copy = buf.to_vec();
+                copy[at] = b'1';
+                parse_head_as_sent(&copy)
+            }
+            // Another major version: 505 (RFC 9110 section 15.6.6).
+            Some(Err(())) => Err(Reject {
+                status: 505,
+                detail: "HTTP major version other than 1",
+            }),
+            None if version_may_follow(buf) => Ok(None),
+            None => Err(r),
+        },
+        other => other,
+    }
+}
+
+/// The request line has not ended and what follows its last space could still become
+/// `HTTP/M.N`: wait for the rest before judging the version.
+fn version_may_follow(buf: &[u8]) -> bool {
+    if buf.contains(&b'\r') || buf.contains(&b'\n') {
+        return false;
+    }
+    let tail = buf.rsplit(|&b| b == b' ').next().unwrap_or(buf);
+    tail.len() <= 8
+        && tail.iter().zip(b"HTTP/d.d").all(|(&c, &p)| match p {
+            b'd' => c.is_ascii_digit(),
+            _ => c == p,
+        })
+}
+
+const UNSUPPORTED_VERSION: &str = "unsupported HTTP version";
+
+/// Where the request line's version is `HTTP/1.N` with N from 2 to 9: `Ok(index of N)`;
+/// `Err(())` for a well-formed `HTTP/M.N` with M other than 1; `None` otherwise.
+fn later_minor(buf: &[u8]) -> Option<Result<usize, ()>> {
+    let line_end = buf.iter().position(|&b| b == b'\r')?;
+    let line = &buf[..line_end];
+    let start = line.len().checked_sub(9)?;
+    match &line[start..] {
+        [b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', n @ b'2'..=b'9'] => {
+            let _ = n;
+            Some(Ok(line_end - 1))
+        }
+        [b' ', b'H', b'T', b'T', b'P', b'/', b'0' | b'2'..=b'9', b'.', b'0'..=b'9'] => {
+            Some(Err(()))
+        }
+        _ => None,
+    }
+}
+
+fn parse_head_as_sent(buf: &[u8]) -> Result<Option<(usize, Head)>, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -91,7 +147,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Reject> {
                 detail: "too many header fields",
             })
         }
-        Err(httparse::Error::Version) => return Err(bad("unsupported HTTP version")),
+        Err(httparse::Error::Version) => return Err(bad(UNSUPPORTED_VERSION)),
         Err(httparse::Error::HeaderName | httparse::Error::HeaderValue) => {
             return Err(bad(
                 "malformed header field (obs-fold, bare CR or bad byte)",
@@ -544,6 +600,34 @@ mod tests {
     }
 
     #[test]
+    fn later_minor_versions_read_as_1_1_and_other_majors_get_505() {
+        let (_, h) = head("GET / HTTP/1.7\r\nHost: a\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.minor, 1);
+        assert_eq!(h.route, Route::Root);
+        assert_eq!(
+            head("GET / HTTP/2.0\r\nHost: a\r\n\r\n")
+                .unwrap_err()
+                .status,
+            505
+        );
+        assert_eq!(
+            head("GET / HTTP/1.x\r\nHost: a\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(head("GET / HTTP/1.7\r\nHo").unwrap(), None);
+        let line = "GET / HTTP/2.0\r\nHost: a\r\n\r\n";
+        for cut in 1..line.len() {
+            match head(&line[..cut]) {
+                Ok(None) => {}
+                Err(r) => assert_eq!(r.status, 505, "cut at {cut}"),
+                Ok(Some(_)) => panic!("complete at {cut}"),
+            }
+        }
+    }
+
+    #[test]
     fn partial_head_asks_for_more() {
         assert_eq!(head("GET / HTTP/1.1\r\nHo").unwrap(), None);
     }
@@ -577,7 +661,6 @@ mod tests {
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "\x16\x03\x01\x00\x05\x01\x00\x00",
-            "GET / HTTP/2.0\r\n\r\n",
         ];
         for c in cases {
             let e = head(c).expect_err(c);
