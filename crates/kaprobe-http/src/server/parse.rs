@@ -103,7 +103,10 @@ fn version_may_follow(buf: &[u8]) -> bool {
     if buf.contains(&b'\r') || buf.contains(&b'\n') {
         return false;
     }
-    let tail = buf.rsplit(|&b| b == b' ').next().unwrap_or(buf);
+    // Method SP target SP version: the version is everything after the second space.
+    let Some(tail) = buf.splitn(3, |&b| b == b' ').nth(2) else {
+        return false;
+    };
     tail.len() <= 8
         && tail.iter().zip(b"HTTP/d.d").all(|(&c, &p)| match p {
             b'd' => c.is_ascii_digit(),
@@ -113,33 +116,42 @@ fn version_may_follow(buf: &[u8]) -> bool {
 
 const UNSUPPORTED_VERSION: &str = "unsupported HTTP version";
 
-/// Where the request line's version is `HTTP/1.N` with N from 2 to 9: `Ok(index of N)`;
-/// `Err(())` for a well-formed `HTTP/M.N` with M other than 1; `None` otherwise.
+/// Where the request line's version (after its second space) is `HTTP/1.N` with N from 2 to
+/// 9: `Ok(index of N)`; `Err(())` for a well-formed `HTTP/M.N` with M other than 1; `None`
+/// otherwise.
 fn later_minor(buf: &[u8]) -> Option<Result<usize, ()>> {
     let line_end = buf.iter().position(|&b| b == b'\r')?;
     let line = &buf[..line_end];
-    let start = line.len().checked_sub(9)?;
-    match &line[start..] {
-        [b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', n @ b'2'..=b'9'] => {
-            let _ = n;
-            Some(Ok(line_end - 1))
-        }
-        [b' ', b'H', b'T', b'T', b'P', b'/', b'0' | b'2'..=b'9', b'.', b'0'..=b'9'] => {
-            Some(Err(()))
-        }
+    let version = line.splitn(3, |&b| b == b' ').nth(2)?;
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Some(Ok(line_end - 1)),
+        [b'H', b'T', b'T', b'P', b'/', b'0' | b'2'..=b'9', b'.', b'0'..=b'9'] => Some(Err(())),
         _ => None,
     }
 }
 
 fn parse_head_as_sent(buf: &[u8]) -> Result<Option<(usize, Head)>, Reject> {
+    // httparse tolerates a bare LF; we do not. Of the two checks, the error that shows in the
+    // shorter prefix wins, so the verdict is the same however the bytes are cut: httparse only
+    // sees what comes before the first bad line ending.
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |i| i + 4);
+    let line_error = line_ending_error(&buf[..head_end]);
+    let seen = line_error.map_or(buf, |(at, _)| &buf[..at]);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
+    let len = match req.parse(seen) {
+        Ok(httparse::Status::Complete(n)) => match line_error {
+            Some((_, r)) => return Err(r),
+            None => n,
+        },
         Ok(httparse::Status::Partial) => {
-            // httparse tolerates bare LF; we do not (a bare CR it rejects itself).
-            check_line_endings(buf)?;
-            return Ok(None);
+            return match line_error {
+                Some((_, r)) => Err(r),
+                None => Ok(None),
+            };
         }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Reject {
@@ -158,7 +170,6 @@ fn parse_head_as_sent(buf: &[u8]) -> Result<Option<(usize, Head)>, Reject> {
         }
         Err(_) => return Err(bad("not an HTTP/1.x request")),
     };
-    check_line_endings(&buf[..len])?;
     let minor = req.version.unwrap_or(1);
     let method = req.method.unwrap_or("GET");
     let target = req.path.unwrap_or("/");
@@ -268,19 +279,20 @@ fn origin_form(target: &str) -> Option<&str> {
     }
 }
 
-/// Every LF in the head must follow a CR, and every CR must precede an LF.
-fn check_line_endings(head: &[u8]) -> Result<(), Reject> {
+/// Every LF in the head must follow a CR, and every CR must precede an LF: the first byte
+/// that breaks the rule (a bare LF, or the byte after a bare CR), and the rejection.
+fn line_ending_error(head: &[u8]) -> Option<(usize, Reject)> {
     let mut prev = 0u8;
-    for &b in head {
+    for (i, &b) in head.iter().enumerate() {
         if b == b'\n' && prev != b'\r' {
-            return Err(bad("bare LF in the request head"));
+            return Some((i, bad("bare LF in the request head")));
         }
         if prev == b'\r' && b != b'\n' {
-            return Err(bad("bare CR in the request head"));
+            return Some((i, bad("bare CR in the request head")));
         }
         prev = b;
     }
-    Ok(())
+    None
 }
 
 fn parse_content_length(v: &[u8]) -> Result<u64, Reject> {

@@ -305,6 +305,27 @@ mod tests {
         }
     }
 
+    /// Inputs the fuzz target found, where the first error seen used to depend on the cut:
+    /// a bare LF before a bad request line, a space after a bad version, and a version that
+    /// looks like `HTTP/2.1` at the end of a request line with too many spaces.
+    #[test]
+    fn errors_found_by_the_fuzzer_do_not_depend_on_the_cut() {
+        let cfg = cfg();
+        let cases: [&[u8]; 4] = [
+            b"\n/",
+            b"zE @A > ",
+            b"EEot an HT\xf6d A q2 HTTP/2.1\r\nX: y\r\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        ];
+        for req in cases {
+            let whole = run(&[req], &cfg);
+            for cut in 1..req.len() {
+                let split = run(&[&req[..cut], &req[cut..]], &cfg);
+                assert_eq!(split, whole, "{req:?} cut at {cut}");
+            }
+        }
+    }
+
     #[test]
     fn a_body_in_its_own_read_is_not_taken_for_a_request() {
         let cfg = cfg();
