@@ -195,3 +195,40 @@ fn a_stalled_body_gets_408_at_the_header_timeout() {
         assert_eq!(ev["detail"], "request body stalled", "{ev}");
     }
 }
+
+/// `bad_requests` counts every 4xx the server decided itself (a malformed request, an unknown
+/// path, a bad path argument, a stalled head), not the 4xx a client asked for.
+#[test]
+fn bad_requests_counts_the_4xx_the_server_decides() {
+    let srv = serve_json(&["--header-timeout", "500ms"]);
+    let addr = srv.socket_addr();
+    let send = |bytes: &'static [u8]| {
+        exchange(
+            addr,
+            &Send {
+                pieces: vec![bytes],
+                gap: Duration::ZERO,
+                reuse: false,
+                head: false,
+            },
+        )
+        .0
+        .statuses()
+    };
+    assert_eq!(send(b"GET /status/404 HTTP/1.1\r\nHost: a\r\n\r\n"), [404]);
+    assert_eq!(send(b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n"), [404]);
+    assert_eq!(send(b"GET /delay/x HTTP/1.1\r\nHost: a\r\n\r\n"), [400]);
+    assert_eq!(send(b"GET / HTTP/1.1\r\n\r\n"), [400]);
+    // A head that never completes (no sentinel after it: it would complete the head).
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\nX: ").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = http1::read_response(&mut s, &mut Vec::new(), false).unwrap();
+    assert_eq!(r.status, 408);
+    let stats = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{addr}/_kaprobe/stats")])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(v["bad_requests"], 4, "{v}");
+}
