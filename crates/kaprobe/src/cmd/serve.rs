@@ -15,13 +15,14 @@ use crate::util::{in_range, parse_duration};
 /// HTTP/1.1 connections stay open unless the request says `Connection: close`; HTTP/1.0
 /// ones only with `Connection: keep-alive`. Each response advertises
 /// `Keep-Alive: timeout=N, max=M`, with M counting down to the last response, which says
-/// `Connection: close`. Idle connections close after --keepalive-timeout, by FIN or RST.
+/// `Connection: close`, and N in whole seconds rounded down (left out under one second,
+/// never `timeout=0`). Idle connections close after --keepalive-timeout, by FIN or RST.
 ///
 /// Each bound listener prints `kaprobe serve: listening on http://ADDR` on stderr. Each
 /// closed connection prints one line on stdout (text, or JSON with --log json) with its
 /// reason: idle_timeout, max_requests, client_close_header, http10, client_fin,
 /// client_rst, header_timeout, bad_request, shutdown, cap_eviction, close_endpoint,
-/// cap_full, send_timeout, io_error; push connections: ws_client_close, ws_client_gone,
+/// cap_full, send_timeout, io_error, keepalive_off; push connections: ws_client_close, ws_client_gone,
 /// ws_pong_timeout, ws_protocol_error, ws_invalid_utf8, ws_message_too_big,
 /// sse_client_gone, room_limit.
 ///
@@ -41,7 +42,7 @@ pub struct Args {
     pub listen: Vec<String>,
 
     /// Idle time after a response before the server closes the connection (0 disables
-    /// keep-alive: every response says Connection: close).
+    /// keep-alive: every response says Connection: close, logged keepalive_off).
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
 
