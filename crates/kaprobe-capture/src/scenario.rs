@@ -23,6 +23,10 @@ pub enum WiresharkWrong {
     LinuxZeroWindowProbe,
     /// A 1-byte retransmission of the last unacknowledged byte is called a keep-alive.
     OneByteRetransmission,
+    /// Both ends probe at the same tick and the probes cross in flight: Wireshark misses the
+    /// ACK that answers the probe sent first (the sender of that ACK sent its own probe in
+    /// between, so the ACK does not follow a keep-alive in its direction).
+    CrossingProbes,
 }
 
 impl WiresharkWrong {
@@ -34,6 +38,7 @@ impl WiresharkWrong {
             Self::WindowScaleFirstAck => "window_scale_first_ack",
             Self::LinuxZeroWindowProbe => "linux_zero_window_probe",
             Self::OneByteRetransmission => "one_byte_retransmission",
+            Self::CrossingProbes => "crossing_probes",
         }
     }
 }
@@ -246,6 +251,28 @@ pub fn all() -> Vec<Scenario> {
     k.fin(0).fin(1).ack(0);
     out.push(Scenario {
         name: "linux_keepalive_answered",
+        frames: k.frames,
+    });
+
+    // Both ends run keep-alive with the same timers and probe at the same tick: each probe
+    // carries ack = the other's probe seq + 1 without answering it; the ACKs follow.
+    let mut k = Conv::new(
+        ep("127.0.0.1:40009"),
+        ep("127.0.0.1:8443"),
+        [40_000, 90_000],
+        T0,
+    );
+    k.handshake(None).data(0, 10).data(1, 10).ack(0).wait(1.0);
+    for _ in 0..3 {
+        k.keepalive(0, false, None)
+            .keepalive(1, false, None)
+            .wait(0.05)
+            .keepalive_ack(0, None)
+            .keepalive_ack(1, Some(W::CrossingProbes))
+            .wait(1.0);
+    }
+    out.push(Scenario {
+        name: "crossing_keepalives",
         frames: k.frames,
     });
 

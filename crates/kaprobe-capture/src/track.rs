@@ -10,7 +10,9 @@
 //! is zero. B's pure ACK repeating
 //! `probe.seq + 1` is the keep-alive ACK. When a capture starts mid-idle and B's ACK number
 //! is not yet known, a zero-length segment is held as a candidate and confirmed by B's reply
-//! (`ack == seq + 1`) or by A's RST at `seq + 1`.
+//! (`ack == seq + 1`) or by A's RST at `seq + 1`. A segment that is a probe by its own
+//! sequence number is never taken for an answer: when both ends probe at the same tick, each
+//! probe acknowledges the other's (`ack == peer probe seq + 1`) before the real ACKs come.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -418,9 +420,16 @@ impl Flow {
             self.dirs[s].isn = Some(p.seq);
         }
         let mut probe_related = false;
+        // A segment at one below what the peer has acknowledged, with 0 or 1 byte, is a probe
+        // whatever it acknowledges: when both ends probe at the same tick, each probe carries
+        // `ack == peer's probe seq + 1` without answering it (the real ACKs follow).
+        let own_probe = pure
+            && f.ack()
+            && p.payload_len <= 1
+            && self.dirs[d].last_ack.is_some_and(|ra| p.seq.add(1) == ra);
 
         // 1. Does this answer a probe (or confirm candidates) from the other side?
-        if f.ack() && !f.rst() {
+        if f.ack() && !f.rst() && !own_probe {
             if let Some(pend) = self.dirs[d].pending {
                 let answered = match pend.kind {
                     Kind::ZeroWindowProbe => p.ack.diff(pend.seq) >= 0,
