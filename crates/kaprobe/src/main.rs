@@ -155,6 +155,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of stdout went away (`kaprobe demo | head -1`): end quietly, like
+        // finishing; the command has already cleaned up on the way here.
+        Err(err) if err.downcast_ref::<util::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(err) => exit::report(&err),
     }
 }

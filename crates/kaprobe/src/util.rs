@@ -40,9 +40,66 @@ pub fn stop_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBoo
     Ok(flag)
 }
 
+/// Standard output went away (its reader closed the pipe, as `head` does): carried up to
+/// `main` so that every command's cleanup runs first, and then the command ends quietly
+/// with exit status 0, as when it finishes (see README.md).
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Write formatted text (and a newline when `newline`) to stdout. A reader that went away is
+/// [`StdoutClosed`]; another write error is reported as such.
+pub fn write_out(args: std::fmt::Arguments<'_>, newline: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let r = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => Err(stdout_error(e)),
+    }
+}
+
+/// The error for a failed write to stdout: [`StdoutClosed`] when the reader went away.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        crate::exit::Failure::new(crate::exit::FAILURE, format!("write to stdout: {e}")).into()
+    }
+}
+
+/// `println!` for commands: `outln!(...)?` writes a line to stdout and carries a closed
+/// pipe up as [`StdoutClosed`] instead of panicking.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::util::write_out(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::util::write_out(format_args!($($arg)*), true)
+    };
+}
+
 /// Print one JSON object as a line on stdout.
-pub fn print_json_line(v: &serde_json::Value) {
-    println!("{v}");
+pub fn print_json_line(v: &serde_json::Value) -> anyhow::Result<()> {
+    crate::outln!("{v}")?;
+    Ok(())
 }
 
 /// Where output goes and how it may look: decided once in `main` from `--color`, the
@@ -193,8 +250,9 @@ pub fn wrap_to(text: &str, width: usize, indent: usize) -> String {
 }
 
 /// Print prose wrapped to the output width (continuation lines indented by 2).
-pub fn println_wrapped(text: &str) {
-    println!("{}", wrap(text, 2));
+pub fn println_wrapped(text: &str) -> anyhow::Result<()> {
+    crate::outln!("{}", wrap(text, 2))?;
+    Ok(())
 }
 
 /// `verdict: ...`, wrapped, the label in bold when colour is on.

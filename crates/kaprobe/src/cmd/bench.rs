@@ -201,8 +201,8 @@ fn channel_label(name: &str) -> &str {
     }
 }
 
-fn render(r: &BenchReport) {
-    println!(
+fn render(r: &BenchReport) -> anyhow::Result<()> {
+    crate::outln!(
         "{}",
         util::wrap(
             &format!(
@@ -216,7 +216,7 @@ fn render(r: &BenchReport) {
             ),
             2
         )
-    );
+    )?;
     let mut t = table();
     t.set_header(vec![
         "channel", "msgs", "lost", "B/msg", "reqs", "p50", "p99", "max",
@@ -234,15 +234,15 @@ fn render(r: &BenchReport) {
             opt_ms(c.latency_max_s),
         ]);
     }
-    println!("{t}");
-    println!(
+    crate::outln!("{t}")?;
+    crate::outln!(
         "{}",
         util::wrap(
             "B/msg: bytes the client's sockets sent and received per delivered message \
              (--json also has the totals); p50/p99/max: delivery latency",
             2
         )
-    );
+    )?;
     let per = |name: &str| {
         r.channels
             .iter()
@@ -251,11 +251,12 @@ fn render(r: &BenchReport) {
     };
     if let (Some(p), Some(w)) = (per("short_polling"), per("websocket")) {
         if w > 0.0 {
-            println!(
+            crate::outln!(
                 "short polling moves {:.1}x the bytes of WebSocket per delivered message",
                 p / w
-            );
+            )?;
         }
     }
-    println!("(bench took {:.2} s)", r.elapsed_s);
+    crate::outln!("(bench took {:.2} s)", r.elapsed_s)?;
+    Ok(())
 }

@@ -48,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "dead_peer_after": util::secs(dead),
             "retransmit_give_up_after": util::secs(retrans),
             "meaning": meaning,
-        }));
+        }))?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = util::table();
@@ -73,13 +73,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         d.retries2.to_string(),
         "retransmissions of unacknowledged data before giving up".into(),
     ]);
-    println!("{t}");
+    crate::outln!("{t}")?;
     for line in [
         format!("With SO_KEEPALIVE on and no per-socket settings, {meaning}."),
         "Keep-alive only runs on sockets that enable it; without it an idle connection to a vanished peer lives forever.".into(),
         format!("{}.", capitalize(&retrans_meaning)),
     ] {
-        println!("{}", util::wrap(&line, 2));
+        crate::outln!("{}", util::wrap(&line, 2))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,7 +46,7 @@ Next:
 const WATCH: Duration = Duration::from_millis(3600);
 
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    println!("kaprobe demo: how TCP keep-alive keeps an idle connection honest\n");
+    crate::outln!("kaprobe demo: how TCP keep-alive keeps an idle connection honest\n")?;
     let (listener, addr) = conn::listen(SocketAddr::from(([127, 0, 0, 1], 0)), 1)?;
     let Conn {
         sock: client,
@@ -63,30 +63,31 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
             "1. A connection {local} -> {addr} on loopback, with keep-alive set on the client:"
         ),
         3,
-    );
-    println!(
+    )?;
+    crate::outln!(
         "   idle {} before the first probe, then one every {}, give up after {} unanswered",
         util::human(eff.idle),
         util::human(eff.interval),
         eff.count
-    );
-    println!("   (read back from the kernel with getsockopt, not just what we asked for)\n");
+    )?;
+    crate::outln!("   (read back from the kernel with getsockopt, not just what we asked for)\n")?;
     say(
         "   Lines marked 'timer' are the client's keep-alive timer as `kaprobe sockets` reads it \
          from the kernel (sock_diag), like `ss -o` shows it.\n",
         0,
-    );
-    println!(
+    )?;
+    crate::outln!(
         "2. Nobody sends anything for {:.1} s. Watch the kernel probe the peer:",
         WATCH.as_secs_f64()
-    );
+    )?;
     let stop = AtomicBool::new(false);
     let ticker = timer_ticker(local, addr.port());
     let mut last_sent = None;
+    // A closed stdout inside the hold shows at the next line printed after it.
     let report = hold(&client, &eff, &peer, &stop, Some(WATCH), |e| match *e {
         HoldEvent::ProbeSent { at, n, .. } => {
             last_sent = Some(at);
-            say(
+            let _ = say(
                 &format!(
                 "   {:>6.3}s  probe #{n} sent: an empty ACK with a sequence number one below what the peer expects",
                 at.as_secs_f64()
@@ -96,7 +97,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         }
         HoldEvent::ProbeAnswered { at, .. } => {
             let after = last_sent.map_or(0.0, |s| at.saturating_sub(s).as_secs_f64() * 1000.0);
-            say(
+            let _ = say(
                 &format!(
                 "   {:>6.3}s  answered within {after:.0} ms: the peer's kernel ACKs it, the connection is alive",
                 at.as_secs_f64()
@@ -108,14 +109,14 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     })?;
     ticker.store(true, Ordering::Relaxed);
     let d = SystemDefaults::read().ok();
-    println!("\n3. What you saw");
+    crate::outln!("\n3. What you saw")?;
     say(
         &format!(
             "   {} probes went out, {} were answered; the application never woke up for any of it.",
             report.probes_sent, report.probes_answered
         ),
         0,
-    );
+    )?;
     say(
         &format!(
             "   Had the peer vanished silently (power loss, a NAT that forgot the flow), the probes \
@@ -124,7 +125,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
             util::human(eff.dead_peer_after())
         ),
         0,
-    );
+    )?;
     if let Some(d) = d {
         say(
             &format!(
@@ -134,20 +135,20 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
                 util::human(d.dead_peer_after())
             ),
             0,
-        );
+        )?;
     }
     if is_root() {
         // root without CAP_SYS_ADMIN (some containers) cannot make a namespace: say so, go on
         if let Err(e) = dead_peer_step() {
-            println!("   (skipped: {e:#})");
+            crate::outln!("   (skipped: {e:#})")?;
         }
     } else {
-        println!(
+        crate::outln!(
             "\n   (Run as root to also see a peer vanish, inside a private network namespace.)"
-        );
+        )?;
     }
     http_step()?;
-    println!("{NEXT}");
+    crate::outln!("{NEXT}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -159,7 +160,9 @@ fn is_root() -> bool {
 /// Root only: in a private network namespace, silence the peer with a firewall rule and let
 /// the kernel find out. The host's network is never touched.
 fn dead_peer_step() -> anyhow::Result<()> {
-    println!("\n4. Now the peer vanishes (root: a private network namespace, its own firewall):");
+    crate::outln!(
+        "\n4. Now the peer vanishes (root: a private network namespace, its own firewall):"
+    )?;
     let outcome =
         netns::in_private_netns(|| -> anyhow::Result<Option<(HoldReport, Vec<Event>)>> {
             let (listener, addr) = conn::listen(SocketAddr::from(([127, 0, 0, 1], 0)), 1)?;
@@ -187,7 +190,7 @@ fn dead_peer_step() -> anyhow::Result<()> {
                 .status()
                 .is_ok_and(|s| s.success());
             if !dropped {
-                println!("   (skipped: iptables is not installed or did not work)");
+                crate::outln!("   (skipped: iptables is not installed or did not work)")?;
                 return Ok(None);
             }
             say(
@@ -195,7 +198,7 @@ fn dead_peer_step() -> anyhow::Result<()> {
                     "   `{rule}`: everything sent to the peer now disappears, nothing comes back"
                 ),
                 0,
-            );
+            )?;
             let stop = AtomicBool::new(false);
             let report = hold(
                 &client,
@@ -205,7 +208,8 @@ fn dead_peer_step() -> anyhow::Result<()> {
                 Some(Duration::from_secs(10)),
                 |e| {
                     if let HoldEvent::ProbeSent { at, n, unanswered } = *e {
-                        println!(
+                        // A closed stdout shows at the next line printed after the hold.
+                        let _ = crate::outln!(
                             "   {:>6.3}s  probe #{n} sent ... no answer ({unanswered} unanswered)",
                             at.as_secs_f64()
                         );
@@ -223,7 +227,7 @@ fn dead_peer_step() -> anyhow::Result<()> {
                 r.outcome.describe()
             ),
             10,
-        );
+        )?;
         say(
             &format!(
                 "   {} unanswered probes, {:.2} s after the peer's last segment (the settings \
@@ -234,19 +238,19 @@ fn dead_peer_step() -> anyhow::Result<()> {
                 r.expected_silent_for.as_secs_f64()
             ),
             0,
-        );
-        print_wire(&events);
+        )?;
+        print_wire(&events)?;
     }
     Ok(())
 }
 
 /// What the capture saw on the namespace's loopback: each classified packet, the RST, and
 /// the flow's inferred settings.
-fn print_wire(events: &[Event]) {
+fn print_wire(events: &[Event]) -> anyhow::Result<()> {
     say(
         "\n5. The same thing on the wire (kaprobe's own capture on lo, like `kaprobe watch lo`):",
         3,
-    );
+    )?;
     // times from the flow's first packet (the handshake), as on the hold's clock above
     let t0 = events.iter().find_map(|e| match e {
         Event::Flow(f) => Some(f.first_seen),
@@ -268,7 +272,7 @@ fn print_wire(events: &[Event]) {
                         p.unanswered_before
                     ),
                     11,
-                );
+                )?;
             }
             Event::Flow(f) => {
                 say(&format!(
@@ -280,13 +284,14 @@ fn print_wire(events: &[Event]) {
                     f.answered,
                     f.unanswered_at_end,
                     f.outcome.as_str()
-                ), 2);
+                ), 2)?;
                 if !f.inference.name.is_empty() {
-                    say(&format!("   inferred: {}", f.inference.name), 2);
+                    say(&format!("   inferred: {}", f.inference.name), 2)?;
                 }
             }
         }
     }
+    Ok(())
 }
 
 fn demo_config() -> KeepaliveConfig {
@@ -319,13 +324,17 @@ fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
                 return;
             };
             if let Some(e) = list.iter().find(|e| e.local == local) {
-                println!(
+                let printed = crate::outln!(
                     "   {:>6.3}s  timer: {} fires in {} ms, {} probes unanswered",
                     start.elapsed().as_secs_f64(),
                     e.timer.as_str(),
                     e.expires.as_millis(),
                     e.retrans
                 );
+                if printed.is_err() {
+                    // Stdout is gone: the main thread finds out at its next line.
+                    return;
+                }
             }
         }
     });
@@ -336,12 +345,12 @@ fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
 /// `kaprobe probe` measure it from outside.
 fn http_step() -> anyhow::Result<()> {
     use std::io::BufRead;
-    println!("\n6. HTTP keep-alive: the same question one layer up.");
+    crate::outln!("\n6. HTTP keep-alive: the same question one layer up.")?;
     say(
         "   `kaprobe serve --keepalive-timeout 2s` on loopback, measured from outside by \
          `kaprobe probe`:\n",
         0,
-    );
+    )?;
     let exe = std::env::current_exe()?;
     let mut server = KillOnDrop(
         std::process::Command::new(exe)
@@ -377,21 +386,22 @@ fn http_step() -> anyhow::Result<()> {
     let rt = crate::cmd::probe::runtime()?;
     let report = rt.block_on(probe(&url, &opts));
     rt.shutdown_timeout(Duration::from_millis(100));
-    crate::cmd::probe::render(&report.map_err(crate::cmd::probe::failure)?);
+    crate::cmd::probe::render(&report.map_err(crate::cmd::probe::failure)?)?;
     say(
         "\n   A proxy or client pool that keeps idle connections longer than that will, now and \
          then, send a request on a connection the server is closing: the 502 / \"connection \
          reset by peer\" that `kaprobe race` reproduces and docs/why-did-my-connection-die.md \
          explains.",
         0,
-    );
+    )?;
     Ok(())
 }
 
 /// Print prose wrapped to the output width; continuation lines keep the line's own leading
 /// spaces plus `indent`.
-fn say(text: &str, indent: usize) {
-    println!("{}", util::wrap(text, indent));
+fn say(text: &str, indent: usize) -> anyhow::Result<()> {
+    crate::outln!("{}", util::wrap(text, indent))?;
+    Ok(())
 }
 
 /// A child process stopped with SIGTERM (graceful) when dropped.

@@ -94,13 +94,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let peer_s = peer.to_string();
     options::apply(&sock, &cfg, &peer_s)?;
     let eff = options::read(&sock, &peer_s)?;
-    print_start(&args, local, peer, &eff);
+    print_start(&args, local, peer, &eff)?;
     let json = args.json;
+    let mut closed = None;
     let report = hold(&sock, &eff, &peer_s, &stop, args.duration, |e| {
-        print_event(json, e);
+        if closed.is_none() {
+            if let Err(err) = print_event(json, e) {
+                // Stdout is gone (or failing): stop holding, then say so below.
+                closed = Some(err);
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
     })?;
+    if let Some(err) = closed {
+        return Err(err);
+    }
     stop.store(false, Ordering::Relaxed);
-    print_end(json, &eff, &report);
+    print_end(json, &eff, &report)?;
     Ok(ExitCode::from(outcome_code(report.outcome)))
 }
 
@@ -151,9 +161,9 @@ fn accept_one(listen: &str, json: bool) -> anyhow::Result<Conn> {
         Failure::new(code, format!("{e}{hint}"))
     })?;
     if json {
-        util::print_json_line(&json!({"type": "listening", "addr": bound.to_string()}));
+        util::print_json_line(&json!({"type": "listening", "addr": bound.to_string()}))?;
     } else {
-        println!("listening on {bound}, waiting for one connection");
+        crate::outln!("listening on {bound}, waiting for one connection")?;
     }
     Ok(conn::accept(&listener, bound)?)
 }
@@ -170,7 +180,12 @@ fn describe_settings(eff: &Effective) -> String {
     )
 }
 
-fn print_start(args: &Args, local: SocketAddr, peer: SocketAddr, eff: &Effective) {
+fn print_start(
+    args: &Args,
+    local: SocketAddr,
+    peer: SocketAddr,
+    eff: &Effective,
+) -> anyhow::Result<()> {
     let side = if args.listen.is_some() {
         "accepted"
     } else {
@@ -179,7 +194,7 @@ fn print_start(args: &Args, local: SocketAddr, peer: SocketAddr, eff: &Effective
     if args.json {
         util::print_json_line(
             &json!({"type": side, "local": local.to_string(), "peer": peer.to_string()}),
-        );
+        )?;
         let mut v = serde_json::to_value(eff).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("type".into(), json!("effective"));
@@ -188,67 +203,66 @@ fn print_start(args: &Args, local: SocketAddr, peer: SocketAddr, eff: &Effective
                 json!(util::secs(eff.dead_peer_after())),
             );
         }
-        util::print_json_line(&v);
-        return;
+        return util::print_json_line(&v);
     }
-    println!("{side} {local} <-> {peer}");
+    crate::outln!("{side} {local} <-> {peer}")?;
     util::println_wrapped(&format!(
         "keep-alive in force (read back from the kernel): {}",
         describe_settings(eff)
-    ));
+    ))?;
     util::println_wrapped(&format!(
         "a silently dead peer will be noticed {} after its last segment",
         util::human(eff.dead_peer_after())
-    ));
-    println!("holding the connection idle; Ctrl-C stops");
+    ))?;
+    crate::outln!("holding the connection idle; Ctrl-C stops")?;
+    Ok(())
 }
 
-fn print_event(json: bool, e: &HoldEvent) {
+fn print_event(json: bool, e: &HoldEvent) -> anyhow::Result<()> {
     if json {
         let mut v = serde_json::to_value(e).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("type".into(), json!("event"));
         }
-        util::print_json_line(&v);
-        return;
+        return util::print_json_line(&v);
     }
     match *e {
         HoldEvent::ProbeSent { at, n, unanswered } => {
-            println!(
+            crate::outln!(
                 "{:>9.3}s  keep-alive probe #{n} sent ({unanswered} unanswered)",
                 at.as_secs_f64()
-            );
+            )?;
         }
         HoldEvent::ProbeAnswered { at, n } => {
-            println!(
+            crate::outln!(
                 "{:>9.3}s  answered by the peer ({n} answered so far): it is alive",
                 at.as_secs_f64()
-            );
+            )?;
         }
         HoldEvent::PeerProbeAnswered { at, n } => {
-            println!(
+            crate::outln!(
                 "{:>9.3}s  the peer probed us (#{n}); our kernel answered",
                 at.as_secs_f64()
-            );
+            )?;
         }
         HoldEvent::DataReceived { at, bytes } => {
-            println!(
+            crate::outln!(
                 "{:>9.3}s  peer sent {bytes} bytes (discarded); idle timer restarts",
                 at.as_secs_f64()
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
-fn print_end(json: bool, eff: &Effective, r: &HoldReport) {
+fn print_end(json: bool, eff: &Effective, r: &HoldReport) -> anyhow::Result<()> {
     if json {
         let mut v = serde_json::to_value(r).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("type".into(), json!("end"));
             o.insert("description".into(), json!(r.outcome.describe()));
         }
-        util::print_json_line(&v);
-        return;
+        return util::print_json_line(&v);
     }
     let ended = util::wrap(
         &format!(
@@ -261,14 +275,14 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) {
     // A peer given up on is the news: red when colour is on.
     match r.outcome {
         Outcome::KeepaliveTimeout | Outcome::UserTimeout => {
-            println!("{}", util::paint(&ended, util::style::BAD));
+            crate::outln!("{}", util::paint(&ended, util::style::BAD))?;
         }
-        _ => println!("{ended}"),
+        _ => crate::outln!("{ended}")?,
     }
     util::println_wrapped(&format!(
         "probes: {} sent, {} answered, {} unanswered at the end; {} probes from the peer answered",
         r.probes_sent, r.probes_answered, r.unanswered, r.peer_probes
-    ));
+    ))?;
     if let Some(m) = r.matches_config {
         let formula = match eff.user_timeout {
             Some(ut) => format!(
@@ -287,6 +301,7 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) {
             r.silent_for.as_secs_f64(),
             r.expected_silent_for.as_secs_f64(),
             if m { "matches" } else { "DOES NOT match" }
-        ));
+        ))?;
     }
+    Ok(())
 }

@@ -178,7 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub(crate) fn measure<R: serde::Serialize>(
     fut: impl std::future::Future<Output = Result<R, kaprobe_http::Error>>,
     json: bool,
-    render: fn(&R),
+    render: fn(&R) -> anyhow::Result<()>,
 ) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let result = rt.block_on(fut);
@@ -186,9 +186,9 @@ pub(crate) fn measure<R: serde::Serialize>(
     rt.shutdown_timeout(Duration::from_millis(100));
     let report = result.map_err(failure)?;
     if json {
-        print_json_line(&serde_json::to_value(&report)?);
+        print_json_line(&serde_json::to_value(&report)?)?;
     } else {
-        render(&report);
+        render(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -218,13 +218,18 @@ fn yes_no(v: Option<bool>, yes: &str, no: &str) -> String {
 }
 
 /// The first line of both reports: what was probed, where it went, what answered.
-fn print_target(url: &str, address: &impl std::fmt::Display, status: u16, server: Option<&str>) {
+fn print_target(
+    url: &str,
+    address: &impl std::fmt::Display,
+    status: u16,
+    server: Option<&str>,
+) -> anyhow::Result<()> {
     let server = server.map_or(String::new(), |s| format!(", server: {s}"));
-    util::println_wrapped(&format!("{url} -> {address} (status {status}{server})"));
+    util::println_wrapped(&format!("{url} -> {address} (status {status}{server})"))
 }
 
-pub(crate) fn render(r: &ProbeReport) {
-    print_target(&r.url, &r.address, r.status, r.server.as_deref());
+pub(crate) fn render(r: &ProbeReport) -> anyhow::Result<()> {
+    print_target(&r.url, &r.address, r.status, r.server.as_deref())?;
     let mut t = table();
     t.set_header(vec!["", "advertised", "observed"]);
     let idle = &r.idle;
@@ -306,12 +311,13 @@ pub(crate) fn render(r: &ProbeReport) {
         timing.push_str(&format!(", reused {}", ms(re)));
     }
     t.add_row(vec!["timing".to_string(), String::new(), timing]);
-    println!("{t}");
+    crate::outln!("{t}")?;
     for f in &r.findings {
-        println!("{}", util::wrap(&format!("  * {f}"), 4));
+        crate::outln!("{}", util::wrap(&format!("  * {f}"), 4))?;
     }
-    println!("{}", util::verdict_line(&r.verdict));
-    println!("(probe took {})", took(r));
+    crate::outln!("{}", util::verdict_line(&r.verdict))?;
+    crate::outln!("(probe took {})", took(r))?;
+    Ok(())
 }
 
 /// `kaprobe probe ws://...` / `kaprobe probe --sse URL`: the push-channel prober.
@@ -350,9 +356,9 @@ fn run_push(args: &Args, kind: PushKind) -> anyhow::Result<ExitCode> {
     measure(push_probe(&args.url, &opts), args.json, render_push)
 }
 
-fn render_push(r: &kaprobe_http::client::PushReport) {
+fn render_push(r: &kaprobe_http::client::PushReport) -> anyhow::Result<()> {
     use kaprobe_http::client::{PushEnd, PushWatch};
-    print_target(&r.url, &r.address, r.status, r.server.as_deref());
+    print_target(&r.url, &r.address, r.status, r.server.as_deref())?;
     let mut t = table();
     t.set_header(vec![
         "connection",
@@ -400,12 +406,13 @@ fn render_push(r: &kaprobe_http::client::PushReport) {
     if let Some(w) = &r.heartbeat {
         t.add_row(row("with heartbeat", w));
     }
-    println!("{t}");
-    println!("verdict: {}", r.verdict);
-    println!(
+    crate::outln!("{t}")?;
+    crate::outln!("verdict: {}", r.verdict)?;
+    crate::outln!(
         "(connect {}, handshake {}; probe took {:.2} s)",
         ms(r.connect_s),
         ms(r.handshake_s),
         r.elapsed_s
-    );
+    )?;
+    Ok(())
 }

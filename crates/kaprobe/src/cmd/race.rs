@@ -134,13 +134,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         for a in &report.attempts {
             let mut v = serde_json::to_value(a)?;
             v["type"] = "attempt".into();
-            print_json_line(&v);
+            print_json_line(&v)?;
         }
         for b in &report.bins {
             let mut v = serde_json::to_value(b)?;
             v["type"] = "bin".into();
             v["failures"] = b.failures().into();
-            print_json_line(&v);
+            print_json_line(&v)?;
         }
         let mut v = serde_json::to_value(&report)?;
         if let Some(o) = v.as_object_mut() {
@@ -148,14 +148,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             o.remove("bins");
         }
         v["type"] = "summary".into();
-        print_json_line(&v);
+        print_json_line(&v)?;
     } else {
-        render(&report);
+        render(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn render(r: &RaceReport) {
+fn render(r: &RaceReport) -> anyhow::Result<()> {
     util::println_wrapped(&format!(
         "{} -> {}: {} {} reuse(s) after idle {:.2} s ± {:.2} s",
         r.url,
@@ -164,7 +164,7 @@ fn render(r: &RaceReport) {
         r.method,
         r.idle_s,
         r.spread_s
-    ));
+    ))?;
     let mut t = table();
     t.set_header(vec![
         "idle",
@@ -209,7 +209,8 @@ fn render(r: &RaceReport) {
             bar,
         ]);
     }
-    println!("{t}");
-    println!("('#' = failed reuse, '.' = worked)");
-    println!("{}", util::verdict_line(&r.verdict));
+    crate::outln!("{t}")?;
+    crate::outln!("('#' = failed reuse, '.' = worked)")?;
+    crate::outln!("{}", util::verdict_line(&r.verdict))?;
+    Ok(())
 }
