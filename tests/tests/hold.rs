@@ -450,3 +450,55 @@ fn help_teaches_ranges_outcomes_and_examples() {
     let o = run(&["defaults", "--help"]);
     assert!(kaprobe_tests::stdout(&o).contains("SO_KEEPALIVE"));
 }
+
+/// `hold --listen` ends on Ctrl-C, SIGTERM or --duration while it still waits for its one
+/// connection, saying so, with exit status 0.
+#[test]
+fn listen_stops_on_signals_and_duration_before_a_connection() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let mut child = kaprobe_tests::KillOnDrop::spawn(
+            kaprobe_tests::kaprobe()
+                .args(["hold", "--listen", "127.0.0.1:0"])
+                .stdin(Stdio::null()),
+        );
+        let out = kaprobe_tests::line_reader(child.0.stdout.take().unwrap());
+        kaprobe_tests::wait_line(&out, Duration::from_secs(20), |l| {
+            l.contains("listening on")
+        })
+        .unwrap();
+        let t = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.0.id().cast_signed(), sig) };
+        let status = child.0.wait().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert_eq!(status.code(), Some(0), "signal {sig}");
+        let rest: Vec<String> = out.iter().collect();
+        assert!(
+            rest.iter()
+                .any(|l| l.contains("stopped (signal) before any connection")),
+            "{rest:?}"
+        );
+    }
+    let t = Instant::now();
+    let o = kaprobe_tests::run(&[
+        "hold",
+        "--listen",
+        "127.0.0.1:0",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let lines = kaprobe_tests::json_lines(&o);
+    let end = lines.last().unwrap();
+    assert_eq!(end["type"], "end");
+    assert_eq!(end["outcome"], "stopped");
+    assert_eq!(end["connected"], false);
+}

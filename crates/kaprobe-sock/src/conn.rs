@@ -71,6 +71,47 @@ pub fn accept(listener: &Socket, bound: SocketAddr) -> Result<Conn> {
     Ok(Conn { sock, local, peer })
 }
 
+/// Wait for one connection on a listening socket until `stop` is set or `deadline` passes
+/// (`Ok(None)` then): a signal or a time limit ends the wait, not only a peer.
+pub fn accept_until(
+    listener: &Socket,
+    bound: SocketAddr,
+    stop: &std::sync::atomic::AtomicBool,
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<Conn>> {
+    use std::os::fd::AsRawFd;
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut wait_ms: i32 = 50;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            wait_ms = wait_ms.min(i32::try_from(left.as_millis()).unwrap_or(50).max(1));
+        }
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, for a socket that outlives the call.
+        let n = unsafe { libc::poll(&raw mut pfd, 1, wait_ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::io(format!("wait for a connection on {bound}"), e));
+        }
+        if n > 0 {
+            return accept(listener, bound).map(Some);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +123,27 @@ mod tests {
         let c = connect(&[bound], Duration::from_secs(5)).unwrap();
         let a = accept(&l, bound).unwrap();
         assert_eq!(c.peer, bound);
+        assert_eq!(a.peer, c.local);
+    }
+
+    #[test]
+    fn accept_until_ends_at_the_stop_flag_and_the_deadline() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::Instant;
+        let (l, bound) = listen("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let stop = AtomicBool::new(true);
+        assert!(accept_until(&l, bound, &stop, None).unwrap().is_none());
+        let stop = AtomicBool::new(false);
+        let t = Instant::now();
+        let r = accept_until(&l, bound, &stop, Some(t + Duration::from_millis(200))).unwrap();
+        assert!(r.is_none());
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            t.elapsed()
+        );
+        let c = connect(&[bound], Duration::from_secs(5)).unwrap();
+        let a = accept_until(&l, bound, &stop, None).unwrap().unwrap();
         assert_eq!(a.peer, c.local);
     }
 

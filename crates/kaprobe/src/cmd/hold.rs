@@ -84,8 +84,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Err(Failure::usage("--connect-timeout 0s: use a positive duration").into());
     }
     let stop = util::stop_flag()?;
+    let started = std::time::Instant::now();
     let Conn { sock, local, peer } = match &args.listen {
-        Some(l) => accept_one(l, args.json)?,
+        Some(l) => {
+            let deadline = args.duration.map(|d| started + d);
+            match accept_one(l, args.json, &stop, deadline)? {
+                Some(c) => c,
+                None => return no_connection(args.json, stop.load(Ordering::Relaxed)),
+            }
+        }
         None => connect(
             args.target.as_deref().unwrap_or_default(),
             args.connect_timeout,
@@ -97,7 +104,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     print_start(&args, local, peer, &eff)?;
     let json = args.json;
     let mut closed = None;
-    let report = hold(&sock, &eff, &peer_s, &stop, args.duration, |e| {
+    // --duration counts from the start, waiting for a connection included.
+    let left = args.duration.map(|d| d.saturating_sub(started.elapsed()));
+    let report = hold(&sock, &eff, &peer_s, &stop, left, |e| {
         if closed.is_none() {
             if let Err(err) = print_event(json, e) {
                 // Stdout is gone (or failing): stop holding, then say so below.
@@ -141,7 +150,30 @@ fn connect(target: &str, timeout: Duration) -> anyhow::Result<Conn> {
     })
 }
 
-fn accept_one(listen: &str, json: bool) -> anyhow::Result<Conn> {
+/// `--listen` ended (Ctrl-C, SIGTERM or --duration) before any connection arrived: say so,
+/// exit 0 (as a hold stopped by the user).
+fn no_connection(json: bool, signalled: bool) -> anyhow::Result<ExitCode> {
+    let why = if signalled {
+        "stopped (signal) before any connection arrived"
+    } else {
+        "--duration ran out before any connection arrived"
+    };
+    if json {
+        util::print_json_line(
+            &json!({"type": "end", "outcome": "stopped", "description": why, "connected": false}),
+        )?;
+    } else {
+        crate::outln!("{why}")?;
+    }
+    Ok(ExitCode::from(outcome_code(Outcome::Stopped)))
+}
+
+fn accept_one(
+    listen: &str,
+    json: bool,
+    stop: &std::sync::atomic::AtomicBool,
+    deadline: Option<std::time::Instant>,
+) -> anyhow::Result<Option<Conn>> {
     let addr: SocketAddr = listen.parse().map_err(|_| {
         Failure::usage(format!(
             "--listen '{listen}' is not an address: use IP:PORT, e.g. 127.0.0.1:9000 or [::1]:9000"
@@ -163,9 +195,9 @@ fn accept_one(listen: &str, json: bool) -> anyhow::Result<Conn> {
     if json {
         util::print_json_line(&json!({"type": "listening", "addr": bound.to_string()}))?;
     } else {
-        crate::outln!("listening on {bound}, waiting for one connection")?;
+        crate::outln!("listening on {bound}, waiting for one connection (Ctrl-C stops)")?;
     }
-    Ok(conn::accept(&listener, bound)?)
+    Ok(conn::accept_until(&listener, bound, stop, deadline)?)
 }
 
 fn describe_settings(eff: &Effective) -> String {
