@@ -436,3 +436,30 @@ fn haproxy_as_a_reverse_proxy_is_measured_on_its_own_client_side() {
         "answers come from nginx: {r}"
     );
 }
+
+/// `https://` (or `wss://`) against a plain-HTTP port names the URL to use instead, and
+/// `race ws://` says race speaks HTTP only and points at `probe`.
+#[test]
+fn tls_against_plain_http_suggests_http_and_race_refuses_websocket_urls() {
+    let (_srv, addr) = kaprobe_tests::serve_quiet(&[]);
+    kaprobe_tests::fails(
+        &["probe", &format!("https://{addr}/x")],
+        8,
+        &format!("the server answered in plain HTTP, not TLS: use http://{addr}/x"),
+    );
+    kaprobe_tests::fails(
+        &["probe", &format!("wss://{addr}/ws")],
+        8,
+        &format!("use ws://{addr}/ws"),
+    );
+    kaprobe_tests::fails(
+        &["race", &format!("https://{addr}/"), "--idle", "1s"],
+        8,
+        &format!("use http://{addr}/"),
+    );
+    kaprobe_tests::fails(
+        &["race", &format!("ws://{addr}/ws"), "--idle", "1s"],
+        2,
+        "race speaks HTTP only",
+    );
+}

@@ -161,7 +161,7 @@ impl Connector {
             Ok(Err(e)) => {
                 return Err(Error::Tls {
                     what: format!("handshake with {}", self.addr),
-                    reason: e.to_string(),
+                    reason: tls_failure(&e, &self.target),
                 })
             }
             Ok(Ok(s)) => s,
@@ -675,6 +675,39 @@ fn to_response(p: &httparse::Response<'_, '_>) -> Result<Response, ReadFail> {
         keep_alive,
         connection,
     })
+}
+
+/// Why a TLS handshake failed, in words: a server that answered in plain HTTP (its first
+/// bytes are not a TLS record) gets the `http://` URL to use instead.
+fn tls_failure(e: &std::io::Error, target: &Target) -> String {
+    let plain = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        });
+    if plain {
+        let scheme = if target
+            .url
+            .trim_start()
+            .get(..4)
+            .is_some_and(|s| s.eq_ignore_ascii_case("wss:"))
+        {
+            "ws"
+        } else {
+            "http"
+        };
+        let rest = target
+            .url
+            .trim()
+            .split_once("://")
+            .map_or(target.url.as_str(), |(_, r)| r);
+        return format!("the server answered in plain HTTP, not TLS: use {scheme}://{rest}");
+    }
+    e.to_string()
 }
 
 #[cfg(test)]

@@ -142,6 +142,16 @@ pub fn schedule(idle: Duration, spread: Duration, n: usize) -> Vec<Duration> {
 
 /// Run the race.
 pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
+    let scheme = url
+        .trim()
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase());
+    if matches!(scheme.as_deref(), Some("ws" | "wss")) {
+        return Err(Error::InvalidOption(format!(
+            "race speaks HTTP only (http:// and https://): '{url}' is a WebSocket URL; \
+             `kaprobe probe {url}` measures how long an idle WebSocket survives"
+        )));
+    }
     let target = Target::parse(url)?;
     if opts.requests == 0 || opts.requests > 10_000 {
         return Err(Error::InvalidOption(format!(
