@@ -463,3 +463,43 @@ fn tls_against_plain_http_suggests_http_and_race_refuses_websocket_urls() {
         "race speaks HTTP only",
     );
 }
+
+/// The pipelining check runs on a fresh connection; when the server's request limit cuts it
+/// short and the server said so (`max`, `Connection: close`), the report explains it
+/// instead of calling it a partial answer.
+#[test]
+fn pipelining_cut_by_a_request_limit_is_explained() {
+    let (_srv, addr) =
+        kaprobe_tests::serve_quiet(&["--max-requests", "3", "--keepalive-timeout", "1s"]);
+    let o = kaprobe_tests::run(&["probe", &format!("http://{addr}/"), "--json"]);
+    assert!(o.status.success(), "{}", kaprobe_tests::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["pipelining"]["result"], "limited", "{}", v["pipelining"]);
+    // Fresh connection: three of the four pipelined requests fit under the limit of three.
+    assert_eq!(v["pipelining"]["answered"], 3, "{}", v["pipelining"]);
+    let detail = v["pipelining"]["detail"].as_str().unwrap();
+    assert!(detail.contains("3 requests per connection"), "{detail}");
+    let findings = v["findings"].to_string();
+    assert!(!findings.contains("pipelined"), "{findings}");
+
+    kaprobe_tests::require_tool!("nginx");
+    let port = kaprobe_tests::free_port();
+    let ngx = kaprobe_tests::nginx(
+        &format!(
+            "  server {{\n    listen 127.0.0.1:{port};\n    keepalive_timeout 1s;\n    \
+             keepalive_requests 2;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}"
+        ),
+        port,
+        None,
+    );
+    let o = kaprobe_tests::run(&["probe", &ngx.url("/"), "--json"]);
+    assert!(o.status.success(), "{}", kaprobe_tests::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["pipelining"]["result"], "limited", "{}", v["pipelining"]);
+    assert_eq!(v["pipelining"]["answered"], 2, "{}", v["pipelining"]);
+    assert!(
+        !v["findings"].to_string().contains("pipelined"),
+        "{}",
+        v["findings"]
+    );
+}

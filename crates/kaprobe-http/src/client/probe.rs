@@ -145,7 +145,9 @@ pub struct MaxRequests {
 /// The pipelining check.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Pipelining {
-    /// `in_order`, `in_order_unverified`, `out_of_order`, `partial`, `error`.
+    /// `in_order`, `in_order_unverified`, `out_of_order`, `partial`, `limited` (fewer
+    /// answers because the server said it would close: `max` or `Connection: close`),
+    /// `error`.
     pub result: String,
     pub sent: usize,
     pub answered: usize,
@@ -668,7 +670,8 @@ async fn pipelining_check(
     let missing = connector.target.missing_path();
     let a = connector.request("GET", None, HttpVersion::Http11);
     let b = connector.request("GET", Some(&missing), HttpVersion::Http11);
-    // Learn each path's status on its own first.
+    // Learn each path's status on its own first, then pipeline on a fresh connection, so
+    // that requests already spent do not count against the server's `max`.
     let Some((mut c, sa, sb)) = async {
         let (mut c, _) = connector.open(left(deadline)).await.ok()?;
         let ra = c
@@ -682,11 +685,9 @@ async fn pipelining_check(
             .exchange(&b, false, cap(answer * 2, deadline))
             .await
             .ok()?;
-        if rb.will_close() {
-            let (c2, _) = connector.open(left(deadline)).await.ok()?;
-            c = c2;
-        }
-        Some((c, ra.status, rb.status))
+        drop(c);
+        let (fresh, _) = connector.open(left(deadline)).await.ok()?;
+        Some((fresh, ra.status, rb.status))
     }
     .await
     else {
@@ -720,7 +721,32 @@ async fn pipelining_check(
     }
     out.answered = got.len();
     let statuses: Vec<u16> = got.iter().map(|r| r.status).collect();
-    out.result = if got.len() < 4 {
+    // A short answer the server announced: its last response said it would close, because
+    // its `max` ran out (the first response's `Keep-Alive: max` counts what was left) or
+    // for its own reasons (`Connection: close`).
+    let announced = got.last().filter(|r| r.will_close()).map(|last| {
+        let max = got
+            .first()
+            .and_then(|r| r.keep_alive)
+            .and_then(|k| k.max)
+            .filter(|m| usize::try_from(*m).is_ok_and(|m| m + 1 == got.len()));
+        match max {
+            Some(m) => format!(
+                "the server allows {} requests per connection (Keep-Alive: max={m} after the first), and its last answer said Connection: close",
+                got.len()
+            ),
+            None => format!(
+                "response {} said Connection: close{}",
+                got.len(),
+                last.header("connection")
+                    .map_or(String::new(), |v| format!(" ({v})"))
+            ),
+        }
+    });
+    out.result = if got.len() < 4 && statuses[..] == expected[..got.len()] && announced.is_some() {
+        out.detail = announced;
+        "limited".into()
+    } else if got.len() < 4 {
         "partial".into()
     } else if statuses != expected {
         out.detail = Some(format!("expected statuses {expected:?}, got {statuses:?}"));
@@ -799,8 +825,13 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
             .findings
             .push("pipelined requests were answered OUT OF ORDER (RFC 9112 violation)".into()),
         "partial" => r.findings.push(format!(
-            "only {} of {} pipelined requests were answered",
-            r.pipelining.answered, r.pipelining.sent
+            "only {} of {} pipelined requests were answered, and the server had not said it would close{}",
+            r.pipelining.answered,
+            r.pipelining.sent,
+            r.pipelining
+                .detail
+                .as_deref()
+                .map_or(String::new(), |d| format!(" ({d})"))
         )),
         _ => {}
     }

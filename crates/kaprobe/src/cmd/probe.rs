@@ -293,6 +293,16 @@ pub(crate) fn render(r: &ProbeReport) -> anyhow::Result<()> {
     ]);
     let pipelining = if r.pipelining.sent == 0 {
         r.pipelining.result.replace('_', " ")
+    } else if r.pipelining.result == "limited" {
+        format!(
+            "in order, {} of {} answered: {}",
+            r.pipelining.answered,
+            r.pipelining.sent,
+            r.pipelining
+                .detail
+                .as_deref()
+                .unwrap_or("the server closed as announced")
+        )
     } else {
         format!(
             "{} ({} of {} answered)",
