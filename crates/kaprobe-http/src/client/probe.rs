@@ -767,11 +767,18 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
     let idle = &r.idle;
     let t = idle.timeout_s;
     // Truth of the advertised timeout.
-    if let (Some(adv), Some(obs)) = (r.advertised.timeout_s, t) {
-        if matches!(
-            idle.close_style,
-            CloseStyle::Fin | CloseStyle::Rst | CloseStyle::Silent
-        ) {
+    if let (Some(adv), Some(obs), CloseStyle::Silent) =
+        (r.advertised.timeout_s, t, idle.close_style)
+    {
+        // Nothing came from the server: the path (a NAT, firewall or load balancer) forgot
+        // the flow. The header says what the server would do; this says nothing against it.
+        if obs < adv {
+            r.findings.push(format!(
+                "idle connections die silently after {obs:.2} s (no FIN, no RST): something on the path (NAT, firewall, load balancer) forgets idle flows before the server's advertised timeout={adv} s is reached"
+            ));
+        }
+    } else if let (Some(adv), Some(obs)) = (r.advertised.timeout_s, t) {
+        if matches!(idle.close_style, CloseStyle::Fin | CloseStyle::Rst) {
             let ok = (obs - adv).abs() <= 1.0 + 0.05 * adv;
             r.advertised_true.timeout = Some(ok);
             if !ok {
