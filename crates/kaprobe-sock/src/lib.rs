@@ -8,6 +8,7 @@ pub mod conn;
 pub mod defaults;
 pub mod diag;
 pub mod error;
+pub mod fmt;
 pub mod hold;
 pub mod info;
 pub mod netns;

@@ -18,12 +18,12 @@ pub const KEEPALIVE_COUNT: RangeInclusive<u32> = 1..=127;
 /// TCP_USER_TIMEOUT is an unsigned 32-bit number of milliseconds; 0 means "off".
 pub const USER_TIMEOUT_MS: RangeInclusive<u64> = 0..=u32::MAX as u64;
 
-/// A duration as a user would write it: `32768s`, `1s500ms`.
+/// A duration as a user would write it: `32768s`, `1.5s`.
 fn show(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {
-        humantime::format_duration(d).to_string().replace(' ', "")
+        crate::fmt::duration(d)
     }
 }
 
@@ -275,7 +275,7 @@ mod tests {
         let e = check_keepalive_secs("--idle", "TCP_KEEPIDLE", Duration::from_millis(1500))
             .unwrap_err();
         assert!(e.to_string().contains("sub-second"), "{e}");
-        assert!(e.to_string().contains("--idle 1s500ms"), "{e}");
+        assert!(e.to_string().contains("--idle 1.5s"), "{e}");
     }
 
     #[test]

@@ -2,23 +2,10 @@
 
 use std::time::Duration;
 
-/// Parse a duration the way every kaprobe flag does: humantime (`75s`, `2h`, `1m30s`,
+/// Parse a duration the way every kaprobe flag does (`75s`, `2h`, `1m30s`, `2.5s`,
 /// `250ms`), or a bare number meaning seconds (`5`, `2.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("empty duration: use e.g. 75s, 2h, 1m30s or a number of seconds".into());
-    }
-    if let Ok(secs) = t.parse::<f64>() {
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("'{s}' is not a valid duration: it must be >= 0"));
-        }
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("'{s}' is too large for a duration"));
-    }
-    humantime::parse_duration(t).map_err(|e| {
-        format!("'{s}' is not a valid duration ({e}): use e.g. 75s, 2h, 1m30s, 250ms or a number of seconds")
-    })
+    kaprobe_sock::fmt::parse_duration(s)
 }
 
 /// Seconds as a float, the unit every JSON duration uses.
@@ -26,9 +13,9 @@ pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// A duration the way humantime writes it, without spaces: `2h11m15s`, `1s500ms`.
+/// A duration the one way kaprobe writes it: `250ms`, `2.5s`, `15m24.6s`, `2h11m15s`.
 pub fn human(d: Duration) -> String {
-    humantime::format_duration(d).to_string().replace(' ', "")
+    kaprobe_sock::fmt::duration(d)
 }
 
 /// A flag that becomes true on SIGINT or SIGTERM, so a command can stop and summarise.

@@ -129,7 +129,7 @@ pub(crate) fn check_max_wait(d: Duration) -> Result<(), Failure> {
     if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
         return Err(Failure::usage(format!(
             "--max-wait {} is out of range: use 1s..=24h",
-            humantime::format_duration(d)
+            crate::util::human(d)
         )));
     }
     Ok(())

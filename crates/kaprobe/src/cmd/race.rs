@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.idle > Duration::from_secs(3600) {
         return Err(Failure::usage(format!(
             "--idle {} is out of range: use 0s..=1h",
-            humantime::format_duration(args.idle)
+            crate::util::human(args.idle)
         ))
         .into());
     }
@@ -96,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if spread > Duration::from_secs(3600) {
         return Err(Failure::usage(format!(
             "--spread {} is out of range: use 0s..=1h",
-            humantime::format_duration(spread)
+            crate::util::human(spread)
         ))
         .into());
     }

@@ -220,7 +220,10 @@ fn check(args: &Args) -> Result<Config, Failure> {
     let range = |flag: &str, v: Duration, lo: Duration, hi: Duration| {
         if v < lo || v > hi {
             Err(Failure::usage(format!(
-                "{flag} {v:?} is out of range: use {lo:?}..={hi:?}"
+                "{flag} {} is out of range: use {}..={}",
+                crate::util::human(v),
+                crate::util::human(lo),
+                crate::util::human(hi)
             )))
         } else {
             Ok(v)
@@ -246,7 +249,7 @@ fn check(args: &Args) -> Result<Config, Failure> {
         if !v.is_zero() && !(Duration::from_millis(10)..=hour).contains(&v) {
             return Err(Failure::usage(format!(
                 "{flag} {} is out of range: use 0 (off) or 10ms..=1h",
-                humantime::format_duration(v)
+                crate::util::human(v)
             )));
         }
     }

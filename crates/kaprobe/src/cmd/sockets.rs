@@ -104,7 +104,7 @@ impl JsonSocket {
     }
 }
 
-/// A short human duration: `830ms`, `1.5s`, `1h 59m 58s`.
+/// A short human duration: `830ms`, `1.5s`, `1h59m58s`.
 fn push_short(buf: &mut String, d: Duration) {
     use std::fmt::Write as _;
     // Writing into a String cannot fail.
@@ -118,7 +118,7 @@ fn push_short(buf: &mut String, d: Duration) {
         write!(
             buf,
             "{}",
-            humantime::format_duration(Duration::from_secs(d.as_secs()))
+            crate::util::human(Duration::from_secs(d.as_secs()))
         )
     };
 }
@@ -460,6 +460,6 @@ mod tests {
         assert_eq!(short(Duration::ZERO), "0");
         assert_eq!(short(Duration::from_millis(830)), "830ms");
         assert_eq!(short(Duration::from_millis(1540)), "1.5s");
-        assert_eq!(short(Duration::from_secs(7198)), "1h 59m 58s");
+        assert_eq!(short(Duration::from_secs(7198)), "1h59m58s");
     }
 }
