@@ -65,7 +65,7 @@ fn read_json_reports_a_dead_peer_with_the_documented_fields() {
     assert!((flow["inferred_interval"].as_f64().unwrap() - 1.0).abs() < 0.01);
     assert_eq!(
         flow["config"],
-        "idle 2 s, interval 1 s, 3 probes: custom (set per socket or by sysctl)"
+        "idle 2s, interval 1s, 3 probes: custom (set per socket or by sysctl)"
     );
     let last = lines.last().unwrap();
     assert_eq!(last["type"], "stats");
@@ -88,7 +88,7 @@ fn read_human_output_has_the_flow_table_and_totals() {
         "keepalive_ack",
         "127.0.0.1:40001 -> 127.0.0.1:8080",
         "client",
-        "idle 10 s: custom",
+        "idle 10s: custom",
         "3 keep-alives, 3 keep-alive ACKs",
         "alive",
     ] {

@@ -102,7 +102,7 @@ fn watch_reports_kernel_probes_on_loopback_at_1s() {
     );
     let idle = f["idle_before_first_probe"].as_f64().unwrap();
     assert!((idle - 1.0).abs() <= 0.1, "idle {idle}: {f}");
-    assert!(f["config"].as_str().unwrap().starts_with("idle 1 s"), "{f}");
+    assert!(f["config"].as_str().unwrap().starts_with("idle 1s"), "{f}");
     let stats = of_type(&events, "stats");
     assert_eq!(stats.len(), 1);
     assert_eq!(stats[0]["dropped"], 0);

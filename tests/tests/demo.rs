@@ -44,7 +44,7 @@ fn demo_shows_answered_probes_and_explains_them_within_twenty_seconds() {
     assert!(out.contains("6. HTTP keep-alive"), "{out}");
     assert!(
         out.contains("verdict: closes idle connections after 2.0")
-            && out.contains("s with FIN, advertises 2 s"),
+            && out.contains("s with FIN, advertises 2s"),
         "{out}"
     );
     assert!(out.contains("kaprobe race URL --idle 5s"), "{out}");

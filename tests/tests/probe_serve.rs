@@ -35,7 +35,7 @@ fn serve_closing_with_rst_is_reported_as_rst() {
         r["verdict"]
             .as_str()
             .unwrap()
-            .contains(&format!("{t:.2} s with RST")),
+            .contains(&format!("{t:.2}s with RST")),
         "{}",
         r["verdict"]
     );

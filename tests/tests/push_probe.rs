@@ -85,13 +85,13 @@ fn idle_websocket_and_event_stream_through_nginx_die_at_about_2s_and_the_verdict
         assert!(f(&r, "/heartbeat/lasted_s") >= 2.0 * lived, "{r}");
         let verdict = r["verdict"].as_str().unwrap();
         assert!(
-            verdict.contains(&format!("cuts idle {noun} after {lived:.1} s")),
+            verdict.contains(&format!("cuts idle {noun} after {lived:.1}s")),
             "{verdict}"
         );
         let every = if h.fract() == 0.0 {
-            format!("every {h:.0} s or less")
+            format!("every {h:.0}s or less")
         } else {
-            format!("every {h:.1} s or less")
+            format!("every {h:.1}s or less")
         };
         assert!(verdict.contains(&every), "{verdict}");
     }
@@ -119,10 +119,7 @@ fn one_second_heartbeat_keeps_websocket_and_event_stream_alive_for_10s_through_n
         assert!((9.9..=11.0).contains(&lasted), "{r}");
         assert_eq!(f(r, "/heartbeat/heartbeat_s"), 1.0, "{r}");
         let verdict = r["verdict"].as_str().unwrap();
-        assert!(
-            verdict.starts_with("survived 10.0 s with 1 s "),
-            "{verdict}"
-        );
+        assert!(verdict.starts_with("survived 10.0s with 1s "), "{verdict}");
     }
     // The heartbeats really flowed: pings answered through nginx, comment lines received.
     assert!(f(&ws, "/heartbeat/pongs_received") >= 8.0, "{ws}");
@@ -145,7 +142,7 @@ fn an_idle_websocket_straight_to_serve_outlives_the_hold_and_says_at_least() {
         r["verdict"]
             .as_str()
             .unwrap()
-            .starts_with("survived at least 1.0 s idle"),
+            .starts_with("survived at least 1.0s idle"),
         "{}",
         r["verdict"]
     );
@@ -164,7 +161,7 @@ fn an_idle_websocket_straight_to_serve_outlives_the_hold_and_says_at_least() {
     let out = stdout(&o);
     assert!(out.contains("still open"), "{out}");
     assert!(
-        out.contains("verdict: survived at least 1.0 s idle"),
+        out.contains("verdict: survived at least 1.0s idle"),
         "{out}"
     );
 }
@@ -309,7 +306,7 @@ fn a_close_frame_a_reset_and_a_clean_end_of_stream_are_told_apart() {
     );
     assert!(
         polite["verdict"].as_str().unwrap().starts_with(
-            "the server (close frame, code 1001, \"idle for too long\") cuts idle WebSockets after 1.0 s"
+            "the server (close frame, code 1001, \"idle for too long\") cuts idle WebSockets after 1.0s"
         ),
         "{}",
         polite["verdict"]
@@ -415,7 +412,7 @@ fn server_heartbeats_on_an_idle_event_stream_are_counted_and_named_in_the_verdic
     assert!(f(&r, "/idle/longest_silence_s") < 1.0, "{r}");
     let verdict = r["verdict"].as_str().unwrap();
     assert!(
-        verdict.starts_with("survived at least 1.5 s idle (the server sent "),
+        verdict.starts_with("survived at least 1.5s idle (the server sent "),
         "{verdict}"
     );
 }

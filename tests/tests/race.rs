@@ -96,7 +96,7 @@ fn reusing_past_nginx_idle_timeout_fails_and_before_it_works() {
     let out = String::from_utf8_lossy(&o.stdout);
     // 2.0 s is exactly nginx's timeout: that reuse may go either way.
     assert!(
-        out.contains("1.500 s")
+        out.contains("1.500s")
             && out.contains('#')
             && (out.contains("verdict: 2 of 3") || out.contains("verdict: 1 of 3")),
         "{out}"

@@ -66,10 +66,10 @@ fn redact_after(text: &str, marker: &str, end: &[char], with: &str) -> String {
     out
 }
 
-/// The run's timing in read's totals: `in 0.00 s (12345 frames/s)`.
+/// The run's timing in read's totals: `in 0.00s (12345 frames/s)`.
 fn redact_timing(text: &str) -> String {
     let t = redact_after(text, ") in ", &[' '], "[secs]");
-    redact_after(&t, " s (", &[')'], "[rate] frames/s")
+    redact_after(&t, "] (", &[')'], "[rate] frames/s")
 }
 
 #[test]

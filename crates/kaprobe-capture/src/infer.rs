@@ -45,7 +45,7 @@ const KNOWN: &[Known] = &[
         idle: 15.0,
         interval: 15.0,
         count: Some(9),
-        name: "Go net.Dialer/net.ListenConfig default (15 s)",
+        name: "Go net.Dialer/net.ListenConfig default (15s)",
     },
     Known {
         idle: 300.0,
@@ -56,16 +56,16 @@ const KNOWN: &[Known] = &[
 ];
 
 fn close(observed: f64, configured: f64) -> bool {
-    // Timers fire on jiffies and probes queue behind other work: allow 2% + 100 ms late,
-    // 50 ms early.
+    // Timers fire on jiffies and probes queue behind other work: allow 2% + 100ms late,
+    // 50ms early.
     observed >= configured - 0.05 && observed <= configured * 1.02 + 0.1
 }
 
 fn fmt_secs(s: f64) -> String {
     if s >= 0.95 {
-        format!("{} s", s.round())
+        format!("{}s", s.round())
     } else {
-        format!("{s:.3} s")
+        format!("{s:.3}s")
     }
 }
 
@@ -159,7 +159,7 @@ mod tests {
         );
         assert_eq!(
             i.name,
-            "idle 7200 s, interval 75 s, 9 probes: Linux defaults (net.ipv4.tcp_keepalive_*)"
+            "idle 7200s, interval 75s, 9 probes: Linux defaults (net.ipv4.tcp_keepalive_*)"
         );
         let i = infer(Some(Duration::from_secs(7200)), &[], &[75.0], None);
         assert!(i.name.contains("Linux defaults"), "{}", i.name);
@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(i.idle, Some(1.004));
         assert_eq!(
             i.name,
-            "idle 1 s, interval 1 s, 3 probes: custom (set per socket or by sysctl)"
+            "idle 1s, interval 1s, 3 probes: custom (set per socket or by sysctl)"
         );
         let none = infer(None, &[], &[], None);
         assert!(none.name.starts_with("not enough"));

@@ -412,7 +412,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("outcome=\"peer_dead\"} 1\n"), "{text}");
-        // The first probe came after 2 s of idle.
+        // The first probe came after 2s of idle.
         assert!(
             text.contains("le=\"1\"} 0\n") && text.contains("le=\"5\"} 1\n"),
             "{text}"

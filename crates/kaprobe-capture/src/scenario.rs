@@ -235,7 +235,7 @@ pub fn all() -> Vec<Scenario> {
     let mut out = Vec::new();
     let (c, s) = (ep("127.0.0.1:40001"), ep("127.0.0.1:8080"));
 
-    // Kernel keep-alives answered, idle 10 s, then FIN.
+    // Kernel keep-alives answered, idle 10s, then FIN.
     let mut k = Conv::new(c, s, [1_000, 5_000_000], T0);
     k.handshake(Some(7))
         .data(0, 100)
@@ -306,7 +306,7 @@ pub fn all() -> Vec<Scenario> {
         frames: k.frames,
     });
 
-    // Dead peer: three unanswered probes 1 s apart, then the prober's RST.
+    // Dead peer: three unanswered probes 1s apart, then the prober's RST.
     let mut k = Conv::new(c, ep("127.0.0.1:9000"), [u32::MAX - 50, 1], T0);
     k.handshake(None).data(0, 100).ack(1).wait(2.0);
     for _ in 0..3 {

@@ -174,7 +174,7 @@ pub enum Event {
 pub struct TrackerConfig {
     /// Most flows tracked at once; the least recently active is evicted beyond it.
     pub max_flows: usize,
-    /// Flows with no packet for this long are dropped (longer than the 7875 s it takes
+    /// Flows with no packet for this long are dropped (longer than the 7875s it takes
     /// Linux defaults to give up on a dead peer).
     pub idle_timeout: Duration,
     /// How long a closed flow is kept to absorb its last ACKs.

@@ -18,6 +18,6 @@ pub mod tls;
 pub use conn::{Connector, HttpVersion, KeepAliveHeader, Response};
 pub use probe::{probe, CloseStyle, ProbeOptions, ProbeReport};
 pub use push::{push_probe, PushEnd, PushKind, PushOptions, PushReport, PushWatch};
-pub use race::{race, RaceOptions, RaceReport};
+pub use race::{race, Bin, RaceOptions, RaceReport};
 pub use target::{Scheme, Target};
 pub use tls::TlsOptions;

@@ -29,7 +29,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Connecting did not finish in time.
-    #[error("connect to {addr} ({host}) timed out after {:.2} s", after.as_secs_f64())]
+    #[error("connect to {addr} ({host}) timed out after {:.2}s", after.as_secs_f64())]
     ConnectTimeout {
         host: String,
         addr: std::net::SocketAddr,
@@ -39,7 +39,7 @@ pub enum Error {
     #[error("TLS {what}: {reason}")]
     Tls { what: String, reason: String },
     /// The server accepted the request but sent no (complete) answer in time.
-    #[error("{what}: no answer within {:.2} s", after.as_secs_f64())]
+    #[error("{what}: no answer within {:.2}s", after.as_secs_f64())]
     NoAnswer {
         what: String,
         after: std::time::Duration,

@@ -72,16 +72,16 @@ impl SystemDefaults {
     }
 
     /// When a connection with unacknowledged data gives up on a silent peer after
-    /// `tcp_retries2` retransmissions, for a connection whose RTO starts at the 200 ms
+    /// `tcp_retries2` retransmissions, for a connection whose RTO starts at the 200ms
     /// minimum (`tcp_model_timeout` in net/ipv4/tcp_timer.c): the timeout doubles each
-    /// retransmission until it reaches 120 s.
+    /// retransmission until it reaches 120s.
     pub fn retransmit_give_up_after(&self) -> Duration {
         retransmit_timeout(self.retries2, RTO_MIN)
     }
 }
 
 /// Total time of `boundary` exponential-backoff retransmissions starting from `rto_base`,
-/// with each timeout capped at 120 s.
+/// with each timeout capped at 120s.
 pub fn retransmit_timeout(boundary: u64, rto_base: Duration) -> Duration {
     // number of doublings before the timeout reaches RTO_MAX
     let mut thresh = 0u64;
@@ -111,7 +111,7 @@ mod tests {
             retries2: 15,
         };
         assert_eq!(d.dead_peer_after(), Duration::from_secs(7875));
-        // the often-quoted 924.6 s for tcp_retries2 = 15
+        // the often-quoted 924.6s for tcp_retries2 = 15
         assert_eq!(d.retransmit_give_up_after(), Duration::from_millis(924_600));
         assert_eq!(retransmit_timeout(3, RTO_MIN), Duration::from_millis(3000));
     }

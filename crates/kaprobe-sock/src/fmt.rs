@@ -138,7 +138,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // Spread over 0 ms .. 100 days, many small ones.
+            // Spread over 0ms .. 100 days, many small ones.
             let n = match i % 4 {
                 0 => x % 1000,
                 1 => x % 120_000,

@@ -33,7 +33,7 @@ fn show(d: Duration) -> String {
 pub fn check_keepalive_secs(flag: &str, option: &str, d: Duration) -> Result<u32> {
     let shown = show(d);
     let range = format!(
-        "{option} takes whole seconds in {}..={} s",
+        "{option} takes whole seconds in {}s..={}s",
         KEEPALIVE_SECS.start(),
         KEEPALIVE_SECS.end()
     );
@@ -81,14 +81,14 @@ pub fn check_user_timeout(flag: &str, d: Duration) -> Result<Duration> {
         return Err(Error::OutOfRange {
             flag: flag.into(),
             value: shown,
-            range: "TCP_USER_TIMEOUT takes whole milliseconds in 0..=4294967295 ms (sub-millisecond values are not rounded)".into(),
+            range: "TCP_USER_TIMEOUT takes whole milliseconds in 0..=4294967295ms (sub-millisecond values are not rounded)".into(),
         });
     }
     if !USER_TIMEOUT_MS.contains(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)) {
         return Err(Error::OutOfRange {
             flag: flag.into(),
             value: shown,
-            range: "TCP_USER_TIMEOUT takes 0..=4294967295 ms (about 49.7 days)".into(),
+            range: "TCP_USER_TIMEOUT takes 0..=4294967295ms (about 49.7 days)".into(),
         });
     }
     Ok(d)
@@ -184,7 +184,7 @@ impl Effective {
             None => first + self.interval * self.count,
             Some(ut) => {
                 let mut t = first + self.interval;
-                // bounded: interval >= 1 s and user timeout < 2^32 ms
+                // bounded: interval >= 1s and user timeout < 2^32ms
                 while t < ut && !self.interval.is_zero() {
                     t += self.interval;
                 }
@@ -253,7 +253,7 @@ mod tests {
         let e = check_keepalive_secs("--idle", "TCP_KEEPIDLE", s(32_768)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "--idle 32768s is out of range: TCP_KEEPIDLE takes whole seconds in 1..=32767 s"
+            "--idle 32768s is out of range: TCP_KEEPIDLE takes whole seconds in 1s..=32767s"
         );
         let e = check_keepalive_secs("--interval", "TCP_KEEPINTVL", s(0)).unwrap_err();
         assert!(
@@ -288,7 +288,7 @@ mod tests {
             Duration::from_millis(u64::from(u32::MAX) + 1),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("0..=4294967295 ms"), "{e}");
+        assert!(e.to_string().contains("0..=4294967295ms"), "{e}");
     }
 
     #[test]

@@ -267,6 +267,154 @@ pub fn table() -> comfy_table::Table {
     t
 }
 
+/// Lay out a table so that no word is broken: each column gets at least its longest word
+/// (a value such as `4.80-4.84s`, `[::1]:8080` or a row of dots) and its share of the rest
+/// of the width; cells are wrapped between words. When even the longest words do not fit
+/// the table's width, comfy-table's own arrangement (which may break words) is kept, so the
+/// table still honours the width. `color` picks a colour per cell (row, column, text).
+pub fn lay_out_table(
+    t: comfy_table::Table,
+    color: impl Fn(usize, usize, &str) -> Option<comfy_table::Color>,
+) -> comfy_table::Table {
+    let header: Option<Vec<String>> = t
+        .header()
+        .map(|h| h.cell_iter().map(comfy_table::Cell::content).collect());
+    let rows: Vec<Vec<String>> = t
+        .row_iter()
+        .map(|r| r.cell_iter().map(comfy_table::Cell::content).collect())
+        .collect();
+    let n = header
+        .iter()
+        .chain(rows.iter())
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0);
+    let width = t.width().map_or(usize::MAX, usize::from);
+    let Some(widths) = column_widths(header.iter().chain(rows.iter()), n, width) else {
+        return match &header {
+            Some(h) if n > 2 => records(h, &rows, width, &color).unwrap_or(t),
+            _ => t,
+        };
+    };
+    let mut out = table();
+    out.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    let wrap_row = |row: &[String], r: Option<usize>| -> Vec<comfy_table::Cell> {
+        row.iter()
+            .enumerate()
+            .map(|(c, text)| {
+                let w = widths.get(c).copied().unwrap_or(1);
+                let mut cell = comfy_table::Cell::new(wrap_to(text, w, 0));
+                if let Some(col) = r.and_then(|r| color(r, c, text)) {
+                    cell = cell.fg(col);
+                }
+                cell
+            })
+            .collect()
+    };
+    if let Some(h) = &header {
+        out.set_header(wrap_row(h, None));
+    }
+    for (r, row) in rows.iter().enumerate() {
+        out.add_row(wrap_row(row, Some(r)));
+    }
+    out
+}
+
+/// A table too wide for `width` as records: one row per cell, the column's name beside
+/// the value, each record's first row set off by a line. `None` when even that does not
+/// fit without breaking a word.
+fn records(
+    header: &[String],
+    rows: &[Vec<String>],
+    width: usize,
+    color: &impl Fn(usize, usize, &str) -> Option<comfy_table::Color>,
+) -> Option<comfy_table::Table> {
+    let pairs: Vec<Vec<String>> = rows
+        .iter()
+        .flat_map(|row| {
+            row.iter()
+                .enumerate()
+                .map(|(c, v)| vec![header.get(c).cloned().unwrap_or_default(), v.clone()])
+        })
+        .collect();
+    let widths = column_widths(pairs.iter(), 2, width)?;
+    let mut out = table();
+    out.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    for (r, row) in rows.iter().enumerate() {
+        if r > 0 {
+            out.add_row(vec![String::new(), String::new()]);
+        }
+        for (c, v) in row.iter().enumerate() {
+            let name = header.get(c).map_or("", String::as_str);
+            let mut value = comfy_table::Cell::new(wrap_to(v, widths[1], 0));
+            if let Some(col) = color(r, c, v) {
+                value = value.fg(col);
+            }
+            out.add_row(vec![
+                comfy_table::Cell::new(wrap_to(name, widths[0], 0)),
+                value,
+            ]);
+        }
+    }
+    Some(out)
+}
+
+/// Content widths for `n` columns of `rows` in a table `width` wide (borders and one space
+/// of padding either side included), never below a column's longest word; `None` when the
+/// longest words alone do not fit.
+fn column_widths<'a>(
+    rows: impl Iterator<Item = &'a Vec<String>>,
+    n: usize,
+    width: usize,
+) -> Option<Vec<usize>> {
+    let mut least = vec![0usize; n];
+    let mut natural = vec![0usize; n];
+    for row in rows {
+        for (c, text) in row.iter().enumerate() {
+            for line in text.lines() {
+                natural[c] = natural[c].max(line.chars().count());
+                for word in line.split(' ') {
+                    least[c] = least[c].max(word.chars().count());
+                }
+            }
+        }
+    }
+    let avail = width.checked_sub(3 * n + 1)?;
+    let (sum_least, sum_natural) = (least.iter().sum::<usize>(), natural.iter().sum::<usize>());
+    if sum_natural <= avail {
+        return Some(natural);
+    }
+    if sum_least > avail {
+        return None;
+    }
+    // Share the spare width in proportion to what each column still lacks.
+    let spare = avail - sum_least;
+    let lacking = sum_natural - sum_least;
+    let mut widths: Vec<usize> = least
+        .iter()
+        .zip(&natural)
+        .map(|(l, nat)| l + (nat - l) * spare / lacking)
+        .collect();
+    // Hand out what integer division left over, one column at a time.
+    let mut left = avail - widths.iter().sum::<usize>();
+    for (w, nat) in widths.iter_mut().zip(&natural) {
+        if left == 0 {
+            break;
+        }
+        let more = (nat - *w).min(left);
+        *w += more;
+        left -= more;
+    }
+    Some(widths)
+}
+
+/// Print a table laid out by [`lay_out_table`].
+pub fn print_table(t: comfy_table::Table) -> anyhow::Result<()> {
+    let t = lay_out_table(t, |_, _, _| None);
+    crate::outln!("{t}")?;
+    Ok(())
+}
+
 /// Resolve `HOST:PORT` (`127.0.0.1:8080`, `[::1]:8080`, `localhost:80`) to addresses.
 /// A missing or bad port is a usage error (exit 2); a name that does not resolve exits 3.
 pub fn resolve_host_port(what: &str, s: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
@@ -336,6 +484,68 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn laid_out(width: u16, header: &[&str], rows: &[&[&str]]) -> String {
+        let mut t = table();
+        t.set_width(width);
+        t.set_header(header.to_vec());
+        for r in rows {
+            t.add_row(r.to_vec());
+        }
+        lay_out_table(t, |_, _, _| None).to_string()
+    }
+
+    #[test]
+    fn tables_wrap_between_words_and_fit() {
+        let header = ["idle", "tries", "ok", "reuses", "how it ended"];
+        let rows: &[&[&str]] = &[
+            &[
+                "0.80-0.84s",
+                "6",
+                "6",
+                "......",
+                "closed by the server with FIN",
+            ],
+            &["[2001:db8::1]:8080", "12", "0", "######", "reset"],
+        ];
+        for width in [31u16, 40, 50, 60, 80, 200] {
+            let out = laid_out(width, &header, rows);
+            for line in out.lines() {
+                assert!(
+                    line.chars().count() <= usize::from(width),
+                    "{width}:\n{out}"
+                );
+            }
+            // Every value is whole on one line.
+            for v in [
+                "0.80-0.84s",
+                "[2001:db8::1]:8080",
+                "......",
+                "######",
+                "FIN",
+            ] {
+                assert!(out.contains(v), "{width}: {v} broken:\n{out}");
+            }
+        }
+        // Wide enough: one line per row.
+        assert_eq!(laid_out(200, &header, rows).lines().count(), 6);
+    }
+
+    #[test]
+    fn column_widths_share_the_spare_width() {
+        let rows = [
+            vec!["aaaa bbbb cccc".to_string(), "x".to_string()],
+            vec!["dd".to_string(), "yy zz".to_string()],
+        ];
+        // Natural fits: natural widths.
+        assert_eq!(column_widths(rows.iter(), 2, 40), Some(vec![14, 5]));
+        // Least words (4 + 2) + borders (7) = 13: fits at 13, not at 12.
+        assert_eq!(column_widths(rows.iter(), 2, 13), Some(vec![4, 2]));
+        assert_eq!(column_widths(rows.iter(), 2, 12), None);
+        let w = column_widths(rows.iter(), 2, 20).unwrap();
+        assert_eq!(w.iter().sum::<usize>(), 13);
+        assert!(w[0] >= 4 && w[1] >= 2, "{w:?}");
+    }
 
     #[test]
     fn bare_numbers_are_seconds() {

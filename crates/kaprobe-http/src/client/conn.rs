@@ -65,7 +65,7 @@ impl Connector {
             Err(_) => {
                 return Err(Error::Resolve {
                     host,
-                    reason: format!("no answer within {:.2} s", timeout.as_secs_f64()),
+                    reason: format!("no answer within {:.2}s", timeout.as_secs_f64()),
                 })
             }
             Ok(Err(e)) => {
@@ -155,7 +155,7 @@ impl Connector {
             Err(_) => {
                 return Err(Error::Tls {
                     what: format!("handshake with {}", self.addr),
-                    reason: format!("no answer within {:.2} s", left.as_secs_f64()),
+                    reason: format!("no answer within {:.2}s", left.as_secs_f64()),
                 })
             }
             Ok(Err(e)) => {

@@ -774,7 +774,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
         // the flow. The header says what the server would do; this says nothing against it.
         if obs < adv {
             r.findings.push(format!(
-                "idle connections die silently after {obs:.2} s (no FIN, no RST): something on the path (NAT, firewall, load balancer) forgets idle flows before the server's advertised timeout={adv} s is reached"
+                "idle connections die silently after {obs:.2}s (no FIN, no RST): something on the path (NAT, firewall, load balancer) forgets idle flows before the server's advertised timeout={adv} is reached"
             ));
         }
     } else if let (Some(adv), Some(obs)) = (r.advertised.timeout_s, t) {
@@ -784,11 +784,11 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
             if !ok {
                 r.findings.push(if obs < adv {
                     format!(
-                        "the Keep-Alive header lies: it advertises timeout={adv} s but idle connections end after {obs:.2} s; clients that trust it will reuse dead connections between {obs:.2} s and {adv} s of idle"
+                        "the Keep-Alive header lies: it advertises timeout={adv} but idle connections end after {obs:.2}s; clients that trust it will reuse dead connections between {obs:.2}s and {adv}s of idle"
                     )
                 } else {
                     format!(
-                        "the Keep-Alive header advertises timeout={adv} s but idle connections live {obs:.2} s (longer than promised; harmless for clients that follow the header)"
+                        "the Keep-Alive header advertises timeout={adv} but idle connections live {obs:.2}s (longer than promised; harmless for clients that follow the header)"
                     )
                 });
             }
@@ -800,7 +800,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
             if a > adv + 1.0 + 0.05 * adv {
                 r.advertised_true.timeout = Some(false);
                 r.findings.push(format!(
-                    "advertises timeout={adv} s but a connection idle {a:.2} s was still open"
+                    "advertises timeout={adv} but a connection idle {a:.2}s was still open"
                 ));
             }
         }
@@ -858,7 +858,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
     }
     if let (Some(hs), Some(reused)) = (r.tls_handshake_s, r.reused_request_s) {
         r.findings.push(format!(
-            "a new https connection costs {:.1} ms (TCP {:.1} ms + TLS {:.1} ms + request {:.1} ms); a reused one {:.1} ms",
+            "a new https connection costs {:.1}ms (TCP {:.1}ms + TLS {:.1}ms + request {:.1}ms); a reused one {:.1}ms",
             (r.connect_s + hs + r.first_request_s) * 1000.0,
             r.connect_s * 1000.0,
             hs * 1000.0,
@@ -868,12 +868,12 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
     }
 
     let adv = match r.advertised.timeout_s {
-        Some(a) => format!("advertises {a} s"),
+        Some(a) => format!("advertises {a}s"),
         None => "advertises no timeout".into(),
     };
     // Margin: 10% of the timeout (pool timers and clocks are coarse) plus two round trips
     // (the server's timer starts a half-trip before the client's; a request needs a half-trip
-    // to arrive), rounded to 0.1 s.
+    // to arrive), rounded to 0.1s.
     let safe = |t: f64| ((t * 0.9 - 2.0 * rtt) * 10.0).round() / 10.0;
     r.verdict = match (idle.close_style, t) {
         (CloseStyle::NoKeepAlive, _) => format!(
@@ -883,7 +883,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
             let s = safe(t).max(0.0);
             r.safe_idle_s = Some(s);
             format!(
-                "closes idle connections after {t:.2} s with {}, {adv}; a client or proxy pool in front of it must drop idle connections before about {s:.1} s",
+                "closes idle connections after {t:.2}s with {}, {adv}; a client or proxy pool in front of it must drop idle connections before about {s:.1}s",
                 idle.close_style.describe()
             )
         }
@@ -891,7 +891,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
             let s = safe(idle.longest_alive_s.unwrap_or(t)).max(0.0);
             r.safe_idle_s = Some(s);
             format!(
-                "idle connections die silently after about {t:.2} s (still working at {:.2} s, dead at {:.2} s; no FIN or RST arrives, a later request gets {}), {adv}; something on the path (NAT, conntrack, a load balancer) forgets idle flows: drop pooled connections before about {s:.1} s, or send TCP keep-alive probes more often than that",
+                "idle connections die silently after about {t:.2}s (still working at {:.2}s, dead at {:.2}s; no FIN or RST arrives, a later request gets {}), {adv}; something on the path (NAT, conntrack, a load balancer) forgets idle flows: drop pooled connections before about {s:.1}s, or send TCP keep-alive probes more often than that",
                 idle.longest_alive_s.unwrap_or(0.0),
                 idle.first_dead_s.unwrap_or(0.0),
                 idle.on_reuse.as_deref().unwrap_or("no answer").replace('_', " ")
@@ -899,7 +899,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
         }
         _ => match idle.still_open_after_s.or(idle.longest_alive_s) {
             Some(a) => format!(
-                "kept idle connections open for the whole --max-wait (still open after {a:.2} s of idle), {adv}; raise --max-wait to find the real timeout"
+                "kept idle connections open for the whole --max-wait (still open after {a:.2}s of idle), {adv}; raise --max-wait to find the real timeout"
             ),
             None => format!("kept idle connections open for the whole --max-wait, {adv}; raise --max-wait to find the real timeout"),
         },
@@ -969,7 +969,7 @@ mod tests {
         judge(&mut r, 0.0002);
         assert_eq!(
             r.verdict,
-            "closes idle connections after 5.00 s with FIN, advertises 5 s; a client or proxy pool in front of it must drop idle connections before about 4.5 s"
+            "closes idle connections after 5.00s with FIN, advertises 5s; a client or proxy pool in front of it must drop idle connections before about 4.5s"
         );
         assert_eq!(r.safe_idle_s, Some(4.5));
         assert_eq!(r.advertised_true.timeout, Some(true));
@@ -995,7 +995,7 @@ mod tests {
         judge(&mut r, 0.0);
         assert!(
             r.verdict
-                .starts_with("idle connections die silently after about 60.00 s"),
+                .starts_with("idle connections die silently after about 60.00s"),
             "{}",
             r.verdict
         );

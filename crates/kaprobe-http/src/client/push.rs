@@ -889,20 +889,20 @@ impl Dechunker {
     }
 }
 
-/// Secs with one decimal: "2.0 s".
+/// Secs with one decimal: "2.0s".
 fn s1(x: f64) -> String {
-    format!("{x:.1} s")
+    format!("{x:.1}s")
 }
 
-/// A heartbeat interval the way people say it: "1 s", "1.5 s", "300 ms".
+/// A heartbeat interval the way people say it: "1s", "1.5s", "300ms".
 pub fn say_interval(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
-        format!("{ms} ms")
+        format!("{ms}ms")
     } else if ms.is_multiple_of(1000) {
-        format!("{} s", ms / 1000)
+        format!("{}s", ms / 1000)
     } else {
-        format!("{:.1} s", d.as_secs_f64())
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
@@ -1165,7 +1165,7 @@ mod tests {
 
     #[test]
     fn heartbeat_is_about_half_the_lifetime_rounded() {
-        // A timer of 2 s seen a little early from the client still gives 1 s.
+        // A timer of 2s seen a little early from the client still gives 1s.
         assert_eq!(
             half_heartbeat(Duration::from_millis(1980)),
             Duration::from_secs(1)
@@ -1194,9 +1194,9 @@ mod tests {
             half_heartbeat(Duration::from_millis(10)),
             Duration::from_millis(100)
         );
-        assert_eq!(say_interval(Duration::from_secs(30)), "30 s");
-        assert_eq!(say_interval(Duration::from_millis(2500)), "2.5 s");
-        assert_eq!(say_interval(Duration::from_millis(200)), "200 ms");
+        assert_eq!(say_interval(Duration::from_secs(30)), "30s");
+        assert_eq!(say_interval(Duration::from_millis(2500)), "2.5s");
+        assert_eq!(say_interval(Duration::from_millis(200)), "200ms");
     }
 
     #[test]
@@ -1253,7 +1253,7 @@ mod tests {
         conclude(&mut r);
         assert_eq!(
             r.verdict,
-            "nginx (proxy_read_timeout?) cuts idle WebSockets after 2.0 s; ping every 1 s or less (checked: with 1 s pings it lived 6.0 s)"
+            "nginx (proxy_read_timeout?) cuts idle WebSockets after 2.0s; ping every 1s or less (checked: with 1s pings it lived 6.0s)"
         );
         assert_eq!(r.heartbeat_max_s, Some(1.0));
         // A close frame names its code and reason.
@@ -1266,7 +1266,7 @@ mod tests {
         conclude(&mut r);
         assert!(
             r.verdict
-                .starts_with("the server (close frame, code 1001, \"pong timeout\") cuts idle WebSockets after 3.0 s"),
+                .starts_with("the server (close frame, code 1001, \"pong timeout\") cuts idle WebSockets after 3.0s"),
             "{}",
             r.verdict
         );

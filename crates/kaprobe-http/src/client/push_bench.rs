@@ -361,7 +361,7 @@ async fn connect(target: &Target, meter: &Meter) -> Result<Counted, Error> {
         Err(_) => {
             return Err(Error::Resolve {
                 host: target.host.clone(),
-                reason: "no answer within 5 s".into(),
+                reason: "no answer within 5s".into(),
             })
         }
     };

@@ -411,14 +411,14 @@ fn verdict(
     }
     if failures == 0 {
         return format!(
-            "no failures: all {tried} reuses worked (longest idle {:.2} s)",
+            "no failures: all {tried} reuses worked (longest idle {:.2}s)",
             last_success.unwrap_or(0.0)
         );
     }
     let ff = first_failure.unwrap_or(0.0);
     format!(
-        "{failures} of {tried} reuses failed; the first failure came after {ff:.2} s of idle{}: a client or pool that keeps idle connections that long will see these errors",
-        last_success.map_or(String::new(), |s| format!(", the longest idle that worked was {s:.2} s"))
+        "{failures} of {tried} reuses failed; the first failure came after {ff:.2}s of idle{}: a client or pool that keeps idle connections that long will see these errors",
+        last_success.map_or(String::new(), |s| format!(", the longest idle that worked was {s:.2}s"))
     )
 }
 

@@ -138,7 +138,7 @@ fn start_server() -> anyhow::Result<(OwnServer, String)> {
                 return Err(Failure::new(
                     1,
                     format!(
-                        "kaprobe serve did not start within 10 s{}",
+                        "kaprobe serve did not start within 10s{}",
                         if said.is_empty() {
                             String::new()
                         } else {
@@ -234,7 +234,7 @@ fn render(r: &BenchReport) -> anyhow::Result<()> {
             opt_ms(c.latency_max_s),
         ]);
     }
-    crate::outln!("{t}")?;
+    crate::util::print_table(t)?;
     crate::outln!(
         "{}",
         util::wrap(
@@ -257,6 +257,6 @@ fn render(r: &BenchReport) -> anyhow::Result<()> {
             )?;
         }
     }
-    crate::outln!("(bench took {:.2} s)", r.elapsed_s)?;
+    crate::outln!("(bench took {:.2}s)", r.elapsed_s)?;
     Ok(())
 }

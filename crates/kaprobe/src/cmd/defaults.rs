@@ -28,14 +28,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dead = d.dead_peer_after();
     let retrans = d.retransmit_give_up_after();
     let meaning = format!(
-        "a silently dead peer is noticed after {} ({} s idle + {} probes x {} s)",
+        "a silently dead peer is noticed after {} ({}s idle + {} probes x {}s)",
         util::human(dead),
         d.keepalive_time,
         d.keepalive_probes,
         d.keepalive_intvl
     );
     let retrans_meaning = format!(
-        "with unacknowledged data, a silent peer is given up after about {} ({} retransmissions, RTO from 200 ms doubling to 120 s)",
+        "with unacknowledged data, a silent peer is given up after about {} ({} retransmissions, RTO from 200ms doubling to 120s)",
         util::human(retrans),
         d.retries2
     );
@@ -55,12 +55,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     t.set_header(["sysctl", "value", "meaning"]);
     t.add_row([
         "net.ipv4.tcp_keepalive_time".to_string(),
-        format!("{} s", d.keepalive_time),
+        format!("{}s", d.keepalive_time),
         "idle time before the first keep-alive probe".into(),
     ]);
     t.add_row([
         "net.ipv4.tcp_keepalive_intvl".to_string(),
-        format!("{} s", d.keepalive_intvl),
+        format!("{}s", d.keepalive_intvl),
         "time between unanswered probes".into(),
     ]);
     t.add_row([
@@ -73,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         d.retries2.to_string(),
         "retransmissions of unacknowledged data before giving up".into(),
     ]);
-    crate::outln!("{t}")?;
+    crate::util::print_table(t)?;
     for line in [
         format!("With SO_KEEPALIVE on and no per-socket settings, {meaning}."),
         "Keep-alive only runs on sockets that enable it; without it an idle connection to a vanished peer lives forever.".into(),

@@ -77,7 +77,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         0,
     )?;
     crate::outln!(
-        "2. Nobody sends anything for {:.1} s. Watch the kernel probe the peer:",
+        "2. Nobody sends anything for {:.1}s. Watch the kernel probe the peer:",
         WATCH.as_secs_f64()
     )?;
     let stop = AtomicBool::new(false);
@@ -99,7 +99,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
             let after = last_sent.map_or(0.0, |s| at.saturating_sub(s).as_secs_f64() * 1000.0);
             let _ = say(
                 &format!(
-                "   {:>6.3}s  answered within {after:.0} ms: the peer's kernel ACKs it, the connection is alive",
+                "   {:>6.3}s  answered within {after:.0}ms: the peer's kernel ACKs it, the connection is alive",
                 at.as_secs_f64()
             ),
                 10,
@@ -230,8 +230,8 @@ fn dead_peer_step() -> anyhow::Result<()> {
         )?;
         say(
             &format!(
-                "   {} unanswered probes, {:.2} s after the peer's last segment (the settings \
-                 predict {:.0} s: idle 1 s + 3 probes x 1 s). The kernel then sends RST and the \
+                "   {} unanswered probes, {:.2}s after the peer's last segment (the settings \
+                 predict {:.0}s: idle 1s + 3 probes x 1s). The kernel then sends RST and the \
                  application sees ETIMEDOUT.",
                 r.unanswered,
                 r.silent_for.as_secs_f64(),
@@ -303,7 +303,7 @@ fn demo_config() -> KeepaliveConfig {
     }
 }
 
-/// Every 500 ms, print the client socket's keep-alive timer as sock_diag reports it, until
+/// Every 500ms, print the client socket's keep-alive timer as sock_diag reports it, until
 /// the returned flag is set.
 fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
     let done = Arc::new(AtomicBool::new(false));
@@ -325,7 +325,7 @@ fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
             };
             if let Some(e) = list.iter().find(|e| e.local == local) {
                 let printed = crate::outln!(
-                    "   {:>6.3}s  timer: {} fires in {} ms, {} probes unanswered",
+                    "   {:>6.3}s  timer: {} fires in {}ms, {} probes unanswered",
                     start.elapsed().as_secs_f64(),
                     e.timer.as_str(),
                     e.expires.as_millis(),
@@ -341,7 +341,7 @@ fn timer_ticker(local: SocketAddr, port: u16) -> Arc<AtomicBool> {
     done
 }
 
-/// HTTP keep-alive: start `kaprobe serve` with a 2 s idle timeout on loopback and let
+/// HTTP keep-alive: start `kaprobe serve` with a 2s idle timeout on loopback and let
 /// `kaprobe probe` measure it from outside.
 fn http_step() -> anyhow::Result<()> {
     use std::io::BufRead;

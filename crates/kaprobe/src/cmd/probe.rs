@@ -79,7 +79,7 @@ pub struct Args {
     pub heartbeat: Option<Duration>,
 
     /// Push channels only: watch each connection at most this long (e.g. --heartbeat 1s
-    /// --hold 10s: does a 1 s heartbeat keep it alive for 10 s?). Range 1s..=24h.
+    /// --hold 10s: does a 1s heartbeat keep it alive for 10s?). Range 1s..=24h.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub hold: Option<Duration>,
 
@@ -194,19 +194,19 @@ pub(crate) fn measure<R: serde::Serialize>(
 }
 
 fn secs(v: Option<f64>) -> String {
-    v.map_or("-".into(), |s| format!("{s:.2} s"))
+    v.map_or("-".into(), |s| format!("{s:.2}s"))
 }
 
 /// The probe's total time, from the library's duration type.
 fn took(r: &ProbeReport) -> String {
     format!(
-        "{:.2} s",
+        "{:.2}s",
         crate::util::secs(Duration::from_secs_f64(r.elapsed_s.max(0.0)))
     )
 }
 
 fn ms(s: f64) -> String {
-    format!("{:.1} ms", s * 1000.0)
+    format!("{:.1}ms", s * 1000.0)
 }
 
 fn yes_no(v: Option<bool>, yes: &str, no: &str) -> String {
@@ -238,14 +238,14 @@ pub(crate) fn render(r: &ProbeReport) -> anyhow::Result<()> {
             "still open at --max-wait{}",
             idle.still_open_after_s
                 .or(idle.longest_alive_s)
-                .map_or(String::new(), |a| format!(" ({a:.2} s idle)"))
+                .map_or(String::new(), |a| format!(" ({a:.2}s idle)"))
         ),
         kaprobe_http::client::CloseStyle::NoKeepAlive => "closes after every response".into(),
         style => format!(
             "{} ± {}, {}",
             secs(idle.timeout_s),
             idle.timeout_error_s
-                .map_or("-".into(), |e| format!("{:.0} ms", e * 1000.0)),
+                .map_or("-".into(), |e| format!("{:.0}ms", e * 1000.0)),
             style.describe()
         ),
     };
@@ -321,7 +321,7 @@ pub(crate) fn render(r: &ProbeReport) -> anyhow::Result<()> {
         timing.push_str(&format!(", reused {}", ms(re)));
     }
     t.add_row(vec!["timing".to_string(), String::new(), timing]);
-    crate::outln!("{t}")?;
+    crate::util::print_table(t)?;
     for f in &r.findings {
         crate::outln!("{}", util::wrap(&format!("  * {f}"), 4))?;
     }
@@ -380,13 +380,13 @@ fn render_push(r: &kaprobe_http::client::PushReport) -> anyhow::Result<()> {
     let row = |name: &str, w: &PushWatch| {
         let beat = match (w.heartbeat_s, r.kind) {
             (None, _) => "none".to_string(),
-            (Some(h), PushKind::Websocket) => format!("client ping every {h:.1} s"),
+            (Some(h), PushKind::Websocket) => format!("client ping every {h:.1}s"),
             (Some(h), PushKind::Sse) => format!("?heartbeat={h:.1}s"),
         };
         let lasted = if w.end == PushEnd::Alive {
-            format!("at least {:.2} s", w.lasted_s)
+            format!("at least {:.2}s", w.lasted_s)
         } else {
-            format!("{:.2} s", w.lasted_s)
+            format!("{:.2}s", w.lasted_s)
         };
         let mut how = w.end.describe(r.kind).to_string();
         if let Some(c) = w.close_code {
@@ -416,10 +416,10 @@ fn render_push(r: &kaprobe_http::client::PushReport) -> anyhow::Result<()> {
     if let Some(w) = &r.heartbeat {
         t.add_row(row("with heartbeat", w));
     }
-    crate::outln!("{t}")?;
-    crate::outln!("verdict: {}", r.verdict)?;
+    crate::util::print_table(t)?;
+    crate::outln!("{}", util::verdict_line(&r.verdict))?;
     crate::outln!(
-        "(connect {}, handshake {}; probe took {:.2} s)",
+        "(connect {}, handshake {}; probe took {:.2}s)",
         ms(r.connect_s),
         ms(r.handshake_s),
         r.elapsed_s

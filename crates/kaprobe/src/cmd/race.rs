@@ -49,7 +49,9 @@ pub struct Args {
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub idle: Duration,
 
-    /// Idle times range from idle-spread to idle+spread [default: a tenth of --idle].
+    /// The attempts' idle times are spaced evenly from idle-spread to idle+spread, both
+    /// ends included (never below 0s; a single --requests tests --idle alone). Range
+    /// 0s..=1h [default: a tenth of --idle].
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub spread: Option<Duration>,
 
@@ -157,13 +159,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn render(r: &RaceReport) -> anyhow::Result<()> {
     util::println_wrapped(&format!(
-        "{} -> {}: {} {} reuse(s) after idle {:.2} s ± {:.2} s",
+        "{} -> {}: {} {} {} after {:.2}s to {:.2}s of idle",
         r.url,
         r.address,
         r.attempts.len(),
         r.method,
-        r.idle_s,
-        r.spread_s
+        if r.attempts.len() == 1 {
+            "reuse"
+        } else {
+            "reuses"
+        },
+        (r.idle_s - r.spread_s).max(0.0),
+        if r.attempts.len() == 1 {
+            r.idle_s
+        } else {
+            r.idle_s + r.spread_s
+        }
     ))?;
     let mut t = table();
     t.set_header(vec![
@@ -175,40 +186,79 @@ fn render(r: &RaceReport) -> anyhow::Result<()> {
         "empty",
         "no answer",
         "other",
-        "failures",
+        "reuses",
     ]);
     let widest = r.bins.iter().map(|b| b.attempts).max().unwrap_or(1).max(1);
-    for b in &r.bins {
-        let idle = if (b.idle_to_s - b.idle_from_s).abs() < 1e-9 {
-            format!("{:.3} s", b.idle_from_s)
-        } else {
-            format!("{:.3}-{:.3} s", b.idle_from_s, b.idle_to_s)
-        };
-        // A bar: '#' per failure, '.' per success, scaled to 20 columns (fewer when the
-        // output is narrow, so that the table keeps one line per bin at 80 columns).
-        let bar_cols = util::output().width.saturating_sub(72).clamp(6, 20);
-        let scale = |n: usize| (n * bar_cols).div_ceil(widest);
-        let bar = format!(
-            "{}{}",
-            "#".repeat(scale(b.failures())),
-            ".".repeat(scale(b.ok))
-        );
-        let mut bar = comfy_table::Cell::new(bar);
-        if b.failures() > 0 {
-            bar = bar.fg(comfy_table::Color::Red);
-        }
-        t.add_row(vec![
-            comfy_table::Cell::new(idle),
-            comfy_table::Cell::new(b.attempts),
-            comfy_table::Cell::new(b.ok),
-            comfy_table::Cell::new(b.bad_gateway),
-            comfy_table::Cell::new(b.reset),
-            comfy_table::Cell::new(b.empty_reply),
-            comfy_table::Cell::new(b.no_answer),
-            comfy_table::Cell::new(b.broken + b.setup_failed),
-            bar,
-        ]);
+    // Ranges as `4.80-4.84s`: as few decimals (1 to 3) as keep neighbouring bins apart.
+    let step = r
+        .bins
+        .iter()
+        .map(|b| b.idle_to_s - b.idle_from_s)
+        .filter(|w| *w > 1e-9)
+        .fold(f64::INFINITY, f64::min);
+    let decimals = if step >= 0.1 {
+        1
+    } else if step >= 0.01 {
+        2
+    } else {
+        3
+    };
+    let idle_cells: Vec<String> = r
+        .bins
+        .iter()
+        .map(|b| {
+            if (b.idle_to_s - b.idle_from_s).abs() < 1e-9 {
+                format!("{:.3}s", b.idle_from_s)
+            } else {
+                format!("{:.d$}-{:.d$}s", b.idle_from_s, b.idle_to_s, d = decimals)
+            }
+        })
+        .collect();
+    // A bar per bin: '#' per failure, '.' per success, scaled to the columns the other
+    // cells leave free (6 to 20), so that each bin stays one line at 80 columns.
+    let counts = |b: &kaprobe_http::client::Bin| {
+        [
+            b.attempts,
+            b.ok,
+            b.bad_gateway,
+            b.reset,
+            b.empty_reply,
+            b.no_answer,
+            b.broken + b.setup_failed,
+        ]
+    };
+    let widest_idle = idle_cells.iter().map(String::len).max().unwrap_or(4).max(4);
+    let digits = |n: usize| n.to_string().len();
+    let others: usize = widest_idle
+        + [5, 2, 7, 5, 5, 6, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, head)| {
+                r.bins
+                    .iter()
+                    .map(|b| digits(counts(b)[i]))
+                    .max()
+                    .unwrap_or(1)
+                    .max(*head)
+            })
+            .sum::<usize>();
+    // 9 columns: 28 columns of borders and padding.
+    let bar_cols = util::output()
+        .width
+        .saturating_sub(others + 28)
+        .clamp(6, 20);
+    let scale = |n: usize| (n * bar_cols).div_ceil(widest);
+    for (b, idle) in r.bins.iter().zip(idle_cells) {
+        let bad = scale(b.failures());
+        let good = scale(b.failures() + b.ok).saturating_sub(bad);
+        let mut row = vec![idle];
+        row.extend(counts(b).iter().map(ToString::to_string));
+        row.push(format!("{}{}", "#".repeat(bad), ".".repeat(good)));
+        t.add_row(row);
     }
+    let t = util::lay_out_table(t, |_, c, text| {
+        (c == 8 && text.contains('#')).then_some(comfy_table::Color::Red)
+    });
     crate::outln!("{t}")?;
     crate::outln!("('#' = failed reuse, '.' = worked)")?;
     crate::outln!("{}", util::verdict_line(&r.verdict))?;

@@ -283,7 +283,7 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
         0.0
     };
     let mut line = format!(
-        "{} frames ({} TCP) in {:.2} s ({:.0} frames/s)\n{} keep-alives, {} keep-alive ACKs, \
+        "{} frames ({} TCP) in {:.2}s ({:.0} frames/s)\n{} keep-alives, {} keep-alive ACKs, \
          {} zero-window probes\n{} flows (peak {} tracked, {} evicted)",
         s.frames,
         t.tcp_packets,
@@ -317,8 +317,8 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
 fn fmt_secs(d: Option<f64>) -> String {
     match d {
         None => "-".into(),
-        Some(s) if s >= 100.0 => format!("{s:.0} s"),
-        Some(s) => format!("{s:.3} s"),
+        Some(s) if s >= 100.0 => format!("{s:.0}s"),
+        Some(s) => format!("{s:.3}s"),
     }
 }
 
@@ -543,15 +543,15 @@ pub(crate) fn packet_note(p: &PacketEvent) -> String {
     match p.kind {
         Kind::KeepaliveAck => {
             if let Some(r) = p.rtt {
-                parts.push(format!("rtt {:.3} ms", r.as_secs_f64() * 1e3));
+                parts.push(format!("rtt {:.3}ms", r.as_secs_f64() * 1e3));
             }
         }
         Kind::Keepalive | Kind::ZeroWindowProbe => {
             parts.push(format!("#{}", p.probe_number));
             if let Some(g) = p.since_prev_probe {
-                parts.push(format!("{:.3} s after previous", g.as_secs_f64()));
+                parts.push(format!("{:.3}s after previous", g.as_secs_f64()));
             } else if let Some(i) = p.idle {
-                parts.push(format!("after {:.3} s idle", i.as_secs_f64()));
+                parts.push(format!("after {:.3}s idle", i.as_secs_f64()));
             }
             if p.unanswered_before > 0 {
                 parts.push(format!("{} unanswered before", p.unanswered_before));

@@ -230,14 +230,14 @@ impl WatchSink for Sink {
         }
         sort_flows(&mut flows);
         let mut screen = String::from("\x1b[H\x1b[2J");
-        screen.push_str(&format!(
-            "kaprobe watch {} - {:.0} s - {} flows with probes - {} packets dropped by the \
-             kernel (Ctrl-C to stop)\n",
-            self.iface,
-            self.started.elapsed().as_secs_f64(),
+        screen.push_str(&title(
+            &self.iface,
+            self.started.elapsed(),
             flows.len(),
-            dropped
+            dropped,
+            crate::util::output().width,
         ));
+        screen.push('\n');
         if !flows.is_empty() {
             screen.push_str(&flows_table(&flows).to_string());
             screen.push('\n');
@@ -245,6 +245,20 @@ impl WatchSink for Sink {
         screen.push_str(&stats_line(&a.stats, self.started.elapsed()));
         self.line(&screen);
     }
+}
+
+/// The screen's first line, fitted to `width`: what is watched, for how long, what was
+/// found; the least needed parts go first when it is narrow, and what still does not fit
+/// wraps between words.
+fn title(iface: &str, elapsed: Duration, flows: usize, dropped: u64, width: usize) -> String {
+    let secs = elapsed.as_secs();
+    let head = format!("kaprobe watch {iface} - {secs}s - {flows} flows with probes");
+    let full = format!("{head} - {dropped} packets dropped by the kernel - Ctrl-C stops");
+    let short = format!("{head} - {dropped} dropped");
+    [full, short]
+        .into_iter()
+        .find(|t| t.chars().count() <= width)
+        .unwrap_or_else(|| crate::util::wrap_to(&format!("{head} - {dropped} dropped"), width, 2))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -369,4 +383,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::title;
+    use std::time::Duration;
+
+    #[test]
+    fn the_title_fits_the_width() {
+        let t = title("eth0", Duration::from_secs(12), 3, 0, 200);
+        assert!(
+            t.contains("packets dropped by the kernel - Ctrl-C stops"),
+            "{t}"
+        );
+        for width in [80, 60, 40, 20] {
+            for iface in ["lo", "eth0", "enp0s31f6", "very-long-bridge-name0"] {
+                let t = title(iface, Duration::from_secs(86_399), 12_345, 9_876_543, width);
+                assert!(t.contains(iface), "{t}");
+                for line in t.lines() {
+                    // Only a single word wider than the screen may stick out.
+                    assert!(
+                        line.chars().count() <= width || !line.trim().contains(' '),
+                        "{width}: {line:?}"
+                    );
+                }
+            }
+        }
+        // At 80 columns the common case is one line and keeps the drop count.
+        let t = title("enp0s31f6", Duration::from_secs(3600), 120, 7, 80);
+        assert_eq!(t.lines().count(), 1, "{t}");
+        assert!(
+            t.contains("7 dropped") || t.contains("7 packets dropped"),
+            "{t}"
+        );
+    }
 }
