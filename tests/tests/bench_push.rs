@@ -147,7 +147,11 @@ fn bad_flags_and_a_closed_port_get_their_exit_codes() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    assert!(stderr(&o).contains("Connection refused"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("connection refused (nothing listens there)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

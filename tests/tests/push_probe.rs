@@ -195,12 +195,12 @@ fn bad_urls_refused_ports_and_servers_without_push_channels_get_their_own_exit_c
     fails(
         &["probe", &format!("ws://127.0.0.1:{closed}/ws")],
         4,
-        "Connection refused",
+        "connection refused (nothing listens there)",
     );
     fails(
         &["probe", "--sse", &format!("http://127.0.0.1:{closed}/sse")],
         4,
-        "Connection refused",
+        "connection refused (nothing listens there)",
     );
     // A plain HTTP page answers the upgrade with 200: not a WebSocket.
     fails(

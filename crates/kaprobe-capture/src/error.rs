@@ -5,12 +5,12 @@ use std::path::PathBuf;
 /// Errors from packet sources, writers and live capture.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("open {}: {source}", path.display())]
+    #[error("open {}: {}", path.display(), kaprobe_sock::fmt::os_error(source))]
     Open {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("read {}: {source}", path.display())]
+    #[error("read {}: {}", path.display(), kaprobe_sock::fmt::os_error(source))]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -25,7 +25,7 @@ pub enum CaptureError {
     },
     #[error("{}: link type {linktype} is not supported (kaprobe reads Ethernet, Linux SLL/SLL2, raw IP and BSD loopback)", path.display())]
     UnsupportedLink { path: PathBuf, linktype: u32 },
-    #[error("write {}: {source}", path.display())]
+    #[error("write {}: {}", path.display(), kaprobe_sock::fmt::os_error(source))]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -34,7 +34,7 @@ pub enum CaptureError {
     Permission { iface: String },
     #[error("no network interface named '{iface}' (available: {available})")]
     NoSuchInterface { iface: String, available: String },
-    #[error("{what} on {iface}: {source}")]
+    #[error("{what} on {iface}: {}", kaprobe_sock::fmt::os_error(source))]
     Socket {
         what: &'static str,
         iface: String,

@@ -159,7 +159,7 @@ impl FileSource {
                     PcapHeader::from_slice(&hdr[..n]).map_err(|e| CaptureError::Corrupt {
                         path: path.clone(),
                         frame: 0,
-                        detail: format!("bad pcap header: {e}"),
+                        detail: explain(&e, "the pcap file header (24 bytes)"),
                     })?;
                 let lt = u32::from(h.datalink);
                 let link = LinkType::from_linktype(lt);
@@ -183,7 +183,7 @@ impl FileSource {
                 let reader = PcapNgReader::new(buf).map_err(|e| CaptureError::Corrupt {
                     path: path.clone(),
                     frame: 0,
-                    detail: format!("bad pcapng section header: {e}"),
+                    detail: explain(&e, "the pcapng section header block"),
                 })?;
                 let ifaces = reader
                     .interfaces()
@@ -239,8 +239,35 @@ fn fail(
         other => Err(CaptureError::Corrupt {
             path: path.to_path_buf(),
             frame: frames,
-            detail: other.to_string(),
+            detail: explain(&other, "a pcapng block"),
         }),
+    }
+}
+
+/// What went wrong in `part` of a capture file, in kaprobe's words rather than the pcap
+/// reader's.
+fn explain(e: &PcapError, part: &str) -> String {
+    match e {
+        PcapError::IncompleteBuffer => format!("{part} is cut short: the file ends inside it"),
+        PcapError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            format!("{part} is cut short: the file ends inside it")
+        }
+        PcapError::IoError(io) => format!(
+            "{part} could not be read ({})",
+            kaprobe_sock::fmt::os_error(io)
+        ),
+        PcapError::InvalidField(field) => match field.split_once(':') {
+            Some((block, _)) => {
+                format!("{part} is not valid: a field of its {block} is out of range")
+            }
+            None => format!("{part} is not valid: a field is out of range"),
+        },
+        PcapError::Utf8Error(_) | PcapError::FromUtf8Error(_) => {
+            format!("{part} has an option that should be UTF-8 text and is not")
+        }
+        PcapError::InvalidInterfaceId(id) => {
+            format!("{part} names interface {id}, which no interface description block defined")
+        }
     }
 }
 

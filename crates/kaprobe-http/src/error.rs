@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", kaprobe_sock::fmt::os_error(source))]
     Io {
         what: String,
         #[source]
@@ -21,7 +21,11 @@ pub enum Error {
     #[error("could not resolve host '{host}': {reason}")]
     Resolve { host: String, reason: String },
     /// Connecting failed (refused, unreachable, ...).
-    #[error("connect to {addr} ({host}): {source}")]
+    #[error(
+        "connect to {addr}{}: {}",
+        named(host, addr),
+        kaprobe_sock::fmt::os_error(source)
+    )]
     Connect {
         host: String,
         addr: std::net::SocketAddr,
@@ -29,7 +33,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Connecting did not finish in time.
-    #[error("connect to {addr} ({host}) timed out after {:.2}s", after.as_secs_f64())]
+    #[error("connect to {addr}{}: no answer within {}", named(host, addr), kaprobe_sock::fmt::duration(*after))]
     ConnectTimeout {
         host: String,
         addr: std::net::SocketAddr,
@@ -62,4 +66,17 @@ pub enum Error {
     /// A prober option is out of range.
     #[error("{0}")]
     InvalidOption(String),
+}
+
+/// ` (host)` after an address, unless the host was that address already.
+fn named(host: &str, addr: &std::net::SocketAddr) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip == addr.ip())
+    {
+        String::new()
+    } else {
+        format!(" ({host})")
+    }
 }

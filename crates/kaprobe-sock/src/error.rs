@@ -13,7 +13,7 @@ pub enum Error {
         range: String,
     },
     /// A socket operation failed; `what` names the operation and the socket.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::fmt::os_error(source))]
     Io {
         what: String,
         #[source]

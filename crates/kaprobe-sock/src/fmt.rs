@@ -108,6 +108,46 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| format!("'{s}' is too large for a duration"))
 }
 
+/// The one way kaprobe words an operating-system error, whichever command meets it:
+/// the kernel's own phrase in lower case without `(os error N)`, and for the errors people
+/// meet most, what it means here (`connection refused (nothing listens there)`).
+#[must_use]
+pub fn os_error(e: &std::io::Error) -> String {
+    let Some(code) = e.raw_os_error() else {
+        // Not from the kernel: a message some layer wrote (kept as it is).
+        return e.to_string();
+    };
+    let hint = match code {
+        libc::ECONNREFUSED => Some("connection refused (nothing listens there)"),
+        libc::ECONNRESET => Some("connection reset by the peer (RST)"),
+        libc::ETIMEDOUT => Some("timed out (no answer from the peer)"),
+        libc::EHOSTUNREACH => Some("host unreachable (no route, or an ICMP error came back)"),
+        libc::ENETUNREACH => Some("network unreachable (no route to it)"),
+        libc::EADDRINUSE => Some("address already in use (something else listens there)"),
+        libc::EADDRNOTAVAIL => Some("address not available (not one of this machine's addresses)"),
+        libc::EACCES | libc::EPERM => {
+            Some("permission denied (root or CAP_NET_RAW/CAP_NET_ADMIN may be needed)")
+        }
+        libc::ENOENT => Some("no such file or directory"),
+        libc::EISDIR => Some("is a directory, not a file"),
+        libc::ENODEV => Some("no such device"),
+        libc::EPIPE => Some("broken pipe (the peer closed the connection)"),
+        _ => None,
+    };
+    if let Some(h) = hint {
+        return h.to_string();
+    }
+    let text = std::io::Error::from_raw_os_error(code).to_string();
+    let text = text
+        .strip_suffix(&format!(" (os error {code})"))
+        .unwrap_or(&text)
+        .to_string();
+    let mut c = text.chars();
+    c.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(c).collect::<String>()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +211,26 @@ mod tests {
         for bad in ["", "x", "5 parsecs", "1.2.3s", "-1", "s", "1m30"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn os_errors_read_the_same_everywhere() {
+        use std::io::Error;
+        let refused = Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(
+            os_error(&refused),
+            "connection refused (nothing listens there)"
+        );
+        // Errors without a hint: the kernel's phrase, lower case, no "(os error N)".
+        let e = os_error(&Error::from_raw_os_error(libc::EROFS));
+        assert_eq!(e, "read-only file system");
+        for code in 1..134 {
+            let t = os_error(&Error::from_raw_os_error(code));
+            assert!(!t.contains("os error"), "{code}: {t}");
+            assert!(!t.starts_with(char::is_uppercase), "{code}: {t}");
+        }
+        // Not from the kernel: kept.
+        let custom = Error::other("short send");
+        assert_eq!(os_error(&custom), "short send");
     }
 }

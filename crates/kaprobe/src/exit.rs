@@ -59,7 +59,10 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         .unwrap_or(FAILURE);
     let mut msg = err.to_string();
     for cause in err.chain().skip(1) {
-        let c = cause.to_string();
+        // OS errors read the same whichever command met them.
+        let c = cause
+            .downcast_ref::<std::io::Error>()
+            .map_or_else(|| cause.to_string(), kaprobe_sock::fmt::os_error);
         if !msg.contains(&c) {
             msg.push_str(": ");
             msg.push_str(&c);

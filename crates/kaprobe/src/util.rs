@@ -67,7 +67,11 @@ pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         StdoutClosed.into()
     } else {
-        crate::exit::Failure::new(crate::exit::FAILURE, format!("write to stdout: {e}")).into()
+        crate::exit::Failure::new(
+            crate::exit::FAILURE,
+            format!("write to stdout: {}", kaprobe_sock::fmt::os_error(&e)),
+        )
+        .into()
     }
 }
 

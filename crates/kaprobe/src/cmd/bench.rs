@@ -99,15 +99,31 @@ impl Drop for OwnServer {
 
 fn start_server() -> anyhow::Result<(OwnServer, String)> {
     use std::io::BufRead;
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::new(1, format!("cannot find the kaprobe executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        Failure::new(
+            1,
+            format!(
+                "cannot find the kaprobe executable: {}",
+                kaprobe_sock::fmt::os_error(&e)
+            ),
+        )
+    })?;
     let mut child = Command::new(&exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--max-requests", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Failure::new(1, format!("cannot start {} serve: {e}", exe.display())))?;
+        .map_err(|e| {
+            Failure::new(
+                1,
+                format!(
+                    "cannot start {} serve: {}",
+                    exe.display(),
+                    kaprobe_sock::fmt::os_error(&e)
+                ),
+            )
+        })?;
     let Some(stderr) = child.stderr.take() else {
         return Err(Failure::new(1, "kaprobe serve: no stderr to read its address from").into());
     };

@@ -39,6 +39,10 @@ pub(crate) fn write_stdout(buf: &[u8]) -> anyhow::Result<ExitCode> {
     match out.write_all(buf).and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(Failure::new(exit::FAILURE, format!("write to stdout: {e}")).into()),
+        Err(e) => Err(Failure::new(
+            exit::FAILURE,
+            format!("write to stdout: {}", kaprobe_sock::fmt::os_error(&e)),
+        )
+        .into()),
     }
 }

@@ -110,7 +110,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // `kaprobe read f | head`: the reader left; that is not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(Failure::new(exit::FAILURE, format!("write to stdout: {e}")).into()),
+        Err(e) => Err(Failure::new(
+            exit::FAILURE,
+            format!("write to stdout: {}", kaprobe_sock::fmt::os_error(&e)),
+        )
+        .into()),
     }
 }
 

@@ -394,7 +394,14 @@ fn write_failed(e: &std::io::Error) -> anyhow::Result<ExitCode> {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         return Ok(ExitCode::SUCCESS);
     }
-    Err(Failure::new(FAILURE, format!("write the socket list to stdout: {e}")).into())
+    Err(Failure::new(
+        FAILURE,
+        format!(
+            "write the socket list to stdout: {}",
+            kaprobe_sock::fmt::os_error(e)
+        ),
+    )
+    .into())
 }
 
 #[cfg(test)]

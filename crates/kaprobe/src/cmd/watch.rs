@@ -110,7 +110,14 @@ pub(crate) fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpList
             io::ErrorKind::AddrNotAvailable => USAGE,
             _ => crate::exit::FAILURE,
         };
-        Failure::new(code, format!("--metrics {addr}: cannot listen there: {e}")).into()
+        Failure::new(
+            code,
+            format!(
+                "--metrics {addr}: cannot listen there: {}",
+                kaprobe_sock::fmt::os_error(&e)
+            ),
+        )
+        .into()
     })
 }
 
