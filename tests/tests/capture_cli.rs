@@ -117,6 +117,16 @@ fn read_filters_by_port_and_host() {
         "8080",
     ]));
     assert_eq!(some.last().unwrap()["keepalives"], 3);
+    // In words: the TCP packets are there, the filter left them out (not "0 TCP").
+    let n = sc_len("linux_keepalive_answered");
+    let text = stdout(&run(&["read", p, "--port", "9"]));
+    assert!(
+        text.contains(&format!(
+            "{n} frames ({n} TCP, of which {n} left out by the filter)"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("(0 TCP)"), "{text}");
 }
 
 #[test]

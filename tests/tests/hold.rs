@@ -502,3 +502,30 @@ fn listen_stops_on_signals_and_duration_before_a_connection() {
     assert_eq!(end["outcome"], "stopped");
     assert_eq!(end["connected"], false);
 }
+
+#[test]
+fn data_the_peer_sends_right_at_connect_is_reported() {
+    use std::io::Write;
+    // A server that greets as soon as it accepts (as SMTP or SSH do), then stays quiet.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let greeter = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"220 hello\r\n").unwrap();
+        // Keep the connection open until kaprobe lets go.
+        let mut buf = [0u8; 16];
+        let _ = s.read(&mut buf);
+    });
+    let o = run(&["hold", &addr, "--duration", "1s", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = json_lines(&o);
+    let bytes: u64 = lines
+        .iter()
+        .filter(|v| v["event"] == "data_received")
+        .map(|v| v["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(bytes, 11, "{lines:?}");
+    let end = end_line(&lines);
+    assert_eq!(end["outcome"], "stopped", "{end}");
+    greeter.join().unwrap();
+}

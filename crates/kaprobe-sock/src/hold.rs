@@ -131,6 +131,8 @@ struct Tracker {
     peer_probes: u32,
     unanswered: u8,
     pending: u32,
+    /// When our latest probe was seen leaving (since `start`).
+    last_probe_at: Duration,
 }
 
 /// Timer slack when deciding whether our own keep-alive timer could have fired.
@@ -142,6 +144,11 @@ impl Tracker {
         let data = info.bytes_received.saturating_sub(self.last.bytes_received);
         let sent = info.segs_out.wrapping_sub(self.last.segs_out);
         let got = info.segs_in.wrapping_sub(self.last.segs_in);
+        // When the kernel last heard from the peer, to its own clock (jiffies): the time
+        // of an answer, more exact than this poll's.
+        let since =
+            Duration::from_millis(u64::from(info.last_ack_recv_ms.min(info.last_data_recv_ms)));
+        let heard = now.checked_sub(since).unwrap_or(now).max(self.start);
         if data > 0 {
             on_event(&HoldEvent::DataReceived { at, bytes: data });
             self.pending = 0;
@@ -157,6 +164,9 @@ impl Tracker {
                 sent.min(got)
             };
             let ours = sent - peer_probes;
+            if ours > 0 {
+                self.last_probe_at = at;
+            }
             for _ in 0..ours {
                 self.probes_sent += 1;
                 self.pending += 1;
@@ -174,23 +184,28 @@ impl Tracker {
                 });
             }
             let answered = (got - peer_probes).min(self.pending);
+            // An answer is timed when the kernel received it, but never before the probe
+            // it answers was seen leaving (both may be seen in one poll).
+            let answered_at = (heard - self.start).max(self.last_probe_at);
             for _ in 0..answered {
                 self.probes_answered += 1;
                 on_event(&HoldEvent::ProbeAnswered {
-                    at,
+                    at: answered_at,
                     n: self.probes_answered,
                 });
             }
             if answered > 0 {
                 self.pending = 0;
                 self.heard_probe_answer = true;
+                // `last_heard` is never earlier than the answer reported above.
+                self.last_heard = self.start + answered_at;
+                self.unanswered = info.probes;
+                self.last = info;
+                return;
             }
         }
         if got > 0 || data > 0 {
-            // the kernel knows to the millisecond when it last heard from the peer
-            let since =
-                Duration::from_millis(u64::from(info.last_ack_recv_ms.min(info.last_data_recv_ms)));
-            self.last_heard = now.checked_sub(since).unwrap_or(now).max(self.start);
+            self.last_heard = heard;
         }
         self.unanswered = info.probes;
         self.last = info;
@@ -210,18 +225,29 @@ pub fn hold(
 ) -> Result<HoldReport> {
     let start = Instant::now();
     let first = tcp_info(sock, peer)?;
+    // Data the peer sent before holding began (a greeting sent as soon as it accepts) is
+    // reported like any other: the baseline counts no bytes received.
+    let mut baseline = first;
+    baseline.bytes_received = 0;
     let mut t = Tracker {
         start,
         idle: eff.idle,
         peer_probes: 0,
-        last: first,
+        last: baseline,
         last_heard: start,
         heard_probe_answer: false,
         probes_sent: 0,
         probes_answered: 0,
         unanswered: first.probes,
         pending: 0,
+        last_probe_at: Duration::ZERO,
     };
+    if first.bytes_received > 0 {
+        // Only the data: segments counted before holding began are the handshake's.
+        let mut seen = baseline;
+        seen.bytes_received = first.bytes_received;
+        t.update(start, seen, &mut on_event);
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let outcome = loop {
         if stop.load(Ordering::Relaxed) || max.is_some_and(|m| start.elapsed() >= m) {
@@ -389,5 +415,83 @@ mod tests {
         drop(s);
         let r = hold(&c, &eff, "t", &stop, Some(Duration::from_secs(5)), |_| {}).unwrap();
         assert_eq!(r.outcome, Outcome::PeerRst);
+    }
+
+    #[test]
+    fn data_sent_right_at_connect_is_reported() {
+        use std::io::Write;
+        let (c, s) = pair();
+        // The peer greets as soon as it accepts, before holding begins.
+        (&s).write_all(b"hello\r\n").unwrap();
+        let mut waited = 0;
+        while tcp_info(&c, "t").unwrap().bytes_received < 7 && waited < 1000 {
+            std::thread::sleep(Duration::from_millis(1));
+            waited += 1;
+        }
+        let eff = read(&c, "t").unwrap();
+        let stop = AtomicBool::new(false);
+        let mut events = Vec::new();
+        let r = hold(
+            &c,
+            &eff,
+            "t",
+            &stop,
+            Some(Duration::from_millis(300)),
+            |e| {
+                events.push(*e);
+            },
+        )
+        .unwrap();
+        assert_eq!(r.outcome, Outcome::Stopped);
+        let bytes: u64 = events
+            .iter()
+            .map(|e| match e {
+                HoldEvent::DataReceived { bytes, .. } => *bytes,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(bytes, 7, "{events:?}");
+        // And data that comes later still counts on top.
+        drop(s);
+    }
+
+    #[test]
+    fn last_heard_is_never_before_an_answered_probe() {
+        let (c, _s) = pair();
+        apply(&c, &one_second_timers(), "t").unwrap();
+        let eff = read(&c, "t").unwrap();
+        let stop = AtomicBool::new(false);
+        let mut events = Vec::new();
+        let r = hold(
+            &c,
+            &eff,
+            "t",
+            &stop,
+            Some(Duration::from_millis(2600)),
+            |e| {
+                events.push(*e);
+            },
+        )
+        .unwrap();
+        let mut sent = Vec::new();
+        let mut answered = Vec::new();
+        for e in &events {
+            match e {
+                HoldEvent::ProbeSent { at, .. } => sent.push(*at),
+                HoldEvent::ProbeAnswered { at, .. } => answered.push(*at),
+                _ => {}
+            }
+        }
+        assert_eq!(answered.len(), 2, "{events:?}");
+        let last = *answered.last().unwrap();
+        assert!(r.last_heard >= last, "{r:?} {events:?}");
+        // Each answer comes after its probe left, and about 1s apart.
+        for (s, a) in sent.iter().zip(&answered) {
+            assert!(a >= s, "{events:?}");
+        }
+        assert!(
+            r.last_heard.abs_diff(Duration::from_secs(2)) < Duration::from_millis(200),
+            "{r:?}"
+        );
     }
 }

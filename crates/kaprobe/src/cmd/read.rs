@@ -286,11 +286,21 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
     } else {
         0.0
     };
+    // With --port/--host, the TCP packets the filter left out are said, so that a filter
+    // that matches nothing does not read as a capture without TCP.
+    let tcp = if s.filtered_out > 0 {
+        format!(
+            "{} TCP, of which {} left out by the filter",
+            t.tcp_packets + s.filtered_out,
+            s.filtered_out
+        )
+    } else {
+        format!("{} TCP", t.tcp_packets)
+    };
     let mut line = format!(
-        "{} frames ({} TCP) in {:.2}s ({:.0} frames/s)\n{} keep-alives, {} keep-alive ACKs, \
+        "{} frames ({tcp}) in {:.2}s ({:.0} frames/s)\n{} keep-alives, {} keep-alive ACKs, \
          {} zero-window probes\n{} flows (peak {} tracked, {} evicted)",
         s.frames,
-        t.tcp_packets,
         elapsed.as_secs_f64(),
         rate,
         t.keepalives,
