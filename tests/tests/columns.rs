@@ -160,3 +160,24 @@ fn defaults_table_honours_columns() {
         );
     }
 }
+
+#[test]
+fn sockets_fit_any_width_without_splitting_an_address() {
+    // One connection of our own to look for.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (_s, _) = l.accept().unwrap();
+    let (local, peer) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+    let port = local.port().to_string();
+    for w in [None, Some(40), Some(50), Some(60), Some(200)] {
+        let width = w.unwrap_or(80);
+        let out = at_width(w, &["sockets", "--port", &port]);
+        fits(&out, width, "sockets");
+        // Both addresses whole on one line, whatever the layout.
+        assert!(
+            out.lines()
+                .any(|l| l.contains(&local.to_string()) && l.contains(&peer.to_string())),
+            "{width}:\n{out}"
+        );
+    }
+}

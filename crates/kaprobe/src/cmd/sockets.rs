@@ -184,7 +184,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             fit_terminal(&mut t);
-            writeln!(out, "{t}")
+            let width = crate::util::output().width;
+            let drawn = t.to_string();
+            if drawn.lines().any(|l| l.chars().count() > width) {
+                // Too narrow for the columns: one short block per socket.
+                let mut r = Ok(());
+                for row in t.row_iter() {
+                    let c: Vec<String> = row.cell_iter().map(comfy_table::Cell::content).collect();
+                    let c: Vec<&str> = c.iter().map(String::as_str).collect();
+                    r = r.and_then(|()| write_stacked(&mut out, &c, width));
+                }
+                r
+            } else {
+                writeln!(out, "{drawn}")
+            }
         } else {
             // Piped or redirected: the same table, drawn without comfy-table's per-cell
             // allocations (it costs ~10 us a row, too slow for tens of thousands of sockets).
@@ -325,15 +338,32 @@ impl PlainTable {
     /// left out, in that order, until it fits.
     fn write(&self, out: &mut impl Write, max_width: usize) -> std::io::Result<()> {
         let mut shown = [true; 9];
-        for drop in [8, 7, 6] {
-            let total: usize = (0..9)
+        let total = |shown: &[bool; 9]| -> usize {
+            (0..9)
                 .filter(|&i| shown[i])
                 .map(|i| self.width[i] + 3)
-                .sum();
-            if total < max_width {
+                .sum::<usize>()
+                + 1
+        };
+        for drop in [8, 7, 6] {
+            if total(&shown) <= max_width {
                 break;
             }
             shown[drop] = false;
+        }
+        if total(&shown) > max_width {
+            // Narrower than the six columns the timers need: one short block per socket.
+            let mut start = 0;
+            for ends in &self.spans {
+                let cells: Vec<&str> = split(
+                    self.arena.get(start..).unwrap_or(""),
+                    &ends.map(|e| e - start),
+                )
+                .collect();
+                write_stacked(out, &cells, max_width)?;
+                start = ends[8];
+            }
+            return Ok(());
         }
         let width = self.width;
         let mut line = String::with_capacity(256);
@@ -387,6 +417,26 @@ impl PlainTable {
         }
         rule(out, '└', '─', '┴', '┘')
     }
+}
+
+/// One socket as a short block, for outputs too narrow for the table: the two addresses
+/// and the state on the first line, the timer and the rest indented below, wrapped to
+/// `width` between values.
+fn write_stacked(out: &mut impl Write, c: &[&str], width: usize) -> std::io::Result<()> {
+    let get = |i: usize| c.get(i).copied().unwrap_or("-");
+    let head = format!("{} -> {} {}", get(0), get(1), get(2));
+    let mut details = format!("timer {}, expires {}, probes {}", get(3), get(4), get(5));
+    for (i, name) in [(6, "last ACK"), (7, "uid"), (8, "inode")] {
+        if c.len() > i {
+            details.push_str(&format!(", {name} {}", get(i)));
+        }
+    }
+    writeln!(
+        out,
+        "{}\n{}",
+        crate::util::wrap_to(&head, width, 4),
+        crate::util::wrap_to(&format!("    {details}"), width, 0)
+    )
 }
 
 /// Writing to stdout failed: a closed pipe (`| head`) is not an error worth a message.
