@@ -14,6 +14,7 @@
 use std::fmt;
 use std::process::ExitCode;
 
+pub const SUCCESS: u8 = 0;
 pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 pub const RESOLVE: u8 = 3;
@@ -68,10 +69,10 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             msg.push_str(&c);
         }
     }
-    let label = crate::util::paint_if(
-        crate::util::output().color_err,
+    let label = crate::term::paint_if(
+        crate::term::output().color_err,
         "error:",
-        crate::util::style::BAD,
+        crate::term::style::BAD,
     );
     eprintln!("kaprobe: {label} {msg}");
     ExitCode::from(code)
@@ -91,9 +92,74 @@ pub fn connect_code(err: &std::io::Error) -> u8 {
     }
 }
 
+/// Map an I/O error met while binding a listening socket to its exit status: permission
+/// (a port below 1024) is 6, an address this machine does not have is usage.
+pub fn listen_code(err: &std::io::Error) -> u8 {
+    match err.kind() {
+        std::io::ErrorKind::PermissionDenied => PERMISSION,
+        std::io::ErrorKind::AddrNotAvailable => USAGE,
+        _ => FAILURE,
+    }
+}
+
+/// `hold`: the peer closed the connection (FIN).
+pub const HOLD_PEER_FIN: u8 = 10;
+/// `hold`: the peer reset the connection (RST).
+pub const HOLD_PEER_RST: u8 = 11;
+/// `hold`: the kernel gave up after the unanswered keep-alive probes.
+pub const HOLD_KEEPALIVE_TIMEOUT: u8 = 12;
+/// `hold`: TCP_USER_TIMEOUT expired.
+pub const HOLD_USER_TIMEOUT: u8 = 13;
+
 /// TLS could not be set up: handshake failure, untrusted or mismatched certificate
 /// (`probe`, `race`; an unreadable `--cacert` file is FILE).
 pub const TLS: u8 = 8;
 /// The peer does not speak HTTP/1.x properly: garbage instead of a response, a response cut
 /// off mid-way, or a connection closed or reset with no answer (`probe`, `race`).
 pub const PROTOCOL: u8 = 9;
+
+/// Map a capture error to the exit status it should give.
+pub fn capture_failure(e: kaprobe_capture::CaptureError) -> anyhow::Error {
+    let code = if e.is_permission() {
+        PERMISSION
+    } else if e.is_file() {
+        FILE
+    } else if matches!(e, kaprobe_capture::CaptureError::NoSuchInterface { .. }) {
+        USAGE
+    } else {
+        FAILURE
+    };
+    Failure::new(code, e.to_string()).into()
+}
+
+/// Map a prober error to the exit status it should give.
+pub fn http_failure(e: kaprobe_http::Error) -> Failure {
+    use kaprobe_http::Error as E;
+    let code = match &e {
+        E::BadUrl { .. } | E::UnsupportedScheme { .. } | E::InvalidOption(_) => USAGE,
+        E::Resolve { .. } => RESOLVE,
+        E::Connect { source, .. } => connect_code(source),
+        E::ConnectTimeout { .. } | E::NoAnswer { .. } => UNREACHABLE,
+        E::Tls { .. } => TLS,
+        E::CaFile { .. } => FILE,
+        E::Garbage { .. }
+        | E::ClosedMidResponse { .. }
+        | E::NoResponse { .. }
+        | E::NotPush { .. } => PROTOCOL,
+        _ => FAILURE,
+    };
+    Failure::new(code, e.to_string())
+}
+
+/// Map a socket-layer error to the exit status it should give: a value out of the kernel's
+/// range or an unknown name is usage; an I/O error by its kind (refused, unreachable,
+/// permission).
+pub fn sock_failure(e: kaprobe_sock::Error) -> Failure {
+    use kaprobe_sock::Error as E;
+    let code = match &e {
+        E::OutOfRange { .. } | E::UnknownName { .. } => USAGE,
+        E::Io { source, .. } => connect_code(source),
+        E::Parse { .. } => FAILURE,
+    };
+    Failure::new(code, e.to_string())
+}

@@ -1,13 +1,30 @@
 //! The `kaprobe` binary: parse arguments, call a library, render the result.
 //!
-//! Every command lives in `cmd/<name>.rs` with an `Args` struct and a `run` function.
+//! Every command lives in `cmd/<name>.rs` with an `Args` struct and a `run` function; no
+//! command imports another. What they share:
+//!
+//! - `args`: argument helpers (durations, ranges, addresses, the TLS group, `--metrics`);
+//! - `exit`: the exit-code table and one conversion per library error type;
+//! - `term`: colour, width, wrapping and table layout (pure, no output);
+//! - `out`: stdout (lines, JSON lines, tables) ending quietly when its reader goes away;
+//! - `measure`: the runtime for HTTP measurements and their JSON-or-rendered report;
+//! - `render`: how capture results (`read`, `watch`) and HTTP reports (`probe`, `demo`) look;
+//! - `util`: durations as kaprobe writes them, the stop flag, the child-process guard.
+//!
+//! Dependencies run one way: `term` and `util` depend on nothing here, `exit` on `term`,
+//! `out` on `exit` and `term`, everything else on those.
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod args;
 mod cmd;
 mod exit;
+mod measure;
+mod out;
+mod render;
+mod term;
 mod util;
 
 /// See and test how idle connections live and die: TCP keep-alive and HTTP keep-alive.
@@ -94,7 +111,7 @@ fn color_arg(args: &[std::ffi::OsString]) -> clap::ColorChoice {
 fn command_for(color: clap::ColorChoice, width: usize) -> clap::Command {
     reflow_help(Cli::command())
         .color(color)
-        .term_width(width.min(util::PROSE_MAX))
+        .term_width(width.min(crate::term::PROSE_MAX))
 }
 
 /// The after-help texts are written with hard line breaks; join the lines of each prose
@@ -129,7 +146,7 @@ fn reflow(text: &str) -> String {
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let choice = color_arg(&args);
-    let out = util::init_output(choice);
+    let out = crate::term::init_output(choice);
     // clap's help (stdout) and usage errors (stderr) follow the same choice; under `auto`
     // clap applies the same NO_COLOR / CLICOLOR_FORCE / terminal rules per stream.
     let cli = command_for(choice, out.width)
@@ -157,7 +174,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         // The reader of stdout went away (`kaprobe demo | head -1`): end quietly, like
         // finishing; the command has already cleaned up on the way here.
-        Err(err) if err.downcast_ref::<util::StdoutClosed>().is_some() => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<crate::out::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(err) => exit::report(&err),
     }
 }

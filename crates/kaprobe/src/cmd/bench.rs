@@ -1,13 +1,15 @@
 //! `kaprobe bench push`: bytes on the wire and latency per delivered message for short
 //! polling, long polling, SSE and WebSocket against one server.
 
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use kaprobe_http::client::push_bench::{bench_push, BenchOptions, BenchReport};
 
+use crate::args::parse_duration;
 use crate::exit::Failure;
-use crate::util::{self, parse_duration, table};
+use crate::term::table;
+use crate::util::{self, ChildGuard};
 
 /// Measure what push channels cost per delivered message.
 #[derive(Debug, clap::Args)]
@@ -77,27 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `kaprobe serve` on a free loopback port, stopped when dropped.
-struct OwnServer(Child);
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
-            // SAFETY: kill(2) on our own child's pid; it has not been reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server() -> anyhow::Result<(OwnServer, String)> {
+fn start_server() -> anyhow::Result<(ChildGuard, String)> {
     use std::io::BufRead;
     let exe = std::env::current_exe().map_err(|e| {
         Failure::new(
@@ -127,7 +109,7 @@ fn start_server() -> anyhow::Result<(OwnServer, String)> {
     let Some(stderr) = child.stderr.take() else {
         return Err(Failure::new(1, "kaprobe serve: no stderr to read its address from").into());
     };
-    let server = OwnServer(child);
+    let server = ChildGuard(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
@@ -169,7 +151,7 @@ fn start_server() -> anyhow::Result<(OwnServer, String)> {
 }
 
 fn run_push(a: PushArgs) -> anyhow::Result<ExitCode> {
-    util::in_range("--messages", a.messages, 1..=100_000)?;
+    crate::args::in_range("--messages", a.messages, 1..=100_000)?;
     if !(a.rate.is_finite() && (0.1..=10_000.0).contains(&a.rate)) {
         return Err(Failure::usage(format!(
             "--rate {} is out of range: use 0.1..=10000 messages per second",
@@ -197,7 +179,7 @@ fn run_push(a: PushArgs) -> anyhow::Result<ExitCode> {
         poll_interval: a.poll_interval,
         ..BenchOptions::default()
     };
-    let code = super::probe::measure(bench_push(&url, &opts), a.json, render);
+    let code = crate::measure::measure(bench_push(&url, &opts), a.json, render);
     drop(own);
     code
 }
@@ -220,7 +202,7 @@ fn channel_label(name: &str) -> &str {
 fn render(r: &BenchReport) -> anyhow::Result<()> {
     crate::outln!(
         "{}",
-        util::wrap(
+        crate::term::wrap(
             &format!(
                 "{} messages of {} bytes at {}/s to room {} on {} (short polling every {})",
                 r.messages,
@@ -250,10 +232,10 @@ fn render(r: &BenchReport) -> anyhow::Result<()> {
             opt_ms(c.latency_max_s),
         ]);
     }
-    crate::util::print_table(t)?;
+    crate::out::print_table(t)?;
     crate::outln!(
         "{}",
-        util::wrap(
+        crate::term::wrap(
             "B/msg: bytes the client's sockets sent and received per delivered message \
              (--json also has the totals); p50/p99/max: delivery latency",
             2

@@ -1,11 +1,8 @@
 //! `kaprobe completions SHELL`: a completion script generated from the clap definitions.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap_complete::Shell;
-
-use crate::exit::{self, Failure};
 
 /// Print a shell completion script for kaprobe on standard output.
 ///
@@ -30,19 +27,5 @@ pub struct Args {
 pub fn run(args: &Args, mut cmd: clap::Command) -> anyhow::Result<ExitCode> {
     let mut buf = Vec::new();
     clap_complete::generate(args.shell, &mut cmd, "kaprobe", &mut buf);
-    write_stdout(&buf)
-}
-
-/// Write generated text to stdout; a reader that went away is not an error.
-pub(crate) fn write_stdout(buf: &[u8]) -> anyhow::Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(buf).and_then(|()| out.flush()) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(Failure::new(
-            exit::FAILURE,
-            format!("write to stdout: {}", kaprobe_sock::fmt::os_error(&e)),
-        )
-        .into()),
-    }
+    crate::out::write_all(&buf)
 }

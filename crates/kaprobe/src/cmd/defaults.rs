@@ -40,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         d.retries2
     );
     if args.json {
-        util::print_json_line(&json!({
+        crate::out::print_json_line(&json!({
             "tcp_keepalive_time": d.keepalive_time,
             "tcp_keepalive_intvl": d.keepalive_intvl,
             "tcp_keepalive_probes": d.keepalive_probes,
@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = util::table();
+    let mut t = crate::term::table();
     t.set_header(["sysctl", "value", "meaning"]);
     t.add_row([
         "net.ipv4.tcp_keepalive_time".to_string(),
@@ -73,13 +73,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         d.retries2.to_string(),
         "retransmissions of unacknowledged data before giving up".into(),
     ]);
-    crate::util::print_table(t)?;
+    crate::out::print_table(t)?;
     for line in [
         format!("With SO_KEEPALIVE on and no per-socket settings, {meaning}."),
         "Keep-alive only runs on sockets that enable it; without it an idle connection to a vanished peer lives forever.".into(),
         format!("{}.", capitalize(&retrans_meaning)),
     ] {
-        crate::outln!("{}", util::wrap(&line, 2))?;
+        crate::outln!("{}", crate::term::wrap(&line, 2))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -352,7 +352,7 @@ fn http_step() -> anyhow::Result<()> {
         0,
     )?;
     let exe = std::env::current_exe()?;
-    let mut server = KillOnDrop(
+    let mut server = crate::util::ChildGuard(
         std::process::Command::new(exe)
             .args([
                 "serve",
@@ -383,10 +383,10 @@ fn http_step() -> anyhow::Result<()> {
         connections: 20,
         ..ProbeOptions::default()
     };
-    let rt = crate::cmd::probe::runtime()?;
+    let rt = crate::measure::runtime()?;
     let report = rt.block_on(probe(&url, &opts));
     rt.shutdown_timeout(Duration::from_millis(100));
-    crate::cmd::probe::render(&report.map_err(crate::cmd::probe::failure)?)?;
+    crate::render::http::probe(&report.map_err(crate::exit::http_failure)?)?;
     say(
         "\n   A proxy or client pool that keeps idle connections longer than that will, now and \
          then, send a request on a connection the server is closing: the 502 / \"connection \
@@ -400,19 +400,6 @@ fn http_step() -> anyhow::Result<()> {
 /// Print prose wrapped to the output width; continuation lines keep the line's own leading
 /// spaces plus `indent`.
 fn say(text: &str, indent: usize) -> anyhow::Result<()> {
-    crate::outln!("{}", util::wrap(text, indent))?;
+    crate::outln!("{}", crate::term::wrap(text, indent))?;
     Ok(())
-}
-
-/// A child process stopped with SIGTERM (graceful) when dropped.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
-            // SAFETY: kill(2) on our own child, not yet reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let _ = self.0.wait();
-    }
 }

@@ -43,43 +43,43 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Idle time before the first probe (TCP_KEEPIDLE), whole seconds 1..=32767: 75s, 2h, 1m30s.
-    #[arg(long, value_parser = util::parse_duration, value_name = "D")]
+    #[arg(long, value_parser = crate::args::parse_duration, value_name = "D")]
     pub idle: Option<Duration>,
     /// Time between probes (TCP_KEEPINTVL), whole seconds 1..=32767.
-    #[arg(long, value_parser = util::parse_duration, value_name = "D")]
+    #[arg(long, value_parser = crate::args::parse_duration, value_name = "D")]
     pub interval: Option<Duration>,
     /// Unanswered probes before the kernel drops the connection (TCP_KEEPCNT), 1..=127.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// TCP_USER_TIMEOUT: drop the connection once it has been silent this long with probes
     /// unanswered (replaces --count); whole milliseconds, e.g. 2500ms; 0 turns it off.
-    #[arg(long, value_parser = util::parse_duration, value_name = "D")]
+    #[arg(long, value_parser = crate::args::parse_duration, value_name = "D")]
     pub user_timeout: Option<Duration>,
     /// Give up connecting after this long.
-    #[arg(long, value_parser = util::parse_duration, value_name = "D", default_value = "10s")]
+    #[arg(long, value_parser = crate::args::parse_duration, value_name = "D", default_value = "10s")]
     pub connect_timeout: Duration,
     /// Stop holding after this long (exit 0 if still open); default: until the connection ends.
-    #[arg(long, value_parser = util::parse_duration, value_name = "D")]
+    #[arg(long, value_parser = crate::args::parse_duration, value_name = "D")]
     pub duration: Option<Duration>,
     /// One JSON object per line: connected, effective, each event, end.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Exit status for each outcome.
+/// Exit status for each outcome (the table in docs/hold.md).
 pub fn outcome_code(o: Outcome) -> u8 {
     match o {
-        Outcome::Stopped => 0,
-        Outcome::PeerFin => 10,
-        Outcome::PeerRst => 11,
-        Outcome::KeepaliveTimeout => 12,
-        Outcome::UserTimeout => 13,
+        Outcome::Stopped => exit::SUCCESS,
+        Outcome::PeerFin => exit::HOLD_PEER_FIN,
+        Outcome::PeerRst => exit::HOLD_PEER_RST,
+        Outcome::KeepaliveTimeout => exit::HOLD_KEEPALIVE_TIMEOUT,
+        Outcome::UserTimeout => exit::HOLD_USER_TIMEOUT,
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = KeepaliveConfig::validated(args.idle, args.interval, args.count, args.user_timeout)
-        .map_err(|e| Failure::usage(e.to_string()))?;
+        .map_err(exit::sock_failure)?;
     if args.connect_timeout.is_zero() {
         return Err(Failure::usage("--connect-timeout 0s: use a positive duration").into());
     }
@@ -123,30 +123,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(outcome_code(report.outcome)))
 }
 
-fn io_code(e: &kaprobe_sock::Error) -> u8 {
-    e.io_error().map_or(exit::FAILURE, exit::connect_code)
-}
-
 fn connect(target: &str, timeout: Duration) -> anyhow::Result<Conn> {
-    let addrs = util::resolve_host_port("target", target)?;
+    let addrs = crate::args::resolve_host_port("target", target)?;
     conn::connect(&addrs, timeout).map_err(|e| {
-        let code = io_code(&e);
-        let why = match code {
-            exit::REFUSED => "connection refused (nothing listens there)".to_string(),
-            exit::UNREACHABLE
-                if e.io_error().map(std::io::Error::kind) == Some(std::io::ErrorKind::TimedOut) =>
-            {
-                format!("no answer within {}", util::human(timeout))
+        // kaprobe's own connect timeout: say how long it waited.
+        if let kaprobe_sock::Error::Io { what, source } = &e {
+            if source.kind() == std::io::ErrorKind::TimedOut {
+                return Failure::new(
+                    exit::UNREACHABLE,
+                    format!("{what}: no answer within {}", util::human(timeout)),
+                )
+                .into();
             }
-            exit::UNREACHABLE => format!(
-                "unreachable ({})",
-                e.io_error().map_or_else(String::new, ToString::to_string)
-            ),
-            _ => return Failure::new(code, e.to_string()).into(),
-        };
-        let what = e.to_string();
-        let head = what.split(": ").next().unwrap_or(&what).to_string();
-        anyhow::Error::from(Failure::new(code, format!("{head}: {why}")))
+        }
+        anyhow::Error::from(exit::sock_failure(e))
     })
 }
 
@@ -159,7 +149,7 @@ fn no_connection(json: bool, signalled: bool) -> anyhow::Result<ExitCode> {
         "--duration ran out before any connection arrived"
     };
     if json {
-        util::print_json_line(
+        crate::out::print_json_line(
             &json!({"type": "end", "outcome": "stopped", "description": why, "connected": false}),
         )?;
     } else {
@@ -180,11 +170,7 @@ fn accept_one(
         ))
     })?;
     let (listener, bound) = conn::listen(addr, 1).map_err(|e| {
-        let code = match e.io_error().map(std::io::Error::kind) {
-            Some(std::io::ErrorKind::PermissionDenied) => exit::PERMISSION,
-            Some(std::io::ErrorKind::AddrNotAvailable) => exit::UNREACHABLE,
-            _ => exit::FAILURE,
-        };
+        let code = e.io_error().map_or(exit::FAILURE, exit::listen_code);
         let hint = if code == exit::PERMISSION {
             " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
         } else {
@@ -193,7 +179,7 @@ fn accept_one(
         Failure::new(code, format!("{e}{hint}"))
     })?;
     if json {
-        util::print_json_line(&json!({"type": "listening", "addr": bound.to_string()}))?;
+        crate::out::print_json_line(&json!({"type": "listening", "addr": bound.to_string()}))?;
     } else {
         crate::outln!("listening on {bound}, waiting for one connection (Ctrl-C stops)")?;
     }
@@ -224,7 +210,7 @@ fn print_start(
         "connected"
     };
     if args.json {
-        util::print_json_line(
+        crate::out::print_json_line(
             &json!({"type": side, "local": local.to_string(), "peer": peer.to_string()}),
         )?;
         let mut v = serde_json::to_value(eff).unwrap_or_default();
@@ -235,14 +221,14 @@ fn print_start(
                 json!(util::secs(eff.dead_peer_after())),
             );
         }
-        return util::print_json_line(&v);
+        return crate::out::print_json_line(&v);
     }
     crate::outln!("{side} {local} <-> {peer}")?;
-    util::println_wrapped(&format!(
+    crate::out::println_wrapped(&format!(
         "keep-alive in force (read back from the kernel): {}",
         describe_settings(eff)
     ))?;
-    util::println_wrapped(&format!(
+    crate::out::println_wrapped(&format!(
         "a silently dead peer will be noticed {} after its last segment",
         util::human(eff.dead_peer_after())
     ))?;
@@ -256,7 +242,7 @@ fn print_event(json: bool, e: &HoldEvent) -> anyhow::Result<()> {
         if let Some(o) = v.as_object_mut() {
             o.insert("type".into(), json!("event"));
         }
-        return util::print_json_line(&v);
+        return crate::out::print_json_line(&v);
     }
     match *e {
         HoldEvent::ProbeSent { at, n, unanswered } => {
@@ -294,9 +280,9 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) -> anyhow::Result<()> 
             o.insert("type".into(), json!("end"));
             o.insert("description".into(), json!(r.outcome.describe()));
         }
-        return util::print_json_line(&v);
+        return crate::out::print_json_line(&v);
     }
-    let ended = util::wrap(
+    let ended = crate::term::wrap(
         &format!(
             "ended after {:.3}s: {}",
             r.lifetime.as_secs_f64(),
@@ -307,11 +293,11 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) -> anyhow::Result<()> 
     // A peer given up on is the news: red when colour is on.
     match r.outcome {
         Outcome::KeepaliveTimeout | Outcome::UserTimeout => {
-            crate::outln!("{}", util::paint(&ended, util::style::BAD))?;
+            crate::outln!("{}", crate::term::paint(&ended, crate::term::style::BAD))?;
         }
         _ => crate::outln!("{ended}")?,
     }
-    util::println_wrapped(&format!(
+    crate::out::println_wrapped(&format!(
         "probes: {} sent, {} answered, {} unanswered at the end; {} probes from the peer answered",
         r.probes_sent, r.probes_answered, r.unanswered, r.peer_probes
     ))?;
@@ -328,7 +314,7 @@ fn print_end(json: bool, eff: &Effective, r: &HoldReport) -> anyhow::Result<()> 
                 util::human(eff.interval)
             ),
         };
-        util::println_wrapped(&format!(
+        crate::out::println_wrapped(&format!(
             "silent for {:.3}s after the peer's last segment; the settings predict {:.3}s ({formula}): {}",
             r.silent_for.as_secs_f64(),
             r.expected_silent_for.as_secs_f64(),

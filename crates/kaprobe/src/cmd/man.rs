@@ -30,7 +30,7 @@ pub fn run(args: &Args, cmd: clap::Command) -> anyhow::Result<ExitCode> {
         None => {
             let buf = one_page(cmd)
                 .map_err(|e| Failure::new(exit::FAILURE, format!("render the man page: {e}")))?;
-            super::completions::write_stdout(&buf)
+            crate::out::write_all(&buf)
         }
         Some(dir) => {
             if !dir.is_dir() {

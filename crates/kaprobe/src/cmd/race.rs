@@ -1,14 +1,17 @@
 //! `kaprobe race URL --idle D`: reproduce the keep-alive reuse race and count failures.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use kaprobe_http::client::{race, RaceOptions, RaceReport, TlsOptions};
+use kaprobe_http::client::{race, RaceOptions, RaceReport};
 
-use super::probe::{check_max_wait, failure, runtime};
+use crate::args::check_max_wait;
+use crate::args::parse_duration;
+use crate::exit::http_failure as failure;
 use crate::exit::Failure;
-use crate::util::{self, parse_duration, print_json_line, table};
+use crate::measure::runtime;
+use crate::out::print_json_line;
+use crate::term::table;
 
 /// Reproduce the keep-alive reuse race: requests on connections idled around --idle.
 ///
@@ -73,13 +76,8 @@ pub struct Args {
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub max_wait: Option<Duration>,
 
-    /// Trust the CA certificate(s) in this PEM file instead of the system store (https).
-    #[arg(long, value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
-
-    /// Do not verify the server's certificate (https).
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub tls: crate::args::TlsArgs,
 
     /// JSON lines on stdout instead of the table (shape in docs/race.md).
     #[arg(long)]
@@ -102,8 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    util::in_range("--requests", args.requests, 1..=10_000)?;
-    util::in_range("--parallel", args.parallel, 1..=1000)?;
+    crate::args::in_range("--requests", args.requests, 1..=10_000)?;
+    crate::args::in_range("--parallel", args.parallel, 1..=1000)?;
     let max_wait = match args.max_wait {
         Some(d) => d,
         None => {
@@ -122,10 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         parallel: args.parallel,
         method: args.method,
         max_wait,
-        tls: TlsOptions {
-            cacert: args.cacert,
-            insecure: args.insecure,
-        },
+        tls: args.tls.options(),
     };
     let rt = runtime()?;
     let result = rt.block_on(race(&args.url, &opts));
@@ -158,7 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn render(r: &RaceReport) -> anyhow::Result<()> {
-    util::println_wrapped(&format!(
+    crate::out::println_wrapped(&format!(
         "{} -> {}: {} {} {} after {:.2}s to {:.2}s of idle",
         r.url,
         r.address,
@@ -243,7 +238,7 @@ fn render(r: &RaceReport) -> anyhow::Result<()> {
             })
             .sum::<usize>();
     // 9 columns: 28 columns of borders and padding.
-    let bar_cols = util::output()
+    let bar_cols = crate::term::output()
         .width
         .saturating_sub(others + 28)
         .clamp(6, 20);
@@ -256,11 +251,11 @@ fn render(r: &RaceReport) -> anyhow::Result<()> {
         row.push(format!("{}{}", "#".repeat(bad), ".".repeat(good)));
         t.add_row(row);
     }
-    let t = util::lay_out_table(t, |_, c, text| {
+    let t = crate::term::lay_out_table(t, |_, c, text| {
         (c == 8 && text.contains('#')).then_some(comfy_table::Color::Red)
     });
     crate::outln!("{t}")?;
     crate::outln!("('#' = failed reuse, '.' = worked)")?;
-    crate::outln!("{}", util::verdict_line(&r.verdict))?;
+    crate::outln!("{}", crate::term::verdict_line(&r.verdict))?;
     Ok(())
 }

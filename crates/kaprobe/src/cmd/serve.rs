@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kaprobe_http::server::{self, Advertise, CloseEvent, CloseStyle, Config};
 
-use crate::exit::{Failure, FILE, PERMISSION};
-use crate::util::{in_range, parse_duration};
+use crate::args::{in_range, parse_duration};
+use crate::exit::{Failure, FILE};
 
 /// Serve HTTP/1.x with exact keep-alive behaviour and a logged reason for every close.
 ///
@@ -95,7 +95,7 @@ pub struct Args {
     /// Also serve the Prometheus `/metrics` text on this separate address (IP:PORT; port 0
     /// picks a free port), so scrapes do not mix with the traffic under test. See
     /// docs/metrics.md.
-    #[arg(long, value_name = "ADDR", value_parser = super::watch::parse_metrics_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::args::parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
 
     /// Send a WebSocket ping this often and close a connection (1001,
@@ -341,11 +341,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for a in addrs {
         let l = server::bind(a, args.reuse_port).map_err(|e| {
             let code = match &e {
-                kaprobe_http::Error::Io { source, .. }
-                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
-                {
-                    PERMISSION
-                }
+                kaprobe_http::Error::Io { source, .. } => crate::exit::listen_code(source),
                 _ => crate::exit::FAILURE,
             };
             Failure::new(code, format!("--listen {a}: {e}"))
@@ -356,7 +352,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let metrics = match args.metrics {
         Some(a) => {
-            let l = super::watch::bind_metrics(a)?;
+            let l = crate::args::bind_metrics(a)?;
             eprintln!(
                 "kaprobe serve: metrics on http://{}/metrics",
                 l.local_addr().unwrap_or(a)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kaprobe_sock::diag::{self, Filter, SocketEntry, States};
 use serde::Serialize;
 
-use crate::exit::{Failure, FAILURE, PERMISSION};
+use crate::exit::{Failure, FAILURE};
 
 const AFTER_HELP: &str = "\
 For each socket: local and peer address, state, the pending timer and when it fires, the
@@ -143,13 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         states,
         ..Filter::default()
     };
-    let fail = |e: kaprobe_sock::Error| -> anyhow::Error {
-        let code = match e.io_error().map(std::io::Error::kind) {
-            Some(std::io::ErrorKind::PermissionDenied) => PERMISSION,
-            _ => FAILURE,
-        };
-        Failure::new(code, e.to_string()).into()
-    };
+    let fail = |e: kaprobe_sock::Error| -> anyhow::Error { crate::exit::sock_failure(e).into() };
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
@@ -173,7 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let r = if std::io::stdout().is_terminal() {
             // Width-aware (wraps to the terminal); a terminal is slower than any table.
-            let mut t = crate::util::table();
+            let mut t = crate::term::table();
             t.set_header(HEADER);
             diag::visit(&filter, |e| {
                 t.add_row(row(&e));
@@ -184,7 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             fit_terminal(&mut t);
-            let width = crate::util::output().width;
+            let width = crate::term::output().width;
             let drawn = t.to_string();
             if drawn.lines().any(|l| l.chars().count() > width) {
                 // Too narrow for the columns: one short block per socket.
@@ -207,7 +201,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("no TCP sockets match");
                 return Ok(ExitCode::SUCCESS);
             }
-            t.write(&mut out, crate::util::output().width)
+            t.write(&mut out, crate::term::output().width)
         };
         if let Err(e) = r {
             return write_failed(&e);
@@ -298,7 +292,7 @@ fn row(e: &SocketEntry) -> Vec<String> {
     split(&buf, &ends).map(str::to_string).collect()
 }
 
-/// The table exactly as `util::table()` draws it when it has no terminal width to fit
+/// The table exactly as `crate::term::table()` draws it when it has no terminal width to fit
 /// (same borders and padding), built while the kernel's answers stream in: every row is
 /// formatted once into one shared buffer, then padded out on output. No per-cell
 /// allocation, no stored socket list.
@@ -434,8 +428,8 @@ fn write_stacked(out: &mut impl Write, c: &[&str], width: usize) -> std::io::Res
     writeln!(
         out,
         "{}\n{}",
-        crate::util::wrap_to(&head, width, 4),
-        crate::util::wrap_to(&format!("    {details}"), width, 0)
+        crate::term::wrap_to(&head, width, 4),
+        crate::term::wrap_to(&format!("    {details}"), width, 0)
     )
 }
 
@@ -490,7 +484,7 @@ mod tests {
             ..est.clone()
         };
         let entries = [est, listen];
-        let mut t = crate::util::table();
+        let mut t = crate::term::table();
         t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
         t.set_header(HEADER);
         for e in &entries {

@@ -13,11 +13,9 @@ use kaprobe_capture::live::{watch, LiveOptions, PcapFile, WatchOptions, WatchSin
 use kaprobe_capture::metrics::{serve_http, WatchMetrics};
 use kaprobe_capture::{Analyzer, Event, Filter, LiveSource, Outcome, TrackerConfig};
 
-use crate::exit::{Failure, PERMISSION, USAGE};
-
-use super::read::{
-    capture_failure, flow_json, flows_table, packet_json, packet_note, sort_flows, stats_json,
-    stats_line,
+use crate::exit::capture_failure;
+use crate::render::capture::{
+    flow_json, flows_table, packet_json, packet_note, rfc3339, sort_flows, stats_json, stats_line,
 };
 
 /// Watch TCP keep-alive probes live on a network interface.
@@ -79,7 +77,7 @@ pub struct Args {
     pub snaplen: u32,
     /// Serve Prometheus metrics on http://ADDR/metrics (IP:PORT, e.g. 127.0.0.1:9464 or
     /// [::]:9464; port 0 picks a free port). The bound address is printed on stderr.
-    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::args::parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
 }
 
@@ -93,36 +91,8 @@ fn parse_snaplen(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Parse a `--metrics` listen address (shared with `kaprobe serve`).
-pub(crate) fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
-    s.trim().parse::<SocketAddr>().map_err(|_| {
-        format!(
-            "'{s}' is not an address to listen on: use IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464 (port 0 picks a free port)"
-        )
-    })
-}
-
-/// Bind the `--metrics` listener: a bind failure names the flag and the address.
-pub(crate) fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(addr).map_err(|e| {
-        let code = match e.kind() {
-            io::ErrorKind::PermissionDenied => PERMISSION,
-            io::ErrorKind::AddrNotAvailable => USAGE,
-            _ => crate::exit::FAILURE,
-        };
-        Failure::new(
-            code,
-            format!(
-                "--metrics {addr}: cannot listen there: {}",
-                kaprobe_sock::fmt::os_error(&e)
-            ),
-        )
-        .into()
-    })
-}
-
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let d = crate::util::parse_duration(s)?;
+    let d = crate::args::parse_duration(s)?;
     if d.is_zero() {
         return Err(format!("'{s}' must be greater than 0"));
     }
@@ -189,7 +159,7 @@ impl WatchSink for Sink {
             let s = match e {
                 Event::Packet(p) => format!(
                     "{} {} {} -> {} {}",
-                    super::read::rfc3339(p.ts),
+                    rfc3339(p.ts),
                     p.kind.as_str(),
                     p.src,
                     p.dst,
@@ -205,7 +175,7 @@ impl WatchSink for Sink {
                     f.inference.name
                 ),
             };
-            self.line(&crate::util::wrap(&s, 4));
+            self.line(&crate::term::wrap(&s, 4));
         }
     }
 
@@ -242,7 +212,7 @@ impl WatchSink for Sink {
             self.started.elapsed(),
             flows.len(),
             dropped,
-            crate::util::output().width,
+            crate::term::output().width,
         ));
         screen.push('\n');
         if !flows.is_empty() {
@@ -265,7 +235,7 @@ fn title(iface: &str, elapsed: Duration, flows: usize, dropped: u64, width: usiz
     [full, short]
         .into_iter()
         .find(|t| t.chars().count() <= width)
-        .unwrap_or_else(|| crate::util::wrap_to(&format!("{head} - {dropped} dropped"), width, 2))
+        .unwrap_or_else(|| crate::term::wrap_to(&format!("{head} - {dropped} dropped"), width, 2))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -290,7 +260,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let metrics = match args.metrics {
         Some(addr) => {
-            let l = bind_metrics(addr)?;
+            let l = crate::args::bind_metrics(addr)?;
             let bound = l.local_addr().unwrap_or(addr);
             let m = Arc::new(WatchMetrics::new(
                 std::time::SystemTime::now()
@@ -324,7 +294,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let start = serde_json::json!({
             "type": "start",
             "iface": args.iface,
-            "time": super::read::rfc3339(
+            "time": rfc3339(
                 std::time::SystemTime::now()
                     .duration_since(std::time::SystemTime::UNIX_EPOCH)
                     .unwrap_or_default()

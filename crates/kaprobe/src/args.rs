@@ -1,0 +1,172 @@
+//! Argument helpers shared by commands: durations, ranges, addresses, the TLS options,
+//! the `--metrics` listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::exit::Failure;
+use crate::util::human;
+
+/// Parse a duration the way every kaprobe flag does (`75s`, `2h`, `1m30s`, `2.5s`,
+/// `250ms`), or a bare number meaning seconds (`5`, `2.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    kaprobe_sock::fmt::parse_duration(s)
+}
+
+/// Check `--max-wait`-style bounds shared by probe and race.
+pub fn check_max_wait(d: Duration) -> Result<(), Failure> {
+    if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
+        return Err(Failure::usage(format!(
+            "--max-wait {} is out of range: use 1s..=24h",
+            human(d)
+        )));
+    }
+    Ok(())
+}
+
+/// Parse a `--metrics` listen address (shared with `kaprobe serve`).
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "'{s}' is not an address to listen on: use IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464 (port 0 picks a free port)"
+        )
+    })
+}
+
+/// Bind the `--metrics` listener: a bind failure names the flag and the address.
+pub fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        Failure::new(
+            crate::exit::listen_code(&e),
+            format!(
+                "--metrics {addr}: cannot listen there: {}",
+                kaprobe_sock::fmt::os_error(&e)
+            ),
+        )
+        .into()
+    })
+}
+
+/// Resolve `HOST:PORT` (`127.0.0.1:8080`, `[::1]:8080`, `localhost:80`) to addresses.
+/// A missing or bad port is a usage error (exit 2); a name that does not resolve exits 3.
+pub fn resolve_host_port(what: &str, s: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    use crate::exit::{Failure, RESOLVE};
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        if a.port() == 0 {
+            return Err(Failure::usage(format!(
+                "{what} '{s}': port 0 is not a port to connect to: use 1..=65535"
+            ))
+            .into());
+        }
+        return Ok(vec![a]);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(Failure::usage(format!(
+            "{what} '{s}' has no port: use HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+        ))
+        .into());
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(Failure::usage(format!(
+                "{what} '{s}': port '{port}' is not a number in 1..=65535"
+            ))
+            .into())
+        }
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(Failure::usage(format!("{what} '{s}' has no host: use HOST:PORT")).into());
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let v: Vec<_> = addrs.collect();
+            if v.is_empty() {
+                Err(Failure::new(RESOLVE, format!("cannot resolve '{host}': no addresses")).into())
+            } else {
+                Ok(v)
+            }
+        }
+        Err(e) => Err(Failure::new(RESOLVE, format!("cannot resolve '{host}': {e}")).into()),
+    }
+}
+
+/// Check a numeric flag against its range: `--flag V is out of range: use A..=B` (exit 2).
+pub fn in_range<T>(
+    flag: &str,
+    v: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, crate::exit::Failure>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(crate::exit::Failure::usage(format!(
+            "{flag} {v} is out of range: use {}..={}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+/// The TLS options of the HTTP commands (`probe`, `race`): one group, one wording.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Trust the CA certificate(s) in this PEM file instead of the system store (https).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// Do not verify the server's certificate (https).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// The prober's TLS options.
+    pub fn options(&self) -> kaprobe_http::client::TlsOptions {
+        kaprobe_http::client::TlsOptions {
+            cacert: self.cacert.clone(),
+            insecure: self.insecure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn bare_numbers_are_seconds() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn humantime_forms_parse() {
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn garbage_and_negative_are_rejected_with_the_value() {
+        let e = parse_duration("soon").unwrap_err();
+        assert!(e.contains("'soon'"), "{e}");
+        let e = parse_duration("-3").unwrap_err();
+        assert!(e.contains("'-3'"), "{e}");
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1e400").is_err());
+    }
+
+    #[test]
+    fn in_range_names_flag_value_and_range() {
+        assert_eq!(in_range("--n", 5u32, 1..=10).unwrap(), 5);
+        let e = in_range("--n", 0u32, 1..=10).unwrap_err();
+        assert_eq!(e.code, crate::exit::USAGE);
+        assert_eq!(e.message, "--n 0 is out of range: use 1..=10");
+    }
+}

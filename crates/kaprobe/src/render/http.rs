@@ -1,0 +1,206 @@
+//! How the prober's reports are shown, by `probe` and `demo` alike: the target line, the
+//! advertised/observed table, findings and the verdict.
+
+use std::time::Duration;
+
+use kaprobe_http::client::{ProbeReport, PushKind};
+
+use crate::term::table;
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{s:.2}s"))
+}
+
+/// The probe's total time, from the library's duration type.
+fn took(r: &ProbeReport) -> String {
+    format!(
+        "{:.2}s",
+        crate::util::secs(Duration::from_secs_f64(r.elapsed_s.max(0.0)))
+    )
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.1}ms", s * 1000.0)
+}
+
+fn yes_no(v: Option<bool>, yes: &str, no: &str) -> String {
+    match v {
+        Some(true) => yes.into(),
+        Some(false) => no.into(),
+        None => "-".into(),
+    }
+}
+
+/// The first line of both reports: what was probed, where it went, what answered.
+fn print_target(
+    url: &str,
+    address: &impl std::fmt::Display,
+    status: u16,
+    server: Option<&str>,
+) -> anyhow::Result<()> {
+    let server = server.map_or(String::new(), |s| format!(", server: {s}"));
+    crate::out::println_wrapped(&format!("{url} -> {address} (status {status}{server})"))
+}
+
+pub fn probe(r: &ProbeReport) -> anyhow::Result<()> {
+    print_target(&r.url, &r.address, r.status, r.server.as_deref())?;
+    let mut t = table();
+    t.set_header(vec!["", "advertised", "observed"]);
+    let idle = &r.idle;
+    let observed_idle = match idle.close_style {
+        kaprobe_http::client::CloseStyle::OpenAtMaxWait => format!(
+            "still open at --max-wait{}",
+            idle.still_open_after_s
+                .or(idle.longest_alive_s)
+                .map_or(String::new(), |a| format!(" ({a:.2}s idle)"))
+        ),
+        kaprobe_http::client::CloseStyle::NoKeepAlive => "closes after every response".into(),
+        style => format!(
+            "{} ± {}, {}",
+            secs(idle.timeout_s),
+            idle.timeout_error_s
+                .map_or("-".into(), |e| format!("{:.0}ms", e * 1000.0)),
+            style.describe()
+        ),
+    };
+    t.add_row(vec![
+        "idle timeout".to_string(),
+        secs(r.advertised.timeout_s),
+        observed_idle,
+    ]);
+    let max_obs = match (r.max_requests.observed, r.max_requests.ended_by.as_str()) {
+        (Some(n), "cap") => format!("at least {n} (cap reached)"),
+        (Some(n), "max_wait") => format!("at least {n} (time ran out)"),
+        (Some(n), "closed") => format!("{n}, then closed without notice"),
+        (Some(n), _) => format!("{n}, last one says Connection: close"),
+        (None, _) => "-".into(),
+    };
+    t.add_row(vec![
+        "requests per connection".to_string(),
+        // `max` on the first response counts the requests still allowed after it
+        r.advertised.max.map_or("-".into(), |m| {
+            format!("max={m}: {} in all", m.saturating_add(1))
+        }),
+        max_obs,
+    ]);
+    t.add_row(vec![
+        "Connection header".to_string(),
+        r.advertised
+            .connection
+            .clone()
+            .unwrap_or_else(|| "-".into()),
+        String::new(),
+    ]);
+    t.add_row(vec![
+        "HTTP/1.0 + keep-alive".to_string(),
+        String::new(),
+        yes_no(r.http10.keep_alive_honored, "kept alive", "closed"),
+    ]);
+    t.add_row(vec![
+        "HTTP/1.0 plain".to_string(),
+        String::new(),
+        yes_no(
+            r.http10.plain_closes,
+            "closed after the response",
+            "left open",
+        ),
+    ]);
+    let pipelining = if r.pipelining.sent == 0 {
+        r.pipelining.result.replace('_', " ")
+    } else if r.pipelining.result == "limited" {
+        format!(
+            "in order, {} of {} answered: {}",
+            r.pipelining.answered,
+            r.pipelining.sent,
+            r.pipelining
+                .detail
+                .as_deref()
+                .unwrap_or("the server closed as announced")
+        )
+    } else {
+        format!(
+            "{} ({} of {} answered)",
+            r.pipelining.result.replace('_', " "),
+            r.pipelining.answered,
+            r.pipelining.sent
+        )
+    };
+    t.add_row(vec!["pipelining".to_string(), String::new(), pipelining]);
+    let mut timing = format!("connect {}", ms(r.connect_s));
+    if let Some(hs) = r.tls_handshake_s {
+        timing.push_str(&format!(", TLS handshake {}", ms(hs)));
+    }
+    timing.push_str(&format!(", first request {}", ms(r.first_request_s)));
+    if let Some(re) = r.reused_request_s {
+        timing.push_str(&format!(", reused {}", ms(re)));
+    }
+    t.add_row(vec!["timing".to_string(), String::new(), timing]);
+    crate::out::print_table(t)?;
+    for f in &r.findings {
+        crate::outln!("{}", crate::term::wrap(&format!("  * {f}"), 4))?;
+    }
+    crate::outln!("{}", crate::term::verdict_line(&r.verdict))?;
+    crate::outln!("(probe took {})", took(r))?;
+    Ok(())
+}
+
+pub fn push(r: &kaprobe_http::client::PushReport) -> anyhow::Result<()> {
+    use kaprobe_http::client::{PushEnd, PushWatch};
+    print_target(&r.url, &r.address, r.status, r.server.as_deref())?;
+    let mut t = table();
+    t.set_header(vec![
+        "connection",
+        "heartbeat",
+        "lasted",
+        "how it ended",
+        "heard from the server",
+    ]);
+    let row = |name: &str, w: &PushWatch| {
+        let beat = match (w.heartbeat_s, r.kind) {
+            (None, _) => "none".to_string(),
+            (Some(h), PushKind::Websocket) => format!("client ping every {h:.1}s"),
+            (Some(h), PushKind::Sse) => format!("?heartbeat={h:.1}s"),
+        };
+        let lasted = if w.end == PushEnd::Alive {
+            format!("at least {:.2}s", w.lasted_s)
+        } else {
+            format!("{:.2}s", w.lasted_s)
+        };
+        let mut how = w.end.describe(r.kind).to_string();
+        if let Some(c) = w.close_code {
+            how.push_str(&format!(" {c}"));
+        }
+        if let Some(reason) = w.close_reason.as_deref().filter(|s| !s.is_empty()) {
+            how.push_str(&format!(" \"{reason}\""));
+        }
+        if let Some(e) = &w.error {
+            how.push_str(&format!(": {e}"));
+        }
+        let heard = match r.kind {
+            PushKind::Websocket => format!(
+                "{} pongs to {} pings, {} server pings, {} messages",
+                w.pongs_received, w.pings_sent, w.server_pings, w.messages
+            ),
+            PushKind::Sse => format!(
+                "{} heartbeats, {} events",
+                w.heartbeats_received, w.messages
+            ),
+        };
+        vec![name.to_string(), beat, lasted, how, heard]
+    };
+    if let Some(w) = &r.idle {
+        t.add_row(row("idle", w));
+    }
+    if let Some(w) = &r.heartbeat {
+        t.add_row(row("with heartbeat", w));
+    }
+    crate::out::print_table(t)?;
+    crate::outln!("{}", crate::term::verdict_line(&r.verdict))?;
+    crate::outln!(
+        "(connect {}, handshake {}; probe took {:.2}s)",
+        ms(r.connect_s),
+        ms(r.handshake_s),
+        r.elapsed_s
+    )?;
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Rendering shared by commands: capture results (`read`, `watch`) and HTTP reports
+//! (`probe`, `demo`).
+
+pub mod capture;
+pub mod http;
