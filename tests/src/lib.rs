@@ -781,3 +781,4 @@ pub const COMMANDS: &[&str] = &[
 
 /// A raw HTTP/1.1 client that controls segmentation, and a request corpus.
 pub mod http1;
+pub mod peers;

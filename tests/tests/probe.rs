@@ -2,8 +2,7 @@
 //! namespace that forgets idle flows, and misbehaving peers for the error paths.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-#[path = "probe_peers.rs"]
-mod peers;
+use kaprobe_tests::peers;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

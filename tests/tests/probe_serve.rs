@@ -3,8 +3,7 @@
 //! request limits, and an upstream behind an nginx pool.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-#[path = "probe_peers.rs"]
-mod peers;
+use kaprobe_tests::peers;
 
 use std::time::Duration;
 

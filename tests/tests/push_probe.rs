@@ -5,8 +5,7 @@
 //! own message and exit code.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-#[path = "probe_peers.rs"]
-mod peers;
+use kaprobe_tests::peers;
 
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};

@@ -3,8 +3,7 @@
 //! timeout (502s in a window), and the same proxy with the timeouts ordered right (none).
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-#[path = "probe_peers.rs"]
-mod peers;
+use kaprobe_tests::peers;
 
 use std::net::SocketAddr;
 use std::time::Duration;

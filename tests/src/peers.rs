@@ -4,16 +4,14 @@
 //! line (a TCP relay that delays every byte and every close by a fixed time) standing in for
 //! a long network path, since `tc netem` is not available on these machines.
 //!
-//! This file is included by the probe and race tests with `#[path]`; on its own it is an
-//! empty test target.
-#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use kaprobe_tests::KillOnDrop;
-pub use kaprobe_tests::{free_port, nginx, wait_listening, which, Peer, TempDir};
+use crate::KillOnDrop;
+pub use crate::{free_port, nginx, wait_listening, which, Peer, TempDir};
 
 /// haproxy in the foreground with the given sections after a small `global`/`defaults`.
 pub fn haproxy(defaults: &str, body: &str, port: u16) -> Peer {
@@ -107,7 +105,7 @@ pub const RACE: [&str; 8] = [
 pub fn race_window(url: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
     let mut args = vec![url];
     args.extend(RACE);
-    let (attempts, _, summary) = kaprobe_tests::race_json(&args);
+    let (attempts, _, summary) = crate::race_json(&args);
     (attempts, summary)
 }
 
