@@ -3,6 +3,15 @@
 //! timers read through the sock_diag netlink interface (what `ss -tno` shows).
 //!
 //! Nothing here prints; everything takes plain values and returns typed results.
+//!
+//! The map:
+//! - [`options`]: keep-alive settings on one socket, checked against the kernel's ranges,
+//!   set and read back; [`defaults`]: the system's `net.ipv4.tcp_keepalive_*`;
+//! - [`info`]: TCP_INFO for one socket; [`diag`]: every socket's timers via sock_diag;
+//! - [`conn`] and [`hold`]: open one connection and follow its keep-alive until it ends;
+//! - [`netns`]: a private network namespace for one thread (the demo's silent peer);
+//! - [`fmt`]: how kaprobe writes durations and OS errors, for every crate and command;
+//! - [`error`]: the crate's error type; `ser`: durations as seconds in JSON.
 
 pub mod conn;
 pub mod defaults;
@@ -13,6 +22,6 @@ pub mod hold;
 pub mod info;
 pub mod netns;
 pub mod options;
-pub mod ser;
+pub(crate) mod ser;
 
 pub use error::Error;
