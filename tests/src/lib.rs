@@ -780,5 +780,22 @@ pub const COMMANDS: &[&str] = &[
 ];
 
 /// A raw HTTP/1.1 client that controls segmentation, and a request corpus.
+/// Frame number -> kind (`keepalive`, `keepalive_ack`, ...), as `kaprobe read --json`
+/// reports the packets of the capture at `path`.
+pub fn read_kinds(path: &Path) -> std::collections::BTreeMap<u64, String> {
+    let o = run(&["read", path.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "kaprobe read failed: {}", stderr(&o));
+    json_lines(&o)
+        .into_iter()
+        .filter(|v| v["type"] == "packet")
+        .map(|v| {
+            (
+                v["frame"].as_u64().unwrap(),
+                v["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 pub mod http1;
 pub mod peers;

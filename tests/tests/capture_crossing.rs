@@ -8,10 +8,8 @@
 //! disagreement is the documented `crossing_probes` case.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -31,22 +29,6 @@ fn probes_sent(ns: &Netns) -> u64 {
         .find(|(n, _)| *n == "TCPKeepAlive")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap()
-}
-
-/// frame -> kind, as `kaprobe read --json` reports it.
-fn kaprobe_kinds(path: &Path) -> BTreeMap<u64, String> {
-    let o = run(&["read", path.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "kaprobe read failed: {}", stderr(&o));
-    json_lines(&o)
-        .into_iter()
-        .filter(|v| v["type"] == "packet")
-        .map(|v| {
-            (
-                v["frame"].as_u64().unwrap(),
-                v["kind"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -126,7 +108,7 @@ fn probes_crossing_in_flight_are_both_probes_and_both_acks_are_found() {
     }
 
     for file in &files {
-        let ours = kaprobe_kinds(file);
+        let ours = kaprobe_tests::read_kinds(file);
         let ws = tshark_keepalive_flags(file);
         let probes = ours.values().filter(|k| *k == "keepalive").count();
         let acks = ours.values().filter(|k| *k == "keepalive_ack").count();

@@ -3,12 +3,11 @@
 //! keep_alive_ack on every packet, except at the documented cases where Wireshark is wrong
 //! (each named in `kaprobe_capture::scenario::WiresharkWrong`), and must match the labels.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kaprobe_capture::scenario::{all, frame_for, Scenario, WiresharkWrong};
 use kaprobe_capture::{LinkType, PcapWriter};
-use kaprobe_tests::{json_lines, require_tool, run, stderr};
+use kaprobe_tests::require_tool;
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kaprobe-{tag}-{}", std::process::id()));
@@ -28,26 +27,10 @@ fn write_fixture(dir: &Path, sc: &Scenario, link: LinkType, qinq: bool) -> PathB
     path
 }
 
-/// frame -> kind as `kaprobe read --json` reports it.
-fn kaprobe_kinds(path: &Path) -> BTreeMap<u64, String> {
-    let o = run(&["read", path.to_str().unwrap(), "--json"]);
-    assert!(o.status.success(), "kaprobe read failed: {}", stderr(&o));
-    json_lines(&o)
-        .into_iter()
-        .filter(|v| v["type"] == "packet")
-        .map(|v| {
-            (
-                v["frame"].as_u64().unwrap(),
-                v["kind"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Compare one fixture; returns the violations found.
 fn check(sc: &Scenario, path: &Path) -> Vec<String> {
     let ws = kaprobe_tests::tshark_keepalive_flags(path);
-    let ours = kaprobe_kinds(path);
+    let ours = kaprobe_tests::read_kinds(path);
     let mut bad = Vec::new();
     for (i, fr) in sc.frames.iter().enumerate() {
         let n = i as u64 + 1;
