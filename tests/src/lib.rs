@@ -470,6 +470,51 @@ impl Serve {
     }
 }
 
+/// What `kaprobe middlebox` prints on stderr before the address it listens on.
+const MIDDLEBOX_LISTENING: &str = "kaprobe middlebox: listening on ";
+
+/// A running `kaprobe middlebox --listen 127.0.0.1:0 --log json ARGS`: the process, its
+/// address, and its close log (JSON lines on stdout).
+pub struct Middlebox {
+    pub child: KillOnDrop,
+    pub addr: SocketAddr,
+    pub out: Receiver<String>,
+}
+
+impl Middlebox {
+    /// Start it and wait up to 10 s for its listening line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = KillOnDrop::spawn(
+            kaprobe()
+                .args(["middlebox", "--listen", "127.0.0.1:0", "--log", "json"])
+                .args(args)
+                .stdin(Stdio::null()),
+        );
+        let err = line_reader(child.0.stderr.take().unwrap());
+        let out = line_reader(child.0.stdout.take().unwrap());
+        let line = wait_line(&err, Duration::from_secs(10), |l| {
+            l.starts_with(MIDDLEBOX_LISTENING)
+        })
+        .unwrap_or_else(|seen| panic!("middlebox {args:?} never listened: {seen:?}"));
+        std::thread::spawn(move || while err.recv().is_ok() {});
+        let addr = line
+            .trim_start_matches(MIDDLEBOX_LISTENING)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_else(|e| panic!("bad middlebox address in {line:?}: {e}"));
+        Self { child, addr, out }
+    }
+
+    /// The next close line (JSON), within `timeout`.
+    pub fn close_line(&self, timeout: Duration) -> serde_json::Value {
+        let l = wait_line(&self.out, timeout, |l| l.contains("\"type\":\"close\""))
+            .unwrap_or_else(|seen| panic!("no close line from the middlebox: {seen:?}"));
+        serde_json::from_str(&l).unwrap()
+    }
+}
+
 /// `kaprobe serve --log json ARGS` (close events as JSON lines on stdout), waiting up to 60 s
 /// for it to listen.
 pub fn serve_json(args: &[&str]) -> Serve {
@@ -773,6 +818,7 @@ pub const COMMANDS: &[&str] = &[
     "serve",
     "probe",
     "race",
+    "middlebox",
     "bench",
     "bench push",
     "completions",

@@ -131,37 +131,61 @@ fn network_commands_end_quietly_into_a_closed_pipe() {
     }
 }
 
-/// `serve` keeps serving when its log has no reader (a server must not die with its log
-/// pipe), and stops cleanly on SIGTERM.
+/// `serve` and `middlebox` keep working when their close log has no reader (a server must
+/// not die with its log pipe), and stop cleanly on SIGTERM.
 #[test]
-fn serve_with_a_closed_log_pipe_keeps_serving() {
-    let mut child = kaprobe()
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let err = kaprobe_tests::line_reader(child.stderr.take().unwrap());
-    let line = kaprobe_tests::wait_line(&err, Duration::from_secs(30), |l| {
-        l.contains("listening on http://")
-    })
-    .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    for _ in 0..3 {
-        let o = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url])
-            .output()
+fn servers_with_a_closed_log_pipe_keep_serving() {
+    let (_up, up) = serve_quiet(&["--log", "off"]);
+    let up = up.to_string();
+    let commands: [&[&str]; 2] = [
+        &["serve", "--listen", "127.0.0.1:0", "--log", "json"],
+        &[
+            "middlebox",
+            "--upstream",
+            &up,
+            "--idle",
+            "1s",
+            "--log",
+            "json",
+        ],
+    ];
+    for args in commands {
+        let mut child = kaprobe()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
+        drop(child.stdout.take());
+        let err = kaprobe_tests::line_reader(child.stderr.take().unwrap());
+        let line = kaprobe_tests::wait_line(&err, Duration::from_secs(30), |l| {
+            l.contains("listening on ")
+        })
+        .unwrap();
+        // `... listening on http://ADDR` or `... listening on ADDR -> UPSTREAM (...)`.
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_string();
+        for _ in 0..3 {
+            let o = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("http://{addr}/"))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "200", "{args:?}");
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}");
+        let rest: Vec<String> = err.try_iter().collect();
+        assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    let rest: Vec<String> = err.try_iter().collect();
-    assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
 }
 
 /// As root: `demo` (with its namespace part) and `watch` end quietly too, and the demo's

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod middlebox;
 pub mod push;
 pub mod server;
 

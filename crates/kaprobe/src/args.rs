@@ -114,6 +114,15 @@ where
     }
 }
 
+/// The close log of the long-running commands (`serve`, `middlebox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogArg {
+    Text,
+    Json,
+    /// No close log (for benchmarks).
+    Off,
+}
+
 /// The TLS options of the HTTP commands (`probe`, `race`): one group, one wording.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {

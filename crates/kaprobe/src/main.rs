@@ -74,6 +74,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Measure what a server or proxy does with idle HTTP, WebSocket and SSE connections.
     Probe(cmd::probe::Args),
+    /// Relay TCP to an upstream and cut idle connections, as a NAT or load balancer does.
+    Middlebox(cmd::middlebox::Args),
     /// Reproduce the keep-alive reuse race against a URL and count failures per idle time.
     Race(cmd::race::Args),
     /// Benchmarks: `bench push` compares polling, long polling, SSE and WebSocket per message.
@@ -166,6 +168,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Probe(a) => cmd::probe::run(a),
         Command::Race(a) => cmd::race::run(a),
+        Command::Middlebox(a) => cmd::middlebox::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Completions(a) => cmd::completions::run(&a, Cli::command()),
         Command::Man(a) => cmd::man::run(&a, Cli::command()),

@@ -6,6 +6,7 @@ pub mod defaults;
 pub mod demo;
 pub mod hold;
 pub mod man;
+pub mod middlebox;
 pub mod probe;
 pub mod race;
 pub mod read;

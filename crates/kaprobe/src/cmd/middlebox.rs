@@ -1,0 +1,218 @@
+//! `kaprobe middlebox`: a TCP relay with an idle timer, standing in for a NAT gateway or a
+//! load balancer, to test clients against.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kaprobe_http::middlebox::{self, Config, Fate, OnIdle, Stats};
+
+use crate::args::{parse_duration, LogArg};
+use crate::exit::{Failure, USAGE};
+
+/// Relay TCP connections to an upstream and cut the idle ones, as a NAT gateway or a load
+/// balancer does.
+///
+/// Each connection a client makes to --listen is relayed to --upstream. A timer per
+/// connection counts payload bytes in either direction; when none has crossed for --idle, the
+/// middlebox does what --on-idle says: `fin` closes both sides, `rst` resets both, `silent`
+/// stops relaying and never answers again (the kernel still ACKs at the TCP level, unlike a
+/// real NAT: see docs/middlebox.md), `rst-on-next` does nothing until either side sends
+/// again and answers that with a RST. --like picks both from a provider's documented
+/// defaults. --latency (and --jitter) delay each direction, giving an upstream's FIN a real
+/// flight time: the window in which a proxy reuses a connection that is already closed.
+///
+/// Prints `kaprobe middlebox: listening on ADDR -> UPSTREAM` on stderr, then one line per
+/// ended connection on stdout (text, or JSON with --log json): idle_fin, idle_rst,
+/// idle_silent, rst_on_next, client_fin, upstream_fin, client_rst, upstream_rst,
+/// upstream_unreachable, shutdown. Ctrl-C or SIGTERM stops it.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  kaprobe middlebox --upstream 127.0.0.1:8080 --idle 2s --on-idle silent
+  kaprobe middlebox --listen 127.0.0.1:9000 --upstream 127.0.0.1:8080 --like aws-nlb --idle 5s
+  kaprobe middlebox --upstream 127.0.0.1:8080 --idle 60s --latency 20ms --log json
+  kaprobe probe http://127.0.0.1:9000/    # what a client sees through it
+
+Presets (--like): aws-alb (60s, fin), aws-nlb (350s, rst-on-next), aws-nat-gateway (350s,
+rst-on-next), azure-lb (4m, silent), azure-lb-reset (4m, rst), gcp-lb (600s, fin); --idle
+and --on-idle given with --like override it.
+
+Exit codes: 0 stopped by Ctrl-C/SIGTERM or --duration, 2 bad flag, 3 upstream name not
+resolved, 6 permission denied (ports below 1024). See docs/middlebox.md.")]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: String,
+
+    /// Where to relay each connection: HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub upstream: String,
+
+    /// Idle time (no payload either way) after which --on-idle happens. Range 10ms..=1d.
+    /// Required unless --like gives it.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub idle: Option<Duration>,
+
+    /// What happens at the idle limit: fin, rst, silent or rst-on-next [default: fin, or
+    /// the preset's].
+    #[arg(long, value_name = "ACTION", value_parser = OnIdle::parse)]
+    pub on_idle: Option<OnIdle>,
+
+    /// Imitate a known middlebox: aws-alb, aws-nlb, aws-nat-gateway, azure-lb,
+    /// azure-lb-reset, gcp-lb (sets --idle and --on-idle from its documentation).
+    #[arg(long, value_name = "NAME", value_parser = middlebox::preset)]
+    pub like: Option<middlebox::Preset>,
+
+    /// Delay added to each direction (client to upstream and back). Range 0s..=10s.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "0s")]
+    pub latency: Duration,
+
+    /// Up to this much more delay, drawn per chunk; byte order is kept. Range 0s..=10s.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "0s")]
+    pub jitter: Duration,
+
+    /// Give up connecting to the upstream after this long (the client is then reset).
+    /// Range 10ms..=1m.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "5s")]
+    pub connect_timeout: Duration,
+
+    /// Close log on stdout: text, json (one object per line) or off.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log: LogArg,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (IP:PORT; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", value_parser = crate::args::parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+
+    /// Stop after this long (connections still open are closed with FIN).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let idle = args.idle.or(args.like.map(|p| p.idle)).ok_or_else(|| {
+        Failure::usage("--idle is required (or --like NAME, which sets it): e.g. --idle 60s")
+    })?;
+    let on_idle = args
+        .on_idle
+        .or(args.like.map(|p| p.on_idle))
+        .unwrap_or(OnIdle::Fin);
+    if args.connect_timeout < Duration::from_millis(10)
+        || args.connect_timeout > Duration::from_secs(60)
+    {
+        return Err(Failure::usage(format!(
+            "--connect-timeout {} is out of range: use 10ms..=1m",
+            crate::util::human(args.connect_timeout)
+        ))
+        .into());
+    }
+    let upstream = crate::args::resolve_host_port("--upstream", &args.upstream)?;
+    let cfg = Config {
+        upstream,
+        idle,
+        on_idle,
+        latency: args.latency,
+        jitter: args.jitter,
+        connect_timeout: args.connect_timeout,
+    };
+    cfg.validate().map_err(|e| Failure::new(USAGE, e))?;
+    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+        Failure::usage(format!(
+            "--listen '{}' is not an address: use IP:PORT, e.g. 127.0.0.1:9000 or [::1]:0",
+            args.listen
+        ))
+    })?;
+    let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
+        Failure::new(
+            crate::exit::listen_code(&e),
+            format!(
+                "--listen {listen}: cannot listen there: {}",
+                kaprobe_sock::fmt::os_error(&e)
+            ),
+        )
+    })?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr().unwrap_or(listen);
+    let stats = Arc::new(Stats::default());
+    if let Some(a) = args.metrics {
+        let l = crate::args::bind_metrics(a)?;
+        eprintln!(
+            "kaprobe middlebox: metrics on http://{}/metrics",
+            l.local_addr().unwrap_or(a)
+        );
+        let s = Arc::clone(&stats);
+        kaprobe_capture::metrics::serve_http(l, move || s.prometheus());
+    }
+    let what = args
+        .like
+        .map_or(String::new(), |p| format!(" (like {})", p.name));
+    eprintln!(
+        "kaprobe middlebox: listening on {bound} -> {} (idle {}, then {}{what}{})",
+        args.upstream,
+        crate::util::human(cfg.idle),
+        cfg.on_idle.as_str(),
+        if cfg.latency.is_zero() {
+            String::new()
+        } else {
+            format!(", latency {}", crate::util::human(cfg.latency))
+        }
+    );
+    let stop = crate::util::stop_flag()?;
+    let rt = crate::measure::runtime()?;
+    let log = args.log;
+    if let Some(d) = args.duration {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let cfg = Arc::new(cfg);
+    let run_stats = Arc::clone(&stats);
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        middlebox::run(listener, cfg, run_stats, stop, move |f| print_fate(log, f)).await;
+        Ok::<(), std::io::Error>(())
+    })?;
+    rt.shutdown_timeout(Duration::from_millis(100));
+    eprintln!(
+        "kaprobe middlebox: stopped after {} connections",
+        stats.accepted.load(Ordering::Relaxed)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_fate(log: LogArg, f: &Fate) {
+    let line = match log {
+        LogArg::Off => return,
+        LogArg::Json => {
+            let mut v = serde_json::to_value(f).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("type".into(), "close".into());
+            }
+            v.to_string()
+        }
+        LogArg::Text => format!(
+            "close {} -> {} {} idle={} lifetime={} up={}B down={}B{}",
+            f.client,
+            f.upstream
+                .map_or_else(|| "-".to_string(), |u| u.to_string()),
+            f.ending.as_str(),
+            crate::util::human(Duration::from_secs_f64(f.idle.max(0.0))),
+            crate::util::human(Duration::from_secs_f64(f.lifetime.max(0.0))),
+            f.bytes_up,
+            f.bytes_down,
+            f.error
+                .as_deref()
+                .map_or_else(String::new, |e| format!(" ({e})"))
+        ),
+    };
+    // The close log never stops the relay: a reader that went away just misses lines.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -1,0 +1,326 @@
+//! `kaprobe middlebox` between real clients and real servers: `probe` through it measures
+//! exactly the idle limit and the action it was set to; the close log and `/metrics` say what
+//! happened to each connection; with latency, nginx's upstream pool loses the reuse race and
+//! answers 502 in a window, and without it does not; bad input gets a one-line error.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use kaprobe_tests::{
+    fails, free_port, kaprobe, nginx, race_json, require_tool, serve_quiet, Middlebox,
+};
+use serde_json::Value;
+
+fn probe_through(mb: &Middlebox) -> Value {
+    let o = kaprobe()
+        .args(["probe", &format!("http://{}/", mb.addr)])
+        .args(["--max-wait", "8s", "--connections", "40", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn f(v: &Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} missing: {v}"))
+}
+
+#[test]
+fn probe_through_the_middlebox_measures_its_idle_limit_and_action() {
+    // The server behind would keep idle connections a minute: what probe sees is the box.
+    let (_s, up) = serve_quiet(&["--keepalive-timeout", "60s", "--log", "off"]);
+    let up = up.to_string();
+    // (action, how probe must see the end, what a reuse after it gets)
+    let cases = [
+        ("fin", "fin", None),
+        ("rst", "rst", None),
+        ("silent", "silent", None),
+        ("rst-on-next", "silent", Some("reset")),
+    ];
+    for (action, style, on_reuse) in cases {
+        let mb = Middlebox::start(&["--upstream", &up, "--idle", "1s", "--on-idle", action]);
+        let r = probe_through(&mb);
+        let idle = &r["idle"];
+        assert_eq!(idle["close_style"], style, "{action}: {r}");
+        if style == "silent" {
+            // Bracketed by the ladder: alive before 1s, dead just after.
+            assert!(f(&r, "/idle/longest_alive_s") < 1.05, "{action}: {idle}");
+            assert!(f(&r, "/idle/first_dead_s") > 0.95, "{action}: {idle}");
+            assert!(f(&r, "/idle/first_dead_s") < 1.5, "{action}: {idle}");
+        } else {
+            let t = f(&r, "/idle/timeout_s");
+            assert!((t - 1.0).abs() < 0.05, "{action}: {t} {idle}");
+        }
+        if let Some(want) = on_reuse {
+            assert_eq!(idle["on_reuse"], want, "{action}: {idle}");
+        }
+        // The server advertised 60s: the finding names the path, not the server.
+        if style == "silent" {
+            assert!(
+                r["verdict"].as_str().unwrap().contains("silently"),
+                "{action}: {}",
+                r["verdict"]
+            );
+        }
+    }
+}
+
+#[test]
+fn each_connections_fate_is_logged_and_counted() {
+    let (_s, up) = serve_quiet(&["--keepalive-timeout", "60s", "--log", "off"]);
+    let up = up.to_string();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mb = Middlebox::start(&[
+        "--upstream",
+        &up,
+        "--idle",
+        "300ms",
+        "--on-idle",
+        "fin",
+        "--metrics",
+        &metrics,
+    ]);
+    let mut c = TcpStream::connect(mb.addr).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer, then the middlebox's FIN at the idle limit.
+    loop {
+        let n = c.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let line = mb.close_line(Duration::from_secs(5));
+    assert_eq!(line["ending"], "idle_fin", "{line}");
+    assert!(line["bytes_up"].as_u64().unwrap() >= 27, "{line}");
+    assert_eq!(
+        line["bytes_down"].as_u64().unwrap(),
+        got.len() as u64,
+        "{line}"
+    );
+    let idle = line["idle"].as_f64().unwrap();
+    assert!((0.29..0.5).contains(&idle), "{line}");
+    assert_eq!(
+        line["client"],
+        c.local_addr().unwrap().to_string(),
+        "{line}"
+    );
+
+    let mut m = TcpStream::connect(&metrics).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains("kaprobe_middlebox_closed_total{ending=\"idle_fin\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kaprobe_middlebox_connections_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kaprobe_middlebox_open_connections 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unreachable_upstream_resets_the_client_and_says_why() {
+    let closed = free_port();
+    let mb = Middlebox::start(&["--upstream", &format!("127.0.0.1:{closed}"), "--idle", "1s"]);
+    let mut c = TcpStream::connect(mb.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let r = c.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    let line = mb.close_line(Duration::from_secs(5));
+    assert_eq!(line["ending"], "upstream_unreachable", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused (nothing listens there)"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let up = "127.0.0.1:9";
+    fails(
+        &["middlebox", "--upstream", up, "--idle", "5ms"],
+        2,
+        "--idle 5ms is out of range: use 10ms..=1d",
+    );
+    fails(
+        &["middlebox", "--upstream", up],
+        2,
+        "--idle is required (or --like NAME, which sets it)",
+    );
+    // Values clap rejects while parsing: exit 2, the value and the choices named.
+    for (args, words) in [
+        (
+            ["--idle", "1s", "--on-idle", "drop"],
+            "'drop' is not an idle action: use fin, rst, silent or rst-on-next",
+        ),
+        (
+            ["--idle", "1s", "--like", "aws-elb"],
+            "'aws-elb' is not a known middlebox: use one of aws-alb, aws-nlb",
+        ),
+    ] {
+        let o = kaprobe()
+            .args(["middlebox", "--upstream", up])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(words), "{err}");
+    }
+    fails(
+        &[
+            "middlebox",
+            "--upstream",
+            up,
+            "--idle",
+            "1s",
+            "--latency",
+            "11s",
+        ],
+        2,
+        "--latency 11s is out of range: use 0s..=10s",
+    );
+    fails(
+        &["middlebox", "--upstream", "127.0.0.1", "--idle", "1s"],
+        2,
+        "--upstream",
+    );
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    fails(
+        &[
+            "middlebox",
+            "--listen",
+            &addr,
+            "--upstream",
+            up,
+            "--idle",
+            "1s",
+        ],
+        1,
+        "address already in use (something else listens there)",
+    );
+}
+
+#[test]
+fn a_preset_sets_the_documented_idle_time_and_action() {
+    let mb = Middlebox::start(&["--upstream", "127.0.0.1:9", "--like", "aws-nlb"]);
+    drop(mb);
+    // The banner says what it imitates.
+    let o = kaprobe()
+        .args([
+            "middlebox",
+            "--upstream",
+            "127.0.0.1:9",
+            "--like",
+            "azure-lb",
+        ])
+        .args(["--duration", "200ms"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("(idle 4m, then silent (like azure-lb))"),
+        "{err}"
+    );
+}
+
+/// nginx (upstream keep-alive pool, 60 s) -> middlebox (`latency` each way) -> kaprobe serve
+/// closing idle connections after 2 s. Returns the race's attempts.
+fn race_through_pool(latency: &str) -> Vec<Value> {
+    let (_app, app) = serve_quiet(&["--keepalive-timeout", "2s", "--log", "off"]);
+    let mb = Middlebox::start(&[
+        "--upstream",
+        &app.to_string(),
+        "--idle",
+        "1h",
+        "--latency",
+        latency,
+    ]);
+    let front = free_port();
+    let _ng = nginx(
+        &format!(
+            "  upstream app {{ server {}; keepalive 4; keepalive_timeout 60s; }}\n  \
+             server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass http://app;\n    \
+               proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
+            mb.addr
+        ),
+        front,
+        None,
+    );
+    let url = format!("http://127.0.0.1:{front}/");
+    let (attempts, _, _) = race_json(&[
+        &url,
+        "--idle",
+        "1980ms",
+        "--spread",
+        "40ms",
+        "--requests",
+        "9",
+        "--method",
+        "POST",
+    ]);
+    attempts
+}
+
+#[test]
+fn with_latency_a_proxy_pool_loses_the_reuse_race_in_a_window() {
+    require_tool!("nginx");
+    // The app's FIN takes 20 ms to reach nginx, nginx's request 20 ms to reach the app:
+    // a POST reusing the pooled connection between about 1.96 s and 2.0 s of idle meets a
+    // closed upstream and gets 502.
+    let attempts = race_through_pool("20ms");
+    let idle = |a: &Value| a["idle_s"].as_f64().unwrap();
+    let bad: Vec<&Value> = attempts.iter().filter(|a| a["outcome"] != "ok").collect();
+    assert!(!bad.is_empty(), "no 502 in the window: {attempts:?}");
+    eprintln!(
+        "{} of {} reuses got 502 through 20ms of latency",
+        bad.len(),
+        attempts.len()
+    );
+    for a in &bad {
+        assert_eq!(a["status"], 502, "{a}");
+        let x = idle(a);
+        assert!(
+            (1.93..=2.03).contains(&x),
+            "failure outside the window at {x}: {a}"
+        );
+    }
+    // Well before and well after the window, every reuse works.
+    for a in &attempts {
+        let x = idle(a);
+        if !(1.93..=2.03).contains(&x) {
+            assert_eq!(a["outcome"], "ok", "{a}");
+        }
+    }
+    // Without the latency, nginx sees the app's FIN before it can reuse the connection.
+    let attempts = race_through_pool("0s");
+    for a in &attempts {
+        assert_eq!(a["outcome"], "ok", "without latency: {a}");
+    }
+}
