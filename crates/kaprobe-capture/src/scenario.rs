@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::craft::{ip_packet, TcpSpec};
-use crate::packet::{LinkType, TcpFlags};
-use crate::track::Kind;
+use crate::flow::track::Kind;
+use crate::wire::packet::{LinkType, TcpFlags};
 
 /// A documented case where Wireshark's keep-alive analysis is wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -501,8 +501,8 @@ pub fn frame_for(link: LinkType, ip: &[u8], qinq: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::parse_frame;
-    use crate::track::{Event, Tracker, TrackerConfig};
+    use crate::flow::track::{Event, Tracker, TrackerConfig};
+    use crate::wire::packet::parse_frame;
 
     /// Classify a scenario's frames (wrapped in `link`) and return (frame, kind) pairs.
     fn classify(sc: &Scenario, link: LinkType, qinq: bool) -> Vec<(u64, Kind)> {

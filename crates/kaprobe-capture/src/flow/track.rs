@@ -18,10 +18,10 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::infer::{infer, median, Inference};
-use crate::packet::{TcpFlags, TcpPacket};
-use crate::seq::SeqNum;
-use crate::table::{Ep, FlowKey, FlowTable};
+use crate::flow::infer::{infer, median, Inference};
+use crate::flow::table::{Ep, FlowKey, FlowTable};
+use crate::wire::packet::{TcpFlags, TcpRepr};
+use crate::wire::seq::SeqNum;
 
 /// What a classified packet is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -290,7 +290,7 @@ fn sub(a: Duration, b: Duration) -> Duration {
 }
 
 impl Flow {
-    fn new(p: &TcpPacket, ts: Duration) -> Self {
+    fn new(p: &TcpRepr, ts: Duration) -> Self {
         Self {
             eps: [
                 SocketAddr::new(p.src, p.src_port),
@@ -402,7 +402,7 @@ impl Flow {
         s: usize,
         frame: u64,
         ts: Duration,
-        p: &TcpPacket,
+        p: &TcpRepr,
         stats: &mut TrackerStats,
         out: &mut Vec<Event>,
     ) {
@@ -606,7 +606,7 @@ impl Flow {
 
     /// True for the last ACK of the closing handshake: the flow will carry nothing more.
     #[inline]
-    fn is_final_ack(&self, s: usize, p: &TcpPacket) -> bool {
+    fn is_final_ack(&self, s: usize, p: &TcpRepr) -> bool {
         self.fin[0]
             && self.fin[1]
             && p.flags.ack()
@@ -618,7 +618,7 @@ impl Flow {
         &self,
         frame: u64,
         ts: Duration,
-        p: &TcpPacket,
+        p: &TcpRepr,
         s: usize,
         probe_ts: Duration,
     ) -> PacketEvent {
@@ -746,7 +746,7 @@ impl Tracker {
 
     /// Process one TCP packet seen at `ts` as frame number `frame`, appending what was
     /// found (packet classifications, summaries of flows that ended) to `out`.
-    pub fn process(&mut self, frame: u64, ts: Duration, p: &TcpPacket, out: &mut Vec<Event>) {
+    pub fn process(&mut self, frame: u64, ts: Duration, p: &TcpRepr, out: &mut Vec<Event>) {
         self.stats.tcp_packets += 1;
         if ts >= self.next_expiry {
             self.expire(ts, out);
@@ -858,8 +858,8 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{parse_frame, LinkType};
     use crate::scenario::Conv;
+    use crate::wire::packet::{parse_frame, LinkType};
 
     fn feed(t: &mut Tracker, c: &Conv, out: &mut Vec<Event>) {
         for (i, f) in c.frames.iter().enumerate() {

@@ -3,13 +3,13 @@
 //!
 //! [`parse_frame`] walks a captured frame from its link layer (Ethernet with 802.1Q/QinQ tags,
 //! Linux cooked SLL and SLL2, raw IP, BSD loopback) through IPv4 or IPv6 (extension headers
-//! skipped) to TCP, and returns the fields the flow tracker needs as a plain [`TcpPacket`].
+//! skipped) to TCP, and returns the fields the flow tracker needs as a plain [`TcpRepr`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::seq::SeqNum;
+use crate::wire::seq::SeqNum;
 
-/// Why a frame was not turned into a [`TcpPacket`]. Counted by readers, never fatal.
+/// Why a frame was not turned into a [`TcpRepr`]. Counted by readers, never fatal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Skip {
     /// The frame is shorter than the header being read.
@@ -486,7 +486,7 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
 
 /// The TCP fields the flow tracker uses, taken from one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpPacket {
+pub struct TcpRepr {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub src_port: u16,
@@ -506,7 +506,7 @@ pub struct TcpPacket {
 ///
 /// # Errors
 /// A [`Skip`] saying why the frame is not an analysable TCP segment.
-pub fn parse_frame(link: LinkType, data: &[u8]) -> Result<TcpPacket, Skip> {
+pub fn parse_frame(link: LinkType, data: &[u8]) -> Result<TcpRepr, Skip> {
     match link {
         LinkType::Ethernet => {
             let eth = EthernetFrame::new_checked(data)?;
@@ -549,7 +549,7 @@ pub fn parse_frame(link: LinkType, data: &[u8]) -> Result<TcpPacket, Skip> {
     }
 }
 
-fn parse_ethertype(mut ethertype: u16, mut rest: &[u8]) -> Result<TcpPacket, Skip> {
+fn parse_ethertype(mut ethertype: u16, mut rest: &[u8]) -> Result<TcpRepr, Skip> {
     for _ in 0..8 {
         match ethertype {
             ETHERTYPE_IPV4 => return parse_ipv4(rest),
@@ -567,7 +567,7 @@ fn parse_ethertype(mut ethertype: u16, mut rest: &[u8]) -> Result<TcpPacket, Ski
     Err(Skip::Malformed("too many VLAN tags"))
 }
 
-fn parse_ip(data: &[u8]) -> Result<TcpPacket, Skip> {
+fn parse_ip(data: &[u8]) -> Result<TcpRepr, Skip> {
     match data.first().map(|b| b >> 4) {
         Some(4) => parse_ipv4(data),
         Some(6) => parse_ipv6(data),
@@ -576,7 +576,7 @@ fn parse_ip(data: &[u8]) -> Result<TcpPacket, Skip> {
     }
 }
 
-fn parse_ipv4(data: &[u8]) -> Result<TcpPacket, Skip> {
+fn parse_ipv4(data: &[u8]) -> Result<TcpRepr, Skip> {
     let ip = Ipv4Packet::new_checked(data)?;
     if ip.protocol() != 6 {
         return Err(Skip::NotTcp);
@@ -593,7 +593,7 @@ fn parse_ipv4(data: &[u8]) -> Result<TcpPacket, Skip> {
     )
 }
 
-fn parse_ipv6(data: &[u8]) -> Result<TcpPacket, Skip> {
+fn parse_ipv6(data: &[u8]) -> Result<TcpRepr, Skip> {
     let ip = Ipv6Packet::new_checked(data)?;
     let (proto, rest, consumed) = ip.upper_layer()?;
     if proto != 6 {
@@ -610,13 +610,13 @@ fn parse_ipv6(data: &[u8]) -> Result<TcpPacket, Skip> {
     parse_tcp(IpAddr::V6(ip.src()), IpAddr::V6(ip.dst()), rest, seg_len)
 }
 
-fn parse_tcp(src: IpAddr, dst: IpAddr, data: &[u8], seg_len: usize) -> Result<TcpPacket, Skip> {
+fn parse_tcp(src: IpAddr, dst: IpAddr, data: &[u8], seg_len: usize) -> Result<TcpRepr, Skip> {
     let tcp = TcpSegment::new_checked(data)?;
     let payload = seg_len
         .checked_sub(tcp.header_len())
         .ok_or(Skip::Malformed("TCP header longer than segment"))?;
     let flags = tcp.flags();
-    Ok(TcpPacket {
+    Ok(TcpRepr {
         src,
         dst,
         src_port: tcp.src_port(),
@@ -776,7 +776,7 @@ mod tests {
             .iter()
             .flat_map(|s| s.frames.iter().map(|f| f.ip.clone()))
             .collect();
-        let mut tracker = crate::track::Tracker::new(crate::track::TrackerConfig {
+        let mut tracker = crate::flow::track::Tracker::new(crate::flow::track::TrackerConfig {
             max_flows: 64,
             ..Default::default()
         });
