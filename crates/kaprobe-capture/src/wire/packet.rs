@@ -1,6 +1,11 @@
 //! Packet views over bytes, in the smoltcp style: each view's checked constructor verifies
 //! the lengths its accessors rely on, so no accessor can panic on any input.
 //!
+//! Naming: a *view* is generic over its buffer and copies nothing ([`EthernetFrame`],
+//! [`SllFrame`], [`Sll2Frame`], [`Ipv4Packet`], [`Ipv6Packet`], [`TcpSegment`]); the *repr*
+//! ([`TcpRepr`]) is the owned summary of a segment's fields that the tracker keeps. Each
+//! header's field offsets are named in its own `*_field` module, next to its view.
+//!
 //! [`parse_frame`] walks a captured frame from its link layer (Ethernet with 802.1Q/QinQ tags,
 //! Linux cooked SLL and SLL2, raw IP, BSD loopback) through IPv4 or IPv6 (extension headers
 //! skipped) to TCP, and returns the fields the flow tracker needs as a plain [`TcpRepr`].
@@ -97,6 +102,32 @@ const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
 
+/// An 802.1Q / 802.1ad tag: TCI, then the inner EtherType.
+mod vlan_field {
+    pub const INNER_ETHERTYPE: usize = 2;
+    pub const TAG_LEN: usize = 4;
+}
+
+/// IP protocol number of TCP.
+const IP_PROTO_TCP: u8 = 6;
+
+/// Address families in a BSD loopback header (LINKTYPE_NULL / LINKTYPE_LOOP).
+mod loopback_family {
+    pub const HEADER_LEN: usize = 4;
+    pub const INET: u32 = 2;
+    /// AF_INET6 differs between systems: Linux, OpenBSD/NetBSD, FreeBSD, macOS.
+    pub const INET6_LINUX: u32 = 10;
+    pub const INET6_OPENBSD: u32 = 24;
+    pub const INET6_FREEBSD: u32 = 28;
+    pub const INET6_DARWIN: u32 = 30;
+}
+
+/// Ethernet II header fields.
+mod eth_field {
+    pub const ETHERTYPE: usize = 12;
+    pub const HEADER_LEN: usize = 14;
+}
+
 /// An Ethernet II frame: 14 header bytes guaranteed.
 #[derive(Debug, Clone, Copy)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
@@ -109,7 +140,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// # Errors
     /// [`Skip::Truncated`] when shorter than 14 bytes.
     pub fn new_checked(buf: T) -> Result<Self, Skip> {
-        if buf.as_ref().len() < 14 {
+        if buf.as_ref().len() < eth_field::HEADER_LEN {
             return Err(Skip::Truncated("Ethernet"));
         }
         Ok(Self { buf })
@@ -117,13 +148,20 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
     /// The EtherType field (or 802.3 length).
     pub fn ethertype(&self) -> u16 {
-        be16(self.buf.as_ref(), 12)
+        be16(self.buf.as_ref(), eth_field::ETHERTYPE)
     }
 
     /// Bytes after the header.
     pub fn payload(&self) -> &[u8] {
-        &self.buf.as_ref()[14..]
+        &self.buf.as_ref()[eth_field::HEADER_LEN..]
     }
+}
+
+/// Linux cooked (SLL v1) header fields.
+mod sll_field {
+    pub const PKTTYPE: usize = 0;
+    pub const PROTOCOL: usize = 14;
+    pub const HEADER_LEN: usize = 16;
 }
 
 /// A Linux cooked (SLL v1) header: 16 bytes guaranteed.
@@ -138,7 +176,7 @@ impl<T: AsRef<[u8]>> SllFrame<T> {
     /// # Errors
     /// [`Skip::Truncated`] when shorter than 16 bytes.
     pub fn new_checked(buf: T) -> Result<Self, Skip> {
-        if buf.as_ref().len() < 16 {
+        if buf.as_ref().len() < sll_field::HEADER_LEN {
             return Err(Skip::Truncated("Linux SLL"));
         }
         Ok(Self { buf })
@@ -146,18 +184,26 @@ impl<T: AsRef<[u8]>> SllFrame<T> {
 
     /// Packet type (0 to us, 4 outgoing, ...).
     pub fn packet_type(&self) -> u16 {
-        be16(self.buf.as_ref(), 0)
+        be16(self.buf.as_ref(), sll_field::PKTTYPE)
     }
 
     /// The protocol (an EtherType).
     pub fn protocol(&self) -> u16 {
-        be16(self.buf.as_ref(), 14)
+        be16(self.buf.as_ref(), sll_field::PROTOCOL)
     }
 
     /// Bytes after the header.
     pub fn payload(&self) -> &[u8] {
-        &self.buf.as_ref()[16..]
+        &self.buf.as_ref()[sll_field::HEADER_LEN..]
     }
+}
+
+/// Linux cooked (SLL v2) header fields.
+mod sll2_field {
+    pub const PROTOCOL: usize = 0;
+    pub const IFINDEX: usize = 4;
+    pub const PKTTYPE: usize = 10;
+    pub const HEADER_LEN: usize = 20;
 }
 
 /// A Linux cooked (SLL v2) header: 20 bytes guaranteed.
@@ -172,7 +218,7 @@ impl<T: AsRef<[u8]>> Sll2Frame<T> {
     /// # Errors
     /// [`Skip::Truncated`] when shorter than 20 bytes.
     pub fn new_checked(buf: T) -> Result<Self, Skip> {
-        if buf.as_ref().len() < 20 {
+        if buf.as_ref().len() < sll2_field::HEADER_LEN {
             return Err(Skip::Truncated("Linux SLL2"));
         }
         Ok(Self { buf })
@@ -180,23 +226,44 @@ impl<T: AsRef<[u8]>> Sll2Frame<T> {
 
     /// The protocol (an EtherType).
     pub fn protocol(&self) -> u16 {
-        be16(self.buf.as_ref(), 0)
+        be16(self.buf.as_ref(), sll2_field::PROTOCOL)
     }
 
     /// The interface index the packet was seen on.
     pub fn ifindex(&self) -> u32 {
-        be32(self.buf.as_ref(), 4)
+        be32(self.buf.as_ref(), sll2_field::IFINDEX)
     }
 
     /// Packet type (0 to us, 4 outgoing, ...).
     pub fn packet_type(&self) -> u8 {
-        self.buf.as_ref()[10]
+        self.buf.as_ref()[sll2_field::PKTTYPE]
     }
 
     /// Bytes after the header.
     pub fn payload(&self) -> &[u8] {
-        &self.buf.as_ref()[20..]
+        &self.buf.as_ref()[sll2_field::HEADER_LEN..]
     }
+}
+
+/// IPv4 header fields.
+mod ipv4_field {
+    /// Version (high nibble) and header length in 32-bit words (low nibble).
+    pub const VER_IHL: usize = 0;
+    pub const TOTAL_LEN: usize = 2;
+    /// Flags (3 bits) and fragment offset (13 bits).
+    pub const FLAGS_FRAG: usize = 6;
+    /// More-fragments flag and fragment offset: non-zero in any fragment.
+    pub const FRAGMENT_MASK: u16 = 0x3fff;
+    pub const PROTOCOL: usize = 9;
+    pub const SRC: usize = 12;
+    pub const DST: usize = 16;
+    pub const MIN_HEADER_LEN: usize = 20;
+    pub const VERSION: u8 = 4;
+}
+
+/// The version nibble of an IP header.
+fn ip_version(first: u8) -> u8 {
+    first >> 4
 }
 
 /// An IPv4 header: `header_len()` bytes guaranteed present, total length sane.
@@ -212,20 +279,20 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// [`Skip::Truncated`] or [`Skip::Malformed`].
     pub fn new_checked(buf: T) -> Result<Self, Skip> {
         let b = buf.as_ref();
-        if b.len() < 20 {
+        if b.len() < ipv4_field::MIN_HEADER_LEN {
             return Err(Skip::Truncated("IPv4"));
         }
-        if b[0] >> 4 != 4 {
+        if ip_version(b[ipv4_field::VER_IHL]) != ipv4_field::VERSION {
             return Err(Skip::Malformed("IPv4 version"));
         }
-        let ihl = usize::from(b[0] & 0x0f) * 4;
-        if ihl < 20 {
+        let ihl = ipv4_header_len(b[ipv4_field::VER_IHL]);
+        if ihl < ipv4_field::MIN_HEADER_LEN {
             return Err(Skip::Malformed("IPv4 header length"));
         }
         if b.len() < ihl {
             return Err(Skip::Truncated("IPv4"));
         }
-        if usize::from(be16(b, 2)) < ihl {
+        if usize::from(be16(b, ipv4_field::TOTAL_LEN)) < ihl {
             return Err(Skip::Malformed("IPv4 total length"));
         }
         Ok(Self { buf })
@@ -233,39 +300,83 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// Header length in bytes (20..=60).
     pub fn header_len(&self) -> usize {
-        usize::from(self.buf.as_ref()[0] & 0x0f) * 4
+        ipv4_header_len(self.buf.as_ref()[ipv4_field::VER_IHL])
     }
 
     /// Total length field (header + payload, as sent).
     pub fn total_len(&self) -> usize {
-        usize::from(be16(self.buf.as_ref(), 2))
+        usize::from(be16(self.buf.as_ref(), ipv4_field::TOTAL_LEN))
     }
 
     /// True for any fragment (more-fragments flag or a non-zero offset).
     pub fn is_fragment(&self) -> bool {
-        be16(self.buf.as_ref(), 6) & 0x3fff != 0
+        be16(self.buf.as_ref(), ipv4_field::FLAGS_FRAG) & ipv4_field::FRAGMENT_MASK != 0
     }
 
     /// The protocol number of the payload.
     pub fn protocol(&self) -> u8 {
-        self.buf.as_ref()[9]
+        self.buf.as_ref()[ipv4_field::PROTOCOL]
     }
 
     /// Source address.
     pub fn src(&self) -> Ipv4Addr {
-        let b = self.buf.as_ref();
-        Ipv4Addr::new(b[12], b[13], b[14], b[15])
+        self.addr(ipv4_field::SRC)
     }
 
     /// Destination address.
     pub fn dst(&self) -> Ipv4Addr {
+        self.addr(ipv4_field::DST)
+    }
+
+    /// The address at `at` (inside the checked minimum header).
+    fn addr(&self, at: usize) -> Ipv4Addr {
         let b = self.buf.as_ref();
-        Ipv4Addr::new(b[16], b[17], b[18], b[19])
+        Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
     }
 
     /// Captured bytes after the header (may be shorter than sent, or carry link padding).
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[self.header_len()..]
+    }
+}
+
+/// The IPv4 header length in bytes from the version/IHL byte.
+fn ipv4_header_len(ver_ihl: u8) -> usize {
+    usize::from(ver_ihl & 0x0f) * 4
+}
+
+/// IPv6 fixed header fields, and the extension header numbers skipped.
+mod ipv6_field {
+    pub const VERSION_BYTE: usize = 0;
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const NEXT_HEADER: usize = 6;
+    pub const SRC: usize = 8;
+    pub const DST: usize = 24;
+    pub const ADDR_LEN: usize = 16;
+    pub const HEADER_LEN: usize = 40;
+    pub const VERSION: u8 = 6;
+    /// Most extension headers [`upper_layer`](super::Ipv6Packet::upper_layer) walks.
+    pub const MAX_EXTENSIONS: usize = 16;
+
+    /// Extension headers and their length fields.
+    pub mod ext {
+        pub const HOP_BY_HOP: u8 = 0;
+        pub const ROUTING: u8 = 43;
+        pub const FRAGMENT: u8 = 44;
+        pub const AUTH: u8 = 51;
+        pub const NO_NEXT: u8 = 59;
+        pub const DEST_OPTS: u8 = 60;
+        pub const MOBILITY: u8 = 135;
+        pub const HIP: u8 = 139;
+        pub const SHIM6: u8 = 140;
+        /// Every extension header starts with the next header, then (mostly) its length.
+        pub const NEXT: usize = 0;
+        pub const LEN: usize = 1;
+        /// Fragment header: 8 bytes, offset and M flag in the 16 bits at 2; the reserved
+        /// bits (mask 0x0006) are ignored.
+        pub const FRAGMENT_LEN: usize = 8;
+        pub const FRAGMENT_OFFSET_M: usize = 2;
+        pub const FRAGMENT_MASK: u16 = 0xfff9;
     }
 }
 
@@ -282,10 +393,10 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// [`Skip::Truncated`] or [`Skip::Malformed`].
     pub fn new_checked(buf: T) -> Result<Self, Skip> {
         let b = buf.as_ref();
-        if b.len() < 40 {
+        if b.len() < ipv6_field::HEADER_LEN {
             return Err(Skip::Truncated("IPv6"));
         }
-        if b[0] >> 4 != 6 {
+        if ip_version(b[ipv6_field::VERSION_BYTE]) != ipv6_field::VERSION {
             return Err(Skip::Malformed("IPv6 version"));
         }
         Ok(Self { buf })
@@ -293,31 +404,34 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     /// Payload length field (extension headers + upper layer).
     pub fn payload_len(&self) -> usize {
-        usize::from(be16(self.buf.as_ref(), 4))
+        usize::from(be16(self.buf.as_ref(), ipv6_field::PAYLOAD_LEN))
     }
 
     /// The first next-header value.
     pub fn next_header(&self) -> u8 {
-        self.buf.as_ref()[6]
+        self.buf.as_ref()[ipv6_field::NEXT_HEADER]
     }
 
     /// Source address.
     pub fn src(&self) -> Ipv6Addr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self.buf.as_ref()[8..24]);
-        Ipv6Addr::from(a)
+        self.addr(ipv6_field::SRC)
     }
 
     /// Destination address.
     pub fn dst(&self) -> Ipv6Addr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self.buf.as_ref()[24..40]);
+        self.addr(ipv6_field::DST)
+    }
+
+    /// The address at `at` (inside the checked fixed header).
+    fn addr(&self, at: usize) -> Ipv6Addr {
+        let mut a = [0u8; ipv6_field::ADDR_LEN];
+        a.copy_from_slice(&self.buf.as_ref()[at..at + ipv6_field::ADDR_LEN]);
         Ipv6Addr::from(a)
     }
 
     /// Captured bytes after the fixed header.
     pub fn payload(&self) -> &[u8] {
-        &self.buf.as_ref()[40..]
+        &self.buf.as_ref()[ipv6_field::HEADER_LEN..]
     }
 
     /// Skip extension headers: the upper-layer protocol, its captured bytes, and the
@@ -330,39 +444,46 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         let mut next = self.next_header();
         let mut rest = self.payload();
         let mut consumed = 0usize;
-        for _ in 0..16 {
+        for _ in 0..ipv6_field::MAX_EXTENSIONS {
+            use ipv6_field::ext;
             let len = match next {
-                // Hop-by-hop, routing, destination options, mobility: (len + 1) * 8.
-                0 | 43 | 60 | 135 | 139 | 140 => {
-                    if rest.len() < 2 {
+                // Hop-by-hop, routing, destination options, mobility, HIP, shim6:
+                // (len + 1) * 8.
+                ext::HOP_BY_HOP
+                | ext::ROUTING
+                | ext::DEST_OPTS
+                | ext::MOBILITY
+                | ext::HIP
+                | ext::SHIM6 => {
+                    if rest.len() < ext::LEN + 1 {
                         return Err(Skip::Truncated("IPv6 extension"));
                     }
-                    (usize::from(rest[1]) + 1) * 8
+                    (usize::from(rest[ext::LEN]) + 1) * 8
                 }
-                44 => {
-                    if rest.len() < 8 {
+                ext::FRAGMENT => {
+                    if rest.len() < ext::FRAGMENT_LEN {
                         return Err(Skip::Truncated("IPv6 fragment"));
                     }
-                    let off_m = be16(rest, 2);
-                    if off_m & 0xfff9 != 0 {
+                    let off_m = be16(rest, ext::FRAGMENT_OFFSET_M);
+                    if off_m & ext::FRAGMENT_MASK != 0 {
                         return Err(Skip::Fragment);
                     }
-                    8
+                    ext::FRAGMENT_LEN
                 }
                 // Authentication header: (len + 2) * 4.
-                51 => {
-                    if rest.len() < 2 {
+                ext::AUTH => {
+                    if rest.len() < ext::LEN + 1 {
                         return Err(Skip::Truncated("IPv6 AH"));
                     }
-                    (usize::from(rest[1]) + 2) * 4
+                    (usize::from(rest[ext::LEN]) + 2) * 4
                 }
-                59 => return Err(Skip::NotTcp),
+                ext::NO_NEXT => return Err(Skip::NotTcp),
                 proto => return Ok((proto, rest, consumed)),
             };
             if rest.len() < len {
                 return Err(Skip::Truncated("IPv6 extension"));
             }
-            next = rest[0];
+            next = rest[ext::NEXT];
             rest = &rest[len..];
             consumed += len;
         }
@@ -408,6 +529,37 @@ impl TcpFlags {
     }
 }
 
+/// TCP header fields and the options read.
+mod tcp_field {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const SEQ: usize = 4;
+    pub const ACK: usize = 8;
+    /// Data offset in 32-bit words (high nibble).
+    pub const DATA_OFF: usize = 12;
+    pub const FLAGS: usize = 13;
+    pub const WINDOW: usize = 14;
+    /// Where options start: the end of the fixed header.
+    pub const OPTIONS: usize = 20;
+    pub const MIN_HEADER_LEN: usize = 20;
+    /// Smallest data offset (5 words = 20 bytes).
+    pub const MIN_DATA_OFF: u8 = 5;
+
+    /// Option kinds, and the window-scale option's shape.
+    pub mod opt {
+        pub const END: u8 = 0;
+        pub const NOP: u8 = 1;
+        pub const WINDOW_SCALE: u8 = 3;
+        pub const WINDOW_SCALE_LEN: usize = 3;
+        /// Offset of the shift inside the window-scale option.
+        pub const WINDOW_SCALE_SHIFT: usize = 2;
+        /// Largest shift RFC 7323 allows.
+        pub const MAX_WINDOW_SCALE: u8 = 14;
+        /// Kind and length bytes: the shortest option with a length.
+        pub const MIN_LEN: usize = 2;
+    }
+}
+
 /// A TCP header: the 20 fixed bytes guaranteed; options readable when captured.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpSegment<T: AsRef<[u8]>> {
@@ -421,60 +573,61 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
     /// [`Skip::Truncated`] or [`Skip::Malformed`].
     pub fn new_checked(buf: T) -> Result<Self, Skip> {
         let b = buf.as_ref();
-        if b.len() < 20 {
+        if b.len() < tcp_field::MIN_HEADER_LEN {
             return Err(Skip::Truncated("TCP"));
         }
-        if (b[12] >> 4) < 5 {
+        if (b[tcp_field::DATA_OFF] >> 4) < tcp_field::MIN_DATA_OFF {
             return Err(Skip::Malformed("TCP data offset"));
         }
         Ok(Self { buf })
     }
 
     pub fn src_port(&self) -> u16 {
-        be16(self.buf.as_ref(), 0)
+        be16(self.buf.as_ref(), tcp_field::SRC_PORT)
     }
     pub fn dst_port(&self) -> u16 {
-        be16(self.buf.as_ref(), 2)
+        be16(self.buf.as_ref(), tcp_field::DST_PORT)
     }
     pub fn seq(&self) -> SeqNum {
-        SeqNum(be32(self.buf.as_ref(), 4))
+        SeqNum(be32(self.buf.as_ref(), tcp_field::SEQ))
     }
     pub fn ack(&self) -> SeqNum {
-        SeqNum(be32(self.buf.as_ref(), 8))
+        SeqNum(be32(self.buf.as_ref(), tcp_field::ACK))
     }
     /// Header length in bytes (20..=60).
     pub fn header_len(&self) -> usize {
-        usize::from(self.buf.as_ref()[12] >> 4) * 4
+        usize::from(self.buf.as_ref()[tcp_field::DATA_OFF] >> 4) * 4
     }
     pub fn flags(&self) -> TcpFlags {
-        TcpFlags(self.buf.as_ref()[13])
+        TcpFlags(self.buf.as_ref()[tcp_field::FLAGS])
     }
     /// The raw (unscaled) window field.
     pub fn window(&self) -> u16 {
-        be16(self.buf.as_ref(), 14)
+        be16(self.buf.as_ref(), tcp_field::WINDOW)
     }
 
     /// The option bytes that were captured (may be fewer than the header announces).
     pub fn options(&self) -> &[u8] {
         let b = self.buf.as_ref();
         let end = self.header_len().min(b.len());
-        &b[20..end]
+        &b[tcp_field::OPTIONS..end]
     }
 
     /// The window-scale shift from the options, if present (capped at 14 as RFC 7323 says).
     pub fn window_scale(&self) -> Option<u8> {
+        use tcp_field::opt;
         let mut o = self.options();
         while let Some((&kind, rest)) = o.split_first() {
             match kind {
-                0 => return None,
-                1 => o = rest,
+                opt::END => return None,
+                opt::NOP => o = rest,
                 _ => {
                     let len = usize::from(*rest.first()?);
-                    if len < 2 || o.len() < len {
+                    if len < opt::MIN_LEN || o.len() < len {
                         return None;
                     }
-                    if kind == 3 && len == 3 {
-                        return Some(o[2].min(14));
+                    if kind == opt::WINDOW_SCALE && len == opt::WINDOW_SCALE_LEN {
+                        return Some(o[opt::WINDOW_SCALE_SHIFT].min(opt::MAX_WINDOW_SCALE));
                     }
                     o = &o[len..];
                 }
@@ -484,7 +637,8 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
     }
 }
 
-/// The TCP fields the flow tracker uses, taken from one frame.
+/// The TCP fields the flow tracker uses, taken from one frame: the parsed, owned *repr* of a
+/// [`TcpSegment`] view and the IP header around it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpRepr {
     pub src: IpAddr,
@@ -524,7 +678,7 @@ pub fn parse_frame(link: LinkType, data: &[u8]) -> Result<TcpRepr, Skip> {
         LinkType::Ipv4 => parse_ipv4(data),
         LinkType::Ipv6 => parse_ipv6(data),
         LinkType::Null | LinkType::Loop => {
-            if data.len() < 4 {
+            if data.len() < loopback_family::HEADER_LEN {
                 return Err(Skip::Truncated("loopback"));
             }
             let raw = [data[0], data[1], data[2], data[3]];
@@ -539,10 +693,13 @@ pub fn parse_frame(link: LinkType, data: &[u8]) -> Result<TcpRepr, Skip> {
                     le
                 }
             };
-            let rest = &data[4..];
+            let rest = &data[loopback_family::HEADER_LEN..];
             match family {
-                2 => parse_ipv4(rest),
-                10 | 24 | 28 | 30 => parse_ipv6(rest),
+                loopback_family::INET => parse_ipv4(rest),
+                loopback_family::INET6_LINUX
+                | loopback_family::INET6_OPENBSD
+                | loopback_family::INET6_FREEBSD
+                | loopback_family::INET6_DARWIN => parse_ipv6(rest),
                 _ => Err(Skip::NotIp),
             }
         }
@@ -555,11 +712,11 @@ fn parse_ethertype(mut ethertype: u16, mut rest: &[u8]) -> Result<TcpRepr, Skip>
             ETHERTYPE_IPV4 => return parse_ipv4(rest),
             ETHERTYPE_IPV6 => return parse_ipv6(rest),
             ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD => {
-                if rest.len() < 4 {
+                if rest.len() < vlan_field::TAG_LEN {
                     return Err(Skip::Truncated("802.1Q"));
                 }
-                ethertype = be16(rest, 2);
-                rest = &rest[4..];
+                ethertype = be16(rest, vlan_field::INNER_ETHERTYPE);
+                rest = &rest[vlan_field::TAG_LEN..];
             }
             _ => return Err(Skip::NotIp),
         }
@@ -568,9 +725,9 @@ fn parse_ethertype(mut ethertype: u16, mut rest: &[u8]) -> Result<TcpRepr, Skip>
 }
 
 fn parse_ip(data: &[u8]) -> Result<TcpRepr, Skip> {
-    match data.first().map(|b| b >> 4) {
-        Some(4) => parse_ipv4(data),
-        Some(6) => parse_ipv6(data),
+    match data.first().map(|b| ip_version(*b)) {
+        Some(ipv4_field::VERSION) => parse_ipv4(data),
+        Some(ipv6_field::VERSION) => parse_ipv6(data),
         Some(_) => Err(Skip::NotIp),
         None => Err(Skip::Truncated("IP")),
     }
@@ -578,7 +735,7 @@ fn parse_ip(data: &[u8]) -> Result<TcpRepr, Skip> {
 
 fn parse_ipv4(data: &[u8]) -> Result<TcpRepr, Skip> {
     let ip = Ipv4Packet::new_checked(data)?;
-    if ip.protocol() != 6 {
+    if ip.protocol() != IP_PROTO_TCP {
         return Err(Skip::NotTcp);
     }
     if ip.is_fragment() {
@@ -596,7 +753,7 @@ fn parse_ipv4(data: &[u8]) -> Result<TcpRepr, Skip> {
 fn parse_ipv6(data: &[u8]) -> Result<TcpRepr, Skip> {
     let ip = Ipv6Packet::new_checked(data)?;
     let (proto, rest, consumed) = ip.upper_layer()?;
-    if proto != 6 {
+    if proto != IP_PROTO_TCP {
         return Err(Skip::NotTcp);
     }
     let seg_len = if ip.payload_len() == 0 {
