@@ -18,13 +18,16 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::flow::infer::{infer, median, Inference};
 use crate::flow::table::{Ep, FlowKey, FlowTable};
 use crate::wire::packet::{TcpFlags, TcpRepr};
 use crate::wire::seq::SeqNum;
 
 /// What a classified packet is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A keep-alive probe (pure ACK or 1 byte at `snd_una - 1`).
     Keepalive,
@@ -47,7 +50,7 @@ impl Kind {
 }
 
 /// One classified packet.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PacketEvent {
     /// 1-based frame number in the source (as Wireshark numbers frames).
     pub frame: u64,
@@ -75,7 +78,8 @@ pub struct PacketEvent {
 }
 
 /// How a flow ended, or where it stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Open, last probe answered (or none pending).
     Alive,
@@ -110,7 +114,8 @@ impl Outcome {
 }
 
 /// Which side of the connection sends the probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     Client,
     Server,
@@ -133,7 +138,7 @@ impl Role {
 }
 
 /// A flow's keep-alive story.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlowSummary {
     /// The side that sent the SYN (or the first sender seen when the handshake was missed).
     pub client: SocketAddr,
@@ -163,7 +168,12 @@ pub struct FlowSummary {
 }
 
 /// Something the tracker found.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Events and their parts derive `Serialize` with serde's own shapes (enum names in
+/// snake_case, durations as `{secs, nanos}`); `kaprobe`'s documented `--json` output is
+/// written by the binary, field by field, and does not depend on these derives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     Packet(PacketEvent),
     Flow(Box<FlowSummary>),
