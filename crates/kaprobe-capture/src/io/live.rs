@@ -23,6 +23,10 @@ use crate::io::bpf::{self, Framing, DEFAULT_SNAPLEN};
 use crate::io::source::{Frame, Next, PacketSource};
 use crate::wire::packet::LinkType;
 
+// The watch loop and the pcap file writer used to live here: their old paths still work.
+pub use crate::io::writer::PcapFile;
+pub use crate::watch::{capture_loopback, watch, LoopbackCapture, WatchOptions, WatchSink};
+
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_RX_RING: libc::c_int = 5;
