@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::CaptureError;
 use crate::flow::track::{Event, Tracker, TrackerConfig, TrackerStats};
-use crate::io::source::{Next, PacketSource};
+use crate::io::source::{Frame, Next, PacketSource};
 use crate::wire::packet::{parse_frame, Skip, TcpRepr};
 
 /// Which packets to analyse: both conditions must hold when both are set.
@@ -85,12 +85,7 @@ impl Analyzer {
 
     /// Process one frame (numbered 1, 2, ... by the caller).
     #[inline]
-    pub fn frame(
-        &mut self,
-        frame: &crate::io::source::Frame<'_>,
-        number: u64,
-        out: &mut Vec<Event>,
-    ) {
+    pub fn frame(&mut self, frame: &Frame<'_>, number: u64, out: &mut Vec<Event>) {
         self.stats.frames += 1;
         self.stats.first_ts.get_or_insert(frame.ts);
         self.stats.last_ts = Some(frame.ts);

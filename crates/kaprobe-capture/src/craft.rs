@@ -1,5 +1,7 @@
 //! Build TCP frames from plain values: used to generate pcap fixtures, fuzz seeds and the
 //! benchmark's rewritten copies. Checksums are computed, so tools that verify them agree.
+//!
+//! Built only with the `testing` feature (and for this crate's own tests).
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -1,6 +1,8 @@
 //! Synthetic TCP conversations with per-frame ground truth, for fixtures, tests, fuzz seeds
 //! and benchmarks. Each frame says which kind kaprobe must give it and, where Wireshark is
 //! known to judge it differently, names that documented case.
+//!
+//! Built only with the `testing` feature (and for this crate's own tests).
 
 use std::net::SocketAddr;
 use std::time::Duration;
