@@ -18,8 +18,10 @@ const MAGIC_NANOS: u32 = 0xa1b2_3c4d;
 /// Format version written: 2.4.
 const VERSION_MAJOR: u16 = 2;
 const VERSION_MINOR: u16 = 4;
-/// Length of the file header and of each record header.
+/// Length of the file header.
 const FILE_HEADER_LEN: usize = 24;
+/// Length of a record header: timestamp seconds, timestamp nanoseconds, captured length,
+/// length on the wire (u32 each).
 const RECORD_HEADER_LEN: usize = 16;
 /// Snapshot length [`PcapFile::create`] writes in the header: whole packets.
 const DEFAULT_FILE_SNAPLEN: u32 = 262_144;
@@ -56,13 +58,15 @@ impl<W: Write> PcapWriter<W> {
     /// The underlying writer's error.
     pub fn write(&mut self, ts: Duration, data: &[u8], orig_len: u32) -> std::io::Result<()> {
         let incl = data.len().min(self.snaplen as usize);
-        let mut h = [0u8; RECORD_HEADER_LEN];
         let secs = u32::try_from(ts.as_secs()).unwrap_or(u32::MAX);
-        h[0..4].copy_from_slice(&secs.to_le_bytes());
-        h[4..8].copy_from_slice(&ts.subsec_nanos().to_le_bytes());
         // incl <= snaplen, a u32.
-        h[8..12].copy_from_slice(&(incl as u32).to_le_bytes());
-        h[12..16].copy_from_slice(&orig_len.max(incl as u32).to_le_bytes());
+        let incl32 = incl as u32;
+        // The record header: four u32 fields in this order.
+        let fields = [secs, ts.subsec_nanos(), incl32, orig_len.max(incl32)];
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        for (at, v) in h.chunks_exact_mut(4).zip(fields) {
+            at.copy_from_slice(&v.to_le_bytes());
+        }
         self.out.write_all(&h)?;
         self.out.write_all(&data[..incl])
     }
