@@ -3,9 +3,11 @@
 //! The crate's map, from bytes to findings:
 //!
 //! ```text
-//! wire/      what captured bytes say, statelessly
-//!   packet     views over bytes (Ethernet/VLAN, Linux SLL/SLL2, raw IP, BSD loopback, IPv4,
-//!              IPv6 with extension headers, TCP) and the TcpRepr summary; parse_frame
+//! wire/      what captured bytes say, statelessly (views over bytes, and the TcpRepr summary)
+//!   link       LinkType; Ethernet (VLAN/QinQ), Linux SLL/SLL2 views; BSD loopback families
+//!   ip         IPv4 and IPv6 views (extension headers skipped)
+//!   tcp        the TcpSegment view, TcpFlags, the TcpRepr summary the tracker keeps
+//!   packet     parse_frame: a captured frame to a TcpRepr, or a Skip saying why not
 //!   seq        SeqNum, wrapping sequence numbers
 //! io/        where frames come from and go to
 //!   source     the PacketSource seam; pcap/pcapng files (FileSource)
