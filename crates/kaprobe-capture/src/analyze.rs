@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::CaptureError;
-use crate::packet::{parse_frame, Skip, TcpPacket};
-use crate::source::{Next, PacketSource};
-use crate::track::{Event, Tracker, TrackerConfig, TrackerStats};
+use crate::flow::track::{Event, Tracker, TrackerConfig, TrackerStats};
+use crate::io::source::{Frame, Next, PacketSource};
+use crate::wire::packet::{parse_frame, Skip, TcpRepr};
 
 /// Which packets to analyse: both conditions must hold when both are set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct Filter {
 impl Filter {
     /// True when `p` passes.
     #[must_use]
-    pub fn matches(&self, p: &TcpPacket) -> bool {
+    pub fn matches(&self, p: &TcpRepr) -> bool {
         self.port
             .is_none_or(|port| p.src_port == port || p.dst_port == port)
             && self
@@ -85,7 +85,7 @@ impl Analyzer {
 
     /// Process one frame (numbered 1, 2, ... by the caller).
     #[inline]
-    pub fn frame(&mut self, frame: &crate::source::Frame<'_>, number: u64, out: &mut Vec<Event>) {
+    pub fn frame(&mut self, frame: &Frame<'_>, number: u64, out: &mut Vec<Event>) {
         self.stats.frames += 1;
         self.stats.first_ts.get_or_insert(frame.ts);
         self.stats.last_ts = Some(frame.ts);

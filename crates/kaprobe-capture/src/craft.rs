@@ -1,9 +1,11 @@
 //! Build TCP frames from plain values: used to generate pcap fixtures, fuzz seeds and the
 //! benchmark's rewritten copies. Checksums are computed, so tools that verify them agree.
+//!
+//! Built only with the `testing` feature (and for this crate's own tests).
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::packet::TcpFlags;
+use crate::wire::packet::TcpFlags;
 
 /// One TCP segment to build.
 #[derive(Debug, Clone)]
@@ -192,7 +194,7 @@ pub fn rewrite_ipv4(frame: &mut [u8], ip_offset: usize, src: [u8; 4], dst: [u8; 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{parse_frame, LinkType};
+    use crate::wire::packet::{parse_frame, LinkType};
 
     #[test]
     fn built_frames_parse_back() {

@@ -1,34 +1,61 @@
 //! kaprobe-capture: find TCP keep-alive probes on the wire.
 //!
-//! - [`packet`]: checked views over captured bytes (Ethernet/VLAN, Linux SLL/SLL2, raw IP,
-//!   BSD loopback, IPv4, IPv6 with extension headers, TCP) and [`packet::parse_frame`].
-//! - [`seq`]: [`SeqNum`], wrapping sequence numbers.
-//! - [`source`]: the [`PacketSource`] seam and pcap/pcapng files; [`live`]: AF_PACKET capture.
-//! - [`track`]: the flow tracker and classifier (injected time); [`infer`]: naming settings.
-//! - [`analyze`]: source -> parser -> filter -> tracker; [`writer`]: pcap output;
-//!   [`craft`]: building frames for fixtures.
+//! The crate's map, from bytes to findings:
+//!
+//! ```text
+//! wire/      what captured bytes say, statelessly (views over bytes, and the TcpRepr summary)
+//!   link       LinkType; Ethernet (VLAN/QinQ), Linux SLL/SLL2 views; BSD loopback families
+//!   ip         IPv4 and IPv6 views (extension headers skipped)
+//!   tcp        the TcpSegment view, TcpFlags, the TcpRepr summary the tracker keeps
+//!   packet     parse_frame: a captured frame to a TcpRepr, or a Skip saying why not
+//!   seq        SeqNum, wrapping sequence numbers
+//! io/        where frames come from and go to
+//!   source     the PacketSource seam; pcap/pcapng files (FileSource)
+//!   live       AF_PACKET capture through a TPACKET_V3 ring (LiveSource)
+//!   bpf        the in-kernel filter for live capture
+//!   writer     the pcap writer (PcapWriter, and PcapFile over a named file)
+//! flow/      connections over time (injected time, never the clock)
+//!   table      the bounded flow table
+//!   track      the Tracker: probe/ACK classification, flow summaries
+//!   infer      naming the keep-alive settings behind a flow's probes
+//! analyze    source -> parser -> filter -> tracker, for files (analyze) and loops (Analyzer)
+//! watch      the live loop: a source through the analyzer, with ticks; LoopbackCapture
+//! metrics    Prometheus counters and histograms for `watch --metrics`
+//! error      CaptureError
+//! craft, scenario   (feature `testing`) frames and labelled conversations for fixtures
+//! ```
+//!
+//! The old flat paths (`kaprobe_capture::packet`, `::track`, `::source`, ...) still work:
+//! they re-export the modules above.
 
 pub mod analyze;
-pub mod bpf;
+#[cfg(any(test, feature = "testing"))]
 pub mod craft;
 pub mod error;
-pub mod infer;
-pub mod live;
+pub mod flow;
+pub mod io;
 pub mod metrics;
-pub mod packet;
+#[cfg(any(test, feature = "testing"))]
 pub mod scenario;
-pub mod seq;
-pub mod source;
-pub mod table;
-pub mod track;
-pub mod writer;
+pub mod watch;
+pub mod wire;
+
+pub use flow::{infer, table, track};
+pub use io::{bpf, live, source, writer};
+pub use wire::{packet, seq};
 
 pub use analyze::{analyze, Analyzer, Filter, RunStats};
 pub use error::CaptureError;
-pub use infer::Inference;
-pub use live::{capture_loopback, LiveSource, LoopbackCapture};
-pub use packet::{parse_frame, LinkType, Skip, TcpPacket};
-pub use seq::SeqNum;
-pub use source::{FileSource, Frame, Next, PacketSource};
-pub use track::{Event, FlowSummary, Kind, Outcome, PacketEvent, Role, Tracker, TrackerConfig};
-pub use writer::PcapWriter;
+pub use flow::infer::Inference;
+pub use flow::track::{
+    Event, FlowSummary, Kind, Outcome, PacketEvent, Role, Tracker, TrackerConfig,
+};
+pub use io::live::LiveSource;
+pub use io::source::{FileSource, Frame, Next, PacketSource};
+pub use io::writer::{PcapFile, PcapWriter};
+pub use watch::{capture_loopback, LoopbackCapture};
+pub use wire::packet::{parse_frame, LinkType, Skip, TcpRepr};
+pub use wire::seq::SeqNum;
+
+/// The former name of [`TcpRepr`], the parsed summary of a TCP segment.
+pub type TcpPacket = TcpRepr;

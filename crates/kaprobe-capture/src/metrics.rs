@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::analyze::RunStats;
-use crate::track::{Event, Kind, Outcome};
+use crate::flow::track::{Event, Kind, Outcome};
 
 /// Upper bounds (seconds) of the idle-before-first-probe histogram: around the keep-alive
 /// idle times people set and the idle timeouts of common NATs and load balancers.
@@ -374,9 +374,9 @@ mod tests {
     #[test]
     fn a_dead_peer_counts_its_three_unanswered_probes_once_each() {
         use crate::analyze::{Analyzer, Filter};
-        use crate::packet::LinkType;
-        use crate::source::Frame;
-        use crate::track::TrackerConfig;
+        use crate::flow::track::TrackerConfig;
+        use crate::io::source::Frame;
+        use crate::wire::packet::LinkType;
         let sc = crate::scenario::all()
             .into_iter()
             .find(|s| s.name == "dead_peer")

@@ -1,13 +1,15 @@
 //! Synthetic TCP conversations with per-frame ground truth, for fixtures, tests, fuzz seeds
 //! and benchmarks. Each frame says which kind kaprobe must give it and, where Wireshark is
 //! known to judge it differently, names that documented case.
+//!
+//! Built only with the `testing` feature (and for this crate's own tests).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::craft::{ip_packet, TcpSpec};
-use crate::packet::{LinkType, TcpFlags};
-use crate::track::Kind;
+use crate::flow::track::Kind;
+use crate::wire::packet::{LinkType, TcpFlags};
 
 /// A documented case where Wireshark's keep-alive analysis is wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -501,8 +503,8 @@ pub fn frame_for(link: LinkType, ip: &[u8], qinq: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::parse_frame;
-    use crate::track::{Event, Tracker, TrackerConfig};
+    use crate::flow::track::{Event, Tracker, TrackerConfig};
+    use crate::wire::packet::parse_frame;
 
     /// Classify a scenario's frames (wrapped in `link`) and return (frame, kind) pairs.
     fn classify(sc: &Scenario, link: LinkType, qinq: bool) -> Vec<(u64, Kind)> {

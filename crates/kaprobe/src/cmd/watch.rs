@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kaprobe_capture::bpf::DEFAULT_SNAPLEN;
-use kaprobe_capture::live::{watch, LiveOptions, PcapFile, WatchOptions, WatchSink};
+use kaprobe_capture::live::LiveOptions;
 use kaprobe_capture::metrics::{serve_http, WatchMetrics};
-use kaprobe_capture::{Analyzer, Event, Filter, LiveSource, Outcome, TrackerConfig};
+use kaprobe_capture::watch::{watch, WatchOptions, WatchSink};
+use kaprobe_capture::{Analyzer, Event, Filter, LiveSource, Outcome, PcapFile, TrackerConfig};
 
 use crate::exit::capture_failure;
 use crate::render::capture::{

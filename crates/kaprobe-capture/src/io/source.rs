@@ -1,5 +1,5 @@
 //! Where frames come from: the [`PacketSource`] seam, with a file implementation here and a
-//! live one in [`crate::live`]. Classification never knows which it has.
+//! live one in [`crate::io::live`]. Classification never knows which it has.
 
 use std::fs::File;
 use std::io::Read;
@@ -15,7 +15,7 @@ use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{PcapError, TsResolution};
 
 use crate::error::CaptureError;
-use crate::packet::LinkType;
+use crate::wire::packet::LinkType;
 
 /// One captured frame, borrowed from the source until the next call.
 #[derive(Debug, Clone, Copy)]

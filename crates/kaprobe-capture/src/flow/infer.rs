@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
 /// What the probe timings say about the prober's keep-alive configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Inference {
     /// Idle time before a probe (TCP_KEEPIDLE / tcp_keepalive_time), seconds.
     pub idle: Option<f64>,

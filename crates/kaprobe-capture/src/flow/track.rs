@@ -18,13 +18,16 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::infer::{infer, median, Inference};
-use crate::packet::{TcpFlags, TcpPacket};
-use crate::seq::SeqNum;
-use crate::table::{Ep, FlowKey, FlowTable};
+use serde::Serialize;
+
+use crate::flow::infer::{infer, median, Inference};
+use crate::flow::table::{Ep, FlowKey, FlowTable};
+use crate::wire::packet::{TcpFlags, TcpRepr};
+use crate::wire::seq::SeqNum;
 
 /// What a classified packet is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A keep-alive probe (pure ACK or 1 byte at `snd_una - 1`).
     Keepalive,
@@ -47,7 +50,7 @@ impl Kind {
 }
 
 /// One classified packet.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PacketEvent {
     /// 1-based frame number in the source (as Wireshark numbers frames).
     pub frame: u64,
@@ -75,7 +78,8 @@ pub struct PacketEvent {
 }
 
 /// How a flow ended, or where it stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Open, last probe answered (or none pending).
     Alive,
@@ -110,7 +114,8 @@ impl Outcome {
 }
 
 /// Which side of the connection sends the probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     Client,
     Server,
@@ -133,7 +138,7 @@ impl Role {
 }
 
 /// A flow's keep-alive story.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlowSummary {
     /// The side that sent the SYN (or the first sender seen when the handshake was missed).
     pub client: SocketAddr,
@@ -163,7 +168,12 @@ pub struct FlowSummary {
 }
 
 /// Something the tracker found.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Events and their parts derive `Serialize` with serde's own shapes (enum names in
+/// snake_case, durations as `{secs, nanos}`); `kaprobe`'s documented `--json` output is
+/// written by the binary, field by field, and does not depend on these derives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     Packet(PacketEvent),
     Flow(Box<FlowSummary>),
@@ -207,13 +217,17 @@ pub struct TrackerStats {
     pub peak_flows: u64,
 }
 
+/// A probe waiting for its answer.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
+    /// The probe's sequence number (its answer acknowledges `seq + 1`).
     seq: SeqNum,
+    /// When it was sent, for the ACK's round-trip time.
     ts: Duration,
     kind: Kind,
 }
 
+/// A zero-length segment that may be a probe, seen before the peer's ACK number was known.
 #[derive(Debug, Clone, Copy)]
 struct Cand {
     frame: u64,
@@ -221,41 +235,76 @@ struct Cand {
     ack: SeqNum,
 }
 
+/// The candidates one direction holds: all at the same sequence number.
 #[derive(Debug, Clone)]
 struct Cands {
     seq: SeqNum,
     list: Vec<Cand>,
 }
 
+/// Most candidates held per direction.
 const MAX_CANDS: usize = 64;
+/// Most interval samples kept per side (for the median and the inference).
 const MAX_SAMPLES: usize = 256;
 
+/// What a pure ACK of 0 or 1 byte is, by [`Flow::classify_probe`].
+enum Sighting {
+    /// A probe of this kind, judged by the peer's ACK number (and window).
+    Probe(Kind),
+    /// Perhaps a probe: the peer's ACK number is not known yet.
+    Candidate,
+    /// Neither.
+    Nothing,
+}
+
+/// One direction's sequence state, as the sender of that direction sent it.
 // Fields in the order of use: the state every packet reads comes first (see `Flow`).
 #[derive(Debug, Clone, Default)]
 #[repr(C)]
 struct Dir {
+    /// Highest ACK number this side sent: the peer's `snd_una` as this side sees it.
     last_ack: Option<SeqNum>,
+    /// One past the highest sequence number this side sent (its `snd_nxt`).
     next_seq: Option<SeqNum>,
+    /// This side's latest probe, until the peer answers it or this side sends data.
     pending: Option<Pending>,
+    /// This side's probe candidates (capture started mid-idle), until confirmed or cleared.
     cands: Option<Box<Cands>>,
+    /// The last window this side advertised (raw, unscaled); zero marks zero-window probes.
     window: Option<u16>,
+    /// This side's initial sequence number, from its SYN: a new SYN with another ISN is a
+    /// new connection on the same 4-tuple.
     isn: Option<SeqNum>,
 }
 
+/// One side's probes, kept only once a flow has any (see `Flow::sides`).
 #[derive(Debug, Clone, Default)]
 struct Side {
+    /// Keep-alive probes this side sent.
     keepalives: u32,
+    /// Zero-window probes this side sent.
     zwp: u32,
+    /// Of its keep-alives, how many the peer answered.
     answered: u32,
+    /// Keep-alives sent since the last answer: the unanswered run.
     run: u32,
+    /// When the first keep-alive was sent, and the idle time before it.
     first_probe: Option<Duration>,
     idle_first: Option<Duration>,
+    /// When the latest keep-alive was sent.
     last_probe: Option<Duration>,
+    /// When the latest keep-alive was answered (cleared by the next probe).
     last_answer: Option<Duration>,
+    /// True when the latest keep-alive has been answered.
     last_answered: bool,
+    /// Seconds between consecutive keep-alives: the probe interval's samples.
     gaps: Vec<f64>,
+    /// Seconds between a keep-alive left unanswered and the next one (the retry interval).
     unanswered_gaps: Vec<f64>,
+    /// Seconds from a keep-alive's answer to the next keep-alive (the idle time again).
     answered_gaps: Vec<f64>,
+    /// The unanswered run when this side reset the connection: the probe count it gave
+    /// up after.
     gave_up_after: Option<u32>,
 }
 
@@ -268,20 +317,37 @@ fn push_bounded(v: &mut Vec<f64>, x: f64) {
 /// One connection's state. `repr(C)` keeps the fields every packet touches together at the
 /// front (right after the table's key), so a packet costs two or three cache lines of flow
 /// state, not the whole record: with thousands of flows that is most of watch's time.
+///
+/// Sides are indexed 0 and 1: side 0 is the first sender seen (`ep0`), side 1 its peer;
+/// `dirs[i]` and `sides[i]` describe what side `i` sent.
 #[derive(Debug, Clone)]
 #[repr(C)]
 struct Flow {
+    /// Side 0's endpoint: a packet from it is from side 0.
     ep0: Ep,
+    /// A FIN seen from each side.
     fin: [bool; 2],
+    /// Packets seen in the flow.
     packets: u64,
+    /// The latest packet's timestamp (for idle expiry and activity order).
     last_seen: Duration,
+    /// Sequence state per direction.
     dirs: [Dir; 2],
+    /// The latest packet that was neither a probe nor a probe's answer: idle is measured
+    /// from it.
     last_activity: Option<Duration>,
+    /// How and when the flow ended (RST or FIN both ways), once it has.
     ended: Option<(Outcome, Duration)>,
+    /// The client's side index, once a SYN or SYN-ACK has named it.
     client: Option<usize>,
+    /// True once the flow's summary was emitted (each flow is summarised once).
     reported: bool,
+    /// The first packet's timestamp.
     first_seen: Duration,
+    /// Both endpoints as socket addresses, by side index.
     eps: [SocketAddr; 2],
+    /// Per-side probe counts and timings: allocated at the first probe, so flows without
+    /// probes stay small.
     sides: Option<Box<[Side; 2]>>,
 }
 
@@ -290,7 +356,7 @@ fn sub(a: Duration, b: Duration) -> Duration {
 }
 
 impl Flow {
-    fn new(p: &TcpPacket, ts: Duration) -> Self {
+    fn new(p: &TcpRepr, ts: Duration) -> Self {
         Self {
             eps: [
                 SocketAddr::new(p.src, p.src_port),
@@ -396,145 +462,47 @@ impl Flow {
         }
     }
 
-    #[allow(clippy::too_many_lines)]
+    /// Account for one packet from side `s` (0 or 1). The steps, in order:
+    /// 1. [`note_handshake`](Self::note_handshake): a SYN names the client and the ISN;
+    /// 2. [`take_answer`](Self::take_answer): does it answer the other side's probe (or
+    ///    confirm its held candidates)?
+    /// 3. [`confirm_by_rst`](Self::confirm_by_rst): an RST right after this side's
+    ///    candidates makes them probes;
+    /// 4. [`classify_probe`](Self::classify_probe): is it itself a probe (recorded, then
+    ///    awaited as pending) or a candidate (held)?
+    /// 5. [`advance_direction`](Self::advance_direction): sequence, ACK and window state;
+    /// 6. [`note_end`](Self::note_end): FIN/RST and the flow's outcome.
     fn on_packet(
         &mut self,
         s: usize,
         frame: u64,
         ts: Duration,
-        p: &TcpPacket,
+        p: &TcpRepr,
         stats: &mut TrackerStats,
         out: &mut Vec<Event>,
     ) {
-        let d = 1 - s;
         self.packets += 1;
         self.last_seen = ts;
         let f = p.flags;
         let pure = !f.any(TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST);
-        if f.syn() {
-            if f.ack() {
-                self.client.get_or_insert(d);
-            } else {
-                self.client = Some(s);
-            }
-            self.dirs[s].isn = Some(p.seq);
-        }
+        self.note_handshake(s, p);
+        // A packet that is a probe or a probe's answer does not count as activity.
         let mut probe_related = false;
-        // A segment at one below what the peer has acknowledged, with 0 or 1 byte, is a probe
-        // whatever it acknowledges: when both ends probe at the same tick, each probe carries
-        // `ack == peer's probe seq + 1` without answering it (the real ACKs follow).
-        let own_probe = pure
-            && f.ack()
-            && p.payload_len <= 1
-            && self.dirs[d].last_ack.is_some_and(|ra| p.seq.add(1) == ra);
-
-        // 1. Does this answer a probe (or confirm candidates) from the other side?
-        if f.ack() && !f.rst() && !own_probe {
-            if let Some(pend) = self.dirs[d].pending {
-                let answered = match pend.kind {
-                    Kind::ZeroWindowProbe => p.ack.diff(pend.seq) >= 0,
-                    _ => p.ack.diff(pend.seq) >= 1,
-                };
-                if answered {
-                    self.dirs[d].pending = None;
-                    self.record_answer(d, ts, pend.kind);
-                    if pure && p.payload_len == 0 {
-                        probe_related = true;
-                        if pend.kind == Kind::Keepalive && p.ack == pend.seq.add(1) {
-                            stats.keepalive_acks += 1;
-                            out.push(Event::Packet(self.ack_event(frame, ts, p, s, pend.ts)));
-                        }
-                    }
-                }
-            } else if let Some(c) = self.dirs[d].cands.take() {
-                if p.ack == c.seq.add(1) {
-                    let kind = if p.window == 0 {
-                        Kind::ZeroWindowProbe
-                    } else {
-                        Kind::Keepalive
-                    };
-                    let mut last_ts = ts;
-                    for cand in &c.list {
-                        self.record_probe(
-                            d, cand.frame, cand.ts, kind, c.seq, cand.ack, 0, true, stats, out,
-                        );
-                        last_ts = cand.ts;
-                    }
-                    self.record_answer(d, ts, kind);
-                    if pure && p.payload_len == 0 {
-                        probe_related = true;
-                        if kind == Kind::Keepalive {
-                            stats.keepalive_acks += 1;
-                            out.push(Event::Packet(self.ack_event(frame, ts, p, s, last_ts)));
-                        }
-                    }
-                }
-            }
+        if f.ack() && !f.rst() && !self.is_own_probe(s, p, pure) {
+            probe_related = self.take_answer(s, frame, ts, p, pure, stats, out);
         }
-
-        // 2. An RST at candidate seq + 1 confirms its sender's candidates were probes.
         if f.rst() {
-            if let Some(c) = self.dirs[s].cands.take() {
-                if p.seq == c.seq.add(1) {
-                    for cand in &c.list {
-                        self.record_probe(
-                            s,
-                            cand.frame,
-                            cand.ts,
-                            Kind::Keepalive,
-                            c.seq,
-                            cand.ack,
-                            0,
-                            true,
-                            stats,
-                            out,
-                        );
-                    }
-                }
-            }
+            self.confirm_by_rst(s, p, stats, out);
         }
-
-        // 3. Is this a probe?
         let mut probe_kind = None;
         if pure && f.ack() && p.payload_len <= 1 && !probe_related {
-            let peer_window_zero = self.dirs[d].window == Some(0);
-            match self.dirs[d].last_ack {
-                Some(ra) if p.seq.add(1) == ra => {
-                    probe_kind = Some(if peer_window_zero {
-                        Kind::ZeroWindowProbe
-                    } else {
-                        Kind::Keepalive
-                    });
+            match self.classify_probe(s, p) {
+                Sighting::Probe(kind) => probe_kind = Some(kind),
+                Sighting::Candidate => {
+                    probe_related = true;
+                    self.hold_candidate(s, frame, ts, p);
                 }
-                Some(ra) => {
-                    // 1 byte at snd_una (= snd_nxt: the window is shut) into a zero window.
-                    if p.payload_len == 1 && p.seq == ra && peer_window_zero {
-                        probe_kind = Some(Kind::ZeroWindowProbe);
-                    }
-                }
-                None => {
-                    if p.payload_len == 0 {
-                        probe_related = true;
-                        let cand = Cand {
-                            frame,
-                            ts,
-                            ack: p.ack,
-                        };
-                        match &mut self.dirs[s].cands {
-                            Some(c) if c.seq == p.seq => {
-                                if c.list.len() < MAX_CANDS {
-                                    c.list.push(cand);
-                                }
-                            }
-                            other => {
-                                *other = Some(Box::new(Cands {
-                                    seq: p.seq,
-                                    list: vec![cand],
-                                }));
-                            }
-                        }
-                    }
-                }
+                Sighting::Nothing => {}
             }
         }
         if let Some(kind) = probe_kind {
@@ -557,10 +525,187 @@ impl Flow {
                 kind,
             });
         }
+        self.advance_direction(s, ts, p, probe_kind.is_some(), probe_related);
+        self.note_end(s, ts, p);
+    }
 
-        // 4. State.
+    /// Step 1: a SYN names the client (the SYN's sender; for a SYN-ACK, its receiver unless
+    /// already known) and records the sender's initial sequence number.
+    #[inline]
+    fn note_handshake(&mut self, s: usize, p: &TcpRepr) {
+        let f = p.flags;
+        if f.syn() {
+            if f.ack() {
+                self.client.get_or_insert(1 - s);
+            } else {
+                self.client = Some(s);
+            }
+            self.dirs[s].isn = Some(p.seq);
+        }
+    }
+
+    /// A segment at one below what the peer has acknowledged, with 0 or 1 byte, is a probe
+    /// whatever it acknowledges: when both ends probe at the same tick, each probe carries
+    /// `ack == peer's probe seq + 1` without answering it (the real ACKs follow).
+    #[inline]
+    fn is_own_probe(&self, s: usize, p: &TcpRepr, pure: bool) -> bool {
+        pure && p.flags.ack()
+            && p.payload_len <= 1
+            && self.dirs[1 - s]
+                .last_ack
+                .is_some_and(|ra| p.seq.add(1) == ra)
+    }
+
+    /// Step 2: does this ACK from side `s` answer the other side's pending probe, or confirm
+    /// its held candidates (`ack == candidate seq + 1`)? Records the answer (and the probes,
+    /// for candidates) and emits the keep-alive ACK event for a pure ACK. True when the packet
+    /// is a probe's answer, so not activity.
+    #[allow(clippy::too_many_arguments)]
+    fn take_answer(
+        &mut self,
+        s: usize,
+        frame: u64,
+        ts: Duration,
+        p: &TcpRepr,
+        pure: bool,
+        stats: &mut TrackerStats,
+        out: &mut Vec<Event>,
+    ) -> bool {
+        let d = 1 - s;
+        let mut probe_related = false;
+        if let Some(pend) = self.dirs[d].pending {
+            let answered = match pend.kind {
+                Kind::ZeroWindowProbe => p.ack.diff(pend.seq) >= 0,
+                _ => p.ack.diff(pend.seq) >= 1,
+            };
+            if answered {
+                self.dirs[d].pending = None;
+                self.record_answer(d, ts, pend.kind);
+                if pure && p.payload_len == 0 {
+                    probe_related = true;
+                    if pend.kind == Kind::Keepalive && p.ack == pend.seq.add(1) {
+                        stats.keepalive_acks += 1;
+                        out.push(Event::Packet(self.ack_event(frame, ts, p, s, pend.ts)));
+                    }
+                }
+            }
+        } else if let Some(c) = self.dirs[d].cands.take() {
+            if p.ack == c.seq.add(1) {
+                let kind = if p.window == 0 {
+                    Kind::ZeroWindowProbe
+                } else {
+                    Kind::Keepalive
+                };
+                let mut last_ts = ts;
+                for cand in &c.list {
+                    self.record_probe(
+                        d, cand.frame, cand.ts, kind, c.seq, cand.ack, 0, true, stats, out,
+                    );
+                    last_ts = cand.ts;
+                }
+                self.record_answer(d, ts, kind);
+                if pure && p.payload_len == 0 {
+                    probe_related = true;
+                    if kind == Kind::Keepalive {
+                        stats.keepalive_acks += 1;
+                        out.push(Event::Packet(self.ack_event(frame, ts, p, s, last_ts)));
+                    }
+                }
+            }
+        }
+        probe_related
+    }
+
+    /// Step 3: an RST at candidate seq + 1 confirms its sender's candidates were probes.
+    fn confirm_by_rst(
+        &mut self,
+        s: usize,
+        p: &TcpRepr,
+        stats: &mut TrackerStats,
+        out: &mut Vec<Event>,
+    ) {
+        if let Some(c) = self.dirs[s].cands.take() {
+            if p.seq == c.seq.add(1) {
+                for cand in &c.list {
+                    self.record_probe(
+                        s,
+                        cand.frame,
+                        cand.ts,
+                        Kind::Keepalive,
+                        c.seq,
+                        cand.ack,
+                        0,
+                        true,
+                        stats,
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Step 4: what a pure ACK of 0 or 1 byte from side `s` (not an answer) is, judged by
+    /// the peer's last ACK number and window.
+    #[inline]
+    fn classify_probe(&self, s: usize, p: &TcpRepr) -> Sighting {
+        let d = 1 - s;
+        let peer_window_zero = self.dirs[d].window == Some(0);
+        match self.dirs[d].last_ack {
+            Some(ra) if p.seq.add(1) == ra => Sighting::Probe(if peer_window_zero {
+                Kind::ZeroWindowProbe
+            } else {
+                Kind::Keepalive
+            }),
+            // 1 byte at snd_una (= snd_nxt: the window is shut) into a zero window.
+            Some(ra) if p.payload_len == 1 && p.seq == ra && peer_window_zero => {
+                Sighting::Probe(Kind::ZeroWindowProbe)
+            }
+            Some(_) => Sighting::Nothing,
+            // The peer's ACK number is not known yet (capture started mid-idle): an empty
+            // segment may be a probe, held until the peer's reply or an RST tells.
+            None if p.payload_len == 0 => Sighting::Candidate,
+            None => Sighting::Nothing,
+        }
+    }
+
+    /// Hold a zero-length segment from side `s` as a probe candidate: repeats at the same
+    /// sequence number join the list (up to [`MAX_CANDS`]), another sequence number starts
+    /// a new one.
+    fn hold_candidate(&mut self, s: usize, frame: u64, ts: Duration, p: &TcpRepr) {
+        let cand = Cand {
+            frame,
+            ts,
+            ack: p.ack,
+        };
+        match &mut self.dirs[s].cands {
+            Some(c) if c.seq == p.seq => {
+                if c.list.len() < MAX_CANDS {
+                    c.list.push(cand);
+                }
+            }
+            other => {
+                *other = Some(Box::new(Cands {
+                    seq: p.seq,
+                    list: vec![cand],
+                }));
+            }
+        }
+    }
+
+    /// Step 5: side `s`'s sequence space, highest ACK and window; data or SYN/FIN clears
+    /// its pending probe and candidates; anything not probe-related is activity.
+    #[inline]
+    fn advance_direction(
+        &mut self,
+        s: usize,
+        ts: Duration,
+        p: &TcpRepr,
+        is_probe: bool,
+        probe_related: bool,
+    ) {
+        let f = p.flags;
         let syn_fin = u32::from(f.syn()) + u32::from(f.fin());
-        let end = if probe_kind.is_some() {
+        let end = if is_probe {
             p.seq.add(1)
         } else {
             p.seq.add(p.payload_len.wrapping_add(syn_fin))
@@ -573,15 +718,21 @@ impl Flow {
         if !f.rst() {
             dir.window = Some(p.window);
         }
-        if probe_kind.is_none() && (p.payload_len > 0 || syn_fin > 0) {
+        if !is_probe && (p.payload_len > 0 || syn_fin > 0) {
             dir.pending = None;
             dir.cands = None;
         }
         if !probe_related {
             self.last_activity = Some(ts);
         }
+    }
 
-        // 5. Ends.
+    /// Step 6: FINs, and the outcome once the flow ends: an RST after unanswered probes from
+    /// the same side means the peer was dead; FIN both ways (or a capture that starts at the
+    /// FIN) is a close.
+    #[inline]
+    fn note_end(&mut self, s: usize, ts: Duration, p: &TcpRepr) {
+        let f = p.flags;
         if f.fin() {
             self.fin[s] = true;
         }
@@ -606,7 +757,7 @@ impl Flow {
 
     /// True for the last ACK of the closing handshake: the flow will carry nothing more.
     #[inline]
-    fn is_final_ack(&self, s: usize, p: &TcpPacket) -> bool {
+    fn is_final_ack(&self, s: usize, p: &TcpRepr) -> bool {
         self.fin[0]
             && self.fin[1]
             && p.flags.ack()
@@ -618,7 +769,7 @@ impl Flow {
         &self,
         frame: u64,
         ts: Duration,
-        p: &TcpPacket,
+        p: &TcpRepr,
         s: usize,
         probe_ts: Duration,
     ) -> PacketEvent {
@@ -706,10 +857,17 @@ impl Flow {
 
 /// Tracks TCP flows and classifies keep-alive probes, their ACKs and zero-window probes.
 pub struct Tracker {
+    /// Limits: table size, idle timeout, linger after close, which flows are reported.
     cfg: TrackerConfig,
+    /// Every flow tracked, keyed by its 4-tuple in either direction, least recently active
+    /// first (evicted first when full, expired first when idle).
     table: FlowTable<Flow>,
+    /// Flows that ended, with the time they ended, in that order: removed once
+    /// `closed_linger` has passed (their last ACKs absorbed).
     closed: VecDeque<(Duration, FlowKey)>,
+    /// Counters over everything processed.
     stats: TrackerStats,
+    /// The next time [`Tracker::expire`] does any work (once a second of packet time).
     next_expiry: Duration,
 }
 
@@ -746,36 +904,14 @@ impl Tracker {
 
     /// Process one TCP packet seen at `ts` as frame number `frame`, appending what was
     /// found (packet classifications, summaries of flows that ended) to `out`.
-    pub fn process(&mut self, frame: u64, ts: Duration, p: &TcpPacket, out: &mut Vec<Event>) {
+    pub fn process(&mut self, frame: u64, ts: Duration, p: &TcpRepr, out: &mut Vec<Event>) {
         self.stats.tcp_packets += 1;
         if ts >= self.next_expiry {
             self.expire(ts, out);
         }
         let src = Ep::new(p.src, p.src_port);
         let key = FlowKey::new(src, Ep::new(p.dst, p.dst_port));
-        let idx = match self.table.lookup_touch(&key, false) {
-            Some(i) => {
-                // Keep the activity order to the second: promote once per second per flow.
-                let promote = self
-                    .table
-                    .at(i)
-                    .is_some_and(|f| f.last_seen.as_secs() != ts.as_secs());
-                if promote {
-                    self.table.promote(i);
-                }
-                i
-            }
-            None => {
-                let (evicted, i) = self.table.insert(key, Flow::new(p, ts));
-                self.stats.flows += 1;
-                self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
-                if let Some((_, mut old)) = evicted {
-                    self.stats.evictions += 1;
-                    Self::report(&self.cfg, &mut old, Some(Outcome::Evicted), out);
-                }
-                i
-            }
-        };
+        let idx = self.find_or_insert(key, ts, p, out);
         let Some(flow) = self.table.at(idx) else {
             return;
         };
@@ -801,6 +937,37 @@ impl Tracker {
         if was_ended && flow.is_final_ack(s, p) {
             self.table.remove(&key);
         }
+    }
+
+    /// The table slot of `key`'s flow: found (and promoted in the activity order at most once
+    /// a second), or inserted, evicting and reporting the least recently active flow when
+    /// the table is full.
+    fn find_or_insert(
+        &mut self,
+        key: FlowKey,
+        ts: Duration,
+        p: &TcpRepr,
+        out: &mut Vec<Event>,
+    ) -> u32 {
+        if let Some(i) = self.table.lookup_touch(&key, false) {
+            // Keep the activity order to the second: promote once per second per flow.
+            let promote = self
+                .table
+                .at(i)
+                .is_some_and(|f| f.last_seen.as_secs() != ts.as_secs());
+            if promote {
+                self.table.promote(i);
+            }
+            return i;
+        }
+        let (evicted, i) = self.table.insert(key, Flow::new(p, ts));
+        self.stats.flows += 1;
+        self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
+        if let Some((_, mut old)) = evicted {
+            self.stats.evictions += 1;
+            Self::report(&self.cfg, &mut old, Some(Outcome::Evicted), out);
+        }
+        i
     }
 
     /// Drop flows idle past the timeout and closed flows past their linger, as of `now`.
@@ -858,8 +1025,8 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{parse_frame, LinkType};
     use crate::scenario::Conv;
+    use crate::wire::packet::{parse_frame, LinkType};
 
     fn feed(t: &mut Tracker, c: &Conv, out: &mut Vec<Event>) {
         for (i, f) in c.frames.iter().enumerate() {

@@ -1,11 +1,12 @@
-//! Live capture from an AF_PACKET socket (Linux), and the loop that feeds it to the tracker.
+//! Live capture from an AF_PACKET socket (Linux). The loop that feeds it to the tracker is
+//! [`crate::watch`].
 //!
 //! On a loopback interface every packet passes the tap twice (once outgoing, once incoming):
 //! the outgoing copy is dropped (PACKET_IGNORE_OUTGOING where the kernel has it, and by
 //! `sll_pkttype` in any case). On other interfaces both directions are kept: a host's own
 //! probes are outgoing packets.
 //!
-//! Cheap on busy interfaces: a classic BPF program ([`crate::bpf`]) keeps only TCP (and the
+//! Cheap on busy interfaces: a classic BPF program ([`crate::io::bpf`]) keeps only TCP (and the
 //! `--port`/`--host` packets when asked) and cuts each packet to its headers in the kernel;
 //! packets arrive through a memory-mapped TPACKET_V3 ring (one poll per block of packets
 //! instead of one system call per packet), with `recvmsg` as the fallback where the ring
@@ -13,17 +14,18 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
-use crate::analyze::{Analyzer, Filter, RunStats};
-use crate::bpf::{self, Framing, DEFAULT_SNAPLEN};
+use crate::analyze::Filter;
 use crate::error::CaptureError;
-use crate::packet::LinkType;
-use crate::source::{Frame, Next, PacketSource};
-use crate::track::{Event, TrackerConfig};
-use crate::writer::PcapWriter;
+use crate::io::bpf::{self, Framing, DEFAULT_SNAPLEN};
+use crate::io::source::{Frame, Next, PacketSource};
+use crate::wire::packet::LinkType;
+
+// The watch loop and the pcap file writer used to live here: their old paths still work.
+pub use crate::io::writer::PcapFile;
+pub use crate::watch::{capture_loopback, watch, LoopbackCapture, WatchOptions, WatchSink};
 
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_STATISTICS: libc::c_int = 6;
@@ -670,227 +672,5 @@ impl PacketSource for LiveSource {
 
     fn close(&mut self) {
         self.read_drops();
-    }
-}
-
-/// A pcap file being written, remembering its path for error messages.
-pub struct PcapFile {
-    path: std::path::PathBuf,
-    w: PcapWriter<io::BufWriter<std::fs::File>>,
-}
-
-impl PcapFile {
-    /// Create `path` for frames of `link`.
-    ///
-    /// # Errors
-    /// [`CaptureError::Write`].
-    pub fn create(path: &Path, link: LinkType) -> Result<Self, CaptureError> {
-        Self::create_with_snaplen(path, link, 262_144)
-    }
-
-    /// Create `path` for frames of `link` cut to `snaplen` bytes (the header's snap length).
-    ///
-    /// # Errors
-    /// [`CaptureError::Write`].
-    pub fn create_with_snaplen(
-        path: &Path,
-        link: LinkType,
-        snaplen: u32,
-    ) -> Result<Self, CaptureError> {
-        let err = |source| CaptureError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        let f = std::fs::File::create(path).map_err(err)?;
-        let w = PcapWriter::new(io::BufWriter::new(f), link, snaplen).map_err(err)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            w,
-        })
-    }
-
-    /// Append a frame.
-    ///
-    /// # Errors
-    /// [`CaptureError::Write`].
-    pub fn write(&mut self, f: &Frame<'_>) -> Result<(), CaptureError> {
-        self.w
-            .write(f.ts, f.data, f.orig_len)
-            .map_err(|source| CaptureError::Write {
-                path: self.path.clone(),
-                source,
-            })
-    }
-
-    /// Flush to disk.
-    ///
-    /// # Errors
-    /// [`CaptureError::Write`].
-    pub fn flush(&mut self) -> Result<(), CaptureError> {
-        self.w.flush().map_err(|source| CaptureError::Write {
-            path: self.path.clone(),
-            source,
-        })
-    }
-}
-
-/// What [`watch`] reports besides events.
-pub trait WatchSink {
-    /// A packet classification or flow summary, as soon as it is known.
-    fn event(&mut self, e: &Event);
-    /// Called about once a second (wall clock) with the analyzer, for refreshing tables.
-    fn tick(&mut self, _a: &Analyzer) {}
-}
-
-/// Options for [`watch`].
-#[derive(Debug, Clone, Default)]
-pub struct WatchOptions {
-    pub filter: Filter,
-    /// Stop by itself after this long.
-    pub duration: Option<Duration>,
-    pub tracker: TrackerConfig,
-}
-
-/// Run a live source until `duration` passes or `stop` is set, reporting to `sink` and
-/// writing every frame to `tap` when given. Returns the run's counts; flows still open are
-/// summarised through `sink` at the end.
-///
-/// # Errors
-/// Source read errors and `tap` write errors.
-pub fn watch<S: PacketSource + ?Sized>(
-    source: &mut S,
-    opts: &WatchOptions,
-    stop: &AtomicBool,
-    mut tap: Option<&mut PcapFile>,
-    sink: &mut dyn WatchSink,
-) -> Result<RunStats, CaptureError> {
-    let mut a = Analyzer::new(opts.filter, opts.tracker.clone());
-    let start = Instant::now();
-    let mut last_tick = start;
-    let mut out = Vec::new();
-    let mut number = 0u64;
-    // Reading the clock for every packet costs more than classifying it: the clocks are
-    // read when a packet's (kernel) timestamp passes the next check time, when the source
-    // is idle, and at least every 4096 packets.
-    let wall = || {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-    };
-    let check_every = Duration::from_millis(100);
-    let mut next_check = wall() + check_every;
-    let mut since_check = 0u32;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let check = match source.next_frame()? {
-            Next::Frame(f) => {
-                number += 1;
-                if let Some(t) = tap.as_deref_mut() {
-                    t.write(&f)?;
-                }
-                a.frame(&f, number, &mut out);
-                since_check += 1;
-                f.ts >= next_check || since_check >= 4096
-            }
-            Next::Idle => {
-                a.tracker.expire(wall(), &mut out);
-                true
-            }
-            Next::End => break,
-        };
-        for e in out.drain(..) {
-            sink.event(&e);
-        }
-        if !check {
-            continue;
-        }
-        since_check = 0;
-        next_check = wall() + check_every;
-        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
-            break;
-        }
-        if last_tick.elapsed() >= Duration::from_secs(1) {
-            last_tick = Instant::now();
-            if let Some(t) = tap.as_deref_mut() {
-                t.flush()?;
-            }
-            a.sync_stats();
-            a.stats.dropped = source.dropped();
-            sink.tick(&a);
-        }
-    }
-    if let Some(t) = tap {
-        t.flush()?;
-    }
-    source.close();
-    let mut stats = a.finish(&mut out);
-    for e in out.drain(..) {
-        sink.event(&e);
-    }
-    stats.dropped = source.dropped();
-    Ok(stats)
-}
-
-/// Capture on `lo` for `duration`, keeping packets to or from `port`, and return every
-/// event found (classified packets, then summaries of the flows with probes). Needs
-/// CAP_NET_RAW. A simple entry point for demos.
-///
-/// # Errors
-/// As [`LiveSource::open`] and [`watch`].
-pub fn capture_loopback(port: u16, duration: Duration) -> Result<Vec<Event>, CaptureError> {
-    LoopbackCapture::start(port, duration)?.wait()
-}
-
-/// A loopback capture running on its own thread: the socket is open (capturing) when
-/// [`LoopbackCapture::start`] returns, so a caller can start traffic right after and
-/// collect the events with [`LoopbackCapture::wait`].
-pub struct LoopbackCapture {
-    handle: std::thread::JoinHandle<Result<Vec<Event>, CaptureError>>,
-}
-
-impl LoopbackCapture {
-    /// Open `lo` now and capture packets to or from `port` for `duration` in the background.
-    ///
-    /// # Errors
-    /// As [`LiveSource::open`] (notably [`CaptureError::Permission`] without CAP_NET_RAW).
-    pub fn start(port: u16, duration: Duration) -> Result<Self, CaptureError> {
-        struct Collect(Vec<Event>);
-        impl WatchSink for Collect {
-            fn event(&mut self, e: &Event) {
-                self.0.push(e.clone());
-            }
-        }
-        let mut src = LiveSource::open("lo", false)?;
-        let opts = WatchOptions {
-            filter: Filter {
-                port: Some(port),
-                host: None,
-            },
-            duration: Some(duration),
-            tracker: TrackerConfig::default(),
-        };
-        let handle = std::thread::spawn(move || {
-            let mut sink = Collect(Vec::new());
-            watch(&mut src, &opts, &AtomicBool::new(false), None, &mut sink)?;
-            Ok(sink.0)
-        });
-        Ok(Self { handle })
-    }
-
-    /// Wait for the capture to end; the events found (packets, then flow summaries).
-    ///
-    /// # Errors
-    /// Read errors from the capture.
-    pub fn wait(self) -> Result<Vec<Event>, CaptureError> {
-        match self.handle.join() {
-            Ok(r) => r,
-            Err(_) => Err(CaptureError::Socket {
-                what: "run the capture thread",
-                iface: "lo".into(),
-                source: io::Error::other("capture thread panicked"),
-            }),
-        }
     }
 }

@@ -492,7 +492,7 @@ mod tests {
 
     #[test]
     fn matches_the_user_space_filter_on_every_crafted_case() {
-        use crate::packet::{parse_frame, LinkType};
+        use crate::wire::packet::{parse_frame, LinkType};
         let hosts = [
             None,
             Some("127.0.0.1"),
