@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -456,7 +456,6 @@ async fn relay(
     let mut last = Instant::now();
     let mut up = Lane::default(); // client -> upstream
     let mut down = Lane::default(); // upstream -> client
-    let (mut cbuf, mut ubuf) = (vec![0u8; BUF], vec![0u8; BUF]);
     let (mut client_eof, mut upstream_eof) = (false, false);
     let mut expired = false;
     // Which end closed first (set at the first FIN).
@@ -479,9 +478,9 @@ async fn relay(
         let (cr, mut cw) = client.split();
         let (ur, mut uw) = upstream.split();
         tokio::select! {
-            r = read_some(&cr, &mut cbuf), if !client_eof && up.queued < QUEUE_LIMIT => {
+            r = read_chunk(&cr), if !client_eof && up.queued < QUEUE_LIMIT => {
                 match r {
-                    Ok(0) => {
+                    Ok(chunk) if chunk.is_empty() => {
                         if expired && cfg.on_idle == OnIdle::RstOnNext {
                             fate.idle = (Instant::now() - last).as_secs_f64();
                             break Ending::RstOnNext;
@@ -495,30 +494,31 @@ async fn relay(
                             up.queue.push_back((deliver_at(&up, cfg, &mut jitter), None));
                         }
                     }
-                    Ok(n) => {
+                    Ok(chunk) => {
                         if expired && cfg.on_idle == OnIdle::RstOnNext {
                             fate.idle = (Instant::now() - last).as_secs_f64();
                             break Ending::RstOnNext;
                         }
                         last = Instant::now();
+                        let n = chunk.len();
                         fate.bytes_up += n as u64;
                         stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
                         if direct {
-                            if uw.write_all(&cbuf[..n]).await.is_err() {
+                            if uw.write_all(&chunk).await.is_err() {
                                 break Ending::UpstreamRst;
                             }
                         } else {
                             let at = deliver_at(&up, cfg, &mut jitter);
-                            up.queue.push_back((at, Some(cbuf[..n].to_vec())));
+                            up.queue.push_back((at, Some(chunk)));
                             up.queued += n;
                         }
                     }
                     Err(_) => break Ending::ClientRst,
                 }
             }
-            r = read_some(&ur, &mut ubuf), if !upstream_eof && down.queued < QUEUE_LIMIT => {
+            r = read_chunk(&ur), if !upstream_eof && down.queued < QUEUE_LIMIT => {
                 match r {
-                    Ok(0) => {
+                    Ok(chunk) if chunk.is_empty() => {
                         if expired && cfg.on_idle == OnIdle::RstOnNext {
                             fate.idle = (Instant::now() - last).as_secs_f64();
                             break Ending::RstOnNext;
@@ -532,21 +532,22 @@ async fn relay(
                             down.queue.push_back((deliver_at(&down, cfg, &mut jitter), None));
                         }
                     }
-                    Ok(n) => {
+                    Ok(chunk) => {
                         if expired && cfg.on_idle == OnIdle::RstOnNext {
                             fate.idle = (Instant::now() - last).as_secs_f64();
                             break Ending::RstOnNext;
                         }
                         last = Instant::now();
+                        let n = chunk.len();
                         fate.bytes_down += n as u64;
                         stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
                         if direct {
-                            if cw.write_all(&ubuf[..n]).await.is_err() {
+                            if cw.write_all(&chunk).await.is_err() {
                                 break Ending::ClientRst;
                             }
                         } else {
                             let at = deliver_at(&down, cfg, &mut jitter);
-                            down.queue.push_back((at, Some(ubuf[..n].to_vec())));
+                            down.queue.push_back((at, Some(chunk)));
                             down.queued += n;
                         }
                     }
@@ -643,11 +644,14 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn read_some(r: &tokio::net::tcp::ReadHalf<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
+/// The next chunk a side sent (empty at its FIN). The buffer is taken only once the socket
+/// is readable, so an idle connection holds no buffer at all.
+async fn read_chunk(r: &tokio::net::tcp::ReadHalf<'_>) -> std::io::Result<Vec<u8>> {
     loop {
         r.as_ref().readable().await?;
-        match r.as_ref().try_read(buf) {
-            Ok(n) => return Ok(n),
+        let mut chunk = Vec::with_capacity(BUF);
+        match r.as_ref().try_read_buf(&mut chunk) {
+            Ok(_) => return Ok(chunk),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
@@ -657,15 +661,16 @@ async fn read_some(r: &tokio::net::tcp::ReadHalf<'_>, buf: &mut [u8]) -> std::io
 /// Relay nothing more: read and drop whatever either end sends (the kernel still ACKs it)
 /// until both ends have closed or the middlebox stops.
 async fn go_silent(mut client: TcpStream, mut upstream: TcpStream, stop: &AtomicBool) {
-    let (mut cbuf, mut ubuf) = (vec![0u8; BUF], vec![0u8; BUF]);
     let (mut c_open, mut u_open) = (true, true);
     while (c_open || u_open) && !stop.load(Ordering::Relaxed) {
+        let (cr, _) = client.split();
+        let (ur, _) = upstream.split();
         tokio::select! {
-            r = client.read(&mut cbuf), if c_open => {
-                if !matches!(r, Ok(n) if n > 0) { c_open = false; }
+            r = read_chunk(&cr), if c_open => {
+                if !matches!(r, Ok(c) if !c.is_empty()) { c_open = false; }
             }
-            r = upstream.read(&mut ubuf), if u_open => {
-                if !matches!(r, Ok(n) if n > 0) { u_open = false; }
+            r = read_chunk(&ur), if u_open => {
+                if !matches!(r, Ok(c) if !c.is_empty()) { u_open = false; }
             }
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
