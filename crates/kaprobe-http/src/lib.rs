@@ -2,7 +2,8 @@
 
 pub mod client;
 pub mod error;
-pub mod push;
 pub mod server;
 
 pub use error::Error;
+/// The push channels, a part of the server (kept at this path for existing users).
+pub use server::push;

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use super::push::req::PushReq;
+pub use super::query::parse_delay;
+
 /// Most header fields accepted in one request.
 pub const MAX_HEADERS: usize = 100;
 
@@ -40,8 +43,8 @@ pub enum Route {
     Stats,
     Metrics,
     /// A push-channel endpoint (`/ws`, `/sse`, `/poll`, `/publish`), checked but not served
-    /// here: the connection hands itself to [`crate::push`].
-    Push(Box<crate::push::req::PushReq>),
+    /// here: the connection hands itself to [`super::push`].
+    Push(Box<PushReq>),
     NotFound,
     /// A well-framed request for something we cannot answer (bad path argument).
     Invalid(u16, &'static str),
@@ -328,7 +331,7 @@ fn route(
     headers: &[httparse::Header<'_>],
 ) -> Route {
     let path = origin.split('?').next().unwrap_or(origin);
-    if let Some(p) = crate::push::req::parse(method, minor, origin, headers) {
+    if let Some(p) = super::push::req::parse(method, minor, origin, headers) {
         return Route::Push(Box::new(p));
     }
     match path {
@@ -359,17 +362,6 @@ fn route(
             }
         }
     }
-}
-
-/// A duration as humantime (`250ms`, `1m30s`) or a bare number of seconds (`0.5`).
-pub fn parse_delay(s: &str) -> Option<Duration> {
-    if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Duration::try_from_secs_f64(secs).ok();
-        }
-        return None;
-    }
-    humantime::parse_duration(s).ok()
 }
 
 fn headers_json(method: &str, target: &str, headers: &[httparse::Header<'_>]) -> String {
