@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod h1;
 pub mod server;
 
 pub use error::Error;
