@@ -240,7 +240,7 @@ mod tests {
         while at < data.len() {
             let n = (1 + rng.below(40)).min(data.len() - at);
             out.extend_from_slice(format!("{n:x}").as_bytes());
-            if rng.next() % 4 == 0 {
+            if rng.next().is_multiple_of(4) {
                 out.extend_from_slice(b";name=value");
             }
             out.extend_from_slice(b"\r\n");
@@ -249,7 +249,7 @@ mod tests {
             at += n;
         }
         out.extend_from_slice(b"0\r\n");
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             out.extend_from_slice(b"Trailer-Field: x\r\n");
         }
         out.extend_from_slice(b"\r\n");
