@@ -4,6 +4,16 @@
 //! protocol logic is the I/O-free state machine in [`proto`]; [`conn`] drives it over a socket
 //! with the idle and header timers, the soft close and the RST close. Nothing here prints:
 //! every closed connection is reported to the caller as a [`CloseEvent`].
+//!
+//! Dependencies run one way, from the leaves up; no module imports one that imports it back:
+//! - leaves: `config` (settings and their ranges), `close` (why and how a connection ended),
+//!   [`date`], `query`, [`push::req`] (push requests from the head), [`push::store`] (rooms);
+//! - [`stats`], [`parse`] (request heads; bodies via [`crate::h1`]), [`proto`], [`session`];
+//! - `shared` (the connection registry and the server's shared state), `lot` (the parking
+//!   lot's epoll set and queues), `metrics`;
+//! - [`push`] (WebSocket, event stream, polling, publishing), then [`conn`] (one connection,
+//!   handing push requests to [`push`]), then [`park`] (tasks, parking and waking);
+//! - this module: accepting, running and shutting down.
 
 mod close;
 mod config;

@@ -360,8 +360,8 @@ async fn open_channel(
         PushKind::Websocket => {
             let (io, _) = conn.into_parts();
             let scheme = match connector.target.scheme {
-                super::Scheme::Http => "ws",
-                super::Scheme::Https => "wss",
+                super::target::Scheme::Http => "ws",
+                super::target::Scheme::Https => "wss",
             };
             let uri = format!("{scheme}://{}{path}", connector.target.host_header());
             let what = format!("WebSocket handshake with {addr}");

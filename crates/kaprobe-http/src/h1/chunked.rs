@@ -1,7 +1,7 @@
 //! The chunked transfer coding (RFC 9112 section 7.1), decoded incrementally: for request
 //! bodies in the server and for response bodies in the prober and the bench.
 
-use super::{bad, Reject};
+use super::reject::{bad, Reject};
 
 /// Incremental decoder of a chunked body (RFC 9112 section 7.1). Strict: every line ends in
 /// CRLF, chunk data must be followed by CRLF, sizes are bare hex. Never panics on any input.

@@ -1,7 +1,7 @@
 //! The event-stream format (`text/event-stream`) as a client reads it: body bytes in, comments
 //! and dispatched events out.
 
-use super::Chunked;
+use super::chunked::Chunked;
 
 /// One item of an event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,21 +1,16 @@
-//! Request framing: the request head (via httparse, plus the checks httparse leaves to us)
-//! and a chunked-body decoder. Pure functions over byte slices: no I/O, no clock, no panics.
+//! Request framing: the request head (via httparse, plus the checks httparse leaves to us);
+//! the chunked-body decoder is [`crate::h1::Chunked`], re-exported here. Pure functions over
+//! byte slices: no I/O, no clock, no panics.
 
 use std::time::Duration;
 
 use super::push::req::PushReq;
 pub use super::query::parse_delay;
+use crate::h1::bad;
 pub use crate::h1::{Chunked, Reject};
 
 /// Most header fields accepted in one request.
 pub const MAX_HEADERS: usize = 100;
-
-const fn bad(detail: &'static str) -> Reject {
-    Reject {
-        status: 400,
-        detail,
-    }
-}
 
 /// How the request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
