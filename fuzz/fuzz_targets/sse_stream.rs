@@ -2,7 +2,7 @@
 //! bodies): no input may panic, however it is split across reads.
 #![no_main]
 
-use kaprobe_http::client::push::{Dechunker, SseDecoder};
+use kaprobe_http::h1::{Chunked, SseDecoder};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,9 +14,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = d.ended();
     }
-    let mut c = Dechunker::default();
+    let mut c = Chunked::new();
     let mut out = Vec::new();
-    if c.feed(data, &mut out).is_ok() {
-        assert!(out.len() <= data.len());
+    if let Ok(used) = c.decode(data, u64::MAX, &mut out) {
+        assert!(used <= data.len() && out.len() <= used);
     }
 });

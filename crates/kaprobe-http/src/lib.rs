@@ -1,9 +1,20 @@
 //! HTTP/1.x keep-alive server (`server`) and prober (`client`), on tokio + httparse.
+//!
+//! The map:
+//! - [`h1`]: the HTTP/1 codec pieces both sides share (chunked bodies, request writing,
+//!   response heads, SSE);
+//! - [`server`]: `kaprobe serve`, one tree (config, close reasons, accept, parse, proto,
+//!   conn, park, metrics, and the push endpoints under `server::push`);
+//! - [`client`]: the prober, the reuse race and the push benchmark;
+//! - [`middlebox`]: the TCP relay with an idle timer;
+//! - [`error`]: the crate's error type.
 
 pub mod client;
 pub mod error;
+pub mod h1;
 pub mod middlebox;
-pub mod push;
 pub mod server;
 
 pub use error::Error;
+/// The push channels, a part of the server (kept at this path for existing users).
+pub use server::push;

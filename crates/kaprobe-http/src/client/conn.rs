@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::target::{Scheme, Target};
 use super::tls::{client_config, server_name, TlsOptions};
-use crate::Error;
+use crate::{h1, Error};
 
 /// Anything a connection can read and write.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -177,24 +177,34 @@ impl Connector {
 
     /// A request for the target's path (or `path`) with the Host header filled in.
     pub fn request(&self, method: &str, path: Option<&str>, version: HttpVersion) -> Vec<u8> {
+        self.request_accepting(method, path, version, &[("Accept", "*/*")])
+    }
+
+    /// As [`Connector::request`], with `accept` (the `Accept` field and any that go with it)
+    /// in place of `Accept: */*`.
+    pub(crate) fn request_accepting(
+        &self,
+        method: &str,
+        path: Option<&str>,
+        version: HttpVersion,
+        accept: &[(&str, &str)],
+    ) -> Vec<u8> {
         let path = path.unwrap_or(&self.target.path);
-        let mut r = format!(
-            "{method} {path} {}\r\nHost: {}\r\nUser-Agent: kaprobe/{}\r\nAccept: */*\r\n",
-            version.as_str(),
-            self.target.host_header(),
-            env!("CARGO_PKG_VERSION")
-        );
+        let mut fields = vec![("User-Agent", h1::USER_AGENT)];
+        fields.extend_from_slice(accept);
         // Ask for keep-alive explicitly (as browsers do): some servers, Apache among them,
         // only send their `Keep-Alive: timeout, max` header when asked.
         if version != HttpVersion::Http10 {
-            r.push_str("Connection: keep-alive\r\n");
+            fields.push(("Connection", "keep-alive"));
         }
-        if method == "POST" || method == "PUT" {
-            r.push_str("Content-Type: text/plain\r\nContent-Length: 8\r\n\r\nkaprobe\n");
+        let body: Option<&[u8]> = if method == "POST" || method == "PUT" {
+            fields.push(("Content-Type", "text/plain"));
+            Some(b"kaprobe\n")
         } else {
-            r.push_str("\r\n");
-        }
-        r.into_bytes()
+            None
+        };
+        let host = self.target.host_header();
+        h1::write_request(method, path, version.as_str(), &host, &fields, body)
     }
 }
 
@@ -458,14 +468,9 @@ impl Conn {
     async fn read_head(&mut self, deadline: Instant) -> Result<(Response, usize), ReadFail> {
         loop {
             if !self.buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; 128];
-                let mut parsed = httparse::Response::new(&mut headers);
-                match parsed.parse(&self.buf) {
-                    Ok(httparse::Status::Complete(used)) => {
-                        let resp = to_response(&parsed)?;
-                        return Ok((resp, used));
-                    }
-                    Ok(httparse::Status::Partial) => {
+                match h1::parse_response_head::<128>(&self.buf) {
+                    Ok(Some((head, used))) => return Ok((to_response(head)?, used)),
+                    Ok(None) => {
                         if self.buf.len() > MAX_HEAD {
                             return Err(ReadFail::Garbage(format!(
                                 "no end of the response head within {MAX_HEAD} bytes"
@@ -548,53 +553,21 @@ impl Conn {
         Ok(resp)
     }
 
+    /// Read a chunked body (and its trailers), leaving what follows it in the buffer.
     async fn read_chunked(&mut self, deadline: Instant) -> Result<u64, ReadFail> {
-        let mut total = 0u64;
+        let mut dec = h1::Chunked::new();
         loop {
-            let line = self.read_line(deadline, total).await?;
-            let size_txt = line.split(';').next().unwrap_or_default().trim();
-            let size = u64::from_str_radix(size_txt, 16)
-                .map_err(|_| ReadFail::Garbage(format!("bad chunk size line '{line}'")))?;
-            if size == 0 {
-                // Trailers until an empty line.
-                loop {
-                    if self.read_line(deadline, total).await?.is_empty() {
-                        return Ok(total);
-                    }
-                }
+            let used = dec
+                .feed(&self.buf, u64::MAX)
+                .map_err(|e| ReadFail::Garbage(format!("bad chunked body: {}", e.detail)))?;
+            self.buf.drain(..used);
+            if dec.done() {
+                return Ok(dec.total);
             }
-            let mut left = size + 2; // data + CRLF
-            while left > 0 {
-                if self.buf.is_empty()
-                    && self.fill(deadline).await.map_err(|e| truncate(e, total))? == 0
-                {
-                    return Err(ReadFail::Truncated(format!(
-                        "closed inside a chunk after {total} body bytes"
-                    )));
-                }
-                let take = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(self.buf.len());
-                self.buf.drain(..take);
-                left -= take as u64;
-            }
-            total += size;
-        }
-    }
-
-    async fn read_line(&mut self, deadline: Instant, total: u64) -> Result<String, ReadFail> {
-        loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
-                self.buf.drain(..pos + 2);
-                return Ok(line);
-            }
-            if self.buf.len() > 4096 {
-                return Err(ReadFail::Garbage("a chunk size line is too long".into()));
-            }
-            if self.fill(deadline).await.map_err(|e| truncate(e, total))? == 0 {
+            let got = dec.received();
+            if self.fill(deadline).await.map_err(|e| truncate(e, got))? == 0 {
                 return Err(ReadFail::Truncated(format!(
-                    "closed in the chunked body after {total} bytes"
+                    "closed in the chunked body after {got} bytes"
                 )));
             }
         }
@@ -644,18 +617,12 @@ fn garbage_detail(buf: &[u8], e: &httparse::Error) -> String {
     format!("{e}; it starts with \"{shown}\"")
 }
 
-fn to_response(p: &httparse::Response<'_, '_>) -> Result<Response, ReadFail> {
-    let status = p
-        .code
+fn to_response(head: h1::ResponseHead) -> Result<Response, ReadFail> {
+    let status = head
+        .status
         .ok_or_else(|| ReadFail::Garbage("no status code".into()))?;
-    let minor_version = p.version.unwrap_or(1);
-    let mut headers = Vec::with_capacity(p.headers.len());
-    for h in p.headers.iter() {
-        headers.push((
-            h.name.to_string(),
-            String::from_utf8_lossy(h.value).trim().to_string(),
-        ));
-    }
+    let minor_version = head.minor_version;
+    let headers = head.fields;
     let joined = |name: &str| {
         let vals: Vec<&str> = headers
             .iter()
@@ -800,6 +767,15 @@ mod tests {
         assert!(matches!(
             read_one(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                false
+            )
+            .await,
+            Err(ReadFail::Garbage(_))
+        ));
+        // Chunk data not followed by CRLF.
+        assert!(matches!(
+            read_one(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n0\r\n\r\n",
                 false
             )
             .await,

@@ -130,13 +130,86 @@ pub struct IdleResult {
     pub connections_failed: usize,
 }
 
+/// How the request count on one connection ended (JSON: its snake_case name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedBy {
+    /// A response said `Connection: close`.
+    ConnectionCloseHeader,
+    /// The server closed without saying so first.
+    Closed,
+    /// The request cap was reached with the connection still open.
+    Cap,
+    /// Time ran out with the connection still open.
+    MaxWait,
+    #[default]
+    Error,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionCloseHeader => "connection_close_header",
+            Self::Closed => "closed",
+            Self::Cap => "cap",
+            Self::MaxWait => "max_wait",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// What the pipelining check found (JSON: its snake_case name; it also reads as that name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineResult {
+    InOrder,
+    /// In order as far as can be told: both paths answer the same status.
+    InOrderUnverified,
+    OutOfOrder,
+    /// Fewer answers, and the server had not said it would close.
+    Partial,
+    /// Fewer answers because the server said it would close (`max` or `Connection: close`).
+    Limited,
+    /// Not run: the server does not keep connections alive.
+    NotApplicable,
+    #[default]
+    Error,
+}
+
+impl PipelineResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InOrder => "in_order",
+            Self::InOrderUnverified => "in_order_unverified",
+            Self::OutOfOrder => "out_of_order",
+            Self::Partial => "partial",
+            Self::Limited => "limited",
+            Self::NotApplicable => "not_applicable",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::ops::Deref for PipelineResult {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<&str> for PipelineResult {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Requests per connection.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct MaxRequests {
     /// Requests answered on one connection before it ended (None if not measured).
     pub observed: Option<u64>,
-    /// `connection_close_header`, `closed`, `cap`, `max_wait` or `error`.
-    pub ended_by: String,
+    pub ended_by: EndedBy,
     /// The `Keep-Alive: max` values counted down by one per response.
     pub countdown_ok: Option<bool>,
     pub cap: u64,
@@ -145,10 +218,7 @@ pub struct MaxRequests {
 /// The pipelining check.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Pipelining {
-    /// `in_order`, `in_order_unverified`, `out_of_order`, `partial`, `limited` (fewer
-    /// answers because the server said it would close: `max` or `Connection: close`),
-    /// `error`.
-    pub result: String,
+    pub result: PipelineResult,
     pub sent: usize,
     pub answered: usize,
     pub detail: Option<String>,
@@ -268,12 +338,12 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
             h10,
             MaxRequests {
                 observed: Some(1),
-                ended_by: "connection_close_header".into(),
+                ended_by: EndedBy::ConnectionCloseHeader,
                 countdown_ok: None,
                 cap: opts.max_requests_cap,
             },
             Pipelining {
-                result: "not_applicable".into(),
+                result: PipelineResult::NotApplicable,
                 ..Pipelining::default()
             },
         )
@@ -604,7 +674,7 @@ async fn http10_checks(connector: &Connector, answer: Duration, deadline: Instan
 async fn count_requests(connector: &Connector, cap_n: u64, deadline: Instant) -> MaxRequests {
     let mut out = MaxRequests {
         cap: cap_n,
-        ended_by: "error".into(),
+        ended_by: EndedBy::Error,
         ..MaxRequests::default()
     };
     let Ok((mut c, _)) = connector
@@ -618,7 +688,7 @@ async fn count_requests(connector: &Connector, cap_n: u64, deadline: Instant) ->
     let mut answered = 0u64;
     loop {
         if Instant::now() >= deadline {
-            out.ended_by = "max_wait".into();
+            out.ended_by = EndedBy::MaxWait;
             break;
         }
         match c
@@ -631,20 +701,20 @@ async fn count_requests(connector: &Connector, cap_n: u64, deadline: Instant) ->
                     maxes.push(m);
                 }
                 if r.will_close() {
-                    out.ended_by = "connection_close_header".into();
+                    out.ended_by = EndedBy::ConnectionCloseHeader;
                     break;
                 }
                 if answered >= cap_n {
-                    out.ended_by = "cap".into();
+                    out.ended_by = EndedBy::Cap;
                     break;
                 }
             }
             Err(ReadFail::Eof | ReadFail::Reset) => {
-                out.ended_by = "closed".into();
+                out.ended_by = EndedBy::Closed;
                 break;
             }
             Err(ReadFail::Write(_)) => {
-                out.ended_by = "closed".into();
+                out.ended_by = EndedBy::Closed;
                 break;
             }
             Err(_) => break,
@@ -663,7 +733,7 @@ async fn pipelining_check(
     deadline: Instant,
 ) -> Pipelining {
     let mut out = Pipelining {
-        result: "error".into(),
+        result: PipelineResult::Error,
         sent: 4,
         ..Pipelining::default()
     };
@@ -745,19 +815,19 @@ async fn pipelining_check(
     });
     out.result = if got.len() < 4 && statuses[..] == expected[..got.len()] && announced.is_some() {
         out.detail = announced;
-        "limited".into()
+        PipelineResult::Limited
     } else if got.len() < 4 {
-        "partial".into()
+        PipelineResult::Partial
     } else if statuses != expected {
         out.detail = Some(format!("expected statuses {expected:?}, got {statuses:?}"));
-        "out_of_order".into()
+        PipelineResult::OutOfOrder
     } else if sa == sb {
         out.detail = Some(format!(
             "both paths answer {sa}, so the order could not be told apart"
         ));
-        "in_order_unverified".into()
+        PipelineResult::InOrderUnverified
     } else {
-        "in_order".into()
+        PipelineResult::InOrder
     };
     out
 }
@@ -807,7 +877,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
     }
     // Truth of the advertised max.
     if let (Some(adv), Some(obs)) = (r.advertised.max, r.max_requests.observed) {
-        if r.max_requests.ended_by != "cap" && r.max_requests.ended_by != "max_wait" {
+        if !matches!(r.max_requests.ended_by, EndedBy::Cap | EndedBy::MaxWait) {
             let ok = obs == adv || obs == adv + 1;
             r.advertised_true.max = Some(ok);
             if !ok {
@@ -821,17 +891,17 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
         r.findings
             .push("the Keep-Alive max value does not count down by one per response".into());
     }
-    if r.max_requests.ended_by == "closed" {
+    if r.max_requests.ended_by == EndedBy::Closed {
         r.findings.push(format!(
             "after {} requests the server closed the connection without a Connection: close header first",
             r.max_requests.observed.unwrap_or(0)
         ));
     }
-    match r.pipelining.result.as_str() {
-        "out_of_order" => r
+    match r.pipelining.result {
+        PipelineResult::OutOfOrder => r
             .findings
             .push("pipelined requests were answered OUT OF ORDER (RFC 9112 violation)".into()),
-        "partial" => r.findings.push(format!(
+        PipelineResult::Partial => r.findings.push(format!(
             "only {} of {} pipelined requests were answered, and the server had not said it would close{}",
             r.pipelining.answered,
             r.pipelining.sent,
@@ -909,6 +979,36 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_enums_serialize_as_their_names() {
+        use EndedBy as E;
+        use PipelineResult as P;
+        for e in [
+            E::ConnectionCloseHeader,
+            E::Closed,
+            E::Cap,
+            E::MaxWait,
+            E::Error,
+        ] {
+            let json = serde_json::to_string(&e).unwrap();
+            assert_eq!(json, format!("\"{}\"", e.as_str()));
+        }
+        for p in [
+            P::InOrder,
+            P::InOrderUnverified,
+            P::OutOfOrder,
+            P::Partial,
+            P::Limited,
+            P::NotApplicable,
+            P::Error,
+        ] {
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+            assert!(p == p.as_str());
+        }
+        assert_eq!(&*P::InOrderUnverified, "in_order_unverified");
+    }
 
     #[test]
     fn ladder_is_geometric_from_min_to_top() {

@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::conn::{is_reset, Connector, HttpVersion, Io, OpenTimes};
 use super::target::Target;
 use super::tls::TlsOptions;
+pub use crate::h1::{SseDecoder, SseItem};
 use crate::Error;
 
 /// Which push channel to probe.
@@ -359,8 +360,8 @@ async fn open_channel(
         PushKind::Websocket => {
             let (io, _) = conn.into_parts();
             let scheme = match connector.target.scheme {
-                super::Scheme::Http => "ws",
-                super::Scheme::Https => "wss",
+                super::target::Scheme::Http => "ws",
+                super::target::Scheme::Https => "wss",
             };
             let uri = format!("{scheme}://{}{path}", connector.target.host_header());
             let what = format!("WebSocket handshake with {addr}");
@@ -432,13 +433,16 @@ async fn open_channel(
 }
 
 fn sse_request(connector: &Connector, path: &str) -> Vec<u8> {
-    // Start from the prober's usual request and ask for an event stream instead.
-    let base = connector.request("GET", Some(path), HttpVersion::Http11);
-    let text = String::from_utf8_lossy(&base).replace(
-        "Accept: */*\r\n",
-        "Accept: text/event-stream\r\nCache-Control: no-cache\r\n",
-    );
-    text.into_bytes()
+    // The prober's usual request, asking for an event stream instead.
+    connector.request_accepting(
+        "GET",
+        Some(path),
+        HttpVersion::Http11,
+        &[
+            ("Accept", "text/event-stream"),
+            ("Cache-Control", "no-cache"),
+        ],
+    )
 }
 
 fn ws_handshake_error(what: String, e: WsError) -> Error {
@@ -694,201 +698,6 @@ async fn watch_sse(
     w
 }
 
-/// One item of an event stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SseItem {
-    /// A comment line (`: heartbeat`), without the colon.
-    Comment(String),
-    /// A dispatched event: its `id` and its `data` lines joined with `\n`.
-    Event { id: Option<String>, data: String },
-}
-
-#[derive(Debug)]
-enum Chunk {
-    Size(Vec<u8>),
-    Data(u64),
-    DataEnd,
-    Trailer(Vec<u8>),
-    Done,
-}
-
-/// Incremental decoder of a chunked HTTP body (`Transfer-Encoding: chunked`). Never panics
-/// on any input; malformed framing is an error.
-#[derive(Debug)]
-pub struct Dechunker {
-    chunk: Option<Chunk>,
-}
-
-impl Default for Dechunker {
-    fn default() -> Self {
-        Self {
-            chunk: Some(Chunk::Size(Vec::new())),
-        }
-    }
-}
-
-/// Incremental decoder: (optionally chunked) HTTP body bytes in, SSE items out. Never panics
-/// on any input; malformed chunk framing is an error.
-#[derive(Debug)]
-pub struct SseDecoder {
-    chunk: Option<Dechunker>,
-    line: Vec<u8>,
-    data: Option<String>,
-    id: Option<String>,
-}
-
-/// Longest SSE line or chunk-size line accepted.
-const MAX_LINE: usize = 1024 * 1024;
-
-impl SseDecoder {
-    /// `chunked`: the body uses `Transfer-Encoding: chunked`.
-    pub fn new(chunked: bool) -> Self {
-        Self {
-            chunk: chunked.then(Dechunker::default),
-            line: Vec::new(),
-            data: None,
-            id: None,
-        }
-    }
-
-    /// True once the last chunk (and trailers) of a chunked body arrived.
-    pub fn ended(&self) -> bool {
-        self.chunk.as_ref().is_some_and(Dechunker::done)
-    }
-
-    /// Feed body bytes; returns the items they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseItem>, String> {
-        let mut payload = Vec::new();
-        match self.chunk.as_mut() {
-            None => payload.extend_from_slice(bytes),
-            Some(d) => d.feed(bytes, &mut payload)?,
-        }
-        let mut items = Vec::new();
-        for &b in &payload {
-            if b == b'\n' {
-                let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                self.line_done(&String::from_utf8_lossy(&line), &mut items);
-            } else {
-                if self.line.len() >= MAX_LINE {
-                    return Err(format!(
-                        "an event stream line is longer than {MAX_LINE} bytes"
-                    ));
-                }
-                self.line.push(b);
-            }
-        }
-        Ok(items)
-    }
-
-    fn line_done(&mut self, line: &str, items: &mut Vec<SseItem>) {
-        if line.is_empty() {
-            if let Some(data) = self.data.take() {
-                items.push(SseItem::Event {
-                    id: self.id.clone(),
-                    data,
-                });
-            }
-            return;
-        }
-        if let Some(c) = line.strip_prefix(':') {
-            items.push(SseItem::Comment(c.trim_start().to_string()));
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "data" => match self.data.as_mut() {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => self.data = Some(value.to_string()),
-            },
-            "id" => self.id = Some(value.to_string()),
-            _ => {}
-        }
-    }
-}
-
-impl Dechunker {
-    /// True once the last chunk and the trailers arrived.
-    pub fn done(&self) -> bool {
-        matches!(self.chunk, Some(Chunk::Done))
-    }
-
-    /// Feed body bytes; the payload they carry is appended to `out`.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        let mut i = 0;
-        while i < input.len() {
-            let Some(state) = self.chunk.as_mut() else {
-                return Ok(());
-            };
-            match state {
-                Chunk::Size(line) => {
-                    let b = input[i];
-                    i += 1;
-                    if b == b'\n' {
-                        let text = String::from_utf8_lossy(line);
-                        let size_txt = text.split(';').next().unwrap_or_default().trim();
-                        let size = u64::from_str_radix(size_txt, 16)
-                            .map_err(|_| format!("bad chunk size line '{}'", text.trim()))?;
-                        self.chunk = Some(if size == 0 {
-                            Chunk::Trailer(Vec::new())
-                        } else {
-                            Chunk::Data(size)
-                        });
-                    } else {
-                        if line.len() > 4096 {
-                            return Err("a chunk size line is too long".into());
-                        }
-                        line.push(b);
-                    }
-                }
-                Chunk::Data(left) => {
-                    let avail = (input.len() - i) as u64;
-                    let take = (*left).min(avail);
-                    let end = i + usize::try_from(take).unwrap_or(input.len() - i);
-                    out.extend_from_slice(&input[i..end]);
-                    i = end;
-                    *left -= take;
-                    if *left == 0 {
-                        self.chunk = Some(Chunk::DataEnd);
-                    }
-                }
-                Chunk::DataEnd => {
-                    let b = input[i];
-                    i += 1;
-                    match b {
-                        b'\r' => {}
-                        b'\n' => self.chunk = Some(Chunk::Size(Vec::new())),
-                        _ => return Err("chunk data is not followed by CRLF".into()),
-                    }
-                }
-                Chunk::Trailer(line) => {
-                    let b = input[i];
-                    i += 1;
-                    if b == b'\n' {
-                        if line.iter().all(|c| *c == b'\r') {
-                            self.chunk = Some(Chunk::Done);
-                        } else {
-                            line.clear();
-                        }
-                    } else if line.len() < 4096 {
-                        line.push(b);
-                    }
-                }
-                Chunk::Done => return Ok(()),
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Secs with one decimal: "2.0s".
 fn s1(x: f64) -> String {
     format!("{x:.1}s")
@@ -1086,82 +895,6 @@ fn conclude(r: &mut PushReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn events(chunked: bool, parts: &[&[u8]]) -> (Vec<SseItem>, SseDecoder) {
-        let mut d = SseDecoder::new(chunked);
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend(d.feed(p).unwrap());
-        }
-        (out, d)
-    }
-
-    #[test]
-    fn sse_events_and_comments_are_split_across_reads() {
-        let (items, d) = events(
-            false,
-            &[
-                b"id: 1\ndata: a\nda",
-                b"ta: b\n\n: heart",
-                b"beat\n\nid:2\r\ndata:x\r\n\r\n",
-            ],
-        );
-        assert_eq!(
-            items,
-            vec![
-                SseItem::Event {
-                    id: Some("1".into()),
-                    data: "a\nb".into()
-                },
-                SseItem::Comment("heartbeat".into()),
-                SseItem::Event {
-                    id: Some("2".into()),
-                    data: "x".into()
-                },
-            ]
-        );
-        assert!(!d.ended());
-    }
-
-    #[test]
-    fn chunked_sse_is_decoded_and_its_clean_end_seen() {
-        let body: &[u8] = b"d\r\n: heartbeat\n\n\r\n10;x=y\r\nid: 7\ndata: hi\n\n\r\n0\r\n\r\n";
-        // Byte by byte: every split point works.
-        let parts: Vec<&[u8]> = body.chunks(1).collect();
-        let (items, d) = events(true, &parts);
-        assert_eq!(items.len(), 2, "{items:?}");
-        assert_eq!(
-            items[1],
-            SseItem::Event {
-                id: Some("7".into()),
-                data: "hi".into()
-            }
-        );
-        assert!(d.ended());
-    }
-
-    #[test]
-    fn broken_chunking_is_an_error_not_a_panic() {
-        let mut d = SseDecoder::new(true);
-        assert!(d.feed(b"zz\r\n").is_err());
-        let mut d = SseDecoder::new(true);
-        assert!(d.feed(b"2\r\nabX").is_err());
-        // Arbitrary bytes never panic.
-        let mut x: u64 = 0x1234_5678_9abc_def1;
-        for _ in 0..500 {
-            let mut d = SseDecoder::new(x & 1 == 0);
-            let mut bytes = Vec::new();
-            for _ in 0..(x % 64) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let alphabet: &[u8] = b"0123456789abcdef\r\n:;data id";
-                bytes.push(alphabet[(x % alphabet.len() as u64) as usize]);
-            }
-            let _ = d.feed(&bytes);
-            x = x.wrapping_add(0x9e37_79b9);
-        }
-    }
 
     #[test]
     fn heartbeat_is_about_half_the_lifetime_rounded() {

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::push::{Dechunker, SseDecoder, SseItem};
 use super::target::{Scheme, Target};
+use crate::h1::{self, SseDecoder, SseItem};
 use crate::Error;
 
 /// What to run.
@@ -396,13 +396,17 @@ async fn connect(target: &Target, meter: &Meter) -> Result<Counted, Error> {
     })
 }
 
-fn get_request(target: &Target, path: &str, extra: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kaprobe/{}\r\n{extra}\r\n",
-        target.host_header(),
-        env!("CARGO_PKG_VERSION")
+fn get_request(target: &Target, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut fields = vec![("User-Agent", h1::USER_AGENT)];
+    fields.extend_from_slice(extra);
+    h1::write_request(
+        "GET",
+        path,
+        "HTTP/1.1",
+        &target.host_header(),
+        &fields,
+        None,
     )
-    .into_bytes()
 }
 
 /// A minimal keep-alive HTTP/1.1 client that returns whole bodies.
@@ -450,24 +454,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Http<S> {
             source,
         })?;
         let (status, headers, used) = loop {
-            let mut hs = [httparse::EMPTY_HEADER; 64];
-            let mut r = httparse::Response::new(&mut hs);
-            match r.parse(&self.buf) {
-                Ok(httparse::Status::Complete(used)) => {
-                    let headers: Vec<(String, String)> = r
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).trim().to_string(),
-                            )
-                        })
+            match h1::parse_response_head::<64>(&self.buf) {
+                Ok(Some((head, used))) => {
+                    let headers: Vec<(String, String)> = head
+                        .fields
+                        .into_iter()
+                        .map(|(name, value)| (name.to_ascii_lowercase(), value))
                         .collect();
-                    break (r.code.unwrap_or(0), headers, used);
+                    break (head.status.unwrap_or(0), headers, used);
                 }
-                Ok(httparse::Status::Partial) if self.buf.len() < 64 * 1024 => self.fill().await?,
-                Ok(httparse::Status::Partial) => return Err(self.err("response head too long")),
+                Ok(None) if self.buf.len() < 64 * 1024 => self.fill().await?,
+                Ok(None) => return Err(self.err("response head too long")),
                 Err(e) => {
                     return Err(Error::Garbage {
                         what: self.what.clone(),
@@ -479,11 +476,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Http<S> {
         self.buf.drain(..used);
         let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let body = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            let mut d = Dechunker::default();
+            let mut d = h1::Chunked::new();
             let mut out = Vec::new();
             loop {
                 let taken = std::mem::take(&mut self.buf);
-                d.feed(&taken, &mut out).map_err(|e| self.err(e))?;
+                d.decode(&taken, u64::MAX, &mut out)
+                    .map_err(|e| self.err(format!("bad chunked body: {}", e.detail)))?;
                 if d.done() {
                     break;
                 }
@@ -522,17 +520,20 @@ async fn publish_all(sh: &Shared, opts: &BenchOptions) -> Result<(), Error> {
         let at = t0 + Duration::from_secs_f64((seq as f64 + jitter) / opts.rate);
         tokio::time::sleep_until(at).await;
         let body = message_text(seq);
-        let req = format!(
-            "POST /publish?room={room} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
-            sh.target.host_header(),
-            body.len()
+        let req = h1::write_request(
+            "POST",
+            &format!("/publish?room={room}"),
+            "HTTP/1.1",
+            &sh.target.host_header(),
+            &[("Content-Type", "text/plain; charset=utf-8")],
+            Some(body.as_bytes()),
         );
         if let Ok(mut v) = sh.sent.lock() {
             if let Some(slot) = v.get_mut(seq) {
                 *slot = Some(Instant::now());
             }
         }
-        let (status, _, resp) = http.call(req.as_bytes()).await?;
+        let (status, _, resp) = http.call(&req).await?;
         if status != 200 {
             return Err(Error::NotPush {
                 what: format!("POST /publish?room={room}"),
@@ -589,7 +590,7 @@ async fn polling(
                 w.as_millis()
             ),
         };
-        let req = get_request(&sh.target, &path, "Accept: application/json\r\n");
+        let req = get_request(&sh.target, &path, &[("Accept", "application/json")]);
         tally.requests += 1;
         let answer = tokio::select! {
             r = http.call(&req) => r,
@@ -659,7 +660,7 @@ async fn sse(mut sh: Shared, meter: Meter, total: usize, ready: Ready) -> Result
     let req = get_request(
         &sh.target,
         &path,
-        "Accept: text/event-stream\r\nLast-Event-ID: 0\r\n",
+        &[("Accept", "text/event-stream"), ("Last-Event-ID", "0")],
     );
     tally.requests += 1;
     if let Err(source) = io.write_all(&req).await {

@@ -11,9 +11,12 @@ use std::rc::Rc;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use super::proto::{error_response, Ctx, Outcome};
+use super::close::{io_reason, Ending, Reason};
+use super::config::CloseStyle;
+use super::proto::{error_response, Ctx, Outcome, PushStart};
+use super::push::{self, After};
 use super::session::Session;
-use super::{CloseStyle, Ctl, Ending, Reason, Shared, Signal};
+use super::shared::{Ctl, Shared, Signal};
 
 enum Wake {
     Readable,
@@ -58,8 +61,8 @@ enum End {
     Gone(Reason, &'static str),
     /// Idle long enough: move to the parking lot.
     Park(Instant),
-    /// A push request: [`crate::push`] takes over, with the input read beyond its head.
-    Push(Box<super::proto::PushStart>, Vec<u8>),
+    /// A push request: [`super::push`] takes over, with the input read beyond its head.
+    Push(Box<PushStart>, Vec<u8>),
 }
 
 enum Step {
@@ -101,8 +104,13 @@ enum First {
 
 /// A new connection. Its first request has usually arrived with it: read, answer and (when
 /// the client said it was its last) close it right here, with no registration and no task.
-/// Otherwise hand the connection, and what was done so far, to a task.
-pub(crate) fn accepted(std: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) {
+/// Otherwise return the connection, and what was done so far, for the caller to run as a
+/// task.
+pub(crate) fn accepted(
+    std: std::net::TcpStream,
+    ctl: &Rc<Ctl>,
+    sh: &Rc<Shared>,
+) -> Option<(TcpStream, Option<Box<Carry>>)> {
     use std::io::{Read, Write};
     let first = SCRATCH.with_borrow_mut(|(rbuf, wbuf)| {
         let n = match (&std).read(rbuf) {
@@ -154,38 +162,38 @@ pub(crate) fn accepted(std: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) 
     });
     match first {
         First::Closed(r, d, e) => {
-            sh.report(&ctl, r, d, e);
+            sh.report(ctl, r, d, e);
             drop(std);
-            sh.unregister(&ctl);
+            sh.unregister(ctl);
         }
         First::Task(carry) => {
             let _ = std.set_nodelay(true);
             match TcpStream::from_std(std) {
-                Ok(s) => {
-                    tokio::task::spawn_local(serve(s, ctl, sh.clone(), carry));
-                }
+                Ok(s) => return Some((s, carry)),
                 Err(_) => {
-                    sh.report(&ctl, Reason::IoError, "register", Ending::PeerGone);
-                    sh.unregister(&ctl);
+                    sh.report(ctl, Reason::IoError, "register", Ending::PeerGone);
+                    sh.unregister(ctl);
                 }
             }
         }
     }
+    None
 }
 
+/// Serve a connection until it ends, or until it has been idle long enough to park: then
+/// the stream and the time it went idle are returned for the parking lot.
 pub(crate) async fn serve(
     mut stream: TcpStream,
     ctl: Rc<Ctl>,
     sh: Rc<Shared>,
     mut carry: Option<Box<Carry>>,
-) {
-    use crate::push::After;
+) -> Option<(TcpStream, Instant)> {
     let end = loop {
         match drive(&stream, &ctl, &sh, carry.take()).await {
             End::Push(start, pending) => {
                 // Boxed: the push state machine is large, and only push connections need it
                 // (inline, it would grow every HTTP connection's task).
-                match Box::pin(crate::push::serve(stream, pending, *start, &ctl, &sh)).await {
+                match Box::pin(push::serve(stream, pending, *start, &ctl, &sh)).await {
                     After::Http(s, pending) => {
                         stream = s;
                         carry = Some(Carry::after_push(ctl.served.get(), pending));
@@ -200,7 +208,7 @@ pub(crate) async fn serve(
                     }
                     After::Done => {
                         sh.unregister(&ctl);
-                        return;
+                        return None;
                     }
                 }
             }
@@ -208,10 +216,7 @@ pub(crate) async fn serve(
         }
     };
     match end {
-        End::Park(since) => {
-            super::park::park(&sh, stream, &ctl, since);
-            return;
-        }
+        End::Park(since) => return Some((stream, since)),
         End::Fin(r @ (Reason::ClientCloseHeader | Reason::Http10), d)
             if nothing_unread(&stream) =>
         {
@@ -241,6 +246,7 @@ pub(crate) async fn serve(
     }
     drop(stream);
     sh.unregister(&ctl);
+    None
 }
 
 /// True when no client bytes wait in the socket (readiness as last seen by the runtime, then
@@ -276,16 +282,6 @@ async fn linger(stream: &TcpStream, sh: &Shared) {
             r = stream.readable() => if r.is_err() { return },
             () = sleep_until(deadline) => return,
         }
-    }
-}
-
-/// The close reason for a failed read or write: a reset by the client, or another error.
-pub(crate) fn io_reason(e: &io::Error) -> Reason {
-    match e.kind() {
-        io::ErrorKind::ConnectionReset
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionAborted => Reason::ClientRst,
-        _ => Reason::IoError,
     }
 }
 

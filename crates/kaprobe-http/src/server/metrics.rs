@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Shared;
+use super::shared::Shared;
 
 /// Accept scrapes on `listener` for the server's life; each is answered by its own task.
 pub(crate) async fn serve(listener: std::net::TcpListener, sh: Rc<Shared>) {

@@ -1,24 +1,16 @@
-//! Request framing: the request head (via httparse, plus the checks httparse leaves to us)
-//! and a chunked-body decoder. Pure functions over byte slices: no I/O, no clock, no panics.
+//! Request framing: the request head (via httparse, plus the checks httparse leaves to us);
+//! the chunked-body decoder is [`crate::h1::Chunked`], re-exported here. Pure functions over
+//! byte slices: no I/O, no clock, no panics.
 
 use std::time::Duration;
 
+use super::push::req::PushReq;
+pub use super::query::parse_delay;
+use crate::h1::bad;
+pub use crate::h1::{Chunked, Reject};
+
 /// Most header fields accepted in one request.
 pub const MAX_HEADERS: usize = 100;
-
-/// Why a request was rejected: the status to answer with and a short reason for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reject {
-    pub status: u16,
-    pub detail: &'static str,
-}
-
-const fn bad(detail: &'static str) -> Reject {
-    Reject {
-        status: 400,
-        detail,
-    }
-}
 
 /// How the request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +32,8 @@ pub enum Route {
     Stats,
     Metrics,
     /// A push-channel endpoint (`/ws`, `/sse`, `/poll`, `/publish`), checked but not served
-    /// here: the connection hands itself to [`crate::push`].
-    Push(Box<crate::push::req::PushReq>),
+    /// here: the connection hands itself to [`super::push`].
+    Push(Box<PushReq>),
     NotFound,
     /// A well-framed request for something we cannot answer (bad path argument).
     Invalid(u16, &'static str),
@@ -328,7 +320,7 @@ fn route(
     headers: &[httparse::Header<'_>],
 ) -> Route {
     let path = origin.split('?').next().unwrap_or(origin);
-    if let Some(p) = crate::push::req::parse(method, minor, origin, headers) {
+    if let Some(p) = super::push::req::parse(method, minor, origin, headers) {
         return Route::Push(Box::new(p));
     }
     match path {
@@ -361,17 +353,6 @@ fn route(
     }
 }
 
-/// A duration as humantime (`250ms`, `1m30s`) or a bare number of seconds (`0.5`).
-pub fn parse_delay(s: &str) -> Option<Duration> {
-    if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Duration::try_from_secs_f64(secs).ok();
-        }
-        return None;
-    }
-    humantime::parse_duration(s).ok()
-}
-
 fn headers_json(method: &str, target: &str, headers: &[httparse::Header<'_>]) -> String {
     let fields: Vec<serde_json::Value> = headers
         .iter()
@@ -390,181 +371,6 @@ fn headers_json(method: &str, target: &str, headers: &[httparse::Header<'_>]) ->
     .to_string();
     s.push('\n');
     s
-}
-
-/// Incremental decoder of a chunked body (RFC 9112 section 7.1), discarding the data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Chunked {
-    state: ChunkState,
-    size: u64,
-    digits: u8,
-    line: u32,
-    /// Data bytes seen so far.
-    pub total: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    Size,
-    Ext,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-/// Longest chunk extension or trailer section accepted.
-const MAX_CHUNK_LINE: u32 = 8192;
-
-impl Default for Chunked {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Chunked {
-    pub const fn new() -> Self {
-        Self {
-            state: ChunkState::Size,
-            size: 0,
-            digits: 0,
-            line: 0,
-            total: 0,
-        }
-    }
-
-    /// True once the last chunk and trailer section have been read.
-    pub fn done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Consume bytes from `buf`, returning how many were used (stops at the end of the body).
-    ///
-    /// # Errors
-    /// A 400 for a bad chunk size, extension, line ending or trailer; 413 past `max_body`.
-    pub fn feed(&mut self, buf: &[u8], max_body: u64) -> Result<usize, Reject> {
-        let mut i = 0;
-        while i < buf.len() {
-            let b = buf[i];
-            match self.state {
-                ChunkState::Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        if self.digits >= 15 {
-                            return Err(bad("chunk size too large"));
-                        }
-                        let d = match b {
-                            b'0'..=b'9' => b - b'0',
-                            b'a'..=b'f' => b - b'a' + 10,
-                            _ => b - b'A' + 10,
-                        };
-                        self.size = self.size * 16 + u64::from(d);
-                        self.digits += 1;
-                    }
-                    b';' | b' ' | b'\t' if self.digits > 0 => {
-                        self.state = ChunkState::Ext;
-                        self.line = 0;
-                    }
-                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
-                    _ => return Err(bad("bad chunk size")),
-                },
-                ChunkState::Ext => match b {
-                    b'\r' => self.state = ChunkState::SizeLf,
-                    b'\n' => return Err(bad("bare LF in chunk extension")),
-                    _ => {
-                        self.line += 1;
-                        if self.line > MAX_CHUNK_LINE {
-                            return Err(bad("chunk extension too long"));
-                        }
-                    }
-                },
-                ChunkState::SizeLf => {
-                    if b != b'\n' {
-                        return Err(bad("bare CR after chunk size"));
-                    }
-                    if self.size == 0 {
-                        self.state = ChunkState::TrailerStart;
-                        self.line = 0;
-                    } else {
-                        self.total = self.total.saturating_add(self.size);
-                        if self.total > max_body {
-                            return Err(Reject {
-                                status: 413,
-                                detail: "chunked body larger than --max-body-bytes",
-                            });
-                        }
-                        self.state = ChunkState::Data;
-                    }
-                }
-                ChunkState::Data => {
-                    let avail = (buf.len() - i) as u64;
-                    let take = avail.min(self.size);
-                    self.size -= take;
-                    // take <= avail fits in usize.
-                    i += usize::try_from(take).unwrap_or(0);
-                    if self.size == 0 {
-                        self.state = ChunkState::DataCr;
-                    }
-                    continue;
-                }
-                ChunkState::DataCr => {
-                    if b != b'\r' {
-                        return Err(bad("chunk data longer than its size"));
-                    }
-                    self.state = ChunkState::DataLf;
-                }
-                ChunkState::DataLf => {
-                    if b != b'\n' {
-                        return Err(bad("bare CR after chunk data"));
-                    }
-                    self.state = ChunkState::Size;
-                    self.digits = 0;
-                    self.size = 0;
-                }
-                ChunkState::TrailerStart => match b {
-                    b'\r' => self.state = ChunkState::EndLf,
-                    b'\n' => return Err(bad("bare LF in trailer section")),
-                    _ => {
-                        self.state = ChunkState::TrailerLine;
-                        self.line += 1;
-                    }
-                },
-                ChunkState::TrailerLine => match b {
-                    b'\r' => self.state = ChunkState::TrailerLf,
-                    b'\n' => return Err(bad("bare LF in trailer section")),
-                    _ => {
-                        self.line += 1;
-                        if self.line > MAX_CHUNK_LINE {
-                            return Err(Reject {
-                                status: 431,
-                                detail: "trailer section too large",
-                            });
-                        }
-                    }
-                },
-                ChunkState::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(bad("bare CR in trailer section"));
-                    }
-                    self.state = ChunkState::TrailerStart;
-                }
-                ChunkState::EndLf => {
-                    if b != b'\n' {
-                        return Err(bad("bare CR at end of chunked body"));
-                    }
-                    self.state = ChunkState::Done;
-                    return Ok(i + 1);
-                }
-                ChunkState::Done => return Ok(i),
-            }
-            i += 1;
-        }
-        Ok(i)
-    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use super::close::Reason;
+use super::config::{Advertise, Config};
 use super::parse::{parse_head, BodyKind, Chunked, Head, Reject, Route};
+use super::push::req::PushReq;
 use super::stats::Stats;
-use super::{Advertise, Config, Reason};
 
 /// The body of `/` and `/close`.
 pub const BODY: &[u8] = b"ok\n";
@@ -28,15 +30,15 @@ pub enum Outcome {
     Delay(Duration),
     /// Write out what was produced, then close for this reason.
     Close(Reason, &'static str),
-    /// A push-channel request: hand the connection to [`crate::push`] (see
+    /// A push-channel request: hand the connection to [`super::push`] (see
     /// [`Proto::take_push`]); unconsumed input belongs to it.
     Push,
 }
 
-/// A push request as the protocol layer saw it, for [`crate::push`] to serve.
+/// A push request as the protocol layer saw it, for [`super::push`] to serve.
 #[derive(Debug)]
 pub struct PushStart {
-    pub req: crate::push::req::PushReq,
+    pub req: PushReq,
     pub body: BodyKind,
     pub minor: u8,
     /// Why the connection must close after this request, if the request said so.
@@ -724,10 +726,7 @@ mod tests {
         assert_eq!(out.matches("200 OK").count(), 1, "{out}");
         assert_eq!(p.served, 2);
         let start = p.take_push().unwrap();
-        assert_eq!(
-            start.req,
-            crate::push::req::PushReq::Publish { room: "r".into() }
-        );
+        assert_eq!(start.req, PushReq::Publish { room: "r".into() });
         assert_eq!(start.body, BodyKind::Length(5));
         assert_eq!(start.close, None);
         assert!(p.take_push().is_none());

@@ -105,7 +105,7 @@ impl Session {
 pub struct Transcript {
     pub responses: Vec<u8>,
     /// The close reason and detail, or `None` while the connection stays open.
-    pub closed: Option<(super::Reason, &'static str)>,
+    pub closed: Option<(super::close::Reason, &'static str)>,
     /// Input was handed to a push channel at this many responses.
     pub pushed: bool,
     /// Requests answered (or taken by a push channel).
@@ -184,7 +184,9 @@ fn normalise(raw: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{Config, Reason, Stats};
+    use crate::server::close::Reason;
+    use crate::server::config::Config;
+    use crate::server::stats::Stats;
 
     fn cfg() -> Config {
         Config {

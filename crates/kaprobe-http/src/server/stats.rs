@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::Reason;
+use super::close::Reason;
 
 /// Server-wide counters (one server thread, so plain cells).
 #[derive(Debug)]

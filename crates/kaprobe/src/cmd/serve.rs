@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kaprobe_http::server::{self, Advertise, CloseEvent, CloseStyle, Config};
 
-use crate::args::{in_range, parse_duration};
+use crate::args::parse_duration;
 use crate::exit::{Failure, FILE};
 
 /// Serve HTTP/1.x with exact keep-alive behaviour and a logged reason for every close.
@@ -200,8 +200,6 @@ pub enum LogArg {
     Off,
 }
 
-const DAY: Duration = Duration::from_secs(86_400);
-
 fn resolve(s: &str) -> Result<SocketAddr, Failure> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -217,58 +215,13 @@ fn resolve(s: &str) -> Result<SocketAddr, Failure> {
 }
 
 fn check(args: &Args) -> Result<Config, Failure> {
-    let range = |flag: &str, v: Duration, lo: Duration, hi: Duration| {
-        if v < lo || v > hi {
-            Err(Failure::usage(format!(
-                "{flag} {} is out of range: use {}..={}",
-                crate::util::human(v),
-                crate::util::human(lo),
-                crate::util::human(hi)
-            )))
-        } else {
-            Ok(v)
-        }
-    };
-    let ms = Duration::from_millis(1);
-    range(
-        "--keepalive-timeout",
-        args.keepalive_timeout,
-        Duration::ZERO,
-        DAY,
-    )?;
-    range("--header-timeout", args.header_timeout, ms, DAY)?;
-    range("--drain-timeout", args.drain_timeout, Duration::ZERO, DAY)?;
-    if let Some(a) = args.advertise_timeout {
-        range("--advertise-timeout", a, Duration::ZERO, DAY)?;
-    }
-    let hour = Duration::from_secs(3600);
-    for (flag, v) in [
-        ("--ws-ping", args.ws_ping),
-        ("--sse-heartbeat", args.sse_heartbeat),
-    ] {
-        if !v.is_zero() && !(Duration::from_millis(10)..=hour).contains(&v) {
-            return Err(Failure::usage(format!(
-                "{flag} {} is out of range: use 0 (off) or 10ms..=1h",
-                crate::util::human(v)
-            )));
-        }
-    }
-    in_range("--ws-max-message", args.ws_max_message, 125..=64 << 20)?;
-    in_range("--store-limit", args.store_limit, 1..=10_000_000)?;
     let max_rooms = args.max_rooms.trim().parse::<usize>().map_err(|_| {
         Failure::usage(format!(
             "--max-rooms '{}' is not a number: use 1..=1000000",
             args.max_rooms
         ))
     })?;
-    in_range("--max-rooms", max_rooms, 1..=1_000_000)?;
-    if !(256..=1 << 20).contains(&args.max_header_bytes) {
-        return Err(Failure::usage(format!(
-            "--max-header-bytes {} is out of range: use 256..=1048576",
-            args.max_header_bytes
-        )));
-    }
-    Ok(Config {
+    let cfg = Config {
         keepalive_timeout: args.keepalive_timeout,
         max_requests: args.max_requests,
         advertise: match args.advertise {
@@ -293,7 +246,9 @@ fn check(args: &Args) -> Result<Config, Failure> {
         store: args.store.clone(),
         max_rooms,
         ..Config::default()
-    })
+    };
+    cfg.validate().map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(cfg)
 }
 
 fn text_line(ev: &CloseEvent) -> String {

@@ -15,10 +15,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use super::reply::{interval, killed, room_limit, tick, write_all, After};
 use super::store::Held;
-use super::{interval, io_reason, killed, tick, write_all, After};
+use crate::server::close::io_reason;
+use crate::server::close::{Ending, Reason};
+use crate::server::shared::{Ctl, Shared};
 use crate::server::stats::Stats;
-use crate::server::{Ctl, Ending, Reason, Shared};
 use tokio::sync::watch;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -133,7 +135,7 @@ pub(super) async fn run(
             let last = r.last_id();
             (r, rx, last)
         }),
-        Err(e) => return super::room_limit(stream, sh, e).await,
+        Err(e) => return room_limit(stream, sh, e).await,
     };
     let accept = derive_accept_key(key.as_bytes());
     let mut out = Vec::with_capacity(192);

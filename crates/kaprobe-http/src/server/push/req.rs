@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::server::parse::parse_delay;
+use crate::server::query::parse_delay;
 
 /// The room used when a request names none.
 pub const DEFAULT_ROOM: &str = "default";

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::reply::{head, interval, killed, room_limit, tick, write_all, After};
 use super::store::Msg;
-use super::{head, interval, io_reason, killed, tick, write_all, After};
+use crate::server::close::io_reason;
+use crate::server::close::Reason;
+use crate::server::shared::{Ctl, Shared};
 use crate::server::stats::Stats;
-use crate::server::{Ctl, Reason, Shared};
 
 /// Append one event: its id, then one `data:` line per line of the text.
 pub(super) fn event(out: &mut String, m: &Msg) {
@@ -43,7 +45,7 @@ pub(super) async fn run(
 ) -> After {
     let r = match sh.hub.room(room) {
         Ok(r) => r,
-        Err(e) => return super::room_limit(stream, sh, e).await,
+        Err(e) => return room_limit(stream, sh, e).await,
     };
     let mut rx = r.subscribe();
     let mut out = Vec::with_capacity(512);

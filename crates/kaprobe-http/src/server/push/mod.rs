@@ -7,6 +7,7 @@
 //! its own timers (pong timeout), by a protocol error or by shutdown, and reports why like
 //! any other connection. `/publish` and `/poll` answer and hand the connection back to HTTP.
 
+mod reply;
 pub mod req;
 mod sse;
 pub mod store;
@@ -18,27 +19,17 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::server::conn::io_reason;
+use crate::server::close::{io_reason, Reason};
 use crate::server::parse::BodyKind;
-use crate::server::proto::PushStart;
+use crate::server::proto::{error_response, PushStart};
+use crate::server::shared::{Ctl, Shared};
 use crate::server::stats::Stats;
-use crate::server::{Ctl, Reason, Shared, Signal};
+pub(crate) use reply::After;
+use reply::{killed, reject, respond, room_limit, write_all, JSON, TEXT};
 use req::PushReq;
-
-/// How a push connection continues.
-pub(crate) enum After {
-    /// Answered: back to HTTP keep-alive, with the input already read beyond the request.
-    Http(TcpStream, Vec<u8>),
-    /// Close with a FIN (after the answer) for this reason.
-    Fin(TcpStream, Reason, &'static str),
-    /// The peer is gone: just close.
-    Gone(TcpStream, Reason, &'static str),
-    /// Closed and reported here.
-    Done,
-}
 
 /// Serve one push request on `stream`; `pending` is the input read beyond its head.
 pub(crate) async fn serve(
@@ -122,9 +113,6 @@ fn start_meta(close: &Option<Reason>, minor: u8) -> Meta {
     }
 }
 
-const TEXT: &[u8] = b"text/plain";
-const JSON: &[u8] = b"application/json";
-
 /// Why the connection closes after this answer, if it does.
 fn close_after(meta: &Meta, ctl: &Ctl, sh: &Shared) -> Option<Reason> {
     let cfg = &sh.cfg;
@@ -139,97 +127,6 @@ fn close_after(meta: &Meta, ctl: &Ctl, sh: &Shared) -> Option<Reason> {
                 .is_zero()
                 .then_some(Reason::IdleTimeout)
         })
-}
-
-fn head(out: &mut Vec<u8>, status: u16, ctype: &[u8], len: Option<usize>, extra: &[u8]) {
-    let mut num = itoa::Buffer::new();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(num.format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(crate::server::proto::reason_phrase(status));
-    out.extend_from_slice(b"\r\nServer: kaprobe\r\nDate: ");
-    crate::server::date::with_date(|d| out.extend_from_slice(d));
-    out.extend_from_slice(b"\r\nContent-Type: ");
-    out.extend_from_slice(ctype);
-    out.extend_from_slice(b"\r\n");
-    if let Some(len) = len {
-        out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(num.format(len).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(extra);
-}
-
-/// Write all of `buf`, giving a client that does not read the header timeout.
-async fn write_all(stream: &mut TcpStream, buf: &[u8], sh: &Shared) -> Result<(), Reason> {
-    match timeout(sh.cfg.header_timeout, stream.write_all(buf)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(io_reason(&e)),
-        Err(_) => Err(Reason::SendTimeout),
-    }
-}
-
-/// Send a complete answer; keep the connection for more requests unless `close` (or the
-/// request, the request limit or a shutdown) says otherwise.
-#[allow(clippy::too_many_arguments)]
-async fn respond(
-    mut stream: TcpStream,
-    sh: &Shared,
-    status: u16,
-    ctype: &[u8],
-    body: &[u8],
-    extra: &[u8],
-    close: Option<Reason>,
-    minor: u8,
-    pending: Vec<u8>,
-    detail: &'static str,
-) -> After {
-    let mut out = Vec::with_capacity(256 + body.len());
-    head(&mut out, status, ctype, Some(body.len()), extra);
-    if close.is_some() {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if minor == 0 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    if let Err(r) = write_all(&mut stream, &out, sh).await {
-        return After::Gone(stream, r, "");
-    }
-    match close {
-        Some(r) => After::Fin(stream, r, detail),
-        None => After::Http(stream, pending),
-    }
-}
-
-/// Resolves when the server asks this connection to close (shutdown).
-fn killed(ctl: &Ctl) -> impl std::future::Future<Output = Reason> + '_ {
-    std::future::poll_fn(move |cx| {
-        if let Some(Signal::Kill(r)) = ctl.signal() {
-            return std::task::Poll::Ready(r);
-        }
-        ctl.register(cx.waker());
-        std::task::Poll::Pending
-    })
-}
-
-/// A tick every `every`, or never when it is zero.
-async fn tick(iv: &mut Option<tokio::time::Interval>) {
-    match iv {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-fn interval(every: Duration) -> Option<tokio::time::Interval> {
-    if every.is_zero() {
-        return None;
-    }
-    let mut i = tokio::time::interval_at(Instant::now() + every, every);
-    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    Some(i)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -282,7 +179,7 @@ async fn publish(
             Err(_) => {
                 let mut out = Vec::new();
                 Stats::add(&sh.stats.bad_requests, 1);
-                crate::server::proto::error_response(&mut out, 408, "request body stalled");
+                error_response(&mut out, 408, "request body stalled");
                 let _ = stream.write_all(&out).await;
                 return After::Fin(stream, Reason::HeaderTimeout, "request body stalled");
             }
@@ -327,44 +224,6 @@ async fn publish(
             .await
         }
     }
-}
-
-/// Refuse a request for a new room at the `--max-rooms` cap: 503, then close.
-async fn room_limit(stream: TcpStream, sh: &Shared, e: store::RoomLimit) -> After {
-    Stats::add(&sh.stats.room_limit_refusals, 1);
-    let body = format!("{e}\n");
-    respond(
-        stream,
-        sh,
-        503,
-        TEXT,
-        body.as_bytes(),
-        b"",
-        Some(Reason::RoomLimit),
-        1,
-        Vec::new(),
-        "room limit reached",
-    )
-    .await
-}
-
-async fn reject(stream: TcpStream, sh: &Shared, status: u16, detail: &'static str) -> After {
-    Stats::add(&sh.stats.bad_requests, 1);
-    let mut body = detail.as_bytes().to_vec();
-    body.push(b'\n');
-    respond(
-        stream,
-        sh,
-        status,
-        TEXT,
-        &body,
-        b"",
-        Some(Reason::BadRequest),
-        1,
-        Vec::new(),
-        detail,
-    )
-    .await
 }
 
 /// The `/poll` answer body.
