@@ -4,8 +4,6 @@
 //! scrape never takes a lock the capture loop waits for.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -262,71 +260,6 @@ impl WatchMetrics {
         let _ = writeln!(s, "{h}_count{{iface=\"{iface}\"}} {count}");
         s
     }
-}
-
-/// Answer `GET /metrics` on `listener` with `render()` from a thread of its own, one
-/// connection at a time (short timeouts, `Connection: close`): scrapes never touch the
-/// capture loop. Other paths get 404, other methods 405. Runs until the process exits.
-pub fn serve_http(
-    listener: TcpListener,
-    render: impl Fn() -> String + Send + 'static,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { continue };
-            let _ = answer(&mut c, &render);
-        }
-    })
-}
-
-/// The content type of the Prometheus text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-fn answer(c: &mut TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
-    c.set_read_timeout(Some(Duration::from_secs(2)))?;
-    c.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = c.read(&mut buf)?;
-        if n == 0 || head.len() > 8192 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => ("200 OK", CONTENT_TYPE, render()),
-        ("GET" | "HEAD", "/") => (
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "kaprobe metrics: GET /metrics\n".to_owned(),
-        ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: try /metrics\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "use GET /metrics\n".to_owned(),
-        ),
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        out.push_str(&body);
-    }
-    c.write_all(out.as_bytes())?;
-    let _ = c.shutdown(std::net::Shutdown::Write);
-    Ok(())
 }
 
 /// Escape a label value (backslash, double quote, newline).

@@ -11,6 +11,7 @@
 //! - [`conn`] and [`hold`]: open one connection and follow its keep-alive until it ends;
 //! - [`netns`]: a private network namespace for one thread (the demo's silent peer);
 //! - [`fmt`]: how kaprobe writes durations and OS errors, for every crate and command;
+//! - [`scrape`]: the `/metrics` responder of every command that serves metrics;
 //! - [`error`]: the crate's error type; `ser`: durations as seconds in JSON.
 
 pub mod conn;
@@ -22,6 +23,7 @@ pub mod hold;
 pub mod info;
 pub mod netns;
 pub mod options;
+pub mod scrape;
 pub(crate) mod ser;
 
 pub use error::Error;

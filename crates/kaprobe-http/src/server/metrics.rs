@@ -31,42 +31,14 @@ pub(crate) async fn serve(listener: std::net::TcpListener, sh: Rc<Shared>) {
 async fn answer(mut sock: tokio::net::TcpStream, sh: &Shared) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+    while !kaprobe_sock::scrape::head_done(&head) {
         let n = sock.read(&mut buf).await?;
-        if n == 0 || head.len() > 8192 {
+        if n == 0 {
             break;
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            sh.stats.prometheus(),
-        ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: try /metrics\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "use GET /metrics\n".to_owned(),
-        ),
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        out.push_str(&body);
-    }
-    sock.write_all(out.as_bytes()).await?;
+    let out = kaprobe_sock::scrape::answer(&head, || sh.stats.prometheus());
+    sock.write_all(&out).await?;
     sock.shutdown().await
 }

@@ -145,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             l.local_addr().unwrap_or(a)
         );
         let s = Arc::clone(&stats);
-        kaprobe_capture::metrics::serve_http(l, move || s.prometheus());
+        kaprobe_sock::scrape::serve_blocking(l, move || s.prometheus());
     }
     let what = args
         .like

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use kaprobe_capture::bpf::DEFAULT_SNAPLEN;
 use kaprobe_capture::live::LiveOptions;
-use kaprobe_capture::metrics::{serve_http, WatchMetrics};
+use kaprobe_capture::metrics::WatchMetrics;
 use kaprobe_capture::watch::{watch, WatchOptions, WatchSink};
 use kaprobe_capture::{Analyzer, Event, Filter, LiveSource, Outcome, PcapFile, TrackerConfig};
+use kaprobe_sock::scrape::serve_blocking;
 
 use crate::exit::capture_failure;
 use crate::render::capture::{
@@ -269,7 +270,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default(),
             ));
             let (m2, iface) = (Arc::clone(&m), args.iface.clone());
-            serve_http(l, move || m2.render(&iface));
+            serve_blocking(l, move || m2.render(&iface));
             eprintln!("kaprobe watch: metrics on http://{bound}/metrics");
             Some(m)
         }
