@@ -307,13 +307,18 @@ fn serve_metrics_answer_on_their_own_address_with_close_reasons() {
         1.0
     );
     promtool_lint(&text);
-    // Anything but /metrics is not served there.
-    let mut s404 = TcpStream::connect(addr).unwrap();
-    s404.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut head = String::new();
-    s404.read_to_string(&mut head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    // Anything but /metrics is not served there (the root points to it).
+    for (path, status) in [("/nope", "404"), ("/", "200")] {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut head = String::new();
+        c.read_to_string(&mut head).unwrap();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {head}"
+        );
+    }
 }
 
 #[test]
