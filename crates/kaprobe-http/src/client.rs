@@ -16,7 +16,7 @@ pub mod target;
 pub mod tls;
 
 pub use conn::{Connector, HttpVersion, KeepAliveHeader, Response};
-pub use probe::{probe, CloseStyle, EndedBy, PipelineResult, ProbeOptions, ProbeReport};
+pub use probe::{probe, EndedBy, ObservedClose, PipelineResult, ProbeOptions, ProbeReport};
 pub use push::{push_probe, PushEnd, PushKind, PushOptions, PushReport, PushWatch};
 pub use race::{race, Bin, RaceOptions, RaceReport};
 pub use target::{Scheme, Target};

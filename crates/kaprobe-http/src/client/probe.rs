@@ -72,10 +72,11 @@ pub struct Http10 {
     pub plain_closes: Option<bool>,
 }
 
-/// How the connection ends when left idle.
+/// How an idle connection was seen to end (the prober's observation; the server's own setting
+/// is `server::CloseStyle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CloseStyle {
+pub enum ObservedClose {
     /// The server closed with FIN.
     Fin,
     /// The server (or something in front of it) reset the connection.
@@ -88,15 +89,15 @@ pub enum CloseStyle {
     NoKeepAlive,
 }
 
-impl CloseStyle {
+impl ObservedClose {
     /// Plain words.
     pub fn describe(self) -> &'static str {
         match self {
-            CloseStyle::Fin => "FIN",
-            CloseStyle::Rst => "RST",
-            CloseStyle::Silent => "silently (no FIN, no RST)",
-            CloseStyle::OpenAtMaxWait => "not within --max-wait",
-            CloseStyle::NoKeepAlive => "after every response",
+            ObservedClose::Fin => "FIN",
+            ObservedClose::Rst => "RST",
+            ObservedClose::Silent => "silently (no FIN, no RST)",
+            ObservedClose::OpenAtMaxWait => "not within --max-wait",
+            ObservedClose::NoKeepAlive => "after every response",
         }
     }
 }
@@ -104,7 +105,7 @@ impl CloseStyle {
 /// The idle-timeout measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleResult {
-    pub close_style: CloseStyle,
+    pub close_style: ObservedClose,
     /// Best estimate of the idle timeout, seconds.
     pub timeout_s: Option<f64>,
     /// Half-width of the uncertainty around `timeout_s`, seconds.
@@ -377,7 +378,7 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
 
 fn no_keep_alive_idle() -> IdleResult {
     IdleResult {
-        close_style: CloseStyle::NoKeepAlive,
+        close_style: ObservedClose::NoKeepAlive,
         timeout_s: Some(0.0),
         timeout_error_s: None,
         closes_seen: 0,
@@ -587,7 +588,7 @@ async fn measure_idle(
         .copied()
         .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
     let mut result = IdleResult {
-        close_style: CloseStyle::OpenAtMaxWait,
+        close_style: ObservedClose::OpenAtMaxWait,
         timeout_s: None,
         timeout_error_s: None,
         closes_seen: closes.len(),
@@ -604,9 +605,9 @@ async fn measure_idle(
     if !closes.is_empty() {
         let rst = closes.iter().filter(|c| c.0 == IdleEnd::Rst).count();
         result.close_style = if rst * 2 > closes.len() {
-            CloseStyle::Rst
+            ObservedClose::Rst
         } else {
-            CloseStyle::Fin
+            ObservedClose::Fin
         };
         let mut idles: Vec<f64> = closes.iter().map(|c| c.1).collect();
         result.timeout_s = median(&mut idles);
@@ -614,7 +615,7 @@ async fn measure_idle(
             result.timeout_error_s = Some((hi - lo) / 2.0);
         }
     } else if let Some((alive, dead, kind)) = silent_bounds(&oks, &fails) {
-        result.close_style = CloseStyle::Silent;
+        result.close_style = ObservedClose::Silent;
         result.timeout_s = Some((alive + dead) / 2.0);
         result.timeout_error_s = Some((dead - alive) / 2.0);
         result.longest_alive_s = Some(alive);
@@ -837,7 +838,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
     let idle = &r.idle;
     let t = idle.timeout_s;
     // Truth of the advertised timeout.
-    if let (Some(adv), Some(obs), CloseStyle::Silent) =
+    if let (Some(adv), Some(obs), ObservedClose::Silent) =
         (r.advertised.timeout_s, t, idle.close_style)
     {
         // Nothing came from the server: the path (a NAT, firewall or load balancer) forgot
@@ -848,7 +849,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
             ));
         }
     } else if let (Some(adv), Some(obs)) = (r.advertised.timeout_s, t) {
-        if matches!(idle.close_style, CloseStyle::Fin | CloseStyle::Rst) {
+        if matches!(idle.close_style, ObservedClose::Fin | ObservedClose::Rst) {
             let ok = (obs - adv).abs() <= 1.0 + 0.05 * adv;
             r.advertised_true.timeout = Some(ok);
             if !ok {
@@ -863,7 +864,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
                 });
             }
         }
-    } else if let (Some(adv), CloseStyle::OpenAtMaxWait) =
+    } else if let (Some(adv), ObservedClose::OpenAtMaxWait) =
         (r.advertised.timeout_s, idle.close_style)
     {
         if let Some(a) = idle.still_open_after_s.or(idle.longest_alive_s) {
@@ -912,7 +913,8 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
         )),
         _ => {}
     }
-    if r.http10.keep_alive_honored == Some(false) && idle.close_style != CloseStyle::NoKeepAlive {
+    if r.http10.keep_alive_honored == Some(false) && idle.close_style != ObservedClose::NoKeepAlive
+    {
         r.findings
             .push("HTTP/1.0 clients asking for keep-alive get a connection that closes".into());
     }
@@ -946,10 +948,10 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
     // to arrive), rounded to 0.1s.
     let safe = |t: f64| ((t * 0.9 - 2.0 * rtt) * 10.0).round() / 10.0;
     r.verdict = match (idle.close_style, t) {
-        (CloseStyle::NoKeepAlive, _) => format!(
+        (ObservedClose::NoKeepAlive, _) => format!(
             "does not keep connections alive: every response ends with Connection: close ({adv})"
         ),
-        (CloseStyle::Fin | CloseStyle::Rst, Some(t)) => {
+        (ObservedClose::Fin | ObservedClose::Rst, Some(t)) => {
             let s = safe(t).max(0.0);
             r.safe_idle_s = Some(s);
             format!(
@@ -957,7 +959,7 @@ fn judge(r: &mut ProbeReport, rtt: f64) {
                 idle.close_style.describe()
             )
         }
-        (CloseStyle::Silent, Some(t)) => {
+        (ObservedClose::Silent, Some(t)) => {
             let s = safe(idle.longest_alive_s.unwrap_or(t)).max(0.0);
             r.safe_idle_s = Some(s);
             format!(
@@ -1022,7 +1024,7 @@ mod tests {
         assert!(r0 < 1.08, "ratio {r0}");
     }
 
-    fn report(style: CloseStyle, timeout: f64, advertised: Option<f64>) -> ProbeReport {
+    fn report(style: ObservedClose, timeout: f64, advertised: Option<f64>) -> ProbeReport {
         ProbeReport {
             url: "http://h/".into(),
             address: "127.0.0.1:80".into(),
@@ -1065,7 +1067,7 @@ mod tests {
 
     #[test]
     fn verdict_gives_the_timeout_the_style_and_a_safe_idle_with_margin() {
-        let mut r = report(CloseStyle::Fin, 5.0, Some(5.0));
+        let mut r = report(ObservedClose::Fin, 5.0, Some(5.0));
         judge(&mut r, 0.0002);
         assert_eq!(
             r.verdict,
@@ -1075,7 +1077,7 @@ mod tests {
         assert_eq!(r.advertised_true.timeout, Some(true));
         assert!(r.findings.is_empty(), "{:?}", r.findings);
         // A long round trip eats into the margin: 0.9 x 5 - 2 x 0.1.
-        let mut r = report(CloseStyle::Rst, 5.0, None);
+        let mut r = report(ObservedClose::Rst, 5.0, None);
         judge(&mut r, 0.1);
         assert_eq!(r.safe_idle_s, Some(4.3));
         assert!(
@@ -1087,11 +1089,11 @@ mod tests {
 
     #[test]
     fn a_lying_header_and_a_silent_drop_are_called_out() {
-        let mut r = report(CloseStyle::Fin, 3.0, Some(9.0));
+        let mut r = report(ObservedClose::Fin, 3.0, Some(9.0));
         judge(&mut r, 0.0);
         assert_eq!(r.advertised_true.timeout, Some(false));
         assert!(r.findings[0].contains("lies"), "{:?}", r.findings);
-        let mut r = report(CloseStyle::Silent, 60.0, None);
+        let mut r = report(ObservedClose::Silent, 60.0, None);
         judge(&mut r, 0.0);
         assert!(
             r.verdict

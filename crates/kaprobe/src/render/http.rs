@@ -48,13 +48,13 @@ pub fn probe(r: &ProbeReport) -> anyhow::Result<()> {
     t.set_header(vec!["", "advertised", "observed"]);
     let idle = &r.idle;
     let observed_idle = match idle.close_style {
-        kaprobe_http::client::CloseStyle::OpenAtMaxWait => format!(
+        kaprobe_http::client::ObservedClose::OpenAtMaxWait => format!(
             "still open at --max-wait{}",
             idle.still_open_after_s
                 .or(idle.longest_alive_s)
                 .map_or(String::new(), |a| format!(" ({a:.2}s idle)"))
         ),
-        kaprobe_http::client::CloseStyle::NoKeepAlive => "closes after every response".into(),
+        kaprobe_http::client::ObservedClose::NoKeepAlive => "closes after every response".into(),
         style => format!(
             "{} ± {}, {}",
             secs(idle.timeout_s),
