@@ -324,3 +324,145 @@ fn with_latency_a_proxy_pool_loses_the_reuse_race_in_a_window() {
         assert_eq!(a["outcome"], "ok", "without latency: {a}");
     }
 }
+
+/// `kaprobe middlebox --router ARGS -- sh -c SCRIPT` (the script sees $KAPROBE_UPSTREAM):
+/// its exit status, stdout, and the namespaces it left behind (none, it must be).
+fn router(args: &[&str], script: &str) -> (Option<i32>, String) {
+    let child = kaprobe()
+        .args(["middlebox", "--router", "--log", "off"])
+        .args(args)
+        .args(["--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The namespaces are named after the middlebox's process id.
+    let tag = format!("kpmb{}", child.id());
+    let o = child.wait_with_output().unwrap();
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(
+        !left.lines().any(|l| l.starts_with(&tag)),
+        "namespaces left behind: {left}"
+    );
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+fn last_json(out: &str) -> Value {
+    serde_json::from_str(out.lines().last().unwrap_or("{}")).unwrap()
+}
+
+#[test]
+fn router_mode_forgets_idle_flows_at_the_tcp_level() {
+    kaprobe_tests::require_root!();
+    // A quiet upstream that keeps every connection open.
+    let quiet = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = quiet.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in quiet.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let kp = kaprobe_tests::kaprobe_bin().display().to_string();
+    let router_args = [
+        "--upstream",
+        up.as_str(),
+        "--idle",
+        "2s",
+        "--on-idle",
+        "silent",
+    ];
+    // Keep-alive every second is activity for the router: the connection outlives 2s.
+    let (code, out) = router(
+        &router_args,
+        &format!(
+            "{kp} hold $KAPROBE_UPSTREAM --idle 1 --interval 1 --count 3 --duration 4s --json"
+        ),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let end = last_json(&out);
+    assert_eq!(end["outcome"], "stopped", "{end}");
+    assert_eq!(end["probes_answered"], 3, "{end}");
+    // First probe only after 3s: the router forgot the flow at 2s and drops it, nothing
+    // answers, the kernel gives up after idle 3s + 2 probes x 1s (hold exits 12).
+    let (code, out) = router(
+        &router_args,
+        &format!("{kp} hold $KAPROBE_UPSTREAM --idle 3 --interval 1 --count 2 --json"),
+    );
+    assert_eq!(code, Some(12), "{out}");
+    let end = last_json(&out);
+    assert_eq!(end["outcome"], "keepalive_timeout", "{end}");
+    assert_eq!(end["probes_answered"], 0, "{end}");
+    assert_eq!(end["matches_config"], true, "{end}");
+}
+
+#[test]
+fn probe_through_router_mode_finds_the_silent_drop_and_the_reset() {
+    kaprobe_tests::require_root!();
+    let (_s, up) = serve_quiet(&["--keepalive-timeout", "60s", "--log", "off"]);
+    let up = up.to_string();
+    let kp = kaprobe_tests::kaprobe_bin().display().to_string();
+    let probe =
+        format!("{kp} probe http://$KAPROBE_UPSTREAM/ --max-wait 8s --connections 40 --json");
+    let (code, out) = router(
+        &["--upstream", &up, "--idle", "2s", "--on-idle", "silent"],
+        &probe,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let r = last_json(&out);
+    assert_eq!(r["idle"]["close_style"], "silent", "{r}");
+    assert!(f(&r, "/idle/longest_alive_s") < 2.05, "{r}");
+    assert!(
+        (1.95..2.6).contains(&f(&r, "/idle/first_dead_s")),
+        "{}",
+        r["idle"]
+    );
+    let (code, out) = router(
+        &["--upstream", &up, "--idle", "2s", "--on-idle", "rst"],
+        &probe,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let r = last_json(&out);
+    assert_eq!(r["idle"]["on_reuse"], "reset", "{}", r["idle"]);
+}
+
+#[test]
+fn router_mode_bad_input() {
+    let up = "127.0.0.1:9";
+    // Router mode takes whole seconds and only the actions a router can take.
+    for (args, words) in [
+        (
+            vec!["--idle", "1500ms", "--on-idle", "silent"],
+            "conntrack counts whole seconds",
+        ),
+        (
+            vec!["--idle", "2s", "--on-idle", "fin"],
+            "--on-idle fin is for proxy mode",
+        ),
+    ] {
+        let mut all = vec!["middlebox", "--router", "--upstream", up];
+        all.extend(args);
+        all.extend(["--", "true"]);
+        if kaprobe_tests::is_root() {
+            fails(&all, 2, words);
+        }
+    }
+    // A command without --router, and --router without a command.
+    fails(
+        &["middlebox", "--upstream", up, "--idle", "1s", "--", "true"],
+        2,
+        "runs only in router mode: add --router",
+    );
+    let o = kaprobe()
+        .args(["middlebox", "--router", "--upstream", up, "--idle", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}

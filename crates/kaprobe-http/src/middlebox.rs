@@ -335,6 +335,8 @@ pub async fn run(
     on_fate: impl Fn(&Fate) + Send + Sync + 'static,
 ) {
     let on_fate = Arc::new(on_fate);
+    // Wakes every connection when the middlebox stops, whatever it is waiting for.
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
     loop {
@@ -351,19 +353,20 @@ pub async fn run(
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let (cfg, stats, stop, on_fate) = (
+        let (cfg, stats, on_fate, shutdown) = (
             Arc::clone(&cfg),
             Arc::clone(&stats),
-            Arc::clone(&stop),
             Arc::clone(&on_fate),
+            shutdown.clone(),
         );
         tasks.spawn(async move {
-            let fate = relay(client, peer, &cfg, &stats, &stop, seed).await;
+            let fate = relay(client, peer, &cfg, &stats, shutdown, seed).await;
             stats.count(fate.ending);
             stats.open.fetch_sub(1, Ordering::Relaxed);
             on_fate(&fate);
         });
     }
+    let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
 }
 
@@ -425,7 +428,7 @@ async fn relay(
     peer: SocketAddr,
     cfg: &Config,
     stats: &Stats,
-    stop: &AtomicBool,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
     seed: u64,
 ) -> Fate {
     let start = Instant::now();
@@ -462,7 +465,7 @@ async fn relay(
     let mut first_fin_from_client = true;
     let direct = cfg.latency.is_zero() && cfg.jitter.is_zero();
     let ending = loop {
-        if stop.load(Ordering::Relaxed) {
+        if *shutdown.borrow() {
             break Ending::Shutdown;
         }
         if up.done && down.done {
@@ -478,6 +481,7 @@ async fn relay(
         let (cr, mut cw) = client.split();
         let (ur, mut uw) = upstream.split();
         tokio::select! {
+            _ = shutdown.changed() => break Ending::Shutdown,
             r = read_chunk(&cr), if !client_eof && up.queued < QUEUE_LIMIT => {
                 match r {
                     Ok(chunk) if chunk.is_empty() => {
@@ -622,7 +626,7 @@ async fn relay(
         }
         Ending::IdleSilent => {
             fate.lifetime = start.elapsed().as_secs_f64();
-            go_silent(client, upstream, stop).await;
+            go_silent(client, upstream, shutdown).await;
             return fate;
         }
         Ending::UpstreamUnreachable => {}
@@ -660,9 +664,13 @@ async fn read_chunk(r: &tokio::net::tcp::ReadHalf<'_>) -> std::io::Result<Vec<u8
 
 /// Relay nothing more: read and drop whatever either end sends (the kernel still ACKs it)
 /// until both ends have closed or the middlebox stops.
-async fn go_silent(mut client: TcpStream, mut upstream: TcpStream, stop: &AtomicBool) {
+async fn go_silent(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let (mut c_open, mut u_open) = (true, true);
-    while (c_open || u_open) && !stop.load(Ordering::Relaxed) {
+    while (c_open || u_open) && !*shutdown.borrow() {
         let (cr, _) = client.split();
         let (ur, _) = upstream.split();
         tokio::select! {
@@ -672,7 +680,7 @@ async fn go_silent(mut client: TcpStream, mut upstream: TcpStream, stop: &Atomic
             r = read_chunk(&ur), if u_open => {
                 if !matches!(r, Ok(c) if !c.is_empty()) { u_open = false; }
             }
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.changed() => break,
         }
     }
     // Both ends have given up (or the middlebox stops): close without a word.

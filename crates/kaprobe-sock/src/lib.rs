@@ -10,6 +10,7 @@
 //! - [`info`]: TCP_INFO for one socket; [`diag`]: every socket's timers via sock_diag;
 //! - [`conn`] and [`hold`]: open one connection and follow its keep-alive until it ends;
 //! - [`netns`]: a private network namespace for one thread (the demo's silent peer);
+//!   [`router`]: namespaces in a line with a router that forgets idle flows (middlebox);
 //! - [`fmt`]: how kaprobe writes durations and OS errors, for every crate and command;
 //! - [`scrape`]: the `/metrics` responder of every command that serves metrics;
 //! - [`error`]: the crate's error type; `ser`: durations as seconds in JSON.
@@ -23,6 +24,7 @@ pub mod hold;
 pub mod info;
 pub mod netns;
 pub mod options;
+pub mod router;
 pub mod scrape;
 pub(crate) mod ser;
 

@@ -33,20 +33,25 @@ use crate::exit::{Failure, USAGE};
 #[command(after_help = "\
 Examples:
   kaprobe middlebox --upstream 127.0.0.1:8080 --idle 2s --on-idle silent
-  kaprobe middlebox --listen 127.0.0.1:9000 --upstream 127.0.0.1:8080 --like aws-nlb --idle 5s
-  kaprobe middlebox --upstream 127.0.0.1:8080 --idle 60s --latency 20ms --log json
+  kaprobe middlebox --listen 127.0.0.1:9000 --upstream 127.0.0.1:8080 \\
+    --like aws-nlb --idle 5s
+  kaprobe middlebox --upstream 127.0.0.1:8080 --idle 60s --latency 20ms
   kaprobe probe http://127.0.0.1:9000/    # what a client sees through it
+  sudo kaprobe middlebox --router --upstream 127.0.0.1:8080 --idle 2s \\
+    --on-idle silent -- sh -c 'kaprobe probe http://$KAPROBE_UPSTREAM/'
 
 Presets (--like): aws-alb (60s, fin), aws-nlb (350s, rst-on-next), aws-nat-gateway (350s,
 rst-on-next), azure-lb (4m, silent), azure-lb-reset (4m, rst), gcp-lb (600s, fin); --idle
 and --on-idle given with --like override it.
 
 Exit codes: 0 stopped by Ctrl-C/SIGTERM or --duration, 2 bad flag, 3 upstream name not
-resolved, 6 permission denied (ports below 1024). See docs/middlebox.md.")]
+resolved, 6 permission denied (ports below 1024, router mode without root); router mode
+exits with CMD's status. See docs/middlebox.md.")]
 pub struct Args {
-    /// Address to listen on (port 0 picks a free port; the bound address is printed).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub listen: String,
+    /// Address to listen on (port 0 picks a free port; the bound address is printed)
+    /// [default: 127.0.0.1:0; in router mode the server side of the router].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 
     /// Where to relay each connection: HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
@@ -91,6 +96,18 @@ pub struct Args {
     /// Stop after this long (connections still open are closed with FIN).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Router mode (root): run CMD in a network namespace whose traffic to --upstream passes
+    /// a router namespace with conntrack that forgets flows idle for --idle (whole seconds):
+    /// their packets are then dropped (`silent`: real TCP-level silence) or answered with a
+    /// RST (`rst`). CMD reaches --upstream at the address in $KAPROBE_UPSTREAM (also
+    /// printed). The namespaces are removed when CMD ends; kaprobe exits with CMD's status.
+    #[arg(long, requires = "cmd")]
+    pub router: bool,
+
+    /// The command to run in router mode, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -120,10 +137,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         connect_timeout: args.connect_timeout,
     };
     cfg.validate().map_err(|e| Failure::new(USAGE, e))?;
-    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+    if args.router {
+        return run_router(&args, cfg);
+    }
+    if !args.cmd.is_empty() {
+        return Err(
+            Failure::usage("a command after `--` runs only in router mode: add --router").into(),
+        );
+    }
+    let listen_text = args.listen.as_deref().unwrap_or("127.0.0.1:0");
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
         Failure::usage(format!(
-            "--listen '{}' is not an address: use IP:PORT, e.g. 127.0.0.1:9000 or [::1]:0",
-            args.listen
+            "--listen '{listen_text}' is not an address: use IP:PORT, e.g. 127.0.0.1:9000 or [::1]:0"
         ))
     })?;
     let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
@@ -184,6 +209,104 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stats.accepted.load(Ordering::Relaxed)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Router mode: the namespaces, a relay on the router's server side to --upstream, and CMD
+/// in the client namespace; cleaned up when CMD ends.
+fn run_router(args: &Args, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    use kaprobe_sock::router::{Forgotten, RouterLine};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Failure::new(
+            crate::exit::PERMISSION,
+            "router mode needs root (it builds network namespaces and a firewall); without root use proxy mode (drop --router)",
+        )
+        .into());
+    }
+    if args.listen.is_some() {
+        return Err(Failure::usage("--listen is chosen by router mode: leave it out").into());
+    }
+    let forgotten = match cfg.on_idle {
+        OnIdle::Silent => Forgotten::Drop,
+        OnIdle::Rst => Forgotten::Reset,
+        other => {
+            return Err(Failure::usage(format!(
+                "--on-idle {} is for proxy mode: router mode drops (silent) or resets (rst) the packets of a forgotten flow",
+                other.as_str()
+            ))
+            .into())
+        }
+    };
+    let secs = cfg.idle.as_secs_f64();
+    if secs < 1.0 || secs.fract() != 0.0 {
+        return Err(Failure::usage(format!(
+            "--idle {} in router mode: conntrack counts whole seconds, use 1s or more in whole seconds",
+            crate::util::human(cfg.idle)
+        ))
+        .into());
+    }
+    let idle_secs = u32::try_from(cfg.idle.as_secs()).unwrap_or(u32::MAX);
+    let line = RouterLine::new(&std::process::id().to_string(), idle_secs, forgotten)
+        .map_err(crate::exit::sock_failure)?;
+    let listener = line
+        .listen_on_server_side(0)
+        .map_err(crate::exit::sock_failure)?;
+    listener.set_nonblocking(true)?;
+    let inside = listener.local_addr()?;
+    eprintln!(
+        "kaprobe middlebox: router mode: {} runs in namespace {}; it reaches {} at {inside} \
+         ($KAPROBE_UPSTREAM); flows idle {} are forgotten, then {}",
+        args.cmd.join(" "),
+        line.client_ns,
+        args.upstream,
+        crate::util::human(cfg.idle),
+        if forgotten == Forgotten::Drop {
+            "dropped"
+        } else {
+            "reset"
+        }
+    );
+    // The router does the idle work; the relay behind it only relays.
+    cfg.idle = Duration::from_secs(86_400);
+    cfg.on_idle = OnIdle::Fin;
+    let stats = Arc::new(Stats::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = args.log;
+    let relay = {
+        let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
+        let cfg = Arc::new(cfg);
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener)?;
+                middlebox::run(l, cfg, stats, stop, move |f| print_fate(log, f)).await;
+                Ok::<(), std::io::Error>(())
+            })
+        })
+    };
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &line.client_ns])
+        .args(&args.cmd)
+        .env("KAPROBE_UPSTREAM", inside.to_string())
+        .status();
+    stop.store(true, Ordering::Relaxed);
+    let _ = relay.join();
+    drop(line);
+    let status = status.map_err(|e| {
+        Failure::new(
+            crate::exit::FAILURE,
+            format!(
+                "run {}: {}",
+                args.cmd.join(" "),
+                kaprobe_sock::fmt::os_error(&e)
+            ),
+        )
+    })?;
+    let code = status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1));
+    Ok(ExitCode::from(code))
 }
 
 fn print_fate(log: LogArg, f: &Fate) {
