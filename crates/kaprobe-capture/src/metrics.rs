@@ -89,7 +89,7 @@ impl WatchMetrics {
                     }
                 }
             }
-            Event::Packet(_) => {}
+            Event::Packet(_) | Event::IdleLimit(_) => {}
             Event::Flow(f) => {
                 // The last probe of an unanswered run has no successor to count it.
                 if f.unanswered_at_end > 0 {

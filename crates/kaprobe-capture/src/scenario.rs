@@ -519,7 +519,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Event::Packet(p) => Some((p.frame, p.kind)),
-                Event::Flow(_) => None,
+                Event::Flow(_) | Event::IdleLimit(_) => None,
             })
             .collect();
         v.sort_by_key(|x| x.0);

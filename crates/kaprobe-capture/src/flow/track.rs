@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::flow::ending::{EndTrack, Ending, IdleLimit, IdleLimits, Seg};
 use crate::flow::infer::{infer, median, Inference};
 use crate::flow::table::{Ep, FlowKey, FlowTable};
 use crate::wire::packet::{TcpFlags, TcpRepr};
@@ -165,6 +166,8 @@ pub struct FlowSummary {
     pub unanswered_at_end: u32,
     pub outcome: Outcome,
     pub inference: Inference,
+    /// How the connection ended, who ended it, and its reuses after idle.
+    pub ending: Ending,
 }
 
 /// Something the tracker found.
@@ -177,7 +180,13 @@ pub struct FlowSummary {
 pub enum Event {
     Packet(PacketEvent),
     Flow(Box<FlowSummary>),
+    /// At the end: reuses towards one server both worked and failed, bracketing its idle
+    /// limit (or the path's).
+    IdleLimit(IdleLimit),
 }
+
+/// Servers whose reuses are bracketed at most (the rest are not counted).
+const MAX_LIMIT_SERVERS: usize = 4096;
 
 /// Tracker limits.
 #[derive(Debug, Clone)]
@@ -349,6 +358,8 @@ struct Flow {
     /// Per-side probe counts and timings: allocated at the first probe, so flows without
     /// probes stay small.
     sides: Option<Box<[Side; 2]>>,
+    /// FINs, RSTs, TTLs and reuses after idle: how the connection ends.
+    end: EndTrack,
 }
 
 fn sub(a: Duration, b: Duration) -> Duration {
@@ -373,6 +384,7 @@ impl Flow {
             ended: None,
             reported: false,
             sides: None,
+            end: EndTrack::default(),
         }
     }
 
@@ -527,6 +539,27 @@ impl Flow {
         }
         self.advance_direction(s, ts, p, probe_kind.is_some(), probe_related);
         self.note_end(s, ts, p);
+        self.end.on_segment(&Seg {
+            side: s,
+            ts,
+            seq: p.seq,
+            ack: f.ack().then_some(p.ack),
+            payload: p.payload_len,
+            fin: f.fin(),
+            rst: f.rst(),
+            ttl: p.ttl,
+            probe: probe_kind.is_some(),
+        });
+    }
+
+    /// How the flow ended (or nothing yet), from what [`EndTrack`] saw.
+    fn ending(&self) -> Ending {
+        let gave_up = self
+            .sides
+            .as_ref()
+            .and_then(|x| (0..2).find(|&i| x[i].gave_up_after.is_some()));
+        self.end
+            .conclude(self.client, self.ended.is_some(), gave_up)
     }
 
     /// Step 1: a SYN names the client (the SYN's sender; for a SYN-ACK, its receiver unless
@@ -851,6 +884,7 @@ impl Flow {
                 &m.unanswered_gaps,
                 m.gave_up_after,
             ),
+            ending: self.ending(),
         }
     }
 }
@@ -869,6 +903,8 @@ pub struct Tracker {
     stats: TrackerStats,
     /// The next time [`Tracker::expire`] does any work (once a second of packet time).
     next_expiry: Duration,
+    /// Reuses after idle per server, across flows: the idle limits they bracket.
+    limits: IdleLimits,
 }
 
 impl Tracker {
@@ -880,6 +916,7 @@ impl Tracker {
             closed: VecDeque::new(),
             stats: TrackerStats::default(),
             next_expiry: Duration::ZERO,
+            limits: IdleLimits::new(MAX_LIMIT_SERVERS),
         }
     }
 
@@ -895,11 +932,36 @@ impl Tracker {
         self.table.len()
     }
 
-    fn report(cfg: &TrackerConfig, flow: &mut Flow, open: Option<Outcome>, out: &mut Vec<Event>) {
-        if !flow.reported && (flow.has_probes() || cfg.report_all_flows) {
-            flow.reported = true;
-            out.push(Event::Flow(Box::new(flow.summary(open))));
+    /// Conclude a flow once: count its reuses towards its server's idle limit, and emit its
+    /// summary when it has probes, an ending worth telling, or every flow is wanted.
+    fn report(
+        cfg: &TrackerConfig,
+        limits: &mut IdleLimits,
+        flow: &mut Flow,
+        open: Option<Outcome>,
+        out: &mut Vec<Event>,
+    ) {
+        if flow.reported {
+            return;
         }
+        flow.reported = true;
+        let tell = flow.has_probes() || cfg.report_all_flows || flow.end.worth_telling();
+        if !tell && !flow.end.has_reuses() {
+            return;
+        }
+        let summary = flow.summary(open);
+        if summary.roles_known {
+            limits.add(summary.server, &summary.ending.reuses);
+        }
+        if tell {
+            out.push(Event::Flow(Box::new(summary)));
+        }
+    }
+
+    /// The idle limits bracketed so far (servers whose reuses both worked and failed).
+    #[must_use]
+    pub fn idle_limits(&self) -> Vec<IdleLimit> {
+        self.limits.limits()
     }
 
     /// Process one TCP packet seen at `ts` as frame number `frame`, appending what was
@@ -921,7 +983,7 @@ impl Tracker {
             && (flow.ended.is_some() || flow.dirs[s].isn.is_some_and(|i| i != p.seq));
         if new_connection {
             let mut old = std::mem::replace(flow, Flow::new(p, ts));
-            Self::report(&self.cfg, &mut old, None, out);
+            Self::report(&self.cfg, &mut self.limits, &mut old, None, out);
             self.stats.flows += 1;
         }
         // A restarted flow's first sender is this packet's source.
@@ -930,7 +992,7 @@ impl Tracker {
         flow.on_packet(s, frame, ts, p, &mut self.stats, out);
         if !was_ended {
             if let Some((_, at)) = flow.ended {
-                Self::report(&self.cfg, flow, None, out);
+                Self::report(&self.cfg, &mut self.limits, flow, None, out);
                 self.closed.push_back((at, key));
             }
         }
@@ -965,7 +1027,13 @@ impl Tracker {
         self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
         if let Some((_, mut old)) = evicted {
             self.stats.evictions += 1;
-            Self::report(&self.cfg, &mut old, Some(Outcome::Evicted), out);
+            Self::report(
+                &self.cfg,
+                &mut self.limits,
+                &mut old,
+                Some(Outcome::Evicted),
+                out,
+            );
         }
         i
     }
@@ -998,7 +1066,13 @@ impl Tracker {
                 if f.ended.is_none() {
                     self.stats.expired += 1;
                 }
-                Self::report(&self.cfg, &mut f, Some(Outcome::Expired), out);
+                Self::report(
+                    &self.cfg,
+                    &mut self.limits,
+                    &mut f,
+                    Some(Outcome::Expired),
+                    out,
+                );
             }
         }
     }
@@ -1016,9 +1090,10 @@ impl Tracker {
     /// End of input: summaries of all flows not yet reported.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         for (_, mut f) in self.table.drain() {
-            Self::report(&self.cfg, &mut f, None, out);
+            Self::report(&self.cfg, &mut self.limits, &mut f, None, out);
         }
         self.closed.clear();
+        out.extend(self.limits.limits().into_iter().map(Event::IdleLimit));
     }
 }
 

@@ -17,6 +17,7 @@ pub(super) mod ipv4_field {
     pub const FLAGS_FRAG: usize = 6;
     /// More-fragments flag and fragment offset: non-zero in any fragment.
     pub const FRAGMENT_MASK: u16 = 0x3fff;
+    pub const TTL: usize = 8;
     pub const PROTOCOL: usize = 9;
     pub const SRC: usize = 12;
     pub const DST: usize = 16;
@@ -76,6 +77,11 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         be16(self.buf.as_ref(), ipv4_field::FLAGS_FRAG) & ipv4_field::FRAGMENT_MASK != 0
     }
 
+    /// Time to live as received.
+    pub fn ttl(&self) -> u8 {
+        self.buf.as_ref()[ipv4_field::TTL]
+    }
+
     /// The protocol number of the payload.
     pub fn protocol(&self) -> u8 {
         self.buf.as_ref()[ipv4_field::PROTOCOL]
@@ -113,6 +119,7 @@ pub(super) mod ipv6_field {
     pub const VERSION_BYTE: usize = 0;
     pub const PAYLOAD_LEN: usize = 4;
     pub const NEXT_HEADER: usize = 6;
+    pub const HOP_LIMIT: usize = 7;
     pub const SRC: usize = 8;
     pub const DST: usize = 24;
     pub const ADDR_LEN: usize = 16;
@@ -168,6 +175,11 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// Payload length field (extension headers + upper layer).
     pub fn payload_len(&self) -> usize {
         usize::from(be16(self.buf.as_ref(), ipv6_field::PAYLOAD_LEN))
+    }
+
+    /// Hop limit as received.
+    pub fn hop_limit(&self) -> u8 {
+        self.buf.as_ref()[ipv6_field::HOP_LIMIT]
     }
 
     /// The first next-header value.

@@ -128,6 +128,7 @@ fn parse_ipv4(data: &[u8]) -> Result<TcpRepr, Skip> {
     parse_tcp(
         IpAddr::V4(ip.src()),
         IpAddr::V4(ip.dst()),
+        ip.ttl(),
         ip.payload(),
         seg_len,
     )
@@ -147,10 +148,22 @@ fn parse_ipv6(data: &[u8]) -> Result<TcpRepr, Skip> {
             .checked_sub(consumed)
             .ok_or(Skip::Malformed("IPv6 payload length"))?
     };
-    parse_tcp(IpAddr::V6(ip.src()), IpAddr::V6(ip.dst()), rest, seg_len)
+    parse_tcp(
+        IpAddr::V6(ip.src()),
+        IpAddr::V6(ip.dst()),
+        ip.hop_limit(),
+        rest,
+        seg_len,
+    )
 }
 
-fn parse_tcp(src: IpAddr, dst: IpAddr, data: &[u8], seg_len: usize) -> Result<TcpRepr, Skip> {
+fn parse_tcp(
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    data: &[u8],
+    seg_len: usize,
+) -> Result<TcpRepr, Skip> {
     let tcp = TcpSegment::new_checked(data)?;
     let payload = seg_len
         .checked_sub(tcp.header_len())
@@ -171,6 +184,7 @@ fn parse_tcp(src: IpAddr, dst: IpAddr, data: &[u8], seg_len: usize) -> Result<Tc
         } else {
             None
         },
+        ttl,
     })
 }
 

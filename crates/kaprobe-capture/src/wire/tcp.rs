@@ -169,4 +169,7 @@ pub struct TcpRepr {
     pub payload_len: u32,
     /// Window-scale option (SYN segments only carry it).
     pub wscale: Option<u8>,
+    /// The IP TTL (IPv4) or hop limit (IPv6) as received: a RST a middlebox forged arrives
+    /// with another one than the peer's own segments.
+    pub ttl: u8,
 }

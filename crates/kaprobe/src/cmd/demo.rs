@@ -254,7 +254,7 @@ fn print_wire(events: &[Event]) -> anyhow::Result<()> {
     // times from the flow's first packet (the handshake), as on the hold's clock above
     let t0 = events.iter().find_map(|e| match e {
         Event::Flow(f) => Some(f.first_seen),
-        Event::Packet(_) => None,
+        Event::Packet(_) | Event::IdleLimit(_) => None,
     });
     for e in events {
         match e {
@@ -289,6 +289,7 @@ fn print_wire(events: &[Event]) -> anyhow::Result<()> {
                     say(&format!("   inferred: {}", f.inference.name), 2)?;
                 }
             }
+            Event::IdleLimit(_) => {}
         }
     }
     Ok(())

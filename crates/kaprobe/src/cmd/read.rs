@@ -12,8 +12,10 @@ use kaprobe_capture::{
 
 use crate::exit::{self, capture_failure, Failure};
 use crate::render::capture::{
-    flow_json, flows_table, packet_json, sort_flows, stats_json, stats_line, write_packets,
+    ending_lines, flow_json, flows_table, idle_limit_json, idle_limit_line, packet_json,
+    sort_flows, stats_json, stats_line, write_packets,
 };
+use kaprobe_capture::flow::ending::IdleLimit;
 
 /// Find TCP keep-alive probes, their ACKs and zero-window probes in a capture file.
 ///
@@ -66,6 +68,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let cfg = TrackerConfig {
         max_flows: usize::try_from(args.max_flows).unwrap_or(usize::MAX),
+        // JSON tells every flow's ending; the table only the flows with something to say.
+        report_all_flows: args.json,
         ..TrackerConfig::default()
     };
     let started = Instant::now();
@@ -74,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut flows: Vec<FlowSummary> = Vec::new();
     let mut packets: Vec<PacketEvent> = Vec::new();
     let mut n_packets = 0usize;
+    let mut limits = Vec::new();
     let mut write_err: Option<io::Error> = None;
     let json = args.json;
     let keep_rows = args.packets;
@@ -91,6 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Event::Flow(f) => flows.push(*f),
+        Event::IdleLimit(l) => limits.push(l),
     })
     .map_err(capture_failure)?;
     let elapsed = started.elapsed();
@@ -98,12 +104,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let res = if json {
         match write_err {
             Some(e) => Err(e),
-            None => write_json_tail(&mut out, &flows, &stats, elapsed),
+            None => write_json_tail(&mut out, &flows, &limits, &stats, elapsed),
         }
     } else {
         write_human(
             &mut out, &args, &packets, n_packets, &flows, &stats, elapsed,
         )
+        .and_then(|()| {
+            limits
+                .iter()
+                .try_for_each(|l| writeln!(out, "{}", idle_limit_line(l)))
+        })
     };
     match res.and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -120,11 +131,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn write_json_tail(
     out: &mut impl Write,
     flows: &[FlowSummary],
+    limits: &[IdleLimit],
     stats: &RunStats,
     elapsed: Duration,
 ) -> io::Result<()> {
     for f in flows {
         writeln!(out, "{}", flow_json(f))?;
+    }
+    for l in limits {
+        writeln!(out, "{}", idle_limit_json(l))?;
     }
     writeln!(out, "{}", stats_json(stats, elapsed))
 }
@@ -150,6 +165,9 @@ fn write_human(
         writeln!(out, "No keep-alive or zero-window probes found.")?;
     } else {
         writeln!(out, "{}", flows_table(flows))?;
+        for line in ending_lines(flows) {
+            writeln!(out, "{line}")?;
+        }
     }
     writeln!(out, "{}", stats_line(stats, elapsed))
 }

@@ -155,6 +155,7 @@ impl WatchSink for Sink {
             let v = match e {
                 Event::Packet(p) => packet_json(p),
                 Event::Flow(f) => flow_json(f),
+                Event::IdleLimit(l) => crate::render::capture::idle_limit_json(l),
             };
             self.line(&v.to_string());
         } else if !self.tty {
@@ -176,6 +177,7 @@ impl WatchSink for Sink {
                     f.answered,
                     f.inference.name
                 ),
+                Event::IdleLimit(l) => crate::render::capture::idle_limit_line(l),
             };
             self.line(&crate::term::wrap(&s, 4));
         }

@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
+use kaprobe_capture::flow::ending::{EndBy, EndHow, IdleLimit};
 use kaprobe_capture::{FlowSummary, Kind, Outcome, PacketEvent, RunStats};
 use serde_json::{json, Value};
 
@@ -75,7 +76,62 @@ pub(crate) fn flow_json(f: &FlowSummary) -> Value {
         "inferred_interval": f.inference.interval,
         "inferred_count": f.inference.count,
         "config": f.inference.name,
+        "end_by": f.ending.by.map(EndBy::as_str),
+        "end_how": f.ending.how.map(EndHow::as_str),
+        "idle_before_end": opt_secs(f.ending.idle_before_end),
+        "end_evidence": f.ending.evidence,
+        "reuse_failed": f.ending.reuse_failed,
+        "reuses": f.ending.reuses.iter().map(|r| json!({
+            "by": r.by.as_str(),
+            "at": rfc3339(r.at),
+            "idle": r.idle.as_secs_f64(),
+            "result": r.result.as_str(),
+        })).collect::<Vec<_>>(),
+        "verdict": (!f.ending.verdict.is_empty()).then_some(&f.ending.verdict),
     })
+}
+
+/// How the flows with something to say ended: one wrapped sentence each.
+pub(crate) fn ending_lines(flows: &[FlowSummary]) -> Vec<String> {
+    flows
+        .iter()
+        .filter(|f| !f.ending.verdict.is_empty())
+        .map(|f| {
+            crate::term::wrap(
+                &format!("{} -> {}: {}", f.client, f.server, f.ending.verdict),
+                4,
+            )
+        })
+        .collect()
+}
+
+/// The JSON object for one server's idle limit, bracketed by reuses across flows.
+pub(crate) fn idle_limit_json(l: &IdleLimit) -> Value {
+    json!({
+        "type": "idle_limit",
+        "server": l.server.to_string(),
+        "how": l.how,
+        "longest_ok": l.longest_ok.as_secs_f64(),
+        "shortest_failed": l.shortest_failed.as_secs_f64(),
+        "flows": l.flows,
+        "hint": l.hint,
+    })
+}
+
+/// One line per idle limit, for people.
+pub(crate) fn idle_limit_line(l: &IdleLimit) -> String {
+    let hint = l.hint.map_or(String::new(), |h| format!("; that fits {h}"));
+    crate::term::wrap(
+        &format!(
+            "idle limit of {}: reuses worked after {} idle and failed ({}) after {} ({} flows){hint}",
+            l.server,
+            crate::util::human(l.longest_ok),
+            l.how,
+            crate::util::human(l.shortest_failed),
+            l.flows
+        ),
+        2,
+    )
 }
 
 /// The closing JSON object with the run's counts.

@@ -1,0 +1,622 @@
+//! How a connection ended, who ended it, after how much idle time, and what happened to
+//! data sent after an idle gap (a reuse): the per-flow half of "why did my connection die?".
+//! The tracker feeds [`EndTrack`] every segment; [`EndTrack::conclude`] turns what it saw
+//! into an [`Ending`] when the flow is summarised. Across flows, [`IdleLimits`] brackets the
+//! idle time after which reuses towards one server start failing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::wire::seq::SeqNum;
+
+/// A gap without payload at least this long before data makes that data a reuse.
+pub const REUSE_GAP: Duration = Duration::from_millis(500);
+/// Reuses remembered per flow.
+const MAX_REUSES: usize = 8;
+
+/// Who ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndBy {
+    Client,
+    Server,
+    /// Something between the two: nothing answered, or a RST the peer did not send.
+    Path,
+    /// The handshake was not captured: which side is which is unknown.
+    Unknown,
+}
+
+impl EndBy {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+            Self::Path => "path",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndHow {
+    Fin,
+    Rst,
+    /// Data or probes went unanswered until the sender gave up or the capture ended.
+    Silent,
+    /// The prober gave up after its unanswered keep-alive probes.
+    KeepaliveTimeout,
+}
+
+impl EndHow {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fin => "fin",
+            Self::Rst => "rst",
+            Self::Silent => "silent",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+        }
+    }
+}
+
+/// What became of data sent after an idle gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReuseResult {
+    /// The peer acknowledged it.
+    Ok,
+    /// The peer (or the path) answered with a RST.
+    Reset,
+    /// Nothing acknowledged it.
+    Unanswered,
+    /// It was sent after the peer's FIN, or crossed it.
+    AfterFin,
+}
+
+impl ReuseResult {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Reset => "reset",
+            Self::Unanswered => "unanswered",
+            Self::AfterFin => "after_fin",
+        }
+    }
+
+    #[must_use]
+    pub fn failed(self) -> bool {
+        self != Self::Ok
+    }
+}
+
+/// One reuse: who wrote after how much idle, and how it went.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Reuse {
+    /// `client`, `server` or `unknown`.
+    pub by: EndBy,
+    pub at: Duration,
+    pub idle: Duration,
+    pub result: ReuseResult,
+}
+
+/// How one flow ended (all `None`/empty while it is still open with nothing to say).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ending {
+    pub by: Option<EndBy>,
+    pub how: Option<EndHow>,
+    /// Silence before the ending began (before the FIN or RST, or before the data that
+    /// went unanswered).
+    pub idle_before_end: Option<Duration>,
+    /// Why `by` is `path`, when it is.
+    pub evidence: Option<String>,
+    pub reuse_failed: bool,
+    pub reuses: Vec<Reuse>,
+    /// One sentence, or empty when there is nothing to say.
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReuseRec {
+    side: usize,
+    at: Duration,
+    idle: Duration,
+    /// One past the reuse's last byte.
+    end: SeqNum,
+    result: Option<ReuseResult>,
+}
+
+/// What the tracker tells about one flow's segments, kept small: per side the first FIN and
+/// the TTL seen, the first RST, the last payload, and a few reuses.
+#[derive(Debug, Clone, Default)]
+pub struct EndTrack {
+    last_payload: Option<Duration>,
+    /// TTL (hop limit) of each side's latest segment that was not a RST.
+    ttl: [Option<u8>; 2],
+    fin_at: [Option<Duration>; 2],
+    /// The first RST: its sender, when, and its TTL.
+    rst: Option<(usize, Duration, u8)>,
+    /// Silence before the first FIN or RST.
+    idle_before_close: Option<Duration>,
+    reuses: Vec<ReuseRec>,
+}
+
+/// One segment as the ending needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seg {
+    pub side: usize,
+    pub ts: Duration,
+    pub seq: SeqNum,
+    pub ack: Option<SeqNum>,
+    pub payload: u32,
+    pub fin: bool,
+    pub rst: bool,
+    pub ttl: u8,
+    /// A keep-alive or zero-window probe (its byte is not data).
+    pub probe: bool,
+}
+
+impl EndTrack {
+    /// Whether the ending is worth a summary on its own: a RST, or a reuse that did not work.
+    #[must_use]
+    pub fn worth_telling(&self) -> bool {
+        self.rst.is_some()
+            || self
+                .reuses
+                .iter()
+                .any(|r| r.result != Some(ReuseResult::Ok))
+    }
+
+    /// Whether any data was sent after an idle gap.
+    #[must_use]
+    pub fn has_reuses(&self) -> bool {
+        !self.reuses.is_empty()
+    }
+
+    /// Account for one segment.
+    pub fn on_segment(&mut self, g: &Seg) {
+        let (s, d) = (g.side, 1 - g.side);
+        // The peer's ACKs settle this side's open reuses...
+        if let Some(ack) = g.ack {
+            if !g.rst {
+                for r in self.reuses.iter_mut().filter(|r| r.side == d) {
+                    if r.result.is_none() && ack.diff(r.end) >= 0 {
+                        r.result = Some(ReuseResult::Ok);
+                    }
+                }
+            }
+        }
+        // ...and its RST fails them.
+        if g.rst {
+            for r in self.reuses.iter_mut().filter(|r| r.side == d) {
+                if r.result.is_none() {
+                    r.result = Some(ReuseResult::Reset);
+                }
+            }
+            if self.rst.is_none() {
+                self.rst = Some((s, g.ts, g.ttl));
+                if self.idle_before_close.is_none() && self.fin_at.iter().all(Option::is_none) {
+                    self.idle_before_close = self.last_payload.map(|t| g.ts.saturating_sub(t));
+                }
+            }
+            return;
+        }
+        self.ttl[s] = Some(g.ttl);
+        if g.payload > 0 && !g.probe {
+            let gap = self.last_payload.map(|t| g.ts.saturating_sub(t));
+            if let Some(idle) = gap.filter(|gap| *gap >= REUSE_GAP) {
+                let result = self.fin_at[d].map(|_| ReuseResult::AfterFin);
+                if self.reuses.len() == MAX_REUSES {
+                    // Keep the first ones and the latest.
+                    self.reuses.remove(MAX_REUSES / 2);
+                }
+                self.reuses.push(ReuseRec {
+                    side: s,
+                    at: g.ts,
+                    idle,
+                    end: g.seq.add(g.payload),
+                    result,
+                });
+            }
+            self.last_payload = Some(g.ts);
+        }
+        if g.fin {
+            if self.fin_at[s].is_none() {
+                self.fin_at[s] = Some(g.ts);
+                if self.idle_before_close.is_none() && self.fin_at[d].is_none() {
+                    self.idle_before_close = self.last_payload.map(|t| g.ts.saturating_sub(t));
+                }
+            }
+            // Data of the other side not yet acknowledged crossed this FIN.
+            for r in self.reuses.iter_mut().filter(|r| r.side == d) {
+                if r.result.is_none() {
+                    r.result = Some(ReuseResult::AfterFin);
+                }
+            }
+        }
+    }
+
+    /// The ending, given which side is the client (`None`: unknown), whether the flow is
+    /// over (`closed`), and whether the prober of side `gave_up` reset after unanswered
+    /// probes.
+    #[must_use]
+    pub fn conclude(&self, client: Option<usize>, closed: bool, gave_up: Option<usize>) -> Ending {
+        let role = |side: usize| match client {
+            Some(c) if c == side => EndBy::Client,
+            Some(_) => EndBy::Server,
+            None => EndBy::Unknown,
+        };
+        let reuses: Vec<Reuse> = self
+            .reuses
+            .iter()
+            .map(|r| Reuse {
+                by: role(r.side),
+                at: r.at,
+                idle: r.idle,
+                result: r.result.unwrap_or(ReuseResult::Unanswered),
+            })
+            .collect();
+        let reuse_failed = reuses.iter().any(|r| r.result.failed());
+        let first_fin = match self.fin_at {
+            [Some(a), Some(b)] => Some(if a <= b { (0, a) } else { (1, b) }),
+            [Some(a), None] => Some((0, a)),
+            [None, Some(b)] => Some((1, b)),
+            [None, None] => None,
+        };
+        let mut e = Ending {
+            by: None,
+            how: None,
+            idle_before_end: self.idle_before_close,
+            evidence: None,
+            reuse_failed,
+            reuses,
+            verdict: String::new(),
+        };
+        // The ending began with whichever came first: a FIN, a RST, or data after an idle
+        // gap that nothing ever acknowledged.
+        let unanswered = e
+            .reuses
+            .iter()
+            .find(|r| r.result == ReuseResult::Unanswered)
+            .copied();
+        let fin_at = first_fin.map_or(Duration::MAX, |(_, t)| t);
+        let silent_at = unanswered.map_or(Duration::MAX, |r| r.at);
+        let rst_at = self.rst_ts();
+        if let Some(r) = unanswered.filter(|_| silent_at <= fin_at && silent_at <= rst_at) {
+            e.by = Some(EndBy::Path);
+            e.how = Some(EndHow::Silent);
+            e.idle_before_end = Some(r.idle);
+            e.evidence = Some("nothing acknowledged data sent after an idle gap".into());
+        } else if fin_at <= rst_at && fin_at != Duration::MAX {
+            if let Some((side, _)) = first_fin {
+                e.by = Some(role(side));
+                e.how = Some(EndHow::Fin);
+            }
+        } else if let Some((side, _, ttl)) = self.rst {
+            if gave_up == Some(side) {
+                e.by = Some(role(side));
+                e.how = Some(EndHow::KeepaliveTimeout);
+            } else {
+                e.how = Some(EndHow::Rst);
+                match self.ttl[side] {
+                    Some(usual) if usual != ttl => {
+                        e.by = Some(EndBy::Path);
+                        e.evidence = Some(format!(
+                            "the RST came with TTL {ttl}, the {}'s own segments with {usual}",
+                            role(side).as_str()
+                        ));
+                    }
+                    _ => e.by = Some(role(side)),
+                }
+            }
+        } else if !closed {
+            e.idle_before_end = None;
+        }
+        e.verdict = verdict(&e);
+        e
+    }
+
+    fn rst_ts(&self) -> Duration {
+        self.rst.map_or(Duration::MAX, |(_, t, _)| t)
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// One sentence for a flow's ending, naming the failed reuse when there is one.
+fn verdict(e: &Ending) -> String {
+    let Some(how) = e.how else {
+        return String::new();
+    };
+    let who = e.by.map_or("someone", EndBy::as_str);
+    let idle = e
+        .idle_before_end
+        .map_or(String::new(), |d| format!(" after {} idle", secs(d)));
+    let mut v = match how {
+        EndHow::Fin => format!("{who} closed{idle} (FIN)"),
+        EndHow::Rst if e.by == Some(EndBy::Path) => format!(
+            "a middlebox reset the connection{idle}: {}",
+            e.evidence.as_deref().unwrap_or("")
+        ),
+        EndHow::Rst => format!("{who} reset the connection{idle} (RST)"),
+        EndHow::Silent => {
+            format!("the flow went silent{idle}: data sent then was never acknowledged, so something on the path forgot it")
+        }
+        EndHow::KeepaliveTimeout => {
+            format!("the {who} gave up after its keep-alive probes went unanswered (the peer or the path was gone)")
+        }
+    };
+    if let Some(r) = e.reuses.iter().find(|r| r.result.failed()) {
+        let what = match r.result {
+            ReuseResult::Reset | ReuseResult::AfterFin if how == EndHow::Fin => "and got a RST",
+            ReuseResult::Reset => "and got a RST",
+            ReuseResult::AfterFin => "after the peer's FIN",
+            ReuseResult::Unanswered => "and got no answer",
+            ReuseResult::Ok => "",
+        };
+        v.push_str(&format!(
+            "; the {} wrote after {} idle {what}: a pool kept the connection longer than the other side's idle timeout",
+            r.by.as_str(),
+            secs(r.idle)
+        ));
+    }
+    v
+}
+
+/// Reuses towards one server, across flows: the longest idle that worked and the shortest
+/// that failed bracket its idle limit (or the path's).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IdleLimit {
+    pub server: SocketAddr,
+    /// How the failures looked: `silent`, `rst` or `fin`.
+    pub how: &'static str,
+    pub longest_ok: Duration,
+    pub shortest_failed: Duration,
+    /// Flows with a reuse towards this server.
+    pub flows: u32,
+    /// A known default that falls in the bracket, if any.
+    pub hint: Option<&'static str>,
+}
+
+/// Known idle timeouts, for the hint (sources in docs/read.md).
+pub const KNOWN_LIMITS: &[(u64, &str)] = &[
+    (5, "Node.js http.Server keepAliveTimeout (5s)"),
+    (60, "AWS Application Load Balancer idle timeout (60s)"),
+    (75, "nginx keepalive_timeout (75s)"),
+    (240, "Azure Load Balancer idle timeout (4 min)"),
+    (
+        350,
+        "AWS NAT gateway / Network Load Balancer idle timeout (350s)",
+    ),
+    (600, "Google Cloud load balancers (600s)"),
+];
+
+#[derive(Debug, Default, Clone)]
+struct Bracket {
+    longest_ok: Option<Duration>,
+    shortest_failed: Option<(Duration, ReuseResult)>,
+    flows: u32,
+}
+
+/// Per server endpoint, the bracket of its reuses (bounded: at most `cap` servers).
+#[derive(Debug, Default)]
+pub struct IdleLimits {
+    by_server: HashMap<SocketAddr, Bracket>,
+    cap: usize,
+}
+
+impl IdleLimits {
+    #[must_use]
+    pub fn new(cap: usize) -> Self {
+        Self {
+            by_server: HashMap::new(),
+            cap,
+        }
+    }
+
+    /// Count one flow's reuses by the client towards `server`.
+    pub fn add(&mut self, server: SocketAddr, reuses: &[Reuse]) {
+        let client_reuses = reuses.iter().filter(|r| r.by == EndBy::Client);
+        if reuses.iter().all(|r| r.by != EndBy::Client) {
+            return;
+        }
+        if !self.by_server.contains_key(&server) && self.by_server.len() >= self.cap {
+            return;
+        }
+        let b = self.by_server.entry(server).or_default();
+        b.flows += 1;
+        for r in client_reuses {
+            if r.result.failed() {
+                if b.shortest_failed.is_none_or(|(d, _)| r.idle < d) {
+                    b.shortest_failed = Some((r.idle, r.result));
+                }
+            } else if b.longest_ok.is_none_or(|d| r.idle > d) {
+                b.longest_ok = Some(r.idle);
+            }
+        }
+    }
+
+    /// The servers whose reuses both worked and failed, shortest failure first.
+    #[must_use]
+    pub fn limits(&self) -> Vec<IdleLimit> {
+        let mut v: Vec<IdleLimit> = self
+            .by_server
+            .iter()
+            .filter_map(|(server, b)| {
+                let ok = b.longest_ok?;
+                let (failed, result) = b.shortest_failed?;
+                let how = match result {
+                    ReuseResult::Unanswered => "silent",
+                    ReuseResult::AfterFin => "fin",
+                    _ => "rst",
+                };
+                let (lo, hi) = (ok.min(failed), ok.max(failed));
+                let hint = KNOWN_LIMITS
+                    .iter()
+                    .find(|(s, _)| {
+                        let d = Duration::from_secs(*s);
+                        d >= lo && d <= hi
+                    })
+                    .map(|(_, name)| *name);
+                Some(IdleLimit {
+                    server: *server,
+                    how,
+                    longest_ok: ok,
+                    shortest_failed: failed,
+                    flows: b.flows,
+                    hint,
+                })
+            })
+            .collect();
+        v.sort_by_key(|l| l.shortest_failed);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(side: usize, ts: u64, seq: u32, ack: u32, payload: u32) -> Seg {
+        Seg {
+            side,
+            ts: Duration::from_millis(ts),
+            seq: SeqNum(seq),
+            ack: Some(SeqNum(ack)),
+            payload,
+            fin: false,
+            rst: false,
+            ttl: 64,
+            probe: false,
+        }
+    }
+
+    #[test]
+    fn server_fin_then_client_write_gets_a_rst_and_a_failed_reuse() {
+        let mut t = EndTrack::default();
+        // client (side 0) request, server (side 1) response
+        t.on_segment(&seg(0, 0, 100, 500, 50));
+        t.on_segment(&seg(1, 10, 500, 150, 200));
+        t.on_segment(&seg(0, 11, 150, 700, 0));
+        // server closes after 1s idle
+        t.on_segment(&Seg {
+            fin: true,
+            ..seg(1, 1010, 700, 150, 0)
+        });
+        // client writes 1s later, server resets
+        t.on_segment(&seg(0, 2010, 150, 701, 50));
+        t.on_segment(&Seg {
+            rst: true,
+            ack: None,
+            ..seg(1, 2011, 701, 0, 0)
+        });
+        let e = t.conclude(Some(0), true, None);
+        assert_eq!(
+            (e.by, e.how),
+            (Some(EndBy::Server), Some(EndHow::Fin)),
+            "{e:?}"
+        );
+        assert_eq!(e.idle_before_end, Some(Duration::from_millis(1000)));
+        assert!(e.reuse_failed);
+        assert_eq!(e.reuses[0].result, ReuseResult::AfterFin);
+        assert_eq!(e.reuses[0].by, EndBy::Client);
+        assert!(
+            e.verdict.starts_with(
+                "server closed after 1.00s idle (FIN); the client wrote after 2.00s idle"
+            ),
+            "{}",
+            e.verdict
+        );
+    }
+
+    #[test]
+    fn a_rst_with_another_ttl_is_the_paths() {
+        let mut t = EndTrack::default();
+        t.on_segment(&Seg {
+            ttl: 63,
+            ..seg(0, 0, 100, 500, 50)
+        });
+        t.on_segment(&Seg {
+            ttl: 63,
+            ..seg(1, 10, 500, 150, 20)
+        });
+        t.on_segment(&Seg {
+            ttl: 63,
+            ..seg(0, 2010, 150, 520, 50)
+        });
+        t.on_segment(&Seg {
+            rst: true,
+            ack: None,
+            ttl: 64,
+            ..seg(1, 2011, 520, 0, 0)
+        });
+        let e = t.conclude(Some(0), true, None);
+        assert_eq!(
+            (e.by, e.how),
+            (Some(EndBy::Path), Some(EndHow::Rst)),
+            "{e:?}"
+        );
+        assert!(e.evidence.as_deref().unwrap().contains("TTL 64"), "{e:?}");
+        assert_eq!(e.reuses[0].result, ReuseResult::Reset);
+    }
+
+    #[test]
+    fn unanswered_data_after_idle_is_a_silent_drop() {
+        let mut t = EndTrack::default();
+        t.on_segment(&seg(0, 0, 100, 500, 50));
+        t.on_segment(&seg(1, 10, 500, 150, 20));
+        t.on_segment(&seg(0, 3010, 150, 520, 50));
+        t.on_segment(&seg(0, 3220, 150, 520, 50)); // retransmission
+        let e = t.conclude(Some(0), false, None);
+        assert_eq!(
+            (e.by, e.how),
+            (Some(EndBy::Path), Some(EndHow::Silent)),
+            "{e:?}"
+        );
+        assert_eq!(e.idle_before_end, Some(Duration::from_millis(3000)));
+        assert!(e.reuse_failed);
+    }
+
+    #[test]
+    fn an_open_flow_with_answered_reuses_has_nothing_to_say() {
+        let mut t = EndTrack::default();
+        t.on_segment(&seg(0, 0, 100, 500, 50));
+        t.on_segment(&seg(1, 10, 500, 150, 20));
+        t.on_segment(&seg(0, 1010, 150, 520, 50));
+        t.on_segment(&seg(1, 1020, 520, 200, 20));
+        let e = t.conclude(Some(0), false, None);
+        assert_eq!((e.by, e.how), (None, None));
+        assert!(!e.reuse_failed && e.verdict.is_empty());
+        assert_eq!(e.reuses[0].result, ReuseResult::Ok);
+    }
+
+    #[test]
+    fn idle_limits_bracket_a_server_and_name_a_known_default() {
+        let server: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let mut l = IdleLimits::new(10);
+        let r = |idle: u64, result| Reuse {
+            by: EndBy::Client,
+            at: Duration::ZERO,
+            idle: Duration::from_secs(idle),
+            result,
+        };
+        l.add(server, &[r(50, ReuseResult::Ok)]);
+        l.add(server, &[r(70, ReuseResult::Reset)]);
+        l.add(server, &[r(90, ReuseResult::Reset)]);
+        let v = l.limits();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].longest_ok, Duration::from_secs(50));
+        assert_eq!(v[0].shortest_failed, Duration::from_secs(70));
+        assert_eq!(v[0].how, "rst");
+        assert_eq!(v[0].flows, 3);
+        assert!(v[0].hint.unwrap().contains("60s"), "{:?}", v[0].hint);
+    }
+}
