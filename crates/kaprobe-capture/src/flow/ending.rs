@@ -180,7 +180,27 @@ impl EndTrack {
     }
 
     /// Account for one segment.
+    #[inline]
     pub fn on_segment(&mut self, g: &Seg) {
+        // Most segments are ACKs or data with no reuse open: a few stores, no loops.
+        if !g.rst && !g.fin && self.reuses.is_empty() {
+            self.ttl[g.side] = Some(g.ttl);
+            if g.payload > 0 && !g.probe {
+                if self
+                    .last_payload
+                    .is_some_and(|t| g.ts.saturating_sub(t) >= REUSE_GAP)
+                {
+                    self.on_segment_slow(g);
+                    return;
+                }
+                self.last_payload = Some(g.ts);
+            }
+            return;
+        }
+        self.on_segment_slow(g);
+    }
+
+    fn on_segment_slow(&mut self, g: &Seg) {
         let (s, d) = (g.side, 1 - g.side);
         // The peer's ACKs settle this side's open reuses...
         if let Some(ack) = g.ack {
