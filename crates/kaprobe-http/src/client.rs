@@ -21,3 +21,42 @@ pub use push::{push_probe, PushEnd, PushKind, PushOptions, PushReport, PushWatch
 pub use race::{race, Bin, RaceOptions, RaceReport};
 pub use target::{Scheme, Target};
 pub use tls::TlsOptions;
+
+/// `--max-wait` of every prober: 1s..=24h.
+pub(crate) fn check_max_wait(d: std::time::Duration) -> Result<(), crate::Error> {
+    check_duration("--max-wait", d, 1_000, 86_400_000, "1s..=24h")
+}
+
+/// A duration flag within `lo_ms..=hi_ms`, or `--flag D is out of range: use RANGE`.
+pub(crate) fn check_duration(
+    flag: &str,
+    d: std::time::Duration,
+    lo_ms: u64,
+    hi_ms: u64,
+    range: &str,
+) -> Result<(), crate::Error> {
+    let ms = d.as_millis();
+    if ms < u128::from(lo_ms) || ms > u128::from(hi_ms) || (lo_ms > 0 && d.is_zero()) {
+        return Err(crate::Error::InvalidOption(format!(
+            "{flag} {} is out of range: use {range}",
+            kaprobe_sock::fmt::duration(d)
+        )));
+    }
+    Ok(())
+}
+
+/// A count flag within `range`, or `--flag N is out of range: use A..=B`.
+pub(crate) fn check_count<T: PartialOrd + std::fmt::Display + Copy>(
+    flag: &str,
+    v: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), crate::Error> {
+    if range.contains(&v) {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidOption(format!(
+        "{flag} {v} is out of range: use {}..={}",
+        range.start(),
+        range.end()
+    )))
+}

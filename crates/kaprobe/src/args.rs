@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::exit::Failure;
-use crate::util::human;
 
 /// Parse a duration the way every kaprobe flag does (`75s`, `2h`, `1m30s`, `2.5s`,
 /// `250ms`), or a bare number meaning seconds (`5`, `2.5`).
@@ -14,16 +13,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     kaprobe_sock::fmt::parse_duration(s)
 }
 
-/// Check `--max-wait`-style bounds shared by probe and race.
-pub fn check_max_wait(d: Duration) -> Result<(), Failure> {
-    if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
-        return Err(Failure::usage(format!(
-            "--max-wait {} is out of range: use 1s..=24h",
-            human(d)
-        )));
-    }
-    Ok(())
-}
 
 /// Parse a `--metrics` listen address (shared with `kaprobe serve`).
 pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {

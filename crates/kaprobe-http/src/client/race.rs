@@ -140,6 +140,29 @@ pub fn schedule(idle: Duration, spread: Duration, n: usize) -> Vec<Duration> {
         .collect()
 }
 
+impl RaceOptions {
+    /// Check every option against its range.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the flag, the value and the range.
+    pub fn validate(&self) -> Result<(), Error> {
+        super::check_duration("--idle", self.idle, 0, 3_600_000, "0s..=1h")?;
+        super::check_duration("--spread", self.spread, 0, 3_600_000, "0s..=1h")?;
+        super::check_count("--requests", self.requests, 1..=10_000)?;
+        super::check_count("--parallel", self.parallel, 1..=1000)?;
+        if !matches!(
+            self.method.to_ascii_uppercase().as_str(),
+            "GET" | "HEAD" | "POST"
+        ) {
+            return Err(Error::InvalidOption(format!(
+                "--method '{}' is not supported: use GET, HEAD or POST",
+                self.method
+            )));
+        }
+        super::check_max_wait(self.max_wait)
+    }
+}
+
 /// Run the race.
 pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
     let scheme = url
@@ -153,25 +176,8 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
         )));
     }
     let target = Target::parse(url)?;
-    if opts.requests == 0 || opts.requests > 10_000 {
-        return Err(Error::InvalidOption(format!(
-            "--requests {} is out of range: use 1..=10000",
-            opts.requests
-        )));
-    }
-    if opts.parallel == 0 || opts.parallel > 1000 {
-        return Err(Error::InvalidOption(format!(
-            "--parallel {} is out of range: use 1..=1000",
-            opts.parallel
-        )));
-    }
+    opts.validate()?;
     let method = opts.method.to_ascii_uppercase();
-    if !matches!(method.as_str(), "GET" | "HEAD" | "POST") {
-        return Err(Error::InvalidOption(format!(
-            "--method '{}' is not supported: use GET, HEAD or POST",
-            opts.method
-        )));
-    }
     let start = Instant::now();
     let deadline = start + opts.max_wait;
     let mut connector = Connector::new(

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use kaprobe_http::client::{probe, ProbeOptions, PushKind};
 
-use crate::args::{check_max_wait, parse_duration};
+use crate::args::parse_duration;
 use crate::exit::Failure;
 use crate::measure::measure;
-use crate::util;
 
 /// Measure what an HTTP server or proxy really does with idle connections (and idle
 /// WebSockets and event streams: ws://, wss://, --sse).
@@ -117,16 +116,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    let max_wait = args.max_wait.unwrap_or(Duration::from_secs(150));
-    check_max_wait(max_wait)?;
-    crate::args::in_range("--connections", args.connections, 2..=1000)?;
-    crate::args::in_range("--max-requests-cap", args.max_requests_cap, 1..=100_000)?;
     let opts = ProbeOptions {
-        max_wait,
+        max_wait: args.max_wait.unwrap_or(Duration::from_secs(150)),
         connections: args.connections,
         max_requests_cap: args.max_requests_cap,
         tls: args.tls.options(),
     };
+    opts.validate().map_err(crate::exit::http_failure)?;
     measure(
         probe(&args.url, &opts),
         args.json,
@@ -138,25 +134,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn run_push(args: &Args, kind: PushKind) -> anyhow::Result<ExitCode> {
     use kaprobe_http::client::{push_probe, PushOptions};
     let max_wait = args.max_wait.unwrap_or(Duration::from_secs(300));
-    check_max_wait(max_wait)?;
-    if let Some(h) = args.heartbeat {
-        if h < Duration::from_millis(10) || h > Duration::from_secs(3600) {
-            return Err(Failure::usage(format!(
-                "--heartbeat {} is out of range: use 10ms..=1h",
-                util::human(h)
-            ))
-            .into());
-        }
-    }
-    if let Some(h) = args.hold {
-        if h < Duration::from_secs(1) || h > Duration::from_secs(86_400) {
-            return Err(Failure::usage(format!(
-                "--hold {} is out of range: use 1s..=24h",
-                util::human(h)
-            ))
-            .into());
-        }
-    }
     let opts = PushOptions {
         kind,
         max_wait,
@@ -164,6 +141,7 @@ fn run_push(args: &Args, kind: PushKind) -> anyhow::Result<ExitCode> {
         hold: args.hold,
         tls: args.tls.options(),
     };
+    opts.validate().map_err(crate::exit::http_failure)?;
     measure(
         push_probe(&args.url, &opts),
         args.json,

@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use kaprobe_http::client::{race, RaceOptions, RaceReport};
 
-use crate::args::check_max_wait;
 use crate::args::parse_duration;
 use crate::exit::http_failure as failure;
-use crate::exit::Failure;
 use crate::measure::runtime;
 use crate::out::print_json_line;
 use crate::term::table;
@@ -85,34 +83,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.idle > Duration::from_secs(3600) {
-        return Err(Failure::usage(format!(
-            "--idle {} is out of range: use 0s..=1h",
-            crate::util::human(args.idle)
-        ))
-        .into());
-    }
     let spread = args.spread.unwrap_or(args.idle / 10);
-    if spread > Duration::from_secs(3600) {
-        return Err(Failure::usage(format!(
-            "--spread {} is out of range: use 0s..=1h",
-            crate::util::human(spread)
-        ))
-        .into());
-    }
-    crate::args::in_range("--requests", args.requests, 1..=10_000)?;
-    crate::args::in_range("--parallel", args.parallel, 1..=1000)?;
     let max_wait = match args.max_wait {
         Some(d) => d,
         None => {
-            let rounds = u32::try_from(args.requests.div_ceil(args.parallel)).unwrap_or(u32::MAX);
+            let rounds =
+                u32::try_from(args.requests.div_ceil(args.parallel.max(1))).unwrap_or(u32::MAX);
             (args.idle + spread + Duration::from_secs(2))
                 .saturating_mul(rounds)
                 .saturating_add(Duration::from_secs(30))
                 .min(Duration::from_secs(86_400))
         }
     };
-    check_max_wait(max_wait)?;
     let opts = RaceOptions {
         idle: args.idle,
         spread,
@@ -122,6 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_wait,
         tls: args.tls.options(),
     };
+    opts.validate().map_err(failure)?;
     let rt = runtime()?;
     let result = rt.block_on(race(&args.url, &opts));
     // A resolver thread stuck on a slow DNS server must not hold the exit past --max-wait.

@@ -265,15 +265,22 @@ pub struct ProbeReport {
     pub elapsed_s: f64,
 }
 
+impl ProbeOptions {
+    /// Check every option against its range.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the flag, the value and the range.
+    pub fn validate(&self) -> Result<(), Error> {
+        super::check_max_wait(self.max_wait)?;
+        super::check_count("--connections", self.connections, 2..=1000)?;
+        super::check_count("--max-requests-cap", self.max_requests_cap, 1..=100_000)
+    }
+}
+
 /// Run the whole probe against `url`.
 pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     let target = Target::parse(url)?;
-    if opts.connections < 2 || opts.connections > 1000 {
-        return Err(Error::InvalidOption(format!(
-            "--connections {} is out of range: use 2..=1000",
-            opts.connections
-        )));
-    }
+    opts.validate()?;
     let start = Instant::now();
     let deadline = start + opts.max_wait;
     let mut connector = Connector::new(

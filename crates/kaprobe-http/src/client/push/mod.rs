@@ -204,18 +204,29 @@ struct Opened {
     server: Option<String>,
 }
 
+impl PushOptions {
+    /// Check every option against its range.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the flag, the value and the range.
+    pub fn validate(&self) -> Result<(), Error> {
+        super::check_max_wait(self.max_wait)?;
+        if let Some(h) = self.heartbeat {
+            super::check_duration("--heartbeat", h, 10, 3_600_000, "10ms..=1h")?;
+        }
+        if let Some(h) = self.hold {
+            super::check_duration("--hold", h, 1_000, 86_400_000, "1s..=24h")?;
+        }
+        Ok(())
+    }
+}
+
 /// Probe a push channel at `url` (`ws://`, `wss://`, or http(s):// for SSE).
 pub async fn push_probe(url: &str, opts: &PushOptions) -> Result<PushReport, Error> {
     let start = Instant::now();
     let deadline = start + opts.max_wait;
     let target = push_target(url, opts.kind)?;
-    if let Some(h) = opts.heartbeat {
-        if h.is_zero() {
-            return Err(Error::InvalidOption(
-                "--heartbeat must be more than 0 (e.g. 1s, 500ms)".into(),
-            ));
-        }
-    }
+    opts.validate()?;
     let open_timeout = opts.max_wait.min(Duration::from_secs(10));
     let mut connector = Connector::new(target.clone(), &opts.tls, open_timeout).await?;
     let watch_len = |now: Instant| {
