@@ -187,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     );
     let stop = crate::util::stop_flag()?;
-    let rt = crate::measure::runtime()?;
+    let rt = relay_runtime()?;
     let log = args.log;
     if let Some(d) = args.duration {
         let stop = Arc::clone(&stop);
@@ -276,10 +276,7 @@ fn run_router(args: &Args, mut cfg: Config) -> anyhow::Result<ExitCode> {
         let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
         let cfg = Arc::new(cfg);
         std::thread::spawn(move || -> std::io::Result<()> {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
+            let rt = relay_runtime()?;
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::from_std(listener)?;
                 middlebox::run(l, cfg, stats, stop, move |f| print_fate(log, f)).await;
@@ -307,6 +304,16 @@ fn run_router(args: &Args, mut cfg: Config) -> anyhow::Result<ExitCode> {
     })?;
     let code = status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1));
     Ok(ExitCode::from(code))
+}
+
+/// The relay's runtime: one worker per CPU the process may run on (at most 4), so that a
+/// relay pinned to one CPU does not pass its connections between threads.
+fn relay_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpus)
+        .enable_all()
+        .build()
 }
 
 fn print_fate(log: LogArg, f: &Fate) {
