@@ -422,7 +422,125 @@ impl Jitter {
     }
 }
 
-#[allow(clippy::too_many_lines)]
+/// Direction indexes: client to upstream, upstream to client.
+const UP: usize = 0;
+const DOWN: usize = 1;
+
+/// One relayed connection's state between events.
+struct Relay<'a> {
+    cfg: &'a Config,
+    stats: &'a Stats,
+    fate: Fate,
+    jitter: Jitter,
+    /// The latest payload byte, either way: the idle timer runs from here.
+    last: Instant,
+    /// The idle timer ran out (`rst-on-next` waits for the next segment).
+    expired: bool,
+    /// No latency: bytes go straight through.
+    direct: bool,
+    /// Each direction's sender has closed (FIN).
+    eof: [bool; 2],
+    /// Which end closed first (set at the first FIN).
+    first_fin_from_client: bool,
+}
+
+impl Relay<'_> {
+    /// A read on direction `dir` (its chunk, empty at FIN, or its error), passed on through
+    /// `lane` and `w`; `Some` ends the connection.
+    async fn on_read(
+        &mut self,
+        dir: usize,
+        r: std::io::Result<Vec<u8>>,
+        lane: &mut Lane,
+        w: &mut tokio::net::tcp::WriteHalf<'_>,
+    ) -> Option<Ending> {
+        let (reader_reset, writer_reset) = if dir == UP {
+            (Ending::ClientRst, Ending::UpstreamRst)
+        } else {
+            (Ending::UpstreamRst, Ending::ClientRst)
+        };
+        let Ok(chunk) = r else {
+            return Some(reader_reset);
+        };
+        if self.expired && self.cfg.on_idle == OnIdle::RstOnNext {
+            self.fate.idle = (Instant::now() - self.last).as_secs_f64();
+            return Some(Ending::RstOnNext);
+        }
+        if chunk.is_empty() {
+            if !self.eof[1 - dir] {
+                self.first_fin_from_client = dir == UP;
+            }
+            self.eof[dir] = true;
+            if self.direct {
+                let _ = w.shutdown().await;
+                lane.done = true;
+            } else {
+                lane.queue
+                    .push_back((deliver_at(lane, self.cfg, &mut self.jitter), None));
+            }
+            return None;
+        }
+        self.last = Instant::now();
+        let n = chunk.len() as u64;
+        let (mine, total) = if dir == UP {
+            (&mut self.fate.bytes_up, &self.stats.bytes_up)
+        } else {
+            (&mut self.fate.bytes_down, &self.stats.bytes_down)
+        };
+        *mine += n;
+        total.fetch_add(n, Ordering::Relaxed);
+        if self.direct {
+            if w.write_all(&chunk).await.is_err() {
+                return Some(writer_reset);
+            }
+        } else {
+            let at = deliver_at(lane, self.cfg, &mut self.jitter);
+            lane.queued += chunk.len();
+            lane.queue.push_back((at, Some(chunk)));
+        }
+        None
+    }
+
+    /// The idle timer ran out: what `--on-idle` says, unless bytes are still in flight.
+    fn on_idle(&mut self, up: &Lane, down: &Lane) -> Option<Ending> {
+        if !up.queue.is_empty() || !down.queue.is_empty() {
+            // Data still in flight counts as activity.
+            self.last = Instant::now();
+            return None;
+        }
+        self.fate.idle = (Instant::now() - self.last).as_secs_f64();
+        match self.cfg.on_idle {
+            OnIdle::Fin => Some(Ending::IdleFin),
+            OnIdle::Rst => Some(Ending::IdleRst),
+            OnIdle::Silent => Some(Ending::IdleSilent),
+            OnIdle::RstOnNext => {
+                self.expired = true;
+                None
+            }
+        }
+    }
+}
+
+/// Deliver the next queued chunk (or FIN) of `lane` through `w`; a failed write ends the
+/// connection with `reset`.
+async fn deliver(
+    lane: &mut Lane,
+    w: &mut tokio::net::tcp::WriteHalf<'_>,
+    reset: Ending,
+) -> Option<Ending> {
+    match lane.queue.pop_front()? {
+        (_, Some(b)) => {
+            lane.queued -= b.len();
+            w.write_all(&b).await.is_err().then_some(reset)
+        }
+        (_, None) => {
+            let _ = w.shutdown().await;
+            lane.done = true;
+            None
+        }
+    }
+}
+
 async fn relay(
     client: TcpStream,
     peer: SocketAddr,
@@ -455,157 +573,56 @@ async fn relay(
     let _ = upstream.set_nodelay(true);
     fate.upstream = upstream.peer_addr().ok();
     let (mut client, mut upstream) = (client, upstream);
-    let mut jitter = Jitter(seed | 1);
-    let mut last = Instant::now();
+    let mut st = Relay {
+        cfg,
+        stats,
+        fate,
+        jitter: Jitter(seed | 1),
+        last: Instant::now(),
+        expired: false,
+        direct: cfg.latency.is_zero() && cfg.jitter.is_zero(),
+        eof: [false; 2],
+        first_fin_from_client: true,
+    };
     let mut up = Lane::default(); // client -> upstream
     let mut down = Lane::default(); // upstream -> client
-    let (mut client_eof, mut upstream_eof) = (false, false);
-    let mut expired = false;
-    // Which end closed first (set at the first FIN).
-    let mut first_fin_from_client = true;
-    let direct = cfg.latency.is_zero() && cfg.jitter.is_zero();
     let ending = loop {
         if *shutdown.borrow() {
             break Ending::Shutdown;
         }
         if up.done && down.done {
-            break if first_fin_from_client {
+            break if st.first_fin_from_client {
                 Ending::ClientFin
             } else {
                 Ending::UpstreamFin
             };
         }
-        let deadline = last + cfg.idle;
+        let deadline = st.last + cfg.idle;
         let next_up = up.queue.front().map(|(t, _)| *t);
         let next_down = down.queue.front().map(|(t, _)| *t);
         let (cr, mut cw) = client.split();
         let (ur, mut uw) = upstream.split();
-        tokio::select! {
-            _ = shutdown.changed() => break Ending::Shutdown,
-            r = read_chunk(&cr), if !client_eof && up.queued < QUEUE_LIMIT => {
-                match r {
-                    Ok(chunk) if chunk.is_empty() => {
-                        if expired && cfg.on_idle == OnIdle::RstOnNext {
-                            fate.idle = (Instant::now() - last).as_secs_f64();
-                            break Ending::RstOnNext;
-                        }
-                        client_eof = true;
-                        first_fin_from_client = !upstream_eof;
-                        if direct {
-                            let _ = uw.shutdown().await;
-                            up.done = true;
-                        } else {
-                            up.queue.push_back((deliver_at(&up, cfg, &mut jitter), None));
-                        }
-                    }
-                    Ok(chunk) => {
-                        if expired && cfg.on_idle == OnIdle::RstOnNext {
-                            fate.idle = (Instant::now() - last).as_secs_f64();
-                            break Ending::RstOnNext;
-                        }
-                        last = Instant::now();
-                        let n = chunk.len();
-                        fate.bytes_up += n as u64;
-                        stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
-                        if direct {
-                            if uw.write_all(&chunk).await.is_err() {
-                                break Ending::UpstreamRst;
-                            }
-                        } else {
-                            let at = deliver_at(&up, cfg, &mut jitter);
-                            up.queue.push_back((at, Some(chunk)));
-                            up.queued += n;
-                        }
-                    }
-                    Err(_) => break Ending::ClientRst,
-                }
+        let step = tokio::select! {
+            _ = shutdown.changed() => Some(Ending::Shutdown),
+            r = read_chunk(&cr), if !st.eof[UP] && up.queued < QUEUE_LIMIT => {
+                st.on_read(UP, r, &mut up, &mut uw).await
             }
-            r = read_chunk(&ur), if !upstream_eof && down.queued < QUEUE_LIMIT => {
-                match r {
-                    Ok(chunk) if chunk.is_empty() => {
-                        if expired && cfg.on_idle == OnIdle::RstOnNext {
-                            fate.idle = (Instant::now() - last).as_secs_f64();
-                            break Ending::RstOnNext;
-                        }
-                        upstream_eof = true;
-                        first_fin_from_client = client_eof;
-                        if direct {
-                            let _ = cw.shutdown().await;
-                            down.done = true;
-                        } else {
-                            down.queue.push_back((deliver_at(&down, cfg, &mut jitter), None));
-                        }
-                    }
-                    Ok(chunk) => {
-                        if expired && cfg.on_idle == OnIdle::RstOnNext {
-                            fate.idle = (Instant::now() - last).as_secs_f64();
-                            break Ending::RstOnNext;
-                        }
-                        last = Instant::now();
-                        let n = chunk.len();
-                        fate.bytes_down += n as u64;
-                        stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
-                        if direct {
-                            if cw.write_all(&chunk).await.is_err() {
-                                break Ending::ClientRst;
-                            }
-                        } else {
-                            let at = deliver_at(&down, cfg, &mut jitter);
-                            down.queue.push_back((at, Some(chunk)));
-                            down.queued += n;
-                        }
-                    }
-                    Err(_) => break Ending::UpstreamRst,
-                }
+            r = read_chunk(&ur), if !st.eof[DOWN] && down.queued < QUEUE_LIMIT => {
+                st.on_read(DOWN, r, &mut down, &mut cw).await
             }
             () = sleep_until(next_up), if next_up.is_some() => {
-                if let Some((_, chunk)) = up.queue.pop_front() {
-                    match chunk {
-                        Some(b) => {
-                            up.queued -= b.len();
-                            if uw.write_all(&b).await.is_err() {
-                                break Ending::UpstreamRst;
-                            }
-                        }
-                        None => {
-                            let _ = uw.shutdown().await;
-                            up.done = true;
-                        }
-                    }
-                }
+                deliver(&mut up, &mut uw, Ending::UpstreamRst).await
             }
             () = sleep_until(next_down), if next_down.is_some() => {
-                if let Some((_, chunk)) = down.queue.pop_front() {
-                    match chunk {
-                        Some(b) => {
-                            down.queued -= b.len();
-                            if cw.write_all(&b).await.is_err() {
-                                break Ending::ClientRst;
-                            }
-                        }
-                        None => {
-                            let _ = cw.shutdown().await;
-                            down.done = true;
-                        }
-                    }
-                }
+                deliver(&mut down, &mut cw, Ending::ClientRst).await
             }
-            () = tokio::time::sleep_until(deadline), if !expired => {
-                // Data still in flight counts as activity.
-                if !up.queue.is_empty() || !down.queue.is_empty() {
-                    last = Instant::now();
-                    continue;
-                }
-                fate.idle = (Instant::now() - last).as_secs_f64();
-                match cfg.on_idle {
-                    OnIdle::Fin => break Ending::IdleFin,
-                    OnIdle::Rst => break Ending::IdleRst,
-                    OnIdle::Silent => break Ending::IdleSilent,
-                    OnIdle::RstOnNext => expired = true,
-                }
-            }
+            () = tokio::time::sleep_until(deadline), if !st.expired => st.on_idle(&up, &down),
+        };
+        if let Some(e) = step {
+            break e;
         }
     };
+    let (mut fate, last) = (st.fate, st.last);
     fate.ending = ending;
     if !matches!(
         ending,

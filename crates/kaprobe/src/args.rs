@@ -13,7 +13,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     kaprobe_sock::fmt::parse_duration(s)
 }
 
-
 /// Parse a `--metrics` listen address (shared with `kaprobe serve`).
 pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse::<SocketAddr>().map_err(|_| {
