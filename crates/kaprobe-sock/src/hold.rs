@@ -343,6 +343,18 @@ mod tests {
         (Socket::from(c), Socket::from(s))
     }
 
+    /// Hold `c` for `ms` milliseconds: the report and every event.
+    fn hold_for(c: &Socket, ms: u64) -> (HoldReport, Vec<HoldEvent>) {
+        let eff = read(c, "t").unwrap();
+        let stop = AtomicBool::new(false);
+        let mut events = Vec::new();
+        let r = hold(c, &eff, "t", &stop, Some(Duration::from_millis(ms)), |e| {
+            events.push(*e);
+        })
+        .unwrap();
+        (r, events)
+    }
+
     fn one_second_timers() -> KeepaliveConfig {
         KeepaliveConfig {
             idle: Some(Duration::from_secs(1)),
@@ -428,20 +440,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
             waited += 1;
         }
-        let eff = read(&c, "t").unwrap();
-        let stop = AtomicBool::new(false);
-        let mut events = Vec::new();
-        let r = hold(
-            &c,
-            &eff,
-            "t",
-            &stop,
-            Some(Duration::from_millis(300)),
-            |e| {
-                events.push(*e);
-            },
-        )
-        .unwrap();
+        let (r, events) = hold_for(&c, 300);
         assert_eq!(r.outcome, Outcome::Stopped);
         let bytes: u64 = events
             .iter()
@@ -459,20 +458,7 @@ mod tests {
     fn last_heard_is_never_before_an_answered_probe() {
         let (c, _s) = pair();
         apply(&c, &one_second_timers(), "t").unwrap();
-        let eff = read(&c, "t").unwrap();
-        let stop = AtomicBool::new(false);
-        let mut events = Vec::new();
-        let r = hold(
-            &c,
-            &eff,
-            "t",
-            &stop,
-            Some(Duration::from_millis(2600)),
-            |e| {
-                events.push(*e);
-            },
-        )
-        .unwrap();
+        let (r, events) = hold_for(&c, 2600);
         let mut sent = Vec::new();
         let mut answered = Vec::new();
         for e in &events {

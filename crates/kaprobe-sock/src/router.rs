@@ -99,48 +99,17 @@ impl RouterLine {
             run(what, &["ip", "-n", a_ns, "link", "set", a, "up"])?;
             run(what, &["ip", "-n", b_ns, "link", "set", b, "up"])?;
         }
-        run(
-            what,
-            &["ip", "-n", c, "addr", "add", "10.203.1.2/24", "dev", &c0],
-        )?;
-        run(
-            what,
-            &[
-                "ip",
-                "-n",
-                c,
-                "route",
-                "add",
-                "default",
-                "via",
-                "10.203.1.1",
-            ],
-        )?;
-        run(
-            what,
-            &["ip", "-n", r, "addr", "add", "10.203.1.1/24", "dev", &r0],
-        )?;
-        run(
-            what,
-            &["ip", "-n", r, "addr", "add", "10.203.2.1/24", "dev", &r1],
-        )?;
-        run(
-            what,
-            &["ip", "-n", s, "addr", "add", "10.203.2.2/24", "dev", &s1],
-        )?;
-        run(
-            what,
-            &[
-                "ip",
-                "-n",
-                s,
-                "route",
-                "add",
-                "default",
-                "via",
-                "10.203.2.1",
-            ],
-        )?;
+        // Addresses and routes, one `ip` command each.
+        for cmd in [
+            format!("ip -n {c} addr add 10.203.1.2/24 dev {c0}"),
+            format!("ip -n {c} route add default via 10.203.1.1"),
+            format!("ip -n {r} addr add 10.203.1.1/24 dev {r0}"),
+            format!("ip -n {r} addr add 10.203.2.1/24 dev {r1}"),
+            format!("ip -n {s} addr add 10.203.2.2/24 dev {s1}"),
+            format!("ip -n {s} route add default via 10.203.2.1"),
+        ] {
+            run(what, &cmd.split_whitespace().collect::<Vec<_>>())?;
+        }
         let exec = |args: &[&str]| -> Result<()> {
             let mut all = vec!["ip", "netns", "exec", r.as_str()];
             all.extend_from_slice(args);
