@@ -400,7 +400,10 @@ fn router_mode_forgets_idle_flows_at_the_tcp_level() {
     let end = last_json(&out);
     assert_eq!(end["outcome"], "keepalive_timeout", "{end}");
     assert_eq!(end["probes_answered"], 0, "{end}");
-    assert_eq!(end["matches_config"], true, "{end}");
+    // idle 3s + 2 probes x 1s; loose on the late side for a loaded machine.
+    assert_eq!(end["expected_silent_for"], 5.0, "{end}");
+    let silent = end["silent_for"].as_f64().unwrap();
+    assert!((4.9..6.0).contains(&silent), "{end}");
 }
 
 #[test]
