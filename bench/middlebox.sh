@@ -5,7 +5,8 @@
 #   2. added latency: wrk -t1 -c1 on a tiny response (average latency, requests/s)
 #   3. memory per idle relayed connection: RSS delta of the relay over IDLE_CONNS idle ones
 # Prints each figure and the ratio middlebox/haproxy. Needs nginx, haproxy, wrk, python3,
-# taskset. Knobs: DUR (seconds per wrk run, default 8), IDLE_CONNS (default 4000).
+# taskset. Knobs: DUR (seconds per wrk run, default 8), ROUNDS (default 3; medians are
+# printed), IDLE_CONNS (default 4000).
 set -euo pipefail
 DUR=${DUR:-8}
 IDLE_CONNS=${IDLE_CONNS:-4000}
@@ -71,14 +72,25 @@ mib_s() { awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} el
 req_s() { awk '/Requests\/sec/ {print $2}'; }
 lat_ms() { awk '/^ +Latency/ {v=$2; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; print v}'; }
 
+# ROUNDS rounds, the paths alternating within each, and the median of each figure: one
+# run of a relay on a shared 2-CPU machine is too noisy to compare.
+ROUNDS=${ROUNDS:-3}
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 declare -A TP RPS LAT
+for path in direct haproxy middlebox; do : > "$W/tp.$path"; : > "$W/rps.$path"; : > "$W/lat.$path"; done
+for round in $(seq "$ROUNDS"); do
+  for path in direct haproxy middlebox; do
+    case $path in direct) p=$UP;; haproxy) p=$HP;; middlebox) p=$MB;; esac
+    taskset -c 0 wrk -t1 -c8 -d"${DUR}s" "http://127.0.0.1:$p/1m.bin" | mib_s >> "$W/tp.$path"
+    out=$(taskset -c 0 wrk -t1 -c1 -d"${DUR}s" "http://127.0.0.1:$p/")
+    echo "$out" | req_s >> "$W/rps.$path"
+    echo "$out" | lat_ms >> "$W/lat.$path"
+  done
+done
 for path in direct haproxy middlebox; do
-  case $path in direct) p=$UP;; haproxy) p=$HP;; middlebox) p=$MB;; esac
-  out=$(taskset -c 0 wrk -t1 -c8 -d"${DUR}s" "http://127.0.0.1:$p/1m.bin")
-  TP[$path]=$(echo "$out" | mib_s)
-  out=$(taskset -c 0 wrk -t1 -c1 -d"${DUR}s" "http://127.0.0.1:$p/")
-  RPS[$path]=$(echo "$out" | req_s)
-  LAT[$path]=$(echo "$out" | lat_ms)
+  TP[$path]=$(median < "$W/tp.$path")
+  RPS[$path]=$(median < "$W/rps.$path")
+  LAT[$path]=$(median < "$W/lat.$path")
 done
 
 # Idle connections: hold IDLE_CONNS open through a relay, read its RSS before and after.
@@ -109,7 +121,7 @@ done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a/b; else print "-" }'; }
 echo
-echo "relay on one CPU (taskset -c 1); nginx upstream and wrk on the other"
+echo "relay on one CPU (taskset -c 1); nginx upstream and wrk on the other; medians of $ROUNDS rounds"
 printf "%-34s %12s %12s %12s %16s\n" "" direct haproxy middlebox "middlebox/haproxy"
 printf "%-34s %12s %12s %12s %16s\n" "throughput, 1 MiB GETs (MiB/s)" "${TP[direct]}" "${TP[haproxy]}" "${TP[middlebox]}" "$(ratio "${TP[middlebox]}" "${TP[haproxy]}")"
 printf "%-34s %12s %12s %12s %16s\n" "one connection (requests/s)" "${RPS[direct]}" "${RPS[haproxy]}" "${RPS[middlebox]}" "$(ratio "${RPS[middlebox]}" "${RPS[haproxy]}")"
