@@ -124,6 +124,88 @@ fn a_server_fin_then_a_client_write_is_a_failed_reuse_live_and_from_the_file() {
     // In words, from the file.
     let text = String::from_utf8_lossy(&run(&["read", pcap.to_str().unwrap()]).stdout).into_owned();
     assert!(text.contains("idle limit of"), "{text}");
+    picture_matches_the_json(&pcap, &from_file);
+}
+
+/// `read --html` of `pcap`, drawn by headless Chromium: one lane per flow, the failed
+/// reuse and each ending marked as the JSON says, the idle limit listed; a screenshot is
+/// saved as target/kaprobe-read-report.png.
+fn picture_matches_the_json(pcap: &Path, json: &[Value]) {
+    require_tool!("chromium");
+    let dir = TempDir::new("endings-html");
+    let html = dir.path().join("report.html");
+    let o = run(&[
+        "read",
+        pcap.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let url = format!("file://{}", html.display());
+    let chromium = |extra: &[&str]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom"]).stdout).into_owned();
+    let flows = of_type(json, "flow");
+    // The script drew one lane per flow and said so.
+    assert_eq!(
+        dom.matches("<g class=\"lane").count(),
+        flows.len(),
+        "lanes drawn:\n{dom}"
+    );
+    assert!(
+        dom.contains(&format!("data-drawn=\"{}\"", flows.len())),
+        "{dom}"
+    );
+    for f in &flows {
+        let lane_start = dom
+            .find(&format!(
+                "data-client=\"{}\" data-server=\"{}\"",
+                f["client"].as_str().unwrap(),
+                f["server"].as_str().unwrap()
+            ))
+            .unwrap_or_else(|| panic!("no lane for {f}"));
+        let lane = &dom[lane_start..];
+        let lane = &lane[..lane.find("</g>").unwrap()];
+        let how = f["end_how"].as_str().unwrap_or("open");
+        assert!(lane.contains(&format!("data-how=\"{how}\"")), "{f}\n{lane}");
+        if how != "open" {
+            assert!(lane.contains(&format!("marker end {how}")), "{f}\n{lane}");
+        }
+        let failed = f["reuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["result"] != "ok")
+            .count();
+        assert_eq!(
+            lane.matches("marker reuse failed").count(),
+            failed,
+            "{f}\n{lane}"
+        );
+    }
+    assert_eq!(
+        dom.matches("class=\"limit\"").count(),
+        of_type(json, "idle_limit").len(),
+        "{dom}"
+    );
+    let shot = kaprobe_tests::workspace_root().join("target/kaprobe-read-report.png");
+    let o = chromium(&[
+        "--window-size=1100,260",
+        &format!("--screenshot={}", shot.display()),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
 }
 
 #[test]

@@ -39,9 +39,14 @@ pub struct Args {
     /// The capture file (pcap or pcapng), or - for standard input.
     pub file: PathBuf,
     /// One JSON object per line: {"type":"packet",...} per classified packet, then
-    /// {"type":"flow",...} per flow with probes, then one {"type":"stats",...}.
+    /// {"type":"flow",...} per flow (how it ended, its reuses), {"type":"idle_limit",...}
+    /// per server whose reuses both worked and failed, then one {"type":"stats",...}.
     #[arg(long)]
     pub json: bool,
+    /// Also write a picture of every flow to this HTML file: one self-contained page, a
+    /// lane per flow (idle gaps, probes, FIN/RST/silence, failed reuses), open in a browser.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Only analyse packets to or from this TCP port (1-65535).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
@@ -69,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = TrackerConfig {
         max_flows: usize::try_from(args.max_flows).unwrap_or(usize::MAX),
         // JSON tells every flow's ending; the table only the flows with something to say.
-        report_all_flows: args.json,
+        report_all_flows: args.json || args.html.is_some(),
         ..TrackerConfig::default()
     };
     let started = Instant::now();
@@ -79,12 +84,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut packets: Vec<PacketEvent> = Vec::new();
     let mut n_packets = 0usize;
     let mut limits = Vec::new();
+    let mut marks = crate::render::html::Marks::default();
+    let want_html = args.html.is_some();
     let mut write_err: Option<io::Error> = None;
     let json = args.json;
     let keep_rows = args.packets;
     let stats = kaprobe_capture::analyze(&mut src, filter, cfg, |e| match e {
         Event::Packet(p) => {
             n_packets += 1;
+            if want_html {
+                marks.add(&p);
+            }
             if json {
                 if write_err.is_none() {
                     if let Err(e) = writeln!(out, "{}", packet_json(&p)) {
@@ -101,6 +111,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .map_err(capture_failure)?;
     let elapsed = started.elapsed();
     sort_flows(&mut flows);
+    if let Some(path) = &args.html {
+        let title = format!("kaprobe read {}", args.file.display());
+        write_html(
+            path,
+            &crate::render::html::page(&title, &flows, &marks, &limits),
+        )?;
+    }
+    if want_html && !json {
+        // The picture shows every flow; the table keeps to those with something to say.
+        flows.retain(crate::render::html::telling);
+    }
     let res = if json {
         match write_err {
             Some(e) => Err(e),
@@ -170,6 +191,21 @@ fn write_human(
         }
     }
     writeln!(out, "{}", stats_line(stats, elapsed))
+}
+
+/// Write the HTML picture to `path`; an unwritable file is exit 7, naming it.
+pub(crate) fn write_html(path: &std::path::Path, page: &str) -> anyhow::Result<()> {
+    std::fs::write(path, page).map_err(|e| {
+        Failure::new(
+            exit::FILE,
+            format!(
+                "--html {}: {}",
+                path.display(),
+                kaprobe_sock::fmt::os_error(&e)
+            ),
+        )
+        .into()
+    })
 }
 
 /// The capture file, or standard input for `-`.

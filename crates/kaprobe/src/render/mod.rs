@@ -2,4 +2,5 @@
 //! (`probe`, `demo`).
 
 pub mod capture;
+pub mod html;
 pub mod http;
