@@ -130,7 +130,14 @@ struct ReuseRec {
     /// One past the reuse's last byte.
     end: SeqNum,
     result: Option<ReuseResult>,
+    /// Its sender sent again later (a retransmission, a FIN, a RST) with no answer in
+    /// between: an unanswered reuse is only judged once time has passed on the wire.
+    followed: bool,
 }
+
+/// A later segment from a reuse's sender at least this long after it shows the reuse went
+/// unanswered for that long (the shortest retransmission timeout).
+const FOLLOW_AFTER: Duration = Duration::from_millis(200);
 
 /// What the tracker tells about one flow's segments, kept small: per side the first FIN and
 /// the TTL seen, the first RST, the last payload, and a few reuses.
@@ -167,10 +174,10 @@ impl EndTrack {
     #[must_use]
     pub fn worth_telling(&self) -> bool {
         self.rst.is_some()
-            || self
-                .reuses
-                .iter()
-                .any(|r| r.result != Some(ReuseResult::Ok))
+            || self.reuses.iter().any(|r| match r.result {
+                Some(x) => x.failed(),
+                None => r.followed,
+            })
     }
 
     /// Whether any data was sent after an idle gap.
@@ -202,6 +209,11 @@ impl EndTrack {
 
     fn on_segment_slow(&mut self, g: &Seg) {
         let (s, d) = (g.side, 1 - g.side);
+        for r in self.reuses.iter_mut().filter(|r| r.side == s) {
+            if r.result.is_none() && g.ts >= r.at + FOLLOW_AFTER {
+                r.followed = true;
+            }
+        }
         // The peer's ACKs settle this side's open reuses...
         if let Some(ack) = g.ack {
             if !g.rst {
@@ -242,6 +254,7 @@ impl EndTrack {
                     idle,
                     end: g.seq.add(g.payload),
                     result,
+                    followed: false,
                 });
             }
             self.last_payload = Some(g.ts);
@@ -272,9 +285,11 @@ impl EndTrack {
             Some(_) => EndBy::Server,
             None => EndBy::Unknown,
         };
+        // A reuse the capture ended on, before any answer could come, is not judged.
         let reuses: Vec<Reuse> = self
             .reuses
             .iter()
+            .filter(|r| r.result.is_some() || r.followed)
             .map(|r| Reuse {
                 by: role(r.side),
                 at: r.at,
@@ -603,6 +618,18 @@ mod tests {
         );
         assert_eq!(e.idle_before_end, Some(Duration::from_millis(3000)));
         assert!(e.reuse_failed);
+    }
+
+    #[test]
+    fn a_reuse_the_capture_ends_on_is_not_judged() {
+        let mut t = EndTrack::default();
+        t.on_segment(&seg(0, 0, 100, 500, 50));
+        t.on_segment(&seg(1, 10, 500, 150, 20));
+        // data after 3s idle, and the capture ends before any answer could come
+        t.on_segment(&seg(0, 3010, 150, 520, 50));
+        let e = t.conclude(Some(0), false, None);
+        assert_eq!((e.by, e.how), (None, None), "{e:?}");
+        assert!(!e.reuse_failed && e.reuses.is_empty(), "{e:?}");
     }
 
     #[test]
