@@ -60,11 +60,14 @@ fn a_server_fin_then_a_client_write_is_a_failed_reuse_live_and_from_the_file() {
     let (_s, addr) = serve_quiet(&["--keepalive-timeout", "1s", "--log", "off"]);
     let dir = TempDir::new("endings");
     let pcap = dir.path().join("fin.pcap");
+    let watch_html = dir.path().join("watch.html");
     let port = addr.port().to_string();
     let mut watch = Command::new(kaprobe_bin())
         .args(["watch", "lo", "--port", &port, "--json", "--duration", "6s"])
         .arg("--write")
         .arg(&pcap)
+        .arg("--html")
+        .arg(&watch_html)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -124,16 +127,8 @@ fn a_server_fin_then_a_client_write_is_a_failed_reuse_live_and_from_the_file() {
     // In words, from the file.
     let text = String::from_utf8_lossy(&run(&["read", pcap.to_str().unwrap()]).stdout).into_owned();
     assert!(text.contains("idle limit of"), "{text}");
-    picture_matches_the_json(&pcap, &from_file);
-}
-
-/// `read --html` of `pcap`, drawn by headless Chromium: one lane per flow, the failed
-/// reuse and each ending marked as the JSON says, the idle limit listed; a screenshot is
-/// saved as target/kaprobe-read-report.png.
-fn picture_matches_the_json(pcap: &Path, json: &[Value]) {
-    require_tool!("chromium");
-    let dir = TempDir::new("endings-html");
-    let html = dir.path().join("report.html");
+    // The pictures: read's from the file, watch's written on exit; both as the JSON says.
+    let html = dir.path().join("read.html");
     let o = run(&[
         "read",
         pcap.to_str().unwrap(),
@@ -141,6 +136,15 @@ fn picture_matches_the_json(pcap: &Path, json: &[Value]) {
         html.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    picture_matches_the_json(&html, &from_file, "read");
+    picture_matches_the_json(&watch_html, &from_file, "watch");
+}
+
+/// The page at `html`, drawn by headless Chromium: one lane per flow, the failed reuse and
+/// each ending marked as the JSON says, the idle limit listed; a screenshot is saved as
+/// target/kaprobe-{what}-report.png.
+fn picture_matches_the_json(html: &Path, json: &[Value], what: &str) {
+    require_tool!("chromium");
     let url = format!("file://{}", html.display());
     let chromium = |extra: &[&str]| {
         Command::new("chromium")
@@ -199,7 +203,7 @@ fn picture_matches_the_json(pcap: &Path, json: &[Value]) {
         of_type(json, "idle_limit").len(),
         "{dom}"
     );
-    let shot = kaprobe_tests::workspace_root().join("target/kaprobe-read-report.png");
+    let shot = kaprobe_tests::workspace_root().join(format!("target/kaprobe-{what}-report.png"));
     let o = chromium(&[
         "--window-size=1100,260",
         &format!("--screenshot={}", shot.display()),

@@ -113,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     sort_flows(&mut flows);
     if let Some(path) = &args.html {
         let title = format!("kaprobe read {}", args.file.display());
-        write_html(
+        crate::render::html::write(
             path,
             &crate::render::html::page(&title, &flows, &marks, &limits),
         )?;
@@ -191,21 +191,6 @@ fn write_human(
         }
     }
     writeln!(out, "{}", stats_line(stats, elapsed))
-}
-
-/// Write the HTML picture to `path`; an unwritable file is exit 7, naming it.
-pub(crate) fn write_html(path: &std::path::Path, page: &str) -> anyhow::Result<()> {
-    std::fs::write(path, page).map_err(|e| {
-        Failure::new(
-            exit::FILE,
-            format!(
-                "--html {}: {}",
-                path.display(),
-                kaprobe_sock::fmt::os_error(&e)
-            ),
-        )
-        .into()
-    })
 }
 
 /// The capture file, or standard input for `-`.

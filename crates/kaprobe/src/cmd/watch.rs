@@ -81,7 +81,14 @@ pub struct Args {
     /// [::]:9464; port 0 picks a free port). The bound address is printed on stderr.
     #[arg(long, value_name = "ADDR", value_parser = crate::args::parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
+    /// On exit, write a picture of the flows seen to this HTML file (as `read --html`: a
+    /// lane per flow, how each ended, failed reuses).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
+
+/// Flow summaries kept for `--html` at most (the picture draws fewer; the rest are counted).
+const HTML_FLOWS_KEPT: usize = 50_000;
 
 fn parse_snaplen(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -282,7 +289,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = WatchOptions {
         filter,
         duration: args.duration,
-        tracker: TrackerConfig::default(),
+        tracker: TrackerConfig {
+            // The picture shows every flow; the table and the stream keep to the telling ones.
+            report_all_flows: args.html.is_some(),
+            ..TrackerConfig::default()
+        },
     };
     let mut sink = Sink {
         json: args.json,
@@ -308,15 +319,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else if !sink.tty {
         sink.line(&format!("watching {} for keep-alive probes", args.iface));
     }
-    // Summaries of flows still open arrive as events at the end; collect them for the table.
+    // Summaries of flows still open arrive as events at the end; collect them for the table
+    // (and, with --html, every flow, the probes and the idle limits for the picture).
     struct Final<'a> {
         inner: &'a mut Sink,
         flows: Vec<kaprobe_capture::FlowSummary>,
+        html: bool,
+        marks: crate::render::html::Marks,
+        limits: Vec<kaprobe_capture::flow::ending::IdleLimit>,
     }
     impl WatchSink for Final<'_> {
         fn event(&mut self, e: &Event) {
-            if let Event::Flow(f) = e {
-                self.flows.push((**f).clone());
+            match e {
+                Event::Flow(f) => {
+                    if !self.html || self.flows.len() < HTML_FLOWS_KEPT {
+                        self.flows.push((**f).clone());
+                    }
+                    if self.html && !crate::render::html::telling(f) {
+                        return;
+                    }
+                }
+                Event::Packet(p) if self.html => self.marks.add(p),
+                Event::IdleLimit(l) => self.limits.push(l.clone()),
+                Event::Packet(_) => {}
             }
             self.inner.event(e);
         }
@@ -327,9 +352,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut fin = Final {
         inner: &mut sink,
         flows: Vec::new(),
+        html: args.html.is_some(),
+        marks: crate::render::html::Marks::default(),
+        limits: Vec::new(),
     };
     let stats = watch(&mut src, &opts, &STOP, tap.as_mut(), &mut fin).map_err(capture_failure)?;
-    let mut flows = fin.flows;
+    let (mut flows, marks, limits) = (fin.flows, fin.marks, fin.limits);
+    if let Some(path) = &args.html {
+        sort_flows(&mut flows);
+        let title = format!("kaprobe watch {}", args.iface);
+        crate::render::html::write(
+            path,
+            &crate::render::html::page(&title, &flows, &marks, &limits),
+        )?;
+        flows.retain(crate::render::html::telling);
+    }
     let elapsed = sink.started.elapsed();
     if let Some(m) = &metrics {
         m.publish(&stats, 0, 0);

@@ -137,6 +137,21 @@ pub fn page(title: &str, flows: &[FlowSummary], marks: &Marks, limits: &[IdleLim
     out
 }
 
+/// Write the HTML picture to `path`; an unwritable file is exit 7, naming it.
+pub fn write(path: &std::path::Path, page: &str) -> anyhow::Result<()> {
+    std::fs::write(path, page).map_err(|e| {
+        crate::exit::Failure::new(
+            crate::exit::FILE,
+            format!(
+                "--html {}: {}",
+                path.display(),
+                kaprobe_sock::fmt::os_error(&e)
+            ),
+        )
+        .into()
+    })
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
