@@ -402,7 +402,9 @@ enum ConnHeader {
     Nothing,
 }
 
-fn write_head(out: &mut Vec<u8>, status: u16, ctype: &[u8], len: Option<u64>, conn: ConnHeader) {
+/// The start of every response head the server writes: status line, `Server`, `Date` and
+/// `Content-Type` (its value, without the line's CRLF).
+pub(crate) fn write_head_start(out: &mut Vec<u8>, status: u16, ctype: &[u8]) {
     let mut num = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(num.format(status).as_bytes());
@@ -412,6 +414,11 @@ fn write_head(out: &mut Vec<u8>, status: u16, ctype: &[u8], len: Option<u64>, co
     super::date::with_date(|d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\nContent-Type: ");
     out.extend_from_slice(ctype);
+}
+
+fn write_head(out: &mut Vec<u8>, status: u16, ctype: &[u8], len: Option<u64>, conn: ConnHeader) {
+    let mut num = itoa::Buffer::new();
+    write_head_start(out, status, ctype);
     if let Some(len) = len {
         out.extend_from_slice(b"\r\nContent-Length: ");
         out.extend_from_slice(num.format(len).as_bytes());

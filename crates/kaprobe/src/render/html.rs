@@ -98,19 +98,7 @@ pub fn page(title: &str, flows: &[FlowSummary], marks: &Marks, limits: &[IdleLim
             })
         })
         .collect();
-    let limits: Vec<Value> = limits
-        .iter()
-        .map(|l| {
-            json!({
-                "server": l.server.to_string(),
-                "how": l.how,
-                "longest_ok": l.longest_ok.as_secs_f64(),
-                "shortest_failed": l.shortest_failed.as_secs_f64(),
-                "flows": l.flows,
-                "hint": l.hint,
-            })
-        })
-        .collect();
+    let limits: Vec<Value> = limits.iter().map(super::capture::idle_limit_json).collect();
     let data = json!({
         "title": title,
         "span": t1.saturating_sub(t0).as_secs_f64(),

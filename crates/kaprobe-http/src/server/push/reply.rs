@@ -9,8 +9,7 @@ use tokio::time::{timeout, Instant};
 
 use super::store;
 use crate::server::close::{io_reason, Reason};
-use crate::server::date::with_date;
-use crate::server::proto::reason_phrase;
+use crate::server::proto::write_head_start;
 use crate::server::shared::{Ctl, Shared, Signal};
 use crate::server::stats::Stats;
 
@@ -31,14 +30,7 @@ pub(super) const JSON: &[u8] = b"application/json";
 
 pub(super) fn head(out: &mut Vec<u8>, status: u16, ctype: &[u8], len: Option<usize>, extra: &[u8]) {
     let mut num = itoa::Buffer::new();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(num.format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason_phrase(status));
-    out.extend_from_slice(b"\r\nServer: kaprobe\r\nDate: ");
-    with_date(|d| out.extend_from_slice(d));
-    out.extend_from_slice(b"\r\nContent-Type: ");
-    out.extend_from_slice(ctype);
+    write_head_start(out, status, ctype);
     out.extend_from_slice(b"\r\n");
     if let Some(len) = len {
         out.extend_from_slice(b"Content-Length: ");
