@@ -335,7 +335,9 @@ fn summarise(head: Head, keep: &[u8]) -> Frame {
             stream: head.stream,
             code: be32(keep),
         },
-        Kind::Settings if head.len % 6 != 0 => bad("SETTINGS payload is not a multiple of 6"),
+        Kind::Settings if !head.len.is_multiple_of(6) => {
+            bad("SETTINGS payload is not a multiple of 6")
+        }
         Kind::Settings if head.flags & FLAG_ACK != 0 && head.len != 0 => {
             bad("SETTINGS ACK with a payload")
         }
