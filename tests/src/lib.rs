@@ -819,6 +819,7 @@ pub const COMMANDS: &[&str] = &[
     "probe",
     "race",
     "middlebox",
+    "exporter",
     "bench",
     "bench push",
     "completions",

@@ -8,11 +8,13 @@
 //! - [`server`]: `kaprobe serve`, one tree (config, close reasons, accept, parse, proto,
 //!   conn, park, metrics, and the push endpoints under `server::push`);
 //! - [`client`]: the prober, the reuse race and the push benchmark;
+//! - [`exporter`]: `kaprobe exporter`, probes on demand as Prometheus metrics;
 //! - [`middlebox`]: the TCP relay with an idle timer;
 //! - [`error`]: the crate's error type.
 
 pub mod client;
 pub mod error;
+pub mod exporter;
 pub mod h1;
 pub mod h2wire;
 pub mod middlebox;

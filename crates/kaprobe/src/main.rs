@@ -76,6 +76,8 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Relay TCP to an upstream and cut idle connections, as a NAT or load balancer does.
     Middlebox(cmd::middlebox::Args),
+    /// Answer Prometheus scrapes of /probe?target=URL with a probe's result (like blackbox_exporter).
+    Exporter(cmd::exporter::Args),
     /// Reproduce the keep-alive reuse race against a URL and count failures per idle time.
     Race(cmd::race::Args),
     /// Benchmarks: `bench push` compares polling, long polling, SSE and WebSocket per message.
@@ -169,6 +171,7 @@ fn main() -> ExitCode {
         Command::Probe(a) => cmd::probe::run(a),
         Command::Race(a) => cmd::race::run(a),
         Command::Middlebox(a) => cmd::middlebox::run(a),
+        Command::Exporter(a) => cmd::exporter::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Completions(a) => cmd::completions::run(&a, Cli::command()),
         Command::Man(a) => cmd::man::run(&a, Cli::command()),

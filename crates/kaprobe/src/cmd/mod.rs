@@ -4,6 +4,7 @@ pub mod bench;
 pub mod completions;
 pub mod defaults;
 pub mod demo;
+pub mod exporter;
 pub mod hold;
 pub mod man;
 pub mod middlebox;
