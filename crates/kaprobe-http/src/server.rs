@@ -18,6 +18,7 @@
 mod close;
 mod config;
 pub mod conn;
+pub mod control;
 pub mod date;
 mod lot;
 mod metrics;
@@ -39,6 +40,7 @@ use tokio::time::Instant;
 use crate::Error;
 pub use close::{CloseEvent, Ending, Reason};
 pub use config::{Advertise, CloseStyle, Config};
+pub use control::ConfigChange;
 use park::kill_conn;
 use shared::{Ctl, Shared};
 pub use stats::Stats;
@@ -175,7 +177,7 @@ async fn accept_loop(listener: std::net::TcpListener, sh: Rc<Shared>) {
         };
         match r {
             Ok((stream, peer)) => {
-                let cap = sh.cfg.max_connections;
+                let cap = sh.cfg().max_connections;
                 let at_cap =
                     cap > 0 && usize::try_from(sh.stats.open.get()).unwrap_or(usize::MAX) >= cap;
                 let victim = if at_cap { sh.oldest_idle() } else { None };
@@ -232,6 +234,39 @@ pub fn run_with_metrics(
     metrics: Option<std::net::TcpListener>,
     on_close: impl FnMut(&CloseEvent) + 'static,
 ) -> Result<Summary, Error> {
+    run_with(
+        cfg,
+        listeners,
+        Extras {
+            metrics,
+            ..Extras::default()
+        },
+        on_close,
+    )
+}
+
+/// The listeners beside the traffic under test.
+#[derive(Default)]
+pub struct Extras {
+    /// Answers `GET /metrics` (the `/metrics` text of every listener).
+    pub metrics: Option<std::net::TcpListener>,
+    /// Answers `GET`/`PUT /config`: keep-alive settings changed while the server runs
+    /// (see [`control`]).
+    pub control: Option<std::net::TcpListener>,
+    /// Called for each setting changed through `control`.
+    pub on_change: Option<control::OnChange>,
+}
+
+/// As [`run`], with the listeners in `extras`.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with(
+    cfg: Config,
+    listeners: Vec<std::net::TcpListener>,
+    extras: Extras,
+    on_close: impl FnMut(&CloseEvent) + 'static,
+) -> Result<Summary, Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -240,13 +275,13 @@ pub fn run_with_metrics(
             source,
         })?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(cfg, listeners, metrics, Box::new(on_close)))
+    local.block_on(&rt, serve(cfg, listeners, extras, Box::new(on_close)))
 }
 
 async fn serve(
     cfg: Config,
     listeners: Vec<std::net::TcpListener>,
-    metrics: Option<std::net::TcpListener>,
+    extras: Extras,
     on_close: Box<dyn FnMut(&CloseEvent)>,
 ) -> Result<Summary, Error> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -277,8 +312,19 @@ async fn serve(
     for l in listeners {
         accepts.push(tokio::task::spawn_local(accept_loop(l, sh.clone())));
     }
-    if let Some(m) = metrics {
+    if let Some(m) = extras.metrics {
         accepts.push(tokio::task::spawn_local(metrics::serve(m, sh.clone())));
+    }
+    if let Some(c) = extras.control {
+        let on_change: Rc<dyn Fn(&ConfigChange)> = match extras.on_change {
+            Some(f) => Rc::from(f),
+            None => Rc::new(|_: &ConfigChange| {}),
+        };
+        accepts.push(tokio::task::spawn_local(control::serve(
+            c,
+            sh.clone(),
+            on_change,
+        )));
     }
     tokio::select! {
         _ = sigint.recv() => {}

@@ -24,11 +24,17 @@ pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
 
 /// Bind the `--metrics` listener: a bind failure names the flag and the address.
 pub fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    bind_flag("--metrics", addr)
+}
+
+/// Bind the listener of `flag` (`--metrics`, `--control`): a bind failure names the flag and
+/// the address.
+pub fn bind_flag(flag: &str, addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr).map_err(|e| {
         Failure::new(
             crate::exit::listen_code(&e),
             format!(
-                "--metrics {addr}: cannot listen there: {}",
+                "{flag} {addr}: cannot listen there: {}",
                 kaprobe_sock::fmt::os_error(&e)
             ),
         )

@@ -121,8 +121,9 @@ pub(crate) fn accepted(
         };
         let mut session = Session::default();
         wbuf.clear();
+        let cfg = sh.cfg();
         let ctx = Ctx {
-            cfg: &sh.cfg,
+            cfg: &cfg,
             stats: &sh.stats,
             shutting_down: sh.shutting_down.get(),
         };
@@ -230,7 +231,7 @@ pub(crate) async fn serve(
             sh.report(&ctl, r, d, Ending::Fin);
             linger(&stream, &sh).await;
         }
-        End::Idle => match sh.cfg.close_style {
+        End::Idle => match sh.cfg().close_style {
             CloseStyle::Fin => {
                 let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
                 sh.report(&ctl, Reason::IdleTimeout, "", Ending::Fin);
@@ -262,7 +263,7 @@ fn nothing_unread(stream: &TcpStream) -> bool {
 /// After our FIN: read and discard until the client closes or the linger time is over, so
 /// that unread client bytes do not turn our close into an RST that destroys the response.
 async fn linger(stream: &TcpStream, sh: &Shared) {
-    let deadline = Instant::now() + sh.cfg.linger;
+    let deadline = Instant::now() + sh.cfg().linger;
     let mut budget: usize = 1 << 20;
     loop {
         match SCRATCH.with_borrow_mut(|(rbuf, _)| stream.try_read(rbuf)) {
@@ -287,7 +288,7 @@ async fn linger(stream: &TcpStream, sh: &Shared) {
 
 #[allow(clippy::too_many_lines)]
 async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Carry>>) -> End {
-    let cfg = &sh.cfg;
+    let mut cfg;
     let mut reprocess = false;
     let (mut session, mut outq, mut first) = match carry {
         Some(c) => {
@@ -307,6 +308,8 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
     sh.set_busy(ctl);
     let mut partial_since: Option<Instant> = None;
     loop {
+        // settings changed through --control apply from the next step on
+        cfg = sh.cfg();
         let step = match first.take() {
             Some(s) => s,
             None => round(stream, &mut session, &mut outq, unprocessed, sh),
@@ -407,7 +410,7 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
                         sleep(d).await;
                         let mut out = Vec::new();
                         let ctx = Ctx {
-                            cfg,
+                            cfg: &cfg,
                             stats: &sh.stats,
                             shutting_down: sh.shutting_down.get(),
                         };
@@ -433,7 +436,7 @@ async fn drive(stream: &TcpStream, ctl: &Ctl, sh: &Shared, carry: Option<Box<Car
 /// Write everything queued, waiting for the socket; the client gets the header timeout to
 /// make room.
 async fn flush(stream: &TcpStream, outq: &mut Vec<u8>, sh: &Shared) -> Result<(), End> {
-    let deadline = Instant::now() + sh.cfg.header_timeout;
+    let deadline = Instant::now() + sh.cfg().header_timeout;
     let mut done = 0;
     while done < outq.len() {
         match stream.try_write(&outq[done..]) {
@@ -481,8 +484,9 @@ fn round(
                 Err(e) => return Step::Err(e),
             }
         };
+        let cfg = sh.cfg();
         let ctx = Ctx {
-            cfg: &sh.cfg,
+            cfg: &cfg,
             stats: &sh.stats,
             shutting_down: sh.shutting_down.get(),
         };

@@ -105,9 +105,10 @@ fn lookup(sh: &Shared, slot: u32) -> Option<Rc<Ctl>> {
 
 /// The lot's task: wakes parked connections with input, and closes them at their deadline.
 pub(crate) async fn run(sh: Rc<Shared>) {
-    let timeout = sh.cfg.keepalive_timeout;
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
     loop {
+        // read each round: `--control` may change it
+        let timeout = sh.cfg().keepalive_timeout;
         // The oldest valid parked connection, dropping stale queue entries.
         let head = loop {
             let front = sh.lot.queue.borrow().front().copied();
@@ -150,6 +151,7 @@ pub(crate) async fn run(sh: Rc<Shared>) {
                 }
             }
             () = sh.lot.notify.notified(), if head.is_none() => {}
+            () = sh.cfg_changed.notified() => {}
         }
     }
 }

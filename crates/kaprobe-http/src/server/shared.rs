@@ -77,7 +77,11 @@ pub(crate) enum Signal {
 
 /// State shared by every task of one server.
 pub(crate) struct Shared {
-    pub(crate) cfg: Config,
+    /// The settings; `--control` may replace them while the server runs, so readers take
+    /// the current ones with [`Shared::cfg`] and do not keep them across waits.
+    cfg: RefCell<Rc<Config>>,
+    /// Notified when the settings change (the parking lot re-reads its timeout).
+    pub(crate) cfg_changed: tokio::sync::Notify,
     pub(crate) stats: Stats,
     pub(crate) shutting_down: Cell<bool>,
     pub(crate) conns: RefCell<Vec<Option<Rc<Ctl>>>>,
@@ -91,6 +95,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The settings in force now.
+    pub(crate) fn cfg(&self) -> Rc<Config> {
+        self.cfg.borrow().clone()
+    }
+
+    /// Put `cfg` in force (already validated) and wake whoever waits on a setting.
+    pub(crate) fn set_cfg(&self, cfg: Config) {
+        *self.cfg.borrow_mut() = Rc::new(cfg);
+        self.cfg_changed.notify_waiters();
+    }
+
     pub(crate) fn new(
         cfg: Config,
         stats: Stats,
@@ -100,7 +115,8 @@ impl Shared {
     ) -> Self {
         Self {
             hub,
-            cfg,
+            cfg: RefCell::new(Rc::new(cfg)),
+            cfg_changed: tokio::sync::Notify::new(),
             stats,
             shutting_down: Cell::new(false),
             conns: RefCell::new(Vec::new()),
@@ -153,7 +169,7 @@ impl Shared {
 
     /// True when idle connections are parked (the idle timeout is longer than the park delay).
     pub(crate) fn parking(&self) -> bool {
-        self.cfg.keepalive_timeout > PARK_AFTER
+        self.cfg().keepalive_timeout > PARK_AFTER
     }
 
     pub(crate) fn set_idle(&self, ctl: &Ctl, since: Instant) {
@@ -174,10 +190,10 @@ impl Shared {
                 self.lot.hot_notify.notify_one();
             }
         }
-        if self.cfg.max_connections > 0 {
+        if self.cfg().max_connections > 0 {
             let mut q = self.idle_order.borrow_mut();
             q.push_back((seq, ctl.slot.get()));
-            if q.len() > 2 * self.cfg.max_connections + 1024 {
+            if q.len() > 2 * self.cfg().max_connections + 1024 {
                 let conns = self.conns.borrow();
                 q.retain(|(s, slot)| {
                     conns

@@ -98,6 +98,14 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", value_parser = crate::args::parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
 
+    /// Accept setting changes while running on this separate address (default
+    /// 127.0.0.1:0 when given without one; the address is printed on stderr):
+    /// `GET /config` shows keepalive_timeout, max_requests, close_style, advertise and
+    /// advertise_timeout; `PUT /config` with a JSON object changes them (checked as the flags
+    /// are) for every request and idle period after it. Each change is logged. Off by default.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0", value_parser = crate::args::parse_metrics_addr)]
+    pub control: Option<SocketAddr>,
+
     /// Send a WebSocket ping this often and close a connection (1001,
     /// ws_pong_timeout) whose pong has not come back by the next one. 0 = off; per
     /// connection: /ws?ping=D. Range 0 or 10ms..=1h.
@@ -291,6 +299,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| resolve(s))
         .collect::<Result<Vec<_>, _>>()?;
+    // The side listeners are bound before the traffic ones, so that a busy address is the
+    // only thing said (no "listening on" first); their lines follow the listening lines.
+    let metrics = args.metrics.map(crate::args::bind_metrics).transpose()?;
+    let control = args
+        .control
+        .map(|a| crate::args::bind_flag("--control", a))
+        .transpose()?;
     server::raise_fd_limit();
     let mut listeners = Vec::new();
     for a in addrs {
@@ -305,19 +320,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("kaprobe serve: listening on http://{bound}");
         listeners.push(l);
     }
-    let metrics = match args.metrics {
-        Some(a) => {
-            let l = crate::args::bind_metrics(a)?;
-            eprintln!(
-                "kaprobe serve: metrics on http://{}/metrics",
-                l.local_addr().unwrap_or(a)
-            );
-            Some(l)
+    if let Some(l) = &metrics {
+        if let Ok(a) = l.local_addr() {
+            eprintln!("kaprobe serve: metrics on http://{a}/metrics");
         }
-        None => None,
-    };
+    }
+    if let Some(l) = &control {
+        if let Ok(a) = l.local_addr() {
+            eprintln!("kaprobe serve: control on http://{a}/config");
+        }
+    }
     let log = args.log;
-    let summary = server::run_with_metrics(cfg, listeners, metrics, move |ev| {
+    let extras = server::Extras {
+        metrics,
+        control,
+        on_change: Some(Box::new(move |c: &server::ConfigChange| {
+            let line = match log {
+                LogArg::Text => {
+                    format!("config {} {} -> {} by={}", c.setting, c.from, c.to, c.peer)
+                }
+                LogArg::Json => serde_json::json!({
+                    "event": "config",
+                    "setting": c.setting,
+                    "from": c.from,
+                    "to": c.to,
+                    "peer": c.peer.to_string(),
+                })
+                .to_string(),
+                LogArg::Off => return,
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        })),
+    };
+    let summary = server::run_with(cfg, listeners, extras, move |ev| {
         let line = match log {
             LogArg::Text => text_line(ev),
             LogArg::Json => json_line(ev),

@@ -115,7 +115,7 @@ fn start_meta(close: &Option<Reason>, minor: u8) -> Meta {
 
 /// Why the connection closes after this answer, if it does.
 fn close_after(meta: &Meta, ctl: &Ctl, sh: &Shared) -> Option<Reason> {
-    let cfg = &sh.cfg;
+    let cfg = sh.cfg();
     meta.close
         .or_else(|| {
             (cfg.max_requests > 0 && ctl.served.get() >= cfg.max_requests)
@@ -143,7 +143,7 @@ async fn publish(
     let fail = |status: u16, detail: &'static str| (status, detail);
     let len = match body {
         BodyKind::None => 0,
-        BodyKind::Length(n) if n <= sh.cfg.max_body_bytes => n,
+        BodyKind::Length(n) if n <= sh.cfg().max_body_bytes => n,
         BodyKind::Length(_) => {
             let (s, d) = fail(413, "Content-Length larger than --max-body-bytes");
             return reject(stream, sh, s, d).await;
@@ -164,7 +164,7 @@ async fn publish(
             return After::Gone(stream, r, "mid-request");
         }
     }
-    let deadline = Instant::now() + sh.cfg.header_timeout;
+    let deadline = Instant::now() + sh.cfg().header_timeout;
     while pending.len() < len {
         pending.reserve((len - pending.len()).min(64 * 1024));
         match tokio::time::timeout_at(
@@ -275,7 +275,7 @@ async fn poll(
                     pending.reserve(4096);
                     match stream.try_read_buf(&mut pending) {
                         Ok(0) => break Some(Reason::ClientFin),
-                        Ok(_) => if pending.len() > sh.cfg.max_header_bytes + 4096 {
+                        Ok(_) => if pending.len() > sh.cfg().max_header_bytes + 4096 {
                             // A client piling up requests behind a long poll: stop reading.
                             break Some(Reason::BadRequest);
                         },

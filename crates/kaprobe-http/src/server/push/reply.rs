@@ -46,7 +46,7 @@ pub(super) async fn write_all(
     buf: &[u8],
     sh: &Shared,
 ) -> Result<(), Reason> {
-    match timeout(sh.cfg.header_timeout, stream.write_all(buf)).await {
+    match timeout(sh.cfg().header_timeout, stream.write_all(buf)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(io_reason(&e)),
         Err(_) => Err(Reason::SendTimeout),

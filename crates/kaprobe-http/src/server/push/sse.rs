@@ -89,7 +89,7 @@ pub(super) async fn run(
         &r,
         &mut rx,
         &mut last,
-        heartbeat.unwrap_or(sh.cfg.sse_heartbeat),
+        heartbeat.unwrap_or(sh.cfg().sse_heartbeat),
         ctl,
         sh,
     )

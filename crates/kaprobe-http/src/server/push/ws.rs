@@ -110,7 +110,7 @@ fn read_error(e: &WsError) -> Close {
 }
 
 async fn send(ws: &mut Ws, m: Message, sh: &Shared) -> Result<(), Close> {
-    match timeout(sh.cfg.header_timeout, ws.send(m)).await {
+    match timeout(sh.cfg().header_timeout, ws.send(m)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(read_error(&e)),
         Err(_) => Err(Close::gone(Reason::SendTimeout, "client not reading")),
@@ -146,7 +146,7 @@ pub(super) async fn run(
         return After::Gone(stream, r, "during the WebSocket handshake");
     }
     drop(out);
-    let max = sh.cfg.ws_max_message;
+    let max = sh.cfg().ws_max_message;
     // A small read buffer (tungstenite grows it for larger frames): it is most of what an
     // idle connection holds, and it is zeroed before each read.
     let config = WebSocketConfig::default()
@@ -157,7 +157,7 @@ pub(super) async fn run(
     let mut ws =
         WebSocketStream::from_partially_read(stream, pending, Role::Server, Some(config)).await;
     Stats::add(&sh.stats.ws_open, 1);
-    let end = session(&mut ws, room, ping.unwrap_or(sh.cfg.ws_ping), ctl, sh).await;
+    let end = session(&mut ws, room, ping.unwrap_or(sh.cfg().ws_ping), ctl, sh).await;
     Stats::add(&sh.stats.ws_open, -1);
     sh.report(ctl, end.reason, end.detail, end.ending);
     if let Some((code, text)) = end.frame {
@@ -165,16 +165,16 @@ pub(super) async fn run(
             code,
             reason: Utf8Bytes::from_static(text),
         };
-        if timeout(sh.cfg.header_timeout, ws.close(Some(frame)))
+        if timeout(sh.cfg().header_timeout, ws.close(Some(frame)))
             .await
             .is_ok()
         {
             // Wait briefly for the client's close frame, so our FIN follows the handshake.
-            let deadline = Instant::now() + sh.cfg.linger;
+            let deadline = Instant::now() + sh.cfg().linger;
             while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
         }
     } else if end.reason == Reason::WsClientClose {
-        let _ = timeout(sh.cfg.header_timeout, ws.flush()).await;
+        let _ = timeout(sh.cfg().header_timeout, ws.flush()).await;
     }
     After::Done
 }
@@ -217,7 +217,7 @@ async fn session(
                         return read_error(&e);
                     }
                 }
-                match timeout(sh.cfg.header_timeout, ws.flush()).await {
+                match timeout(sh.cfg().header_timeout, ws.flush()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return read_error(&e),
                     Err(_) => return Close::gone(Reason::SendTimeout, "client not reading"),
@@ -247,7 +247,7 @@ async fn session(
                     }
                     Message::Ping(_) => {
                         // tungstenite queued the pong: send it now.
-                        match timeout(sh.cfg.header_timeout, ws.flush()).await {
+                        match timeout(sh.cfg().header_timeout, ws.flush()).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => return read_error(&e),
                             Err(_) => return Close::gone(Reason::SendTimeout, "client not reading"),
