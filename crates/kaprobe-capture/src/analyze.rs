@@ -5,9 +5,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::CaptureError;
+use crate::filter::Expression;
 use crate::flow::track::{Event, Tracker, TrackerConfig, TrackerStats};
 use crate::io::source::{Frame, Next, PacketSource};
-use crate::wire::packet::{parse_frame, Skip, TcpRepr};
+use crate::wire::packet::{ip_start, parse_frame, LinkType, Skip, TcpRepr};
 
 /// Which packets to analyse: both conditions must hold when both are set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,6 +69,8 @@ impl RunStats {
 pub struct Analyzer {
     pub tracker: Tracker,
     pub filter: Filter,
+    /// A filter expression checked after `filter` (see [`crate::filter`]).
+    pub expr: Option<Expression>,
     pub stats: RunStats,
     skips: HashMap<Skip, u64>,
 }
@@ -78,6 +81,7 @@ impl Analyzer {
         Self {
             tracker: Tracker::new(cfg),
             filter,
+            expr: None,
             stats: RunStats::default(),
             skips: HashMap::new(),
         }
@@ -95,7 +99,7 @@ impl Analyzer {
         };
         match parse_frame(link, frame.data) {
             Ok(p) => {
-                if self.filter.matches(&p) {
+                if self.filter.matches(&p) && self.expr_matches(link, frame) {
                     self.tracker.process(number, frame.ts, &p, out);
                 } else {
                     self.stats.filtered_out += 1;
@@ -103,6 +107,15 @@ impl Analyzer {
             }
             Err(skip) => *self.skips.entry(skip).or_insert(0) += 1,
         }
+    }
+
+    /// Whether the frame passes the filter expression (true without one).
+    #[inline]
+    fn expr_matches(&self, link: LinkType, frame: &Frame<'_>) -> bool {
+        let Some(e) = &self.expr else { return true };
+        ip_start(link, frame.data)
+            .and_then(|at| frame.data.get(at..))
+            .is_some_and(|ip| e.matches_ip(ip, frame.orig_len))
     }
 
     /// Flush the tracker and fill in the final counts.
@@ -132,9 +145,24 @@ pub fn analyze<S: PacketSource + ?Sized>(
     source: &mut S,
     filter: Filter,
     cfg: TrackerConfig,
+    on_event: impl FnMut(Event),
+) -> Result<RunStats, CaptureError> {
+    analyze_with(source, filter, None, cfg, on_event)
+}
+
+/// As [`analyze`], keeping only the packets that also pass the expression `expr`.
+///
+/// # Errors
+/// As [`analyze`].
+pub fn analyze_with<S: PacketSource + ?Sized>(
+    source: &mut S,
+    filter: Filter,
+    expr: Option<Expression>,
+    cfg: TrackerConfig,
     mut on_event: impl FnMut(Event),
 ) -> Result<RunStats, CaptureError> {
     let mut a = Analyzer::new(filter, cfg);
+    a.expr = expr;
     let mut out = Vec::new();
     let mut number = 0u64;
     loop {

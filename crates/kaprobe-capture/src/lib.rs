@@ -18,6 +18,7 @@
 //!   table      the bounded flow table
 //!   track      the Tracker: probe/ACK classification, flow summaries
 //!   infer      naming the keep-alive settings behind a flow's probes
+//! filter     pcap-filter(7) expressions, compiled to the same BPF for live capture and files
 //! analyze    source -> parser -> filter -> tracker, for files (analyze) and loops (Analyzer)
 //! watch      the live loop: a source through the analyzer, with ticks; LoopbackCapture
 //! metrics    Prometheus counters and histograms for `watch --metrics`
@@ -32,6 +33,7 @@ pub mod analyze;
 #[cfg(any(test, feature = "testing"))]
 pub mod craft;
 pub mod error;
+pub mod filter;
 pub mod flow;
 pub mod io;
 pub mod metrics;

@@ -26,6 +26,9 @@ pub trait WatchSink {
 #[derive(Debug, Clone, Default)]
 pub struct WatchOptions {
     pub filter: Filter,
+    /// A filter expression (see [`crate::filter`]), applied here in user space; a live source
+    /// opened with [`crate::io::live::LiveSource::open_filtered`] applies it in the kernel.
+    pub expr: Option<crate::filter::Expression>,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
     pub tracker: TrackerConfig,
@@ -45,6 +48,7 @@ pub fn watch<S: PacketSource + ?Sized>(
     sink: &mut dyn WatchSink,
 ) -> Result<RunStats, CaptureError> {
     let mut a = Analyzer::new(opts.filter, opts.tracker.clone());
+    a.expr.clone_from(&opts.expr);
     let start = Instant::now();
     let mut last_tick = start;
     let mut out = Vec::new();
@@ -148,6 +152,7 @@ impl LoopbackCapture {
                 port: Some(port),
                 host: None,
             },
+            expr: None,
             duration: Some(duration),
             tracker: TrackerConfig::default(),
         };

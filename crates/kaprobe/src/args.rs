@@ -139,6 +139,20 @@ impl TlsArgs {
     }
 }
 
+/// The filter expression given as the last arguments (`tcp port 443 and host 10.0.0.5`),
+/// parsed; None when there is none. A bad one is a usage error pointing at the bad word.
+pub fn filter_expression(
+    words: &[String],
+) -> anyhow::Result<Option<kaprobe_capture::filter::Expression>> {
+    if words.is_empty() {
+        return Ok(None);
+    }
+    let text = words.join(" ");
+    kaprobe_capture::filter::Expression::parse(&text)
+        .map(Some)
+        .map_err(|e| Failure::usage(format!("filter expression '{text}': {e}")).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

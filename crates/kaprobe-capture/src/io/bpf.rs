@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 
 use crate::analyze::Filter;
+use crate::filter::{gen::Fam, Expr};
 
 /// Bytes kept of each packet by default: Ethernet (14) + two VLAN tags (8) + IPv6 (40) + a
 /// small extension header + TCP with every option (60), with room to spare.
@@ -32,29 +33,49 @@ pub enum Framing {
     Ip,
 }
 
-const LD_W_ABS: u16 = 0x20;
-const LD_H_ABS: u16 = 0x28;
-const LD_B_ABS: u16 = 0x30;
-const LD_H_IND: u16 = 0x48;
-const LDX_B_MSH: u16 = 0xb1;
-const ALU_AND_K: u16 = 0x54;
-const JEQ_K: u16 = 0x15;
-const JSET_K: u16 = 0x45;
-const RET_K: u16 = 0x06;
+/// Classic BPF opcodes (linux/filter.h, bpf_common.h), the ones kaprobe emits.
+pub(crate) mod op {
+    pub const LD_IMM: u16 = 0x00;
+    pub const LD_W_ABS: u16 = 0x20;
+    pub const LD_H_ABS: u16 = 0x28;
+    pub const LD_B_ABS: u16 = 0x30;
+    pub const LD_W_IND: u16 = 0x40;
+    pub const LD_H_IND: u16 = 0x48;
+    pub const LD_B_IND: u16 = 0x50;
+    pub const LD_W_LEN: u16 = 0x80;
+    pub const LDX_MEM: u16 = 0x61;
+    pub const LDX_B_MSH: u16 = 0xb1;
+    pub const ST: u16 = 0x02;
+    pub const TAX: u16 = 0x07;
+    /// ALU class with a constant operand; OR in the operation (0x00 add ... 0x90 mod).
+    pub const ALU_K: u16 = 0x04;
+    /// ALU class with X as the operand.
+    pub const ALU_X: u16 = 0x0c;
+    pub const ALU_AND_K: u16 = 0x54;
+    /// Jump class; OR in 0x10 jeq, 0x20 jgt, 0x30 jge, 0x40 jset, and [`SRC_X`].
+    pub const JMP: u16 = 0x05;
+    pub const SRC_X: u16 = 0x08;
+    pub const JEQ_K: u16 = 0x15;
+    pub const JGT_K: u16 = 0x25;
+    pub const JGE_K: u16 = 0x35;
+    pub const JSET_K: u16 = 0x45;
+    pub const RET_K: u16 = 0x06;
+}
+use op::{ALU_AND_K, JEQ_K, JSET_K, LDX_B_MSH, LD_B_ABS, LD_H_ABS, LD_H_IND, LD_W_ABS, RET_K};
 
 const ETH_IPV4: u32 = 0x0800;
 const ETH_IPV6: u32 = 0x86dd;
 const ETH_VLAN: [u32; 3] = [0x8100, 0x88a8, 0x9100];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Label {
+pub(crate) enum Label {
     Accept,
     Drop,
     At(usize),
 }
 
 /// Instructions with symbolic jump targets, resolved by [`Asm::finish`].
-struct Asm {
+pub(crate) struct Asm {
     code: Vec<(u16, Label, Label, u32)>,
     /// Label positions (index into `code`), by label number.
     marks: Vec<Option<usize>>,
@@ -68,19 +89,29 @@ impl Asm {
         }
     }
 
-    fn label(&mut self) -> Label {
+    pub(crate) fn label(&mut self) -> Label {
         self.marks.push(None);
         Label::At(self.marks.len() - 1)
     }
 
-    fn mark(&mut self, l: Label) {
+    pub(crate) fn mark(&mut self, l: Label) {
         if let Label::At(i) = l {
             self.marks[i] = Some(self.code.len());
         }
     }
 
-    fn op(&mut self, code: u16, k: u32) {
+    pub(crate) fn op(&mut self, code: u16, k: u32) {
         self.code.push((code, Label::Drop, Label::Drop, k));
+    }
+
+    /// A conditional jump (`code` of the jump class) to `t` or `f`.
+    pub(crate) fn jump(&mut self, code: u16, k: u32, t: Label, f: Label) {
+        self.code.push((code, t, f, k));
+    }
+
+    /// Always to `l`.
+    pub(crate) fn goto(&mut self, l: Label) {
+        self.code.push((JEQ_K, l, l, 0));
     }
 
     /// Jump to `t` when the accumulator equals `k`, else fall through.
@@ -104,8 +135,11 @@ impl Asm {
         self.mark(next);
     }
 
-    fn finish(self, snaplen: u32) -> Vec<Insn> {
+    fn finish(self, snaplen: u32) -> Result<Vec<Insn>, &'static str> {
         let n = self.code.len();
+        if n + 2 > 4096 {
+            return Err("the filter compiles to more than the kernel's 4096 BPF instructions");
+        }
         // The two returns sit at the end: accept, then drop.
         let pos = |l: Label| match l {
             Label::Accept => n,
@@ -118,10 +152,10 @@ impl Asm {
             .enumerate()
             .map(|(i, &(code, t, f, k))| {
                 let rel = |l: Label| {
-                    // Jumps only go forward and programs stay far below 255 instructions.
+                    // Jumps only go forward; one further than 255 is caught below.
                     u8::try_from(pos(l).saturating_sub(i + 1)).unwrap_or(u8::MAX)
                 };
-                if code == JEQ_K || code == JSET_K {
+                if code & 0x07 == op::JMP {
                     Insn {
                         code,
                         jt: rel(t),
@@ -150,7 +184,16 @@ impl Asm {
             jf: 0,
             k: 0,
         });
-        out
+        let too_far = self.code.iter().enumerate().any(|(i, &(code, t, f, _))| {
+            code & 0x07 == op::JMP
+                && [t, f]
+                    .iter()
+                    .any(|l| pos(*l) < i + 1 || pos(*l) - (i + 1) > 255)
+        });
+        if too_far {
+            return Err("the filter is too long for BPF's 255-instruction jumps: shorten it");
+        }
+        Ok(out)
     }
 }
 
@@ -172,21 +215,38 @@ fn words6(ip: IpAddr) -> [u32; 4] {
 }
 
 /// Port test with the TCP header at X + `off` (IPv4) or at the fixed `off` (IPv6).
-fn ports(a: &mut Asm, filter: &Filter, ind: bool, off: u32) {
+fn ports(a: &mut Asm, filter: &Filter, ind: bool, off: u32, pass: Label) {
     let Some(port) = filter.port else {
-        // No port condition: accept right away.
-        a.code.push((JEQ_K, Label::Accept, Label::Accept, 0));
+        // No port condition: on to `pass`.
+        a.goto(pass);
         return;
     };
     let load = if ind { LD_H_IND } else { LD_H_ABS };
     a.op(load, off);
-    a.jeq(u32::from(port), Label::Accept);
+    a.jeq(u32::from(port), pass);
     a.op(load, off + 2);
-    a.jeq(u32::from(port), Label::Accept);
-    a.code.push((JEQ_K, Label::Drop, Label::Drop, 0));
+    a.jeq(u32::from(port), pass);
+    a.goto(Label::Drop);
 }
 
-fn ipv4(a: &mut Asm, filter: &Filter, n: u32) {
+/// After the built-in checks passed (at `pass`): the user's expression, if any.
+fn then_expr(a: &mut Asm, pass: Label, expr: Option<&Expr>, fam: Fam) -> Result<(), &'static str> {
+    if let Some(e) = expr {
+        a.mark(pass);
+        crate::filter::gen(a, e, fam, Label::Accept, Label::Drop)?;
+    }
+    Ok(())
+}
+
+fn pass_label(a: &mut Asm, expr: Option<&Expr>) -> Label {
+    if expr.is_some() {
+        a.label()
+    } else {
+        Label::Accept
+    }
+}
+
+fn ipv4(a: &mut Asm, filter: &Filter, n: u32, expr: Option<&Expr>) -> Result<(), &'static str> {
     a.op(LD_B_ABS, n + 9);
     a.jne(6, Label::Drop);
     // Fragments are never analysed.
@@ -196,7 +256,7 @@ fn ipv4(a: &mut Asm, filter: &Filter, n: u32) {
         let IpAddr::V4(v4) = canon(h) else {
             // An IPv6 host never matches an IPv4 packet.
             a.code.push((JEQ_K, Label::Drop, Label::Drop, 0));
-            return;
+            return Ok(());
         };
         let want = u32::from(v4);
         let port = a.label();
@@ -207,10 +267,12 @@ fn ipv4(a: &mut Asm, filter: &Filter, n: u32) {
         a.mark(port);
     }
     a.op(LDX_B_MSH, n);
-    ports(a, filter, true, n);
+    let pass = pass_label(a, expr);
+    ports(a, filter, true, n, pass);
+    then_expr(a, pass, expr, Fam::V4(n))
 }
 
-fn ipv6(a: &mut Asm, filter: &Filter, n: u32) {
+fn ipv6(a: &mut Asm, filter: &Filter, n: u32, expr: Option<&Expr>) -> Result<(), &'static str> {
     a.op(LD_B_ABS, n + 6);
     let tcp = a.label();
     a.jeq(6, tcp);
@@ -237,13 +299,30 @@ fn ipv6(a: &mut Asm, filter: &Filter, n: u32) {
         }
         a.mark(port);
     }
-    ports(a, filter, false, n + 40);
+    let pass = pass_label(a, expr);
+    ports(a, filter, false, n + 40, pass);
+    then_expr(a, pass, expr, Fam::V6(n))
 }
 
 /// The filter program for a socket whose packets start with `framing`, keeping TCP packets
 /// that pass `filter` and cutting each to `snaplen` bytes.
 #[must_use]
 pub fn program(framing: Framing, filter: &Filter, snaplen: u32) -> Vec<Insn> {
+    // Without an expression the program is small and always fits.
+    program_checked(framing, filter, None, snaplen).unwrap_or_default()
+}
+
+/// As [`program`], with a filter expression (see [`crate::filter`]) checked after the
+/// built-in conditions.
+///
+/// # Errors
+/// When the program does not fit BPF's limits (jump distance, length, scratch memory).
+pub fn program_checked(
+    framing: Framing,
+    filter: &Filter,
+    expr: Option<&Expr>,
+    snaplen: u32,
+) -> Result<Vec<Insn>, &'static str> {
     let mut a = Asm::new();
     match framing {
         Framing::Ethernet => {
@@ -269,13 +348,13 @@ pub fn program(framing: Framing, filter: &Filter, snaplen: u32) -> Vec<Insn> {
             }
             a.code.push((JEQ_K, Label::Drop, Label::Drop, 0));
             a.mark(v4);
-            ipv4(&mut a, filter, 14);
+            ipv4(&mut a, filter, 14, expr)?;
             a.mark(v6);
-            ipv6(&mut a, filter, 14);
+            ipv6(&mut a, filter, 14, expr)?;
             a.mark(v4t);
-            ipv4(&mut a, filter, 18);
+            ipv4(&mut a, filter, 18, expr)?;
             a.mark(v6t);
-            ipv6(&mut a, filter, 18);
+            ipv6(&mut a, filter, 18, expr)?;
         }
         Framing::Ip => {
             let v4 = a.label();
@@ -286,53 +365,94 @@ pub fn program(framing: Framing, filter: &Filter, snaplen: u32) -> Vec<Insn> {
             a.jeq(0x60, v6);
             a.code.push((JEQ_K, Label::Drop, Label::Drop, 0));
             a.mark(v4);
-            ipv4(&mut a, filter, 0);
+            ipv4(&mut a, filter, 0, expr)?;
             a.mark(v6);
-            ipv6(&mut a, filter, 0);
+            ipv6(&mut a, filter, 0, expr)?;
         }
     }
     a.finish(snaplen)
 }
 
-/// Run `prog` over `pkt` the way the kernel does (the subset [`program`] emits): the number
-/// of bytes to keep, 0 to drop. Out-of-bounds loads drop the packet, as in the kernel.
+/// Run `prog` over `pkt` the way the kernel does (the instructions kaprobe emits): the number
+/// of bytes to keep, 0 to drop. Out-of-bounds loads drop the packet, as in the kernel; `len`
+/// is `pkt.len()`.
 #[must_use]
 pub fn run(prog: &[Insn], pkt: &[u8]) -> u32 {
+    run_with_len(prog, pkt, u32::try_from(pkt.len()).unwrap_or(u32::MAX))
+}
+
+/// As [`run`], with the packet's length on the wire given (a file's frame may be cut short).
+#[must_use]
+pub fn run_with_len(prog: &[Insn], pkt: &[u8], wire_len: u32) -> u32 {
     let (mut acc, mut x) = (0u32, 0u32);
+    let mut mem = [0u32; 16];
     let mut pc = 0usize;
     let load = |at: u32, width: usize| -> Option<u32> {
         let at = usize::try_from(at).ok()?;
         let b = pkt.get(at..at.checked_add(width)?)?;
         Some(b.iter().fold(0u32, |v, &byte| (v << 8) | u32::from(byte)))
     };
+    let width = |code: u16| match code & 0x18 {
+        0x00 => 4,
+        0x08 => 2,
+        _ => 1,
+    };
     while let Some(i) = prog.get(pc) {
         pc += 1;
         match i.code {
-            LD_W_ABS | LD_H_ABS | LD_B_ABS => {
-                let w = match i.code {
-                    LD_W_ABS => 4,
-                    LD_H_ABS => 2,
-                    _ => 1,
-                };
-                match load(i.k, w) {
+            op::LD_IMM => acc = i.k,
+            op::LD_W_LEN => acc = wire_len,
+            LD_W_ABS | LD_H_ABS | LD_B_ABS => match load(i.k, width(i.code)) {
+                Some(v) => acc = v,
+                None => return 0,
+            },
+            op::LD_W_IND | LD_H_IND | op::LD_B_IND => {
+                match load(x.wrapping_add(i.k), width(i.code)) {
                     Some(v) => acc = v,
                     None => return 0,
                 }
             }
-            LD_H_IND => match load(x.wrapping_add(i.k), 2) {
-                Some(v) => acc = v,
-                None => return 0,
-            },
             LDX_B_MSH => match load(i.k, 1) {
                 Some(v) => x = (v & 0xf) * 4,
                 None => return 0,
             },
-            ALU_AND_K => acc &= i.k,
-            JEQ_K | JSET_K => {
-                let hit = if i.code == JEQ_K {
-                    acc == i.k
-                } else {
-                    acc & i.k != 0
+            op::LDX_MEM => x = mem.get(i.k as usize).copied().unwrap_or(0),
+            op::ST => {
+                if let Some(m) = mem.get_mut(i.k as usize) {
+                    *m = acc;
+                }
+            }
+            op::TAX => x = acc,
+            code if code & 0x07 == op::ALU_K => {
+                let operand = if code & op::SRC_X != 0 { x } else { i.k };
+                acc = match code & 0xf0 {
+                    0x00 => acc.wrapping_add(operand),
+                    0x10 => acc.wrapping_sub(operand),
+                    0x20 => acc.wrapping_mul(operand),
+                    // the kernel ends the program (drop) on a division by zero
+                    0x30 => match acc.checked_div(operand) {
+                        Some(v) => v,
+                        None => return 0,
+                    },
+                    0x40 => acc | operand,
+                    0x50 => acc & operand,
+                    0x60 => acc.checked_shl(operand).unwrap_or(0),
+                    0x70 => acc.checked_shr(operand).unwrap_or(0),
+                    0x90 => match acc.checked_rem(operand) {
+                        Some(v) => v,
+                        None => return 0,
+                    },
+                    _ => return 0,
+                };
+            }
+            code if code & 0x07 == op::JMP => {
+                let operand = if code & op::SRC_X != 0 { x } else { i.k };
+                let hit = match code & 0xf0 {
+                    0x10 => acc == operand,
+                    0x20 => acc > operand,
+                    0x30 => acc >= operand,
+                    0x40 => acc & operand != 0,
+                    _ => return 0,
                 };
                 pc += usize::from(if hit { i.jt } else { i.jf });
             }

@@ -214,6 +214,20 @@ impl LiveSource {
     /// # Errors
     /// As [`LiveSource::open`].
     pub fn open_with(iface: &str, o: &LiveOptions) -> Result<Self, CaptureError> {
+        Self::open_filtered(iface, o, None)
+    }
+
+    /// As [`LiveSource::open_with`], with a filter expression compiled into the kernel
+    /// filter after the built-in conditions (see [`crate::filter`]). The filter is on
+    /// before the socket is bound, so no packet the expression refuses is ever queued.
+    ///
+    /// # Errors
+    /// As [`LiveSource::open`]; [`CaptureError::Socket`] when the program does not fit BPF.
+    pub fn open_filtered(
+        iface: &str,
+        o: &LiveOptions,
+        expr: Option<&crate::filter::Expression>,
+    ) -> Result<Self, CaptureError> {
         let promisc = o.promisc;
         let Some(ni) = pnet_datalink::interfaces()
             .into_iter()
@@ -269,7 +283,13 @@ impl LiveSource {
         };
         // 0: whole packets (loopback and GRO/GSO packets may exceed 64 KiB).
         let snaplen = if o.snaplen == 0 { 262_144 } else { o.snaplen };
-        let prog = bpf::program(framing, &o.filter, snaplen);
+        let prog = bpf::program_checked(framing, &o.filter, expr.map(|e| &e.expr), snaplen)
+            .map_err(|what| {
+                sock_err(
+                    "compile the filter expression",
+                    io::Error::new(io::ErrorKind::InvalidInput, what),
+                )
+            })?;
         let fprog = libc::sock_fprog {
             len: u16::try_from(prog.len()).unwrap_or(u16::MAX),
             filter: prog.as_ptr().cast_mut().cast(),

@@ -89,6 +89,46 @@ pub fn parse_frame(link: LinkType, data: &[u8]) -> Result<TcpRepr, Skip> {
     }
 }
 
+/// Where the IP header starts in a frame of link type `link` (after any VLAN tags), or None
+/// when the frame is not IP or is cut before its IP header.
+#[must_use]
+pub fn ip_start(link: LinkType, data: &[u8]) -> Option<usize> {
+    let (mut ethertype, mut at) = match link {
+        LinkType::Ethernet => {
+            let eth = EthernetFrame::new_checked(data).ok()?;
+            (eth.ethertype(), data.len() - eth.payload().len())
+        }
+        LinkType::LinuxSll => {
+            let sll = SllFrame::new_checked(data).ok()?;
+            (sll.protocol(), data.len() - sll.payload().len())
+        }
+        LinkType::LinuxSll2 => {
+            let sll = Sll2Frame::new_checked(data).ok()?;
+            (sll.protocol(), data.len() - sll.payload().len())
+        }
+        LinkType::RawIp | LinkType::Ipv4 | LinkType::Ipv6 => return Some(0),
+        LinkType::Null | LinkType::Loop => {
+            return (data.len() > loopback_family::HEADER_LEN)
+                .then_some(loopback_family::HEADER_LEN)
+        }
+    };
+    for _ in 0..8 {
+        match ethertype {
+            ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => return (at < data.len()).then_some(at),
+            ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD => {
+                let rest = data.get(at..)?;
+                if rest.len() < vlan_field::TAG_LEN {
+                    return None;
+                }
+                ethertype = be16(rest, vlan_field::INNER_ETHERTYPE);
+                at += vlan_field::TAG_LEN;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 fn parse_ethertype(mut ethertype: u16, mut rest: &[u8]) -> Result<TcpRepr, Skip> {
     for _ in 0..8 {
         match ethertype {

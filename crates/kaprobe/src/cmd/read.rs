@@ -38,6 +38,16 @@ use kaprobe_capture::flow::ending::IdleLimit;
 pub struct Args {
     /// The capture file (pcap or pcapng), or - for standard input.
     pub file: PathBuf,
+    /// A filter expression as tcpdump takes it, after the file: e.g.
+    /// `kaprobe read ka.pcap tcp port 443 and host 10.0.0.5` (pcap-filter(7): host, net,
+    /// port, portrange, src/dst, tcp/ip/ip6, greater/less, tcp[tcpflags] & tcp-syn != 0,
+    /// and/or/not, parentheses; see docs/read.md).
+    #[arg(
+        value_name = "EXPRESSION",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub expression: Vec<String>,
     /// One JSON object per line: {"type":"packet",...} per classified packet, then
     /// {"type":"flow",...} per flow (how it ended, its reuses), {"type":"idle_limit",...}
     /// per server whose reuses both worked and failed, then one {"type":"stats",...}.
@@ -66,6 +76,7 @@ pub struct Args {
 const AUTO_PACKET_ROWS: usize = 60;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let expr = crate::args::filter_expression(&args.expression)?;
     let mut src = open(&args.file)?;
     let filter = Filter {
         port: args.port,
@@ -89,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut write_err: Option<io::Error> = None;
     let json = args.json;
     let keep_rows = args.packets;
-    let stats = kaprobe_capture::analyze(&mut src, filter, cfg, |e| match e {
+    let stats = kaprobe_capture::analyze::analyze_with(&mut src, filter, expr, cfg, |e| match e {
         Event::Packet(p) => {
             n_packets += 1;
             if want_html {

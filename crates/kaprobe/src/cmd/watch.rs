@@ -51,6 +51,16 @@ use crate::render::capture::{
 pub struct Args {
     /// Network interface to capture on (see `ip link`), e.g. eth0 or lo.
     pub iface: String,
+    /// A filter expression as tcpdump takes it, after the interface: e.g.
+    /// `kaprobe watch eth0 tcp port 443 and host 10.0.0.5` (pcap-filter(7): host, net,
+    /// port, portrange, src/dst, tcp/ip/ip6, greater/less, tcp[tcpflags] & tcp-syn != 0,
+    /// and/or/not, parentheses). Compiled into the kernel filter; see docs/watch.md.
+    #[arg(
+        value_name = "EXPRESSION",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub expression: Vec<String>,
     /// Only packets to or from this TCP port (1-65535).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
@@ -250,17 +260,19 @@ fn title(iface: &str, elapsed: Duration, flows: usize, dropped: u64, width: usiz
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let expr = crate::args::filter_expression(&args.expression)?;
     let filter = Filter {
         port: args.port,
         host: args.host,
     };
-    let mut src = LiveSource::open_with(
+    let mut src = LiveSource::open_filtered(
         &args.iface,
         &LiveOptions {
             promisc: args.promisc,
             filter,
             snaplen: args.snaplen,
         },
+        expr.as_ref(),
     )
     .map_err(capture_failure)?;
     let mut tap = match &args.write {
@@ -288,6 +300,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     install_signal_handlers();
     let opts = WatchOptions {
         filter,
+        expr,
         duration: args.duration,
         tracker: TrackerConfig {
             // The picture shows every flow; the table and the stream keep to the telling ones.
