@@ -397,3 +397,186 @@ fn filter_text_never_panics() {
         }
     }
 }
+
+/// The client ports of the flows in `pcap` (as tcpdump prints them), and its packet count.
+fn flows_in(pcap: &Path) -> (std::collections::BTreeSet<String>, usize) {
+    let lines = packets_without_time(pcap);
+    let mut ends = std::collections::BTreeSet::new();
+    for l in &lines {
+        // "IP 127.0.0.1.42512 > 127.0.0.1.32817: Flags ..."
+        let mut w = l.split_whitespace();
+        let (_, a, _, b) = (w.next(), w.next(), w.next(), w.next());
+        if let (Some(a), Some(b)) = (a, b) {
+            let mut pair = [a.to_string(), b.trim_end_matches(':').to_string()];
+            pair.sort();
+            ends.insert(pair.join(" "));
+        }
+    }
+    (ends, lines.len())
+}
+
+#[test]
+fn read_write_keeps_whole_flows_that_matched() {
+    require_root!();
+    require_tool!("tcpdump");
+    let peers = Peers::new();
+    let p = peers.ports();
+    let dir = TempDir::new("filter-readwrite");
+    let pcap = dir.path().join("all.pcap");
+    let all = format!("tcp and (port {} or port {} or port {})", p[0], p[1], p[2]);
+    capture("lo", &pcap, &all, || peers.traffic());
+    let out = dir.path().join("resets.pcap");
+    let o = run(&[
+        "read",
+        pcap.to_str().unwrap(),
+        "--json",
+        "--write",
+        out.to_str().unwrap(),
+        "tcp[tcpflags]",
+        "&",
+        "tcp-rst",
+        "!=",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The flows with a RST (IPv4: tcp[] indexes IPv4 only), whole: every packet tcpdump
+    // finds for those flows in the original, nothing else.
+    let rst_lines = packets_without_time(&out)
+        .into_iter()
+        .filter(|l| l.contains("Flags [R"))
+        .count();
+    let (flows, frames) = flows_in(&out);
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    assert_eq!(rst_lines, 2);
+    let clients: Vec<String> = flows
+        .iter()
+        .map(|f| {
+            let ends: Vec<&str> = f.split(' ').collect();
+            // the end that is not a listener: its port is the flow's client port
+            ends.iter()
+                .find(|e| !p.iter().any(|lp| e.ends_with(&format!(".{lp}"))))
+                .map(|e| e.rsplit('.').next().unwrap().to_string())
+                .unwrap()
+        })
+        .collect();
+    let expr = format!("port {} or port {}", clients[0], clients[1]);
+    let want = tcpdump_keeps(&pcap, &expr).values().sum::<usize>();
+    assert_eq!(frames, want, "frames of the matching flows");
+    assert!(
+        stderr(&o).contains(&format!("wrote {want} frames of 2 matching flows")),
+        "{}",
+        stderr(&o)
+    );
+    // standard input cannot be read twice; the file read cannot be the file written
+    let o = run(&["read", "-", "--write", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not - (standard input)"),
+        "{}",
+        stderr(&o)
+    );
+    fails(
+        &[
+            "read",
+            pcap.to_str().unwrap(),
+            "--write",
+            pcap.to_str().unwrap(),
+        ],
+        2,
+        "is the file being read",
+    );
+}
+
+#[test]
+fn watch_write_rotates_files_as_tcpdump_c_and_w_do() {
+    require_root!();
+    require_tool!("tcpdump");
+    let peers = Peers::new();
+    let p = peers.ports();
+    let dir = TempDir::new("filter-ring");
+    let ring = dir.path().join("ring.pcap");
+    let all = dir.path().join("all.pcap");
+    let port_expr = format!("port {} or port {} or port {}", p[0], p[1], p[2]);
+    for (files, name) in [(Some("3"), &ring), (None, &all)] {
+        let mut cmd = kaprobe_tests::kaprobe();
+        cmd.args(["watch", "lo", "--json", "--duration", "30s", "--write"])
+            .arg(name)
+            .args(["--write-size", "2kB"]);
+        if let Some(n) = files {
+            cmd.args(["--write-files", n]);
+        }
+        let mut w = kaprobe_tests::KillOnDrop::spawn(
+            cmd.args(port_expr.split_whitespace())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let out = line_reader(w.0.stdout.take().unwrap());
+        wait_line(&out, Duration::from_secs(20), |l| l.contains("\"start\"")).unwrap();
+        peers.traffic();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(w.0.id().cast_signed(), libc::SIGINT) };
+        let stats = wait_line(&out, Duration::from_secs(20), |l| l.contains("\"stats\"")).unwrap();
+        let _ = w.0.wait();
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        let frames = stats["frames"].as_u64().unwrap() as usize;
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(name.file_name().unwrap().to_str().unwrap()))
+            .collect();
+        names.sort();
+        let mut in_files = 0;
+        for n in &names {
+            let path = dir.path().join(n);
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert!(len <= 2000, "{n} is {len} bytes");
+            in_files += packets_without_time(&path).len();
+        }
+        match files {
+            Some(_) => {
+                assert_eq!(names, ["ring.pcap0", "ring.pcap1", "ring.pcap2"], "{stats}");
+                assert!(
+                    in_files < frames,
+                    "a ring keeps the newest only: {in_files} of {frames}"
+                );
+                assert!(in_files >= 3 * 8, "{in_files}");
+            }
+            None => {
+                assert!(names.len() >= 4, "{names:?}");
+                assert_eq!(in_files, frames, "every frame in some file");
+            }
+        }
+    }
+    for (args, says) in [
+        (
+            &["--write", "x.pcap", "--write-size", "10b"][..],
+            "not a size",
+        ),
+        (
+            &["--write", "x.pcap", "--write-size", "lots"][..],
+            "not a size",
+        ),
+        (&["--write-size", "1MB"][..], "--write"),
+        (
+            &["--write", "x.pcap", "--write-files", "3"][..],
+            "--write-size",
+        ),
+        (
+            &[
+                "--write",
+                "x.pcap",
+                "--write-size",
+                "1MB",
+                "--write-files",
+                "1",
+            ][..],
+            "2..=100000",
+        ),
+    ] {
+        let mut all = vec!["watch", "lo"];
+        all.extend_from_slice(args);
+        let o = run(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+}

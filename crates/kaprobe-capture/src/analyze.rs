@@ -1,6 +1,6 @@
 //! Run a [`PacketSource`] through parsing, a filter and the [`Tracker`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -71,6 +71,8 @@ pub struct Analyzer {
     pub filter: Filter,
     /// A filter expression checked after `filter` (see [`crate::filter`]).
     pub expr: Option<Expression>,
+    /// When set, the flows (by [`FlowKey`]) with at least one packet that passed.
+    pub matched: Option<HashSet<FlowKey>>,
     pub stats: RunStats,
     skips: HashMap<Skip, u64>,
 }
@@ -82,6 +84,7 @@ impl Analyzer {
             tracker: Tracker::new(cfg),
             filter,
             expr: None,
+            matched: None,
             stats: RunStats::default(),
             skips: HashMap::new(),
         }
@@ -100,6 +103,9 @@ impl Analyzer {
         match parse_frame(link, frame.data) {
             Ok(p) => {
                 if self.filter.matches(&p) && self.expr_matches(link, frame) {
+                    if let Some(m) = &mut self.matched {
+                        m.insert(FlowKey::of(&p));
+                    }
                     self.tracker.process(number, frame.ts, &p, out);
                 } else {
                     self.stats.filtered_out += 1;
@@ -147,10 +153,11 @@ pub fn analyze<S: PacketSource + ?Sized>(
     cfg: TrackerConfig,
     on_event: impl FnMut(Event),
 ) -> Result<RunStats, CaptureError> {
-    analyze_with(source, filter, None, cfg, on_event)
+    analyze_with(source, filter, None, cfg, None, on_event)
 }
 
 /// As [`analyze`], keeping only the packets that also pass the expression `expr`.
+/// When `matched` is given, it receives the flows with at least one packet that passed.
 ///
 /// # Errors
 /// As [`analyze`].
@@ -159,10 +166,14 @@ pub fn analyze_with<S: PacketSource + ?Sized>(
     filter: Filter,
     expr: Option<Expression>,
     cfg: TrackerConfig,
+    matched: Option<&mut HashSet<FlowKey>>,
     mut on_event: impl FnMut(Event),
 ) -> Result<RunStats, CaptureError> {
     let mut a = Analyzer::new(filter, cfg);
     a.expr = expr;
+    if matched.is_some() {
+        a.matched = Some(HashSet::new());
+    }
     let mut out = Vec::new();
     let mut number = 0u64;
     loop {
@@ -183,5 +194,79 @@ pub fn analyze_with<S: PacketSource + ?Sized>(
         on_event(e);
     }
     stats.dropped = source.dropped();
+    if let (Some(out), Some(found)) = (matched, a.matched.take()) {
+        *out = found;
+    }
     Ok(stats)
+}
+
+/// A TCP flow's two endpoints, in a fixed order (the same key for both directions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub a: (IpAddr, u16),
+    pub b: (IpAddr, u16),
+}
+
+impl FlowKey {
+    #[must_use]
+    pub fn of(p: &TcpRepr) -> FlowKey {
+        let (x, y) = ((canon(p.src), p.src_port), (canon(p.dst), p.dst_port));
+        if x <= y {
+            FlowKey { a: x, b: y }
+        } else {
+            FlowKey { a: y, b: x }
+        }
+    }
+}
+
+/// Copy the frames of `source` that belong to `flows` into `out` (a new pcap file of the
+/// first such frame's link type, cut to `snaplen`). Returns the frames written and the TCP
+/// frames of those flows left out because their link type differs from the first's (a
+/// pcapng file may mix interfaces).
+///
+/// # Errors
+/// Source read errors and [`CaptureError::Write`].
+pub fn write_flows<S: PacketSource + ?Sized>(
+    source: &mut S,
+    flows: &HashSet<FlowKey>,
+    out: &std::path::Path,
+    snaplen: u32,
+) -> Result<(u64, u64), CaptureError> {
+    let mut file: Option<(LinkType, crate::io::writer::PcapFile)> = None;
+    let (mut written, mut other_link) = (0u64, 0u64);
+    loop {
+        match source.next_frame()? {
+            Next::Frame(f) => {
+                let Some(link) = f.link else { continue };
+                let Ok(p) = parse_frame(link, f.data) else {
+                    continue;
+                };
+                if !flows.contains(&FlowKey::of(&p)) {
+                    continue;
+                }
+                if file.is_none() {
+                    let w = crate::io::writer::PcapFile::create_with_snaplen(out, link, snaplen)?;
+                    file = Some((link, w));
+                }
+                if let Some((first, w)) = &mut file {
+                    if *first == link {
+                        w.write(&f)?;
+                        written += 1;
+                    } else {
+                        other_link += 1;
+                    }
+                }
+            }
+            Next::Idle => {}
+            Next::End => break,
+        }
+    }
+    match &mut file {
+        Some((_, w)) => w.flush()?,
+        // No flow matched: still leave a valid, empty file.
+        None => {
+            crate::io::writer::PcapFile::create(out, LinkType::Ethernet)?.flush()?;
+        }
+    }
+    Ok((written, other_link))
 }

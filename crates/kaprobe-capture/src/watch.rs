@@ -34,6 +34,9 @@ pub struct WatchOptions {
     pub tracker: TrackerConfig,
 }
 
+/// How long frames are still read after a stop: longer than a live ring's block timeout.
+pub const DRAIN: Duration = Duration::from_millis(120);
+
 /// Run a live source until `duration` passes or `stop` is set, reporting to `sink` and
 /// writing every frame to `tap` when given. Returns the run's counts; flows still open are
 /// summarised through `sink` at the end.
@@ -64,11 +67,22 @@ pub fn watch<S: PacketSource + ?Sized>(
     let check_every = Duration::from_millis(100);
     let mut next_check = wall() + check_every;
     let mut since_check = 0u32;
+    // After a stop (Ctrl-C, --duration), frames the kernel already holds are still read:
+    // a live ring hands over a partly filled block only after its timeout.
+    let mut drain_until: Option<Instant> = None;
     loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
+        if drain_until.is_none() && stop.load(Ordering::Relaxed) {
+            drain_until = Some(Instant::now() + DRAIN);
         }
-        let check = match source.next_frame()? {
+        let next = source.next_frame()?;
+        if let Some(until) = drain_until {
+            let now = Instant::now();
+            // quiet after the block timeout, or a busy link: stop at twice the wait
+            if now >= until && (matches!(next, Next::Idle | Next::End) || now >= until + DRAIN) {
+                break;
+            }
+        }
+        let check = match next {
             Next::Frame(f) => {
                 number += 1;
                 if let Some(t) = tap.as_deref_mut() {
@@ -92,8 +106,8 @@ pub fn watch<S: PacketSource + ?Sized>(
         }
         since_check = 0;
         next_check = wall() + check_every;
-        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
-            break;
+        if drain_until.is_none() && opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            drain_until = Some(Instant::now() + DRAIN);
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();

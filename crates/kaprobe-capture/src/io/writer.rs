@@ -85,10 +85,44 @@ impl<W: Write> PcapWriter<W> {
     }
 }
 
-/// A pcap file being written, remembering its path for error messages.
+/// A pcap file being written, remembering its path for error messages; or a series of
+/// files, as tcpdump's `-C`/`-W` write them ([`PcapFile::rotating`]).
 pub struct PcapFile {
     path: PathBuf,
     w: PcapWriter<io::BufWriter<std::fs::File>>,
+    rotate: Option<Rotation>,
+    link: LinkType,
+    snaplen: u32,
+    /// Bytes in the current file.
+    bytes: u64,
+    /// Number of the current file in the series.
+    index: u64,
+    /// The name given: files of a series are `base` followed by their number.
+    base: PathBuf,
+}
+
+/// When to start the next file of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Start a new file before one would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Keep at most this many files, overwriting the oldest (a ring); None keeps all.
+    pub max_files: Option<u32>,
+}
+
+impl Rotation {
+    /// The name of file number `i` of a series written to `base`: the number appended,
+    /// zero-padded to the width of the largest one in a ring (`ka.pcap0` ... `ka.pcap9`,
+    /// `ka.pcap00` ... `ka.pcap23`), as tcpdump names them.
+    #[must_use]
+    pub fn name(&self, base: &Path, i: u64) -> PathBuf {
+        let width = self
+            .max_files
+            .map_or(1, |n| n.saturating_sub(1).max(1).to_string().len());
+        let mut s = base.as_os_str().to_os_string();
+        s.push(format!("{i:0width$}"));
+        PathBuf::from(s)
+    }
 }
 
 impl PcapFile {
@@ -118,7 +152,57 @@ impl PcapFile {
         Ok(Self {
             path: path.to_path_buf(),
             w,
+            rotate: None,
+            link,
+            snaplen,
+            bytes: FILE_HEADER_LEN as u64,
+            index: 0,
+            base: path.to_path_buf(),
         })
+    }
+
+    /// A series of files named after `base` (see [`Rotation::name`]), each at most
+    /// `rotation.max_bytes` long (a file always takes at least one frame), the oldest
+    /// overwritten once `rotation.max_files` exist.
+    ///
+    /// # Errors
+    /// [`CaptureError::Write`] for the first file.
+    pub fn rotating(
+        base: &Path,
+        link: LinkType,
+        snaplen: u32,
+        rotation: Rotation,
+    ) -> Result<Self, CaptureError> {
+        let mut f = Self::create_with_snaplen(&rotation.name(base, 0), link, snaplen)?;
+        f.rotate = Some(rotation);
+        f.base = base.to_path_buf();
+        Ok(f)
+    }
+
+    /// The file being written now.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Files started so far (1 without rotation).
+    #[must_use]
+    pub fn files_started(&self) -> u64 {
+        self.index + 1
+    }
+
+    fn next_file(&mut self, r: Rotation) -> Result<(), CaptureError> {
+        self.flush()?;
+        self.index += 1;
+        let slot = match r.max_files {
+            Some(n) => self.index % u64::from(n.max(1)),
+            None => self.index,
+        };
+        let next = Self::create_with_snaplen(&r.name(&self.base, slot), self.link, self.snaplen)?;
+        self.path = next.path;
+        self.w = next.w;
+        self.bytes = FILE_HEADER_LEN as u64;
+        Ok(())
     }
 
     /// Append a frame.
@@ -126,6 +210,14 @@ impl PcapFile {
     /// # Errors
     /// [`CaptureError::Write`].
     pub fn write(&mut self, f: &Frame<'_>) -> Result<(), CaptureError> {
+        let kept = f.data.len().min(self.snaplen as usize);
+        let record = (RECORD_HEADER_LEN + kept) as u64;
+        if let Some(r) = self.rotate {
+            if self.bytes > FILE_HEADER_LEN as u64 && self.bytes + record > r.max_bytes {
+                self.next_file(r)?;
+            }
+        }
+        self.bytes += record;
         self.w
             .write(f.ts, f.data, f.orig_len)
             .map_err(|source| CaptureError::Write {

@@ -57,6 +57,12 @@ pub struct Args {
     /// lane per flow (idle gaps, probes, FIN/RST/silence, failed reuses), open in a browser.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// Also write the flows that matched (--port, --host, the filter expression) to this
+    /// pcap file: every frame of each TCP flow with at least one matching packet, so
+    /// `kaprobe read big.pcap --write resets.pcap 'tcp[tcpflags] & tcp-rst != 0'` keeps
+    /// whole conversations. Reads FILE a second time, so FILE cannot be standard input.
+    #[arg(long, value_name = "OUT")]
+    pub write: Option<PathBuf>,
     /// Only analyse packets to or from this TCP port (1-65535).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
@@ -77,6 +83,21 @@ const AUTO_PACKET_ROWS: usize = 60;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let expr = crate::args::filter_expression(&args.expression)?;
+    if args.write.is_some() && args.file.as_os_str() == "-" {
+        return Err(Failure::usage(
+            "--write reads the capture twice (once to find the flows, once to copy them): give a file, not - (standard input)",
+        )
+        .into());
+    }
+    if let Some(w) = &args.write {
+        if same_file(&args.file, w) {
+            return Err(Failure::usage(format!(
+                "--write {} is the file being read: choose another name",
+                w.display()
+            ))
+            .into());
+        }
+    }
     let mut src = open(&args.file)?;
     let filter = Filter {
         port: args.port,
@@ -100,28 +121,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut write_err: Option<io::Error> = None;
     let json = args.json;
     let keep_rows = args.packets;
-    let stats = kaprobe_capture::analyze::analyze_with(&mut src, filter, expr, cfg, |e| match e {
-        Event::Packet(p) => {
-            n_packets += 1;
-            if want_html {
-                marks.add(&p);
-            }
-            if json {
-                if write_err.is_none() {
-                    if let Err(e) = writeln!(out, "{}", packet_json(&p)) {
-                        write_err = Some(e);
-                    }
+    let mut matched = std::collections::HashSet::new();
+    let collect = args.write.is_some().then_some(&mut matched);
+    let stats =
+        kaprobe_capture::analyze::analyze_with(&mut src, filter, expr, cfg, collect, |e| match e {
+            Event::Packet(p) => {
+                n_packets += 1;
+                if want_html {
+                    marks.add(&p);
                 }
-            } else if keep_rows || packets.len() <= AUTO_PACKET_ROWS {
-                packets.push(p);
+                if json {
+                    if write_err.is_none() {
+                        if let Err(e) = writeln!(out, "{}", packet_json(&p)) {
+                            write_err = Some(e);
+                        }
+                    }
+                } else if keep_rows || packets.len() <= AUTO_PACKET_ROWS {
+                    packets.push(p);
+                }
             }
-        }
-        Event::Flow(f) => flows.push(*f),
-        Event::IdleLimit(l) => limits.push(l),
-    })
-    .map_err(capture_failure)?;
+            Event::Flow(f) => flows.push(*f),
+            Event::IdleLimit(l) => limits.push(l),
+        })
+        .map_err(capture_failure)?;
     let elapsed = started.elapsed();
     sort_flows(&mut flows);
+    if let Some(w) = &args.write {
+        let mut again = open(&args.file)?;
+        let (frames, other) =
+            kaprobe_capture::analyze::write_flows(&mut again, &matched, w, 262_144)
+                .map_err(capture_failure)?;
+        eprintln!(
+            "kaprobe read: wrote {frames} frames of {} matching flows to {}{}",
+            matched.len(),
+            w.display(),
+            if other > 0 {
+                format!(" ({other} frames of another link type left out)")
+            } else {
+                String::new()
+            }
+        );
+    }
     if let Some(path) = &args.html {
         let title = format!("kaprobe read {}", args.file.display());
         crate::render::html::write(
@@ -205,6 +245,14 @@ fn write_human(
 }
 
 /// The capture file, or standard input for `-`.
+/// Whether two paths name the same existing file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 fn open(file: &std::path::Path) -> anyhow::Result<FileSource> {
     if file.as_os_str() != "-" {
         return FileSource::open(file).map_err(capture_failure);

@@ -12,6 +12,7 @@ use kaprobe_capture::bpf::DEFAULT_SNAPLEN;
 use kaprobe_capture::live::LiveOptions;
 use kaprobe_capture::metrics::WatchMetrics;
 use kaprobe_capture::watch::{watch, WatchOptions, WatchSink};
+use kaprobe_capture::writer::Rotation;
 use kaprobe_capture::{Analyzer, Event, Filter, LiveSource, Outcome, PcapFile, TrackerConfig};
 use kaprobe_sock::scrape::serve_blocking;
 
@@ -82,6 +83,16 @@ pub struct Args {
     /// tcpdump and Wireshark).
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
+    /// With --write: start a new file before one grows past SIZE, as tcpdump -C does
+    /// (files FILE0, FILE1, ...). SIZE in bytes with a unit (500kB, 100MB, 2GB, 64MiB) or
+    /// a plain number of millions of bytes (tcpdump's unit). Range 1kB..=1TB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "write")]
+    pub write_size: Option<u64>,
+    /// With --write-size: keep at most N files, overwriting the oldest (a ring for days-long
+    /// captures, as tcpdump -W). Range 2..=100000.
+    #[arg(long, value_name = "N", requires = "write_size",
+          value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub write_files: Option<u32>,
     /// Bytes kept of each packet: enough for the headers kaprobe reads (Ethernet, VLAN,
     /// IPv6, TCP with options). 0 keeps whole packets (e.g. for --write), else 96..=65535.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SNAPLEN,
@@ -99,6 +110,36 @@ pub struct Args {
 
 /// Flow summaries kept for `--html` at most (the picture draws fewer; the rest are counted).
 const HTML_FLOWS_KEPT: usize = 50_000;
+
+/// A file size: `500kB`, `100MB`, `2GB` (powers of 1000), `64KiB`, `100MiB`, `1GiB` (powers
+/// of 1024), or a plain number of millions of bytes, as tcpdump's -C takes it.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let bad = || {
+        format!("'{s}' is not a size: use e.g. 500kB, 100MB, 2GB, 64MiB, or a number of millions of bytes (1kB..=1TB)")
+    };
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" => 1e6,
+        "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = n * mult;
+    if !bytes.is_finite() || !(1e3..=1e12).contains(&bytes) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
 
 fn parse_snaplen(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -275,11 +316,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         expr.as_ref(),
     )
     .map_err(capture_failure)?;
-    let mut tap = match &args.write {
-        Some(p) => Some(
+    let mut tap = match (&args.write, args.write_size) {
+        (Some(p), Some(max_bytes)) => Some(
+            PcapFile::rotating(
+                p,
+                src.link(),
+                src.snaplen(),
+                Rotation {
+                    max_bytes,
+                    max_files: args.write_files,
+                },
+            )
+            .map_err(capture_failure)?,
+        ),
+        (Some(p), None) => Some(
             PcapFile::create_with_snaplen(p, src.link(), src.snaplen()).map_err(capture_failure)?,
         ),
-        None => None,
+        (None, _) => None,
     };
     let metrics = match args.metrics {
         Some(addr) => {
@@ -370,6 +423,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         limits: Vec::new(),
     };
     let stats = watch(&mut src, &opts, &STOP, tap.as_mut(), &mut fin).map_err(capture_failure)?;
+    let saved = tap
+        .as_ref()
+        .map(|t| (t.files_started(), t.path().to_path_buf()));
     let (mut flows, marks, limits) = (fin.flows, fin.marks, fin.limits);
     if let Some(path) = &args.html {
         sort_flows(&mut flows);
@@ -410,7 +466,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(p) = &args.write {
         if !sink.json {
-            sink.line(&format!("frames saved to {}", p.display()));
+            match (args.write_size, &saved) {
+                (Some(_), Some((files, last))) => sink.line(&format!(
+                    "frames saved to {} files named {}N (the last: {})",
+                    args.write_files
+                        .map_or(*files, |n| (*files).min(u64::from(n))),
+                    p.display(),
+                    last.display()
+                )),
+                _ => sink.line(&format!("frames saved to {}", p.display())),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
