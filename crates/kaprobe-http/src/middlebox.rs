@@ -202,7 +202,8 @@ pub struct Fate {
     /// Payload bytes client -> upstream and upstream -> client.
     pub bytes_up: u64,
     pub bytes_down: u64,
-    /// What went wrong, for `upstream_unreachable`.
+    /// What went wrong: why the upstream was unreachable, or why `silent` could not
+    /// silence the connection at the TCP level.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -275,6 +276,24 @@ impl Stats {
     }
 }
 
+/// A connection as (its address on the relay's side, its peer's address).
+pub type Flow = (SocketAddr, SocketAddr);
+
+/// What a [`Silencer`] calls: silence these flows, or say why not.
+pub type SilenceFn = dyn Fn(&[Flow]) -> Result<(), String> + Send + Sync;
+
+/// Makes TCP connections silent below the relay: given each connection as a [`Flow`], it
+/// has the network drop their segments both ways (a firewall rule, say). The relay then
+/// discards its own sockets without a word.
+#[derive(Clone)]
+pub struct Silencer(pub Arc<SilenceFn>);
+
+impl std::fmt::Debug for Silencer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Silencer")
+    }
+}
+
 /// What the relay does.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -287,6 +306,9 @@ pub struct Config {
     /// Up to this much more, drawn per chunk (delivery order is kept).
     pub jitter: Duration,
     pub connect_timeout: Duration,
+    /// For `silent`: how to silence both connections at the TCP level. Without one, the
+    /// relay reads and drops what either end sends, and its kernel still acknowledges it.
+    pub silencer: Option<Silencer>,
 }
 
 /// Accepted ranges, checked by [`Config::validate`].
@@ -643,6 +665,25 @@ async fn relay(
         }
         Ending::IdleSilent => {
             fate.lifetime = start.elapsed().as_secs_f64();
+            if let Some(silencer) = &cfg.silencer {
+                let flows: Vec<Flow> = [&client, &upstream]
+                    .iter()
+                    .filter_map(|s| Some((s.local_addr().ok()?, s.peer_addr().ok()?)))
+                    .collect();
+                let silencer = silencer.clone();
+                let done = tokio::task::spawn_blocking(move || (silencer.0)(&flows)).await;
+                match done {
+                    Ok(Ok(())) => {
+                        // The network drops whatever these sockets would still send (their
+                        // RST included): let them go.
+                        reset(client);
+                        reset(upstream);
+                        return fate;
+                    }
+                    Ok(Err(e)) => fate.error = Some(e),
+                    Err(e) => fate.error = Some(e.to_string()),
+                }
+            }
             go_silent(client, upstream, shutdown).await;
             return fate;
         }
