@@ -135,6 +135,88 @@ fn each_connections_fate_is_logged_and_counted() {
     );
 }
 
+/// A deterministic byte stream (xorshift), `n` bytes from `seed`.
+fn stream(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[test]
+fn every_byte_arrives_and_is_counted_exactly_with_and_without_latency() {
+    const UP: usize = 3_000_017;
+    const DOWN: usize = 5_000_011;
+    // An upstream that reads everything until the client's FIN, then answers with its own
+    // stream and closes: both directions bulk, one half-closed while the other runs.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = server.local_addr().unwrap().to_string();
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut c in server.incoming().flatten() {
+            let got_tx = got_tx.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                c.write_all(&stream(2, DOWN)).unwrap();
+                got_tx.send(got).unwrap();
+            });
+        }
+    });
+    // Spliced (no latency) and queued (latency), at once.
+    let runs: Vec<_> = [("0s", 11_u64), ("5ms", 12)]
+        .into_iter()
+        .map(|(latency, seed)| {
+            let up_addr = up_addr.clone();
+            std::thread::spawn(move || {
+                let mb = Middlebox::start(&[
+                    "--upstream",
+                    &up_addr,
+                    "--idle",
+                    "30s",
+                    "--latency",
+                    latency,
+                ]);
+                let mut c = TcpStream::connect(mb.addr).unwrap();
+                let sent = stream(1, UP);
+                // Writes of uneven sizes, from 1 byte to 64 KiB.
+                let sizes = stream(seed, 4096);
+                let (mut at, mut i) = (0, 0);
+                while at < UP {
+                    let n = (usize::from(sizes[i % sizes.len()]) * 257 + 1).min(UP - at);
+                    c.write_all(&sent[at..at + n]).unwrap();
+                    at += n;
+                    i += 1;
+                }
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut back = Vec::new();
+                c.read_to_end(&mut back).unwrap();
+                (latency, back, mb.close_line(Duration::from_secs(10)))
+            })
+        })
+        .collect();
+    for run in runs {
+        let (latency, back, line) = run.join().unwrap();
+        assert!(
+            back == stream(2, DOWN),
+            "{latency}: {} bytes back, not the stream",
+            back.len()
+        );
+        assert!(
+            got_rx.recv().unwrap() == stream(1, UP),
+            "{latency}: upstream got other bytes"
+        );
+        assert_eq!(line["ending"], "client_fin", "{latency}: {line}");
+        assert_eq!(line["bytes_up"], UP, "{latency}: {line}");
+        assert_eq!(line["bytes_down"], DOWN, "{latency}: {line}");
+    }
+}
+
 #[test]
 fn an_unreachable_upstream_resets_the_client_and_says_why() {
     let closed = free_port();

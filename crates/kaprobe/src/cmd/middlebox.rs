@@ -39,6 +39,8 @@ Examples:
   kaprobe probe http://127.0.0.1:9000/    # what a client sees through it
   sudo kaprobe middlebox --router --upstream 127.0.0.1:8080 --idle 2s \\
     --on-idle silent -- sh -c 'kaprobe probe http://$KAPROBE_UPSTREAM/'
+  sudo kaprobe middlebox --router --ignore-keepalive --like aws-alb --idle 5s \\
+    -- sh -c 'kaprobe hold $KAPROBE_UPSTREAM --idle 1 --interval 1'
 
 Presets (--like): aws-alb (60s, fin), aws-nlb (350s, rst-on-next), aws-nat-gateway (350s,
 rst-on-next), azure-lb (4m, silent), azure-lb-reset (4m, rst), gcp-lb (600s, fin); --idle
@@ -46,7 +48,8 @@ and --on-idle given with --like override it.
 
 Exit codes: 0 stopped by Ctrl-C/SIGTERM or --duration, 2 bad flag, 3 upstream name not
 resolved, 6 permission denied (ports below 1024, router mode without root); router mode
-exits with CMD's status. See docs/middlebox.md.")]
+exits with CMD's status (128 + signal if a signal ended it) and removes its namespaces on
+exit, Ctrl-C or SIGTERM. See docs/middlebox.md.")]
 pub struct Args {
     /// Address to listen on (port 0 picks a free port; the bound address is printed)
     /// [default: 127.0.0.1:0; in router mode the server side of the router].

@@ -17,6 +17,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+mod splice;
+
 /// What the middlebox does to a connection idle for `idle`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -381,12 +383,13 @@ pub async fn run(
             Arc::clone(&on_fate),
             shutdown.clone(),
         );
-        tasks.spawn(async move {
+        let fut = async move {
             let fate = relay(client, peer, &cfg, &stats, shutdown, seed).await;
             stats.count(fate.ending);
             stats.open.fetch_sub(1, Ordering::Relaxed);
             on_fate(&fate);
-        });
+        };
+        tasks.spawn(fut);
     }
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -458,8 +461,6 @@ struct Relay<'a> {
     last: Instant,
     /// The idle timer ran out (`rst-on-next` waits for the next segment).
     expired: bool,
-    /// No latency: bytes go straight through.
-    direct: bool,
     /// Each direction's sender has closed (FIN).
     eof: [bool; 2],
     /// Which end closed first (set at the first FIN).
@@ -467,19 +468,18 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    /// A read on direction `dir` (its chunk, empty at FIN, or its error), passed on through
-    /// `lane` and `w`; `Some` ends the connection.
-    async fn on_read(
+    /// A read on direction `dir` (its chunk, empty at FIN, or its error), queued in `lane`
+    /// for delivery; `Some` ends the connection.
+    fn on_read(
         &mut self,
         dir: usize,
         r: std::io::Result<Vec<u8>>,
         lane: &mut Lane,
-        w: &mut tokio::net::tcp::WriteHalf<'_>,
     ) -> Option<Ending> {
-        let (reader_reset, writer_reset) = if dir == UP {
-            (Ending::ClientRst, Ending::UpstreamRst)
+        let reader_reset = if dir == UP {
+            Ending::ClientRst
         } else {
-            (Ending::UpstreamRst, Ending::ClientRst)
+            Ending::UpstreamRst
         };
         let Ok(chunk) = r else {
             return Some(reader_reset);
@@ -493,13 +493,8 @@ impl Relay<'_> {
                 self.first_fin_from_client = dir == UP;
             }
             self.eof[dir] = true;
-            if self.direct {
-                let _ = w.shutdown().await;
-                lane.done = true;
-            } else {
-                lane.queue
-                    .push_back((deliver_at(lane, self.cfg, &mut self.jitter), None));
-            }
+            lane.queue
+                .push_back((deliver_at(lane, self.cfg, &mut self.jitter), None));
             return None;
         }
         self.last = Instant::now();
@@ -511,15 +506,9 @@ impl Relay<'_> {
         };
         *mine += n;
         total.fetch_add(n, Ordering::Relaxed);
-        if self.direct {
-            if w.write_all(&chunk).await.is_err() {
-                return Some(writer_reset);
-            }
-        } else {
-            let at = deliver_at(lane, self.cfg, &mut self.jitter);
-            lane.queued += chunk.len();
-            lane.queue.push_back((at, Some(chunk)));
-        }
+        let at = deliver_at(lane, self.cfg, &mut self.jitter);
+        lane.queued += chunk.len();
+        lane.queue.push_back((at, Some(chunk)));
         None
     }
 
@@ -595,6 +584,45 @@ async fn relay(
     let _ = upstream.set_nodelay(true);
     fate.upstream = upstream.peer_addr().ok();
     let (mut client, mut upstream) = (client, upstream);
+    let (ending, fate, last) = if cfg.latency.is_zero() && cfg.jitter.is_zero() {
+        let s = splice::relay(&client, &upstream, cfg, stats, &mut shutdown).await;
+        fate.bytes_up = s.bytes_up;
+        fate.bytes_down = s.bytes_down;
+        fate.idle = (Instant::now() - s.last).as_secs_f64();
+        if s.error.is_some() {
+            fate.error = s.error;
+        }
+        (s.ending, fate, s.last)
+    } else {
+        // Boxed: an idle connection without latency keeps only the spliced relay's state.
+        Box::pin(delayed(
+            &mut client,
+            &mut upstream,
+            cfg,
+            stats,
+            fate,
+            &mut shutdown,
+            seed,
+        ))
+        .await
+    };
+    // Boxed too: it runs once, at the end, and need not make every idle connection larger.
+    Box::pin(finish(
+        client, upstream, cfg, ending, fate, last, start, shutdown,
+    ))
+    .await
+}
+
+/// The relay with latency: chunks wait in a lane until their delivery time.
+async fn delayed(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    cfg: &Config,
+    stats: &Stats,
+    fate: Fate,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    seed: u64,
+) -> (Ending, Fate, Instant) {
     let mut st = Relay {
         cfg,
         stats,
@@ -602,7 +630,6 @@ async fn relay(
         jitter: Jitter(seed | 1),
         last: Instant::now(),
         expired: false,
-        direct: cfg.latency.is_zero() && cfg.jitter.is_zero(),
         eof: [false; 2],
         first_fin_from_client: true,
     };
@@ -627,10 +654,10 @@ async fn relay(
         let step = tokio::select! {
             _ = shutdown.changed() => Some(Ending::Shutdown),
             r = read_chunk(&cr), if !st.eof[UP] && up.queued < QUEUE_LIMIT => {
-                st.on_read(UP, r, &mut up, &mut uw).await
+                st.on_read(UP, r, &mut up)
             }
             r = read_chunk(&ur), if !st.eof[DOWN] && down.queued < QUEUE_LIMIT => {
-                st.on_read(DOWN, r, &mut down, &mut cw).await
+                st.on_read(DOWN, r, &mut down)
             }
             () = sleep_until(next_up), if next_up.is_some() => {
                 deliver(&mut up, &mut uw, Ending::UpstreamRst).await
@@ -644,7 +671,21 @@ async fn relay(
             break e;
         }
     };
-    let (mut fate, last) = (st.fate, st.last);
+    (ending, st.fate, st.last)
+}
+
+/// End both connections as `ending` says and complete the fate.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    cfg: &Config,
+    ending: Ending,
+    mut fate: Fate,
+    last: Instant,
+    start: Instant,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Fate {
     fate.ending = ending;
     if !matches!(
         ending,
