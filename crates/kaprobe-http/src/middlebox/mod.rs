@@ -5,6 +5,10 @@
 //! segment). Optional latency per direction puts a real flight time between the two ends,
 //! which is where the proxy reuse race lives.
 //!
+//! Without latency the bytes move by splice(2) (the `splice` module); with it they wait in
+//! a queue per direction. A [`Silencer`] lets `silent` be silent at the TCP level where the
+//! network below the relay can drop segments (router mode's firewall).
+//!
 //! Each connection's fate is reported once, as a [`Fate`], and counted in [`Stats`].
 
 use std::net::SocketAddr;

@@ -104,7 +104,9 @@ pub struct Args {
     /// a router namespace with conntrack that forgets flows idle for --idle (whole seconds):
     /// their packets are then dropped (`silent`: real TCP-level silence) or answered with a
     /// RST (`rst`). CMD reaches --upstream at the address in $KAPROBE_UPSTREAM (also
-    /// printed). The namespaces are removed when CMD ends; kaprobe exits with CMD's status.
+    /// printed). Every packet, keep-alive probes included, keeps a flow alive, as at a NAT
+    /// (see --ignore-keepalive). The namespaces are removed when CMD ends or on Ctrl-C;
+    /// kaprobe exits with CMD's status.
     #[arg(long, requires = "cmd")]
     pub router: bool,
 
