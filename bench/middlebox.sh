@@ -4,6 +4,8 @@
 #   1. throughput: wrk -t1 -c8 fetching a 1 MiB file from nginx through each path
 #   2. added latency: wrk -t1 -c1 on a tiny response (average latency, requests/s)
 #   3. memory per idle relayed connection: RSS delta of the relay over IDLE_CONNS idle ones
+#   4. the relay's own CPU time (user + system, from /proc/PID/stat) per GiB relayed in 1 and
+#      per request in 2: unlike throughput, it barely moves when other work shares the CPU
 # Prints each figure and the ratio middlebox/haproxy. Needs nginx, haproxy, wrk, python3,
 # taskset. Knobs: DUR (seconds per wrk run, default 8), ROUNDS (default 3; medians are
 # printed), IDLE_CONNS (default 4000).
@@ -27,6 +29,9 @@ ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# CPU time of a process (user + system) in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
 
 UP=$(free_port); HP=$(free_port); MB=$(free_port)
 head -c 1048576 /dev/urandom > "$W/1m.bin"
@@ -70,6 +75,9 @@ wait_port "$UP"; wait_port "$HP"; wait_port "$MB"
 # wrk's "Transfer/sec" in MiB/s, "Requests/sec", and the average latency in ms.
 mib_s() { awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /KB/) {sub("KB","",v); v/=1024} else {sub("MB","",v)}; print v}'; }
 req_s() { awk '/Requests\/sec/ {print $2}'; }
+# wrk's total: "N requests in Ts, X read" -> N, and X in MiB.
+total_req() { awk '/requests in/ {print $1}'; }
+total_mib() { awk '/requests in/ {v=$5; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /KB/) {sub("KB","",v); v/=1024} else {sub("MB","",v)}; print v}'; }
 lat_ms() { awk '/^ +Latency/ {v=$2; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; print v}'; }
 
 # ROUNDS rounds, the paths alternating within each, and the median of each figure: one
@@ -77,20 +85,32 @@ lat_ms() { awk '/^ +Latency/ {v=$2; if (v ~ /us$/) {sub("us","",v); v/=1000} els
 ROUNDS=${ROUNDS:-3}
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 declare -A TP RPS LAT
-for path in direct haproxy middlebox; do : > "$W/tp.$path"; : > "$W/rps.$path"; : > "$W/lat.$path"; done
+declare -A CPUGIB CPUREQ
+for path in direct haproxy middlebox; do : > "$W/tp.$path"; : > "$W/rps.$path"; : > "$W/lat.$path"; : > "$W/cpugib.$path"; : > "$W/cpureq.$path"; done
 for round in $(seq "$ROUNDS"); do
   for path in direct haproxy middlebox; do
-    case $path in direct) p=$UP;; haproxy) p=$HP;; middlebox) p=$MB;; esac
-    taskset -c 0 wrk -t1 -c8 -d"${DUR}s" "http://127.0.0.1:$p/1m.bin" | mib_s >> "$W/tp.$path"
+    case $path in direct) p=$UP; pid=;; haproxy) p=$HP; pid=$HP_PID;; middlebox) p=$MB; pid=$MB_PID;; esac
+    c0=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    out=$(taskset -c 0 wrk -t1 -c8 -d"${DUR}s" "http://127.0.0.1:$p/1m.bin")
+    c1=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    echo "$out" | mib_s >> "$W/tp.$path"
+    # CPU seconds per GiB relayed.
+    awk -v c="$((c1 - c0))" -v hz="$HZ" -v m="$(echo "$out" | total_mib)" 'BEGIN { if (m > 0) printf "%.3f\n", c / hz / (m / 1024) }' >> "$W/cpugib.$path"
+    c0=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     out=$(taskset -c 0 wrk -t1 -c1 -d"${DUR}s" "http://127.0.0.1:$p/")
+    c1=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     echo "$out" | req_s >> "$W/rps.$path"
     echo "$out" | lat_ms >> "$W/lat.$path"
+    # CPU microseconds per request.
+    awk -v c="$((c1 - c0))" -v hz="$HZ" -v n="$(echo "$out" | total_req)" 'BEGIN { if (n > 0) printf "%.2f\n", c / hz / n * 1e6 }' >> "$W/cpureq.$path"
   done
 done
 for path in direct haproxy middlebox; do
   TP[$path]=$(median < "$W/tp.$path")
   RPS[$path]=$(median < "$W/rps.$path")
   LAT[$path]=$(median < "$W/lat.$path")
+  CPUGIB[$path]=$(median < "$W/cpugib.$path")
+  CPUREQ[$path]=$(median < "$W/cpureq.$path")
 done
 
 # Idle connections: hold IDLE_CONNS open through a relay, read its RSS before and after.
@@ -126,4 +146,6 @@ printf "%-34s %12s %12s %12s %16s\n" "" direct haproxy middlebox "middlebox/hapr
 printf "%-34s %12s %12s %12s %16s\n" "throughput, 1 MiB GETs (MiB/s)" "${TP[direct]}" "${TP[haproxy]}" "${TP[middlebox]}" "$(ratio "${TP[middlebox]}" "${TP[haproxy]}")"
 printf "%-34s %12s %12s %12s %16s\n" "one connection (requests/s)" "${RPS[direct]}" "${RPS[haproxy]}" "${RPS[middlebox]}" "$(ratio "${RPS[middlebox]}" "${RPS[haproxy]}")"
 printf "%-34s %12s %12s %12s %16s\n" "average latency (ms)" "${LAT[direct]}" "${LAT[haproxy]}" "${LAT[middlebox]}" "$(ratio "${LAT[middlebox]}" "${LAT[haproxy]}")"
+printf "%-34s %12s %12s %12s %16s\n" "relay CPU per GiB, 1 MiB GETs (s)" "-" "${CPUGIB[haproxy]}" "${CPUGIB[middlebox]}" "$(ratio "${CPUGIB[middlebox]}" "${CPUGIB[haproxy]}")"
+printf "%-34s %12s %12s %12s %16s\n" "relay CPU per request, one conn (us)" "-" "${CPUREQ[haproxy]}" "${CPUREQ[middlebox]}" "$(ratio "${CPUREQ[middlebox]}" "${CPUREQ[haproxy]}")"
 printf "%-34s %12s %12s %12s %16s\n" "memory per idle connection (bytes)" "-" "${MEM[haproxy]}" "${MEM[middlebox]}" "$(ratio "${MEM[middlebox]}" "${MEM[haproxy]}")"

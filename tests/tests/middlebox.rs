@@ -135,6 +135,88 @@ fn each_connections_fate_is_logged_and_counted() {
     );
 }
 
+/// A deterministic byte stream (xorshift), `n` bytes from `seed`.
+fn stream(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[test]
+fn every_byte_arrives_and_is_counted_exactly_with_and_without_latency() {
+    const UP: usize = 3_000_017;
+    const DOWN: usize = 5_000_011;
+    // An upstream that reads everything until the client's FIN, then answers with its own
+    // stream and closes: both directions bulk, one half-closed while the other runs.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = server.local_addr().unwrap().to_string();
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut c in server.incoming().flatten() {
+            let got_tx = got_tx.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                c.write_all(&stream(2, DOWN)).unwrap();
+                got_tx.send(got).unwrap();
+            });
+        }
+    });
+    // Spliced (no latency) and queued (latency), at once.
+    let runs: Vec<_> = [("0s", 11_u64), ("5ms", 12)]
+        .into_iter()
+        .map(|(latency, seed)| {
+            let up_addr = up_addr.clone();
+            std::thread::spawn(move || {
+                let mb = Middlebox::start(&[
+                    "--upstream",
+                    &up_addr,
+                    "--idle",
+                    "30s",
+                    "--latency",
+                    latency,
+                ]);
+                let mut c = TcpStream::connect(mb.addr).unwrap();
+                let sent = stream(1, UP);
+                // Writes of uneven sizes, from 1 byte to 64 KiB.
+                let sizes = stream(seed, 4096);
+                let (mut at, mut i) = (0, 0);
+                while at < UP {
+                    let n = (usize::from(sizes[i % sizes.len()]) * 257 + 1).min(UP - at);
+                    c.write_all(&sent[at..at + n]).unwrap();
+                    at += n;
+                    i += 1;
+                }
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut back = Vec::new();
+                c.read_to_end(&mut back).unwrap();
+                (latency, back, mb.close_line(Duration::from_secs(10)))
+            })
+        })
+        .collect();
+    for run in runs {
+        let (latency, back, line) = run.join().unwrap();
+        assert!(
+            back == stream(2, DOWN),
+            "{latency}: {} bytes back, not the stream",
+            back.len()
+        );
+        assert!(
+            got_rx.recv().unwrap() == stream(1, UP),
+            "{latency}: upstream got other bytes"
+        );
+        assert_eq!(line["ending"], "client_fin", "{latency}: {line}");
+        assert_eq!(line["bytes_up"], UP, "{latency}: {line}");
+        assert_eq!(line["bytes_down"], DOWN, "{latency}: {line}");
+    }
+}
+
 #[test]
 fn an_unreachable_upstream_resets_the_client_and_says_why() {
     let closed = free_port();
@@ -330,8 +412,14 @@ fn with_latency_a_proxy_pool_loses_the_reuse_race_in_a_window() {
 /// `kaprobe middlebox --router ARGS -- sh -c SCRIPT` (the script sees $KAPROBE_UPSTREAM):
 /// its exit status, stdout, and the namespaces it left behind (none, it must be).
 fn router(args: &[&str], script: &str) -> (Option<i32>, String) {
+    let log: &[&str] = if args.contains(&"--log") {
+        &[]
+    } else {
+        &["--log", "off"]
+    };
     let child = kaprobe()
-        .args(["middlebox", "--router", "--log", "off"])
+        .args(["middlebox", "--router"])
+        .args(log)
         .args(args)
         .args(["--", "sh", "-c", script])
         .stdout(std::process::Stdio::piped())
@@ -363,15 +451,7 @@ fn last_json(out: &str) -> Value {
 #[test]
 fn router_mode_forgets_idle_flows_at_the_tcp_level() {
     kaprobe_tests::require_root!();
-    // A quiet upstream that keeps every connection open.
-    let quiet = TcpListener::bind("127.0.0.1:0").unwrap();
-    let up = quiet.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in quiet.incoming().flatten() {
-            held.push(c);
-        }
-    });
+    let up = quiet_upstream();
     let kp = kaprobe_tests::kaprobe_bin().display().to_string();
     let router_args = [
         "--upstream",
@@ -406,6 +486,158 @@ fn router_mode_forgets_idle_flows_at_the_tcp_level() {
     assert_eq!(end["expected_silent_for"], 5.0, "{end}");
     let silent = end["silent_for"].as_f64().unwrap();
     assert!((4.9..6.0).contains(&silent), "{end}");
+}
+
+/// A local upstream that accepts connections and keeps them open, saying nothing.
+fn quiet_upstream() -> String {
+    let quiet = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = quiet.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in quiet.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    up
+}
+
+/// The JSON line of `type` in a router run's mixed stdout (CMD's lines and the close log).
+fn json_line(out: &str, ty: &str) -> Value {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == ty)
+        .unwrap_or_else(|| panic!("no {ty} line in: {out}"))
+}
+
+#[test]
+fn as_an_l7_balancer_router_mode_does_not_count_keepalive_probes() {
+    kaprobe_tests::require_root!();
+    let up = quiet_upstream();
+    let kp = kaprobe_tests::kaprobe_bin().display().to_string();
+    // Keep-alive every second, as in the NAT test above where it keeps the flow past 2s.
+    let hold =
+        format!("{kp} hold $KAPROBE_UPSTREAM --idle 1 --interval 1 --count 3 --duration 9s --json");
+    let run = |action: &'static str| {
+        let (up, hold) = (up.clone(), hold.clone());
+        std::thread::spawn(move || {
+            router(
+                &[
+                    "--upstream",
+                    &up,
+                    "--idle",
+                    "2s",
+                    "--on-idle",
+                    action,
+                    "--ignore-keepalive",
+                    "--log",
+                    "json",
+                ],
+                &hold,
+            )
+        })
+    };
+    let (silent, rst) = (run("silent"), run("rst"));
+
+    // silent: the router answered the probes until 2s, then dropped everything both ways,
+    // its firewall included: the probes after it go unanswered and the kernel gives up.
+    let (code, out) = silent.join().unwrap();
+    assert_eq!(code, Some(12), "{out}");
+    let end = json_line(&out, "end");
+    assert_eq!(end["outcome"], "keepalive_timeout", "{end}");
+    let answered = end["probes_answered"].as_u64().unwrap();
+    assert!((1..=2).contains(&answered), "{end}");
+    assert!(
+        f(&end, "/last_heard") < 2.3,
+        "heard after the idle limit: {end}"
+    );
+    // The probe at 1s (and at 2s, racing the limit) never restarted the 2s timer.
+    let close = json_line(&out, "close");
+    assert_eq!(close["ending"], "idle_silent", "{close}");
+    assert!(close.get("error").is_none(), "not silenced: {close}");
+    assert!((1.95..2.3).contains(&f(&close, "/lifetime")), "{close}");
+    assert_eq!(close["client"], end_local(&out), "{close}");
+
+    // rst: both ends reset at the idle limit, probes or not.
+    let (code, out) = rst.join().unwrap();
+    assert_eq!(code, Some(11), "{out}");
+    let end = json_line(&out, "end");
+    assert_eq!(end["outcome"], "peer_rst", "{end}");
+    assert!((1.95..2.5).contains(&f(&end, "/lifetime")), "{end}");
+    assert_eq!(json_line(&out, "close")["ending"], "idle_rst", "{out}");
+}
+
+/// The client address `hold` reported in its `connected` line.
+fn end_local(out: &str) -> Value {
+    json_line(out, "connected")["local"].clone()
+}
+
+#[test]
+fn router_mode_cleans_up_after_ctrl_c() {
+    kaprobe_tests::require_root!();
+    use std::process::{Command, Stdio};
+    let up = quiet_upstream();
+    // CMD leaves a grandchild behind in its namespace: it must go too.
+    let mut child = kaprobe()
+        .args([
+            "middlebox",
+            "--router",
+            "--ignore-keepalive",
+            "--log",
+            "off",
+        ])
+        .args(["--upstream", &up, "--idle", "2s", "--on-idle", "silent"])
+        .args(["--", "sh", "-c", "sleep 60 & echo $!; wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tag = format!("kpmb{}", child.id());
+    let out = kaprobe_tests::line_reader(child.stdout.take().unwrap());
+    let sleeper: u32 = out
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the command never started")
+        .trim()
+        .parse()
+        .unwrap();
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&ns.stdout).contains(&tag),
+        "no namespaces while running"
+    );
+    // Ctrl-C, as a terminal sends it to kaprobe.
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // CMD was stopped with SIGTERM: 128 + 15, as a shell says.
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let ns = String::from_utf8_lossy(&ns.stdout).into_owned();
+    assert!(!ns.contains(&tag), "namespaces left behind: {ns}");
+    // The grandchild was killed (and, orphaned, reaped by init: wait for that).
+    let gone = std::path::PathBuf::from(format!("/proc/{sleeper}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gone.exists() {
+        let stat = std::fs::read_to_string(gone.join("stat")).unwrap_or_default();
+        if stat.contains(") Z ") || stat.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sleep {sleeper} left running: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -459,6 +691,19 @@ fn router_mode_bad_input() {
             fails(&all, 2, words);
         }
     }
+    // --ignore-keepalive is a router switch.
+    fails(
+        &[
+            "middlebox",
+            "--upstream",
+            up,
+            "--idle",
+            "1s",
+            "--ignore-keepalive",
+        ],
+        2,
+        "--ignore-keepalive is for router mode (add --router",
+    );
     // A command without --router, and --router without a command.
     fails(
         &["middlebox", "--upstream", up, "--idle", "1s", "--", "true"],

@@ -39,6 +39,8 @@ Examples:
   kaprobe probe http://127.0.0.1:9000/    # what a client sees through it
   sudo kaprobe middlebox --router --upstream 127.0.0.1:8080 --idle 2s \\
     --on-idle silent -- sh -c 'kaprobe probe http://$KAPROBE_UPSTREAM/'
+  sudo kaprobe middlebox --router --ignore-keepalive --like aws-alb --idle 5s \\
+    -- sh -c 'kaprobe hold $KAPROBE_UPSTREAM --idle 1 --interval 1'
 
 Presets (--like): aws-alb (60s, fin), aws-nlb (350s, rst-on-next), aws-nat-gateway (350s,
 rst-on-next), azure-lb (4m, silent), azure-lb-reset (4m, rst), gcp-lb (600s, fin); --idle
@@ -46,7 +48,8 @@ and --on-idle given with --like override it.
 
 Exit codes: 0 stopped by Ctrl-C/SIGTERM or --duration, 2 bad flag, 3 upstream name not
 resolved, 6 permission denied (ports below 1024, router mode without root); router mode
-exits with CMD's status. See docs/middlebox.md.")]
+exits with CMD's status (128 + signal if a signal ended it) and removes its namespaces on
+exit, Ctrl-C or SIGTERM. See docs/middlebox.md.")]
 pub struct Args {
     /// Address to listen on (port 0 picks a free port; the bound address is printed)
     /// [default: 127.0.0.1:0; in router mode the server side of the router].
@@ -101,9 +104,19 @@ pub struct Args {
     /// a router namespace with conntrack that forgets flows idle for --idle (whole seconds):
     /// their packets are then dropped (`silent`: real TCP-level silence) or answered with a
     /// RST (`rst`). CMD reaches --upstream at the address in $KAPROBE_UPSTREAM (also
-    /// printed). The namespaces are removed when CMD ends; kaprobe exits with CMD's status.
+    /// printed). Every packet, keep-alive probes included, keeps a flow alive, as at a NAT
+    /// (see --ignore-keepalive). The namespaces are removed when CMD ends or on Ctrl-C;
+    /// kaprobe exits with CMD's status.
     #[arg(long, requires = "cmd")]
     pub router: bool,
+
+    /// Router mode as an L7 balancer: TCP ends at the router (a relay there, reached at
+    /// $KAPROBE_UPSTREAM, connects on to --upstream), so keep-alive probes are answered by
+    /// the router and never count as activity; only payload restarts the idle timer. Takes
+    /// every --on-idle action and any --idle; `silent` then drops both connections' segments
+    /// at the router's firewall (no ACKs). Without it, probes keep a flow alive, as at a NAT.
+    #[arg(long)]
+    pub ignore_keepalive: bool,
 
     /// The command to run in router mode, after `--`.
     #[arg(last = true, value_name = "CMD")]
@@ -135,8 +148,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         latency: args.latency,
         jitter: args.jitter,
         connect_timeout: args.connect_timeout,
+        silencer: None,
     };
     cfg.validate().map_err(|e| Failure::new(USAGE, e))?;
+    if args.ignore_keepalive && !args.router {
+        return Err(Failure::usage(
+            "--ignore-keepalive is for router mode (add --router and a command after `--`): \
+             in proxy mode keep-alive probes never count anyway, the relay sees payload, not segments",
+        )
+        .into());
+    }
     if args.router {
         return run_router(&args, cfg);
     }
@@ -212,9 +233,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Router mode: the namespaces, a relay on the router's server side to --upstream, and CMD
-/// in the client namespace; cleaned up when CMD ends.
-fn run_router(args: &Args, mut cfg: Config) -> anyhow::Result<ExitCode> {
-    use kaprobe_sock::router::{Forgotten, RouterLine};
+/// in the client namespace; cleaned up when CMD ends, and on Ctrl-C or SIGTERM.
+///
+/// As a NAT (default), the router's conntrack forgets idle flows and the relay only relays.
+/// With --ignore-keepalive, a second relay in the router namespace terminates CMD's
+/// connections and does the idle work, connecting on through the server side.
+fn run_router(args: &Args, cfg: Config) -> anyhow::Result<ExitCode> {
+    use kaprobe_sock::router::{Conntrack, Forgotten, RouterLine};
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Failure::new(
@@ -226,71 +251,161 @@ fn run_router(args: &Args, mut cfg: Config) -> anyhow::Result<ExitCode> {
     if args.listen.is_some() {
         return Err(Failure::usage("--listen is chosen by router mode: leave it out").into());
     }
-    let forgotten = match cfg.on_idle {
-        OnIdle::Silent => Forgotten::Drop,
-        OnIdle::Rst => Forgotten::Reset,
-        other => {
+    let conntrack = if args.ignore_keepalive {
+        Conntrack::Default
+    } else {
+        let forgotten = match cfg.on_idle {
+            OnIdle::Silent => Forgotten::Drop,
+            OnIdle::Rst => Forgotten::Reset,
+            other => {
+                return Err(Failure::usage(format!(
+                    "--on-idle {} is for proxy mode or --ignore-keepalive: a NAT router drops (silent) or resets (rst) the packets of a forgotten flow",
+                    other.as_str()
+                ))
+                .into())
+            }
+        };
+        let secs = cfg.idle.as_secs_f64();
+        if secs < 1.0 || secs.fract() != 0.0 {
             return Err(Failure::usage(format!(
-                "--on-idle {} is for proxy mode: router mode drops (silent) or resets (rst) the packets of a forgotten flow",
-                other.as_str()
+                "--idle {} in router mode: conntrack counts whole seconds, use 1s or more in whole seconds (or --ignore-keepalive)",
+                crate::util::human(cfg.idle)
             ))
-            .into())
+            .into());
+        }
+        let idle_secs = u32::try_from(cfg.idle.as_secs()).unwrap_or(u32::MAX);
+        Conntrack::Forget {
+            idle_secs,
+            forgotten,
         }
     };
-    let secs = cfg.idle.as_secs_f64();
-    if secs < 1.0 || secs.fract() != 0.0 {
-        return Err(Failure::usage(format!(
-            "--idle {} in router mode: conntrack counts whole seconds, use 1s or more in whole seconds",
-            crate::util::human(cfg.idle)
-        ))
-        .into());
-    }
-    let idle_secs = u32::try_from(cfg.idle.as_secs()).unwrap_or(u32::MAX);
-    let line = RouterLine::new(&std::process::id().to_string(), idle_secs, forgotten)
-        .map_err(crate::exit::sock_failure)?;
-    let listener = line
+    // Ctrl-C reaches CMD too (same process group); kaprobe stays to clean up after it.
+    let stop = crate::util::stop_flag()?;
+    let line = Arc::new(
+        RouterLine::new(&std::process::id().to_string(), conntrack)
+            .map_err(crate::exit::sock_failure)?,
+    );
+    let server_side = line
         .listen_on_server_side(0)
         .map_err(crate::exit::sock_failure)?;
-    listener.set_nonblocking(true)?;
-    let inside = listener.local_addr()?;
+    server_side.set_nonblocking(true)?;
+    let server_addr = server_side.local_addr()?;
+    // The relay CMD talks to, and the address it finds in $KAPROBE_UPSTREAM.
+    let l7 = if args.ignore_keepalive {
+        let l = line
+            .listen_on_router(0)
+            .map_err(crate::exit::sock_failure)?;
+        l.set_nonblocking(true)?;
+        Some(l)
+    } else {
+        None
+    };
+    let inside = match &l7 {
+        Some(l) => l.local_addr()?,
+        None => server_addr,
+    };
+    let action = match (args.ignore_keepalive, cfg.on_idle) {
+        (false, OnIdle::Silent) => "dropped".to_string(),
+        (false, _) => "reset".to_string(),
+        (true, OnIdle::Silent) => "silent (dropped both ways at the router)".to_string(),
+        (true, a) => a.as_str().to_string(),
+    };
     eprintln!(
-        "kaprobe middlebox: router mode: {} runs in namespace {}; it reaches {} at {inside} \
-         ($KAPROBE_UPSTREAM); flows idle {} are forgotten, then {}",
+        "kaprobe middlebox: router mode{}: {} runs in namespace {}; it reaches {} at {inside} \
+         ($KAPROBE_UPSTREAM); {} idle {} are forgotten, then {action}",
+        if args.ignore_keepalive {
+            " (L7: TCP ends at the router, keep-alive probes do not count)"
+        } else {
+            ""
+        },
         args.cmd.join(" "),
         line.client_ns,
         args.upstream,
-        crate::util::human(cfg.idle),
-        if forgotten == Forgotten::Drop {
-            "dropped"
+        if args.ignore_keepalive {
+            "connections"
         } else {
-            "reset"
-        }
+            "flows"
+        },
+        crate::util::human(cfg.idle),
     );
-    // The router does the idle work; the relay behind it only relays.
-    cfg.idle = Duration::from_secs(86_400);
-    cfg.on_idle = OnIdle::Fin;
-    let stats = Arc::new(Stats::default());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let log = args.log;
-    let relay = {
-        let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
-        let cfg = Arc::new(cfg);
-        std::thread::spawn(move || -> std::io::Result<()> {
+    let stats = Arc::new(Stats::default());
+    if let Some(a) = args.metrics {
+        let l = crate::args::bind_metrics(a)?;
+        eprintln!(
+            "kaprobe middlebox: metrics on http://{}/metrics",
+            l.local_addr().unwrap_or(a)
+        );
+        let s = Arc::clone(&stats);
+        kaprobe_sock::scrape::serve_blocking(l, move || s.prometheus());
+    }
+    let relays_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut relays = Vec::new();
+    // The server side relays on to --upstream (on the host, loopback included), idle-blind.
+    {
+        let mut cfg = cfg.clone();
+        cfg.idle = Duration::from_secs(86_400);
+        cfg.on_idle = OnIdle::Fin;
+        let (stats, stop) = (
+            if l7.is_some() {
+                Arc::new(Stats::default())
+            } else {
+                Arc::clone(&stats)
+            },
+            Arc::clone(&relays_stop),
+        );
+        let quiet = l7.is_some();
+        relays.push(std::thread::spawn(move || -> std::io::Result<()> {
             let rt = relay_runtime()?;
             rt.block_on(async move {
-                let l = tokio::net::TcpListener::from_std(listener)?;
-                middlebox::run(l, cfg, stats, stop, move |f| print_fate(log, f)).await;
+                let l = tokio::net::TcpListener::from_std(server_side)?;
+                middlebox::run(l, Arc::new(cfg), stats, stop, move |f| {
+                    if !quiet {
+                        print_fate(log, f);
+                    }
+                })
+                .await;
                 Ok::<(), std::io::Error>(())
             })
-        })
-    };
+        }));
+    }
+    // The L7 relay: in the router namespace, its timer on payload only.
+    if let Some(l) = l7 {
+        let mut cfg = cfg;
+        cfg.upstream = vec![server_addr];
+        let silencer_line = Arc::clone(&line);
+        cfg.silencer = Some(middlebox::Silencer(Arc::new(move |flows| {
+            silencer_line.drop_flows(flows).map_err(|e| e.to_string())
+        })));
+        let (stats, stop, line) = (
+            Arc::clone(&stats),
+            Arc::clone(&relays_stop),
+            Arc::clone(&line),
+        );
+        relays.push(std::thread::spawn(move || -> std::io::Result<()> {
+            // One thread, inside the router namespace: every socket it makes lives there.
+            line.enter_router().map_err(std::io::Error::other)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l)?;
+                middlebox::run(l, Arc::new(cfg), stats, stop, move |f| print_fate(log, f)).await;
+                Ok::<(), std::io::Error>(())
+            })
+        }));
+    }
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", &line.client_ns])
         .args(&args.cmd)
         .env("KAPROBE_UPSTREAM", inside.to_string())
-        .status();
-    stop.store(true, Ordering::Relaxed);
-    let _ = relay.join();
+        .spawn()
+        .map(|child| wait_or_stop(child, &stop));
+    relays_stop.store(true, Ordering::Relaxed);
+    for r in relays {
+        let _ = r.join();
+    }
+    // The last reference: the namespaces go, with whatever CMD left running in them.
     drop(line);
     let status = status.map_err(|e| {
         Failure::new(
@@ -302,8 +417,55 @@ fn run_router(args: &Args, mut cfg: Config) -> anyhow::Result<ExitCode> {
             ),
         )
     })?;
-    let code = status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1));
+    let code = status.code().map_or_else(
+        || {
+            use std::os::unix::process::ExitStatusExt as _;
+            // Killed by a signal: 128 + its number, as shells say.
+            status
+                .signal()
+                .map_or(1, |s| u8::try_from(128 + s).unwrap_or(1))
+        },
+        |c| u8::try_from(c).unwrap_or(1),
+    );
     Ok(ExitCode::from(code))
+}
+
+/// Wait for CMD; when kaprobe is told to stop (Ctrl-C, SIGTERM), pass SIGTERM on to it,
+/// and SIGKILL after 3 s.
+fn wait_or_stop(
+    mut child: std::process::Child,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::process::ExitStatus {
+    let mut deadline = None;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        if stop.load(Ordering::Relaxed) {
+            let now = std::time::Instant::now();
+            match deadline {
+                None => {
+                    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                        // SAFETY: kill(2) on our own child, not yet reaped.
+                        unsafe { libc::kill(pid, libc::SIGTERM) };
+                    }
+                    deadline = Some(now + Duration::from_secs(3));
+                }
+                Some(d) if now >= d => {
+                    let _ = child.kill();
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait().unwrap_or_else(|_| {
+        use std::os::unix::process::ExitStatusExt as _;
+        std::process::ExitStatus::from_raw(1 << 8)
+    })
 }
 
 /// The relay's runtime: one worker per CPU the process may run on (at most 4), so that a

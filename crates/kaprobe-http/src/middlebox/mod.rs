@@ -5,6 +5,10 @@
 //! segment). Optional latency per direction puts a real flight time between the two ends,
 //! which is where the proxy reuse race lives.
 //!
+//! Without latency the bytes move by splice(2) (the `splice` module); with it they wait in
+//! a queue per direction. A [`Silencer`] lets `silent` be silent at the TCP level where the
+//! network below the relay can drop segments (router mode's firewall).
+//!
 //! Each connection's fate is reported once, as a [`Fate`], and counted in [`Stats`].
 
 use std::net::SocketAddr;
@@ -16,6 +20,8 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+
+mod splice;
 
 /// What the middlebox does to a connection idle for `idle`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -202,7 +208,8 @@ pub struct Fate {
     /// Payload bytes client -> upstream and upstream -> client.
     pub bytes_up: u64,
     pub bytes_down: u64,
-    /// What went wrong, for `upstream_unreachable`.
+    /// What went wrong: why the upstream was unreachable, or why `silent` could not
+    /// silence the connection at the TCP level.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -275,6 +282,24 @@ impl Stats {
     }
 }
 
+/// A connection as (its address on the relay's side, its peer's address).
+pub type Flow = (SocketAddr, SocketAddr);
+
+/// What a [`Silencer`] calls: silence these flows, or say why not.
+pub type SilenceFn = dyn Fn(&[Flow]) -> Result<(), String> + Send + Sync;
+
+/// Makes TCP connections silent below the relay: given each connection as a [`Flow`], it
+/// has the network drop their segments both ways (a firewall rule, say). The relay then
+/// discards its own sockets without a word.
+#[derive(Clone)]
+pub struct Silencer(pub Arc<SilenceFn>);
+
+impl std::fmt::Debug for Silencer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Silencer")
+    }
+}
+
 /// What the relay does.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -287,6 +312,9 @@ pub struct Config {
     /// Up to this much more, drawn per chunk (delivery order is kept).
     pub jitter: Duration,
     pub connect_timeout: Duration,
+    /// For `silent`: how to silence both connections at the TCP level. Without one, the
+    /// relay reads and drops what either end sends, and its kernel still acknowledges it.
+    pub silencer: Option<Silencer>,
 }
 
 /// Accepted ranges, checked by [`Config::validate`].
@@ -359,12 +387,13 @@ pub async fn run(
             Arc::clone(&on_fate),
             shutdown.clone(),
         );
-        tasks.spawn(async move {
+        let fut = async move {
             let fate = relay(client, peer, &cfg, &stats, shutdown, seed).await;
             stats.count(fate.ending);
             stats.open.fetch_sub(1, Ordering::Relaxed);
             on_fate(&fate);
-        });
+        };
+        tasks.spawn(fut);
     }
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -436,8 +465,6 @@ struct Relay<'a> {
     last: Instant,
     /// The idle timer ran out (`rst-on-next` waits for the next segment).
     expired: bool,
-    /// No latency: bytes go straight through.
-    direct: bool,
     /// Each direction's sender has closed (FIN).
     eof: [bool; 2],
     /// Which end closed first (set at the first FIN).
@@ -445,19 +472,18 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    /// A read on direction `dir` (its chunk, empty at FIN, or its error), passed on through
-    /// `lane` and `w`; `Some` ends the connection.
-    async fn on_read(
+    /// A read on direction `dir` (its chunk, empty at FIN, or its error), queued in `lane`
+    /// for delivery; `Some` ends the connection.
+    fn on_read(
         &mut self,
         dir: usize,
         r: std::io::Result<Vec<u8>>,
         lane: &mut Lane,
-        w: &mut tokio::net::tcp::WriteHalf<'_>,
     ) -> Option<Ending> {
-        let (reader_reset, writer_reset) = if dir == UP {
-            (Ending::ClientRst, Ending::UpstreamRst)
+        let reader_reset = if dir == UP {
+            Ending::ClientRst
         } else {
-            (Ending::UpstreamRst, Ending::ClientRst)
+            Ending::UpstreamRst
         };
         let Ok(chunk) = r else {
             return Some(reader_reset);
@@ -471,13 +497,8 @@ impl Relay<'_> {
                 self.first_fin_from_client = dir == UP;
             }
             self.eof[dir] = true;
-            if self.direct {
-                let _ = w.shutdown().await;
-                lane.done = true;
-            } else {
-                lane.queue
-                    .push_back((deliver_at(lane, self.cfg, &mut self.jitter), None));
-            }
+            lane.queue
+                .push_back((deliver_at(lane, self.cfg, &mut self.jitter), None));
             return None;
         }
         self.last = Instant::now();
@@ -489,15 +510,9 @@ impl Relay<'_> {
         };
         *mine += n;
         total.fetch_add(n, Ordering::Relaxed);
-        if self.direct {
-            if w.write_all(&chunk).await.is_err() {
-                return Some(writer_reset);
-            }
-        } else {
-            let at = deliver_at(lane, self.cfg, &mut self.jitter);
-            lane.queued += chunk.len();
-            lane.queue.push_back((at, Some(chunk)));
-        }
+        let at = deliver_at(lane, self.cfg, &mut self.jitter);
+        lane.queued += chunk.len();
+        lane.queue.push_back((at, Some(chunk)));
         None
     }
 
@@ -573,6 +588,45 @@ async fn relay(
     let _ = upstream.set_nodelay(true);
     fate.upstream = upstream.peer_addr().ok();
     let (mut client, mut upstream) = (client, upstream);
+    let (ending, fate, last) = if cfg.latency.is_zero() && cfg.jitter.is_zero() {
+        let s = splice::relay(&client, &upstream, cfg, stats, &mut shutdown).await;
+        fate.bytes_up = s.bytes_up;
+        fate.bytes_down = s.bytes_down;
+        fate.idle = (Instant::now() - s.last).as_secs_f64();
+        if s.error.is_some() {
+            fate.error = s.error;
+        }
+        (s.ending, fate, s.last)
+    } else {
+        // Boxed: an idle connection without latency keeps only the spliced relay's state.
+        Box::pin(delayed(
+            &mut client,
+            &mut upstream,
+            cfg,
+            stats,
+            fate,
+            &mut shutdown,
+            seed,
+        ))
+        .await
+    };
+    // Boxed too: it runs once, at the end, and need not make every idle connection larger.
+    Box::pin(finish(
+        client, upstream, cfg, ending, fate, last, start, shutdown,
+    ))
+    .await
+}
+
+/// The relay with latency: chunks wait in a lane until their delivery time.
+async fn delayed(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    cfg: &Config,
+    stats: &Stats,
+    fate: Fate,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    seed: u64,
+) -> (Ending, Fate, Instant) {
     let mut st = Relay {
         cfg,
         stats,
@@ -580,7 +634,6 @@ async fn relay(
         jitter: Jitter(seed | 1),
         last: Instant::now(),
         expired: false,
-        direct: cfg.latency.is_zero() && cfg.jitter.is_zero(),
         eof: [false; 2],
         first_fin_from_client: true,
     };
@@ -605,10 +658,10 @@ async fn relay(
         let step = tokio::select! {
             _ = shutdown.changed() => Some(Ending::Shutdown),
             r = read_chunk(&cr), if !st.eof[UP] && up.queued < QUEUE_LIMIT => {
-                st.on_read(UP, r, &mut up, &mut uw).await
+                st.on_read(UP, r, &mut up)
             }
             r = read_chunk(&ur), if !st.eof[DOWN] && down.queued < QUEUE_LIMIT => {
-                st.on_read(DOWN, r, &mut down, &mut cw).await
+                st.on_read(DOWN, r, &mut down)
             }
             () = sleep_until(next_up), if next_up.is_some() => {
                 deliver(&mut up, &mut uw, Ending::UpstreamRst).await
@@ -622,7 +675,21 @@ async fn relay(
             break e;
         }
     };
-    let (mut fate, last) = (st.fate, st.last);
+    (ending, st.fate, st.last)
+}
+
+/// End both connections as `ending` says and complete the fate.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    cfg: &Config,
+    ending: Ending,
+    mut fate: Fate,
+    last: Instant,
+    start: Instant,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Fate {
     fate.ending = ending;
     if !matches!(
         ending,
@@ -643,6 +710,25 @@ async fn relay(
         }
         Ending::IdleSilent => {
             fate.lifetime = start.elapsed().as_secs_f64();
+            if let Some(silencer) = &cfg.silencer {
+                let flows: Vec<Flow> = [&client, &upstream]
+                    .iter()
+                    .filter_map(|s| Some((s.local_addr().ok()?, s.peer_addr().ok()?)))
+                    .collect();
+                let silencer = silencer.clone();
+                let done = tokio::task::spawn_blocking(move || (silencer.0)(&flows)).await;
+                match done {
+                    Ok(Ok(())) => {
+                        // The network drops whatever these sockets would still send (their
+                        // RST included): let them go.
+                        reset(client);
+                        reset(upstream);
+                        return fate;
+                    }
+                    Ok(Err(e)) => fate.error = Some(e),
+                    Err(e) => fate.error = Some(e.to_string()),
+                }
+            }
             go_silent(client, upstream, shutdown).await;
             return fate;
         }
