@@ -188,8 +188,9 @@ pub enum Ending {
     /// Ended with data sent and not acknowledged (`tcpi_unacked` > 0) and no retransmission
     /// yet: a RST from the peer or an abort cut it off in flight.
     Unacked,
-    /// Aborted on this host by its owner: closed with `SO_LINGER` 0 (the kernel cleared
-    /// the peer's port when it sent the RST). A socket killed with SOCK_DESTROY keeps its
+    /// Aborted on this host by its owner: closed with `SO_LINGER` 0. The abort
+    /// (`tcp_disconnect`) clears the local address, the peer's port and the counters before
+    /// the kernel reports the socket: only the local port and the peer's address are left. A socket killed with SOCK_DESTROY keeps its
     /// peer's port and reads as [`Ending::Closed`].
     Aborted,
     /// Nothing pending: an orderly close (FIN) or a RST from the peer while idle.

@@ -551,7 +551,11 @@ struct JsonClosed {
 impl JsonClosed {
     fn new(c: &Closed, time: String) -> Self {
         let e = &c.entry;
-        let i = e.info.as_ref();
+        // An abort (tcp_disconnect) zeroes the counters before the kernel reports it.
+        let i = e
+            .info
+            .as_ref()
+            .filter(|_| c.ending != kaprobe_sock::destroy::Ending::Aborted);
         let age = |ms: fn(&kaprobe_sock::info::TcpInfo) -> u32| {
             i.map(|i| f64::from(ms(i)) / 1e3)
         };
@@ -587,7 +591,12 @@ fn ending_text(c: &Closed) -> String {
         kaprobe_sock::destroy::Ending::Aborted => "aborted here (RST sent)",
         kaprobe_sock::destroy::Ending::Closed => "closed",
     });
-    if let Some(i) = &c.entry.info {
+    if let Some(i) = c
+        .entry
+        .info
+        .as_ref()
+        .filter(|_| c.ending != kaprobe_sock::destroy::Ending::Aborted)
+    {
         let mut idle = String::new();
         push_short(
             &mut idle,
@@ -800,7 +809,8 @@ impl PlainTable {
         self.spans.is_empty()
     }
 
-    /// Draw the table; beyond `max_width` columns the Inode, UID and Last ACK columns are
+    /// Draw the table; beyond `max_width` columns the Inode, UID and Last ACK columns (and with
+    /// -p the Probes column) are
     /// left out, in that order, until it fits.
     fn write(&self, out: &mut impl Write, max_width: usize) -> std::io::Result<()> {
         let mut shown = [true; COLS];
@@ -812,7 +822,9 @@ impl PlainTable {
                 .sum::<usize>()
                 + 1
         };
-        for drop in [8, 7, 6] {
+        // With -p the Process column is worth more than the probe counter.
+        let drops: &[usize] = if self.processes { &[8, 7, 6, 5] } else { &[8, 7, 6] };
+        for &drop in drops {
             if total(&shown) <= max_width {
                 break;
             }
