@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use kaprobe_tests::{
-    in_netns, is_root, json_lines, kaprobe, kaprobe_bin, keepalive, require_root, require_tool, stderr,
-    stdout, wait_for, Netns,
+    in_netns, is_root, json_lines, kaprobe, kaprobe_bin, keepalive, require_root, require_tool,
+    stderr, stdout, wait_for, Netns,
 };
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
@@ -430,7 +430,9 @@ fn ss_rows(netns: Option<&str>, args: &[&str]) -> Vec<(String, String, String)> 
 
 /// ss writes IPv6 addresses as `[::1]:443` and IPv4-mapped ones as `[::ffff:1.2.3.4]:5`,
 /// like Rust's `SocketAddr`: compare them as parsed addresses.
-fn addr_set(rows: impl IntoIterator<Item = (String, String)>) -> BTreeSet<(SocketAddr, SocketAddr)> {
+fn addr_set(
+    rows: impl IntoIterator<Item = (String, String)>,
+) -> BTreeSet<(SocketAddr, SocketAddr)> {
     rows.into_iter()
         .map(|(l, p)| {
             // a listener's peer: `0.0.0.0:*`, `[::]:*`
@@ -503,10 +505,14 @@ fn processes_are_the_pids_and_commands_ss_p_shows() {
     let port = addr.port().to_string();
     let filter = format!("( sport = :{port} or dport = :{port} )");
     let ours: BTreeSet<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
-    let lines = wait_for("the server accepted all three", Duration::from_secs(5), || {
-        let v = sockets_json(kaprobe().args(["sockets", "-p", "--port", &port, "--json"]));
-        (v.len() >= 6).then_some(v)
-    });
+    let lines = wait_for(
+        "the server accepted all three",
+        Duration::from_secs(5),
+        || {
+            let v = sockets_json(kaprobe().args(["sockets", "-p", "--port", &port, "--json"]));
+            (v.len() >= 6).then_some(v)
+        },
+    );
     let ss = ss_rows(None, &["-p", &filter]);
     let mut compared = 0;
     for v in &lines {
@@ -517,23 +523,43 @@ fn processes_are_the_pids_and_commands_ss_p_shows() {
         }
         let row = ss
             .iter()
-            .find(|(l, p, _)| l.parse::<SocketAddr>().ok() == Some(local) && p.parse::<SocketAddr>().ok() == Some(peer))
+            .find(|(l, p, _)| {
+                l.parse::<SocketAddr>().ok() == Some(local)
+                    && p.parse::<SocketAddr>().ok() == Some(peer)
+            })
             .unwrap_or_else(|| panic!("ss does not list {local} -> {peer}: {ss:?}"));
         let theirs = ss_users(&row.2);
         assert!(!theirs.is_empty(), "ss shows an owner: {row:?}");
         assert_eq!(json_users(v), theirs, "{local} -> {peer}");
         let me = u64::from(std::process::id());
         if ours.contains(&local) {
-            assert!(theirs.iter().any(|(pid, _, _)| *pid == me), "client is ours: {theirs:?}");
+            assert!(
+                theirs.iter().any(|(pid, _, _)| *pid == me),
+                "client is ours: {theirs:?}"
+            );
         } else {
-            assert!(theirs.iter().any(|(_, c, _)| c == "kaprobe"), "server side is serve's: {theirs:?}");
+            assert!(
+                theirs.iter().any(|(_, c, _)| c == "kaprobe"),
+                "server side is serve's: {theirs:?}"
+            );
         }
         compared += 1;
     }
-    assert_eq!(compared, 6, "three clients and their accepted sides: {lines:?}");
+    assert_eq!(
+        compared, 6,
+        "three clients and their accepted sides: {lines:?}"
+    );
     // The table shows them as PID/command.
-    let o = kaprobe().args(["sockets", "-p", "--port", &port]).env("COLUMNS", "200").output().unwrap();
-    assert!(stdout(&o).contains(&format!("{}/", std::process::id())), "{}", stdout(&o));
+    let o = kaprobe()
+        .args(["sockets", "-p", "--port", &port])
+        .env("COLUMNS", "200")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).contains(&format!("{}/", std::process::id())),
+        "{}",
+        stdout(&o)
+    );
     assert!(stdout(&o).contains("Process"), "{}", stdout(&o));
 }
 
@@ -550,9 +576,21 @@ fn dst_and_src_prefixes_select_the_same_sockets_as_ss() {
     let v6_port = _pairs[3].port();
     let port0 = _pairs[0].port();
     for (ours, theirs, expect) in [
-        (vec!["--dst", "127.91.0.0/16"], "dst 127.91.0.0/16".to_string(), 2),
-        (vec!["--src", "127.91.0.0/16"], "src 127.91.0.0/16".to_string(), 2),
-        (vec!["--dst", "127.0.0.0/8"], "dst 127.0.0.0/8".to_string(), 0),
+        (
+            vec!["--dst", "127.91.0.0/16"],
+            "dst 127.91.0.0/16".to_string(),
+            2,
+        ),
+        (
+            vec!["--src", "127.91.0.0/16"],
+            "src 127.91.0.0/16".to_string(),
+            2,
+        ),
+        (
+            vec!["--dst", "127.0.0.0/8"],
+            "dst 127.0.0.0/8".to_string(),
+            0,
+        ),
         (vec!["--dst", "127.92.0.1"], "dst 127.92.0.1".to_string(), 1),
         (
             vec!["--dst", &format!("127.91.0.1:{port0}")],
@@ -596,9 +634,10 @@ fn netns_lists_what_ss_n_lists_in_a_namespace_the_test_made() {
     require_tool!("ss");
     let ns = Netns::new("sockN");
     let pairs = in_netns(&ns.name, || pairs_on(&["127.0.0.1:0", "[::1]:0"]));
-    let k = json_set(&sockets_json(kaprobe().args([
-        "sockets", "--netns", &ns.name, "--state", "all", "--json",
-    ])));
+    let k =
+        json_set(&sockets_json(kaprobe().args([
+            "sockets", "--netns", &ns.name, "--state", "all", "--json",
+        ])));
     let s = addr_set(
         ss_rows(Some(&ns.name), &["state", "all"])
             .into_iter()
@@ -607,10 +646,16 @@ fn netns_lists_what_ss_n_lists_in_a_namespace_the_test_made() {
     assert_eq!(k, s);
     assert_eq!(k.len(), 6, "two listeners, two pairs: {k:?}");
     for p in &pairs {
-        assert!(k.contains(&(p.client.local_addr().unwrap(), p.listener.local_addr().unwrap())));
+        assert!(k.contains(&(
+            p.client.local_addr().unwrap(),
+            p.listener.local_addr().unwrap()
+        )));
     }
     // Short flag as in ss, and a missing namespace is one line.
-    let o = kaprobe().args(["sockets", "-N", &ns.name]).output().unwrap();
+    let o = kaprobe()
+        .args(["sockets", "-N", &ns.name])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let o = kaprobe()
         .args(["sockets", "--netns", "kp-no-such-namespace"])
@@ -621,7 +666,8 @@ fn netns_lists_what_ss_n_lists_in_a_namespace_the_test_made() {
 
 /// Whether the peer of a killed socket sees a reset (and the survivor does not).
 fn sees_reset(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut b = [0u8; 1];
     matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
 }
@@ -660,21 +706,25 @@ fn kill_ends_exactly_what_ss_k_would_and_the_peer_sees_the_reset() {
                 .output()
                 .unwrap();
             assert!(o.status.success(), "{}", stderr(&o));
-            addr_set(
-                stdout(&o)
-                    .lines()
-                    .map(|l| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        (f[3].to_string(), f[4].to_string())
-                    }),
-            )
+            addr_set(stdout(&o).lines().map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[3].to_string(), f[4].to_string())
+            }))
         };
         assert_eq!(killed, would, "{tool} killed what ss selects");
         for (i, p) in pairs.iter_mut().enumerate() {
-            assert_eq!(sees_reset(&mut p.server), i < 2, "{tool}: pair {i}'s server");
+            assert_eq!(
+                sees_reset(&mut p.server),
+                i < 2,
+                "{tool}: pair {i}'s server"
+            );
         }
         // Nothing left to kill.
-        let left = addr_set(ss_rows(None, &["dst", &dst]).into_iter().map(|(l, p, _)| (l, p)));
+        let left = addr_set(
+            ss_rows(None, &["dst", &dst])
+                .into_iter()
+                .map(|(l, p, _)| (l, p)),
+        );
         assert!(left.is_empty(), "{tool}: {left:?}");
     }
 }
@@ -694,9 +744,9 @@ fn kill_without_any_filter_is_refused_unless_yes() {
 fn events_report_the_closes_the_test_causes_with_how_they_ended() {
     require_root!();
     let dst = "127.95.0.1";
-    let mut ev = kaprobe_tests::KillOnDrop::spawn(kaprobe().args([
-        "sockets", "--events", "--json", "--dst", dst,
-    ]));
+    let mut ev = kaprobe_tests::KillOnDrop::spawn(
+        kaprobe().args(["sockets", "--events", "--json", "--dst", dst]),
+    );
     let err = kaprobe_tests::line_reader(ev.0.stderr.take().unwrap());
     let out = kaprobe_tests::line_reader(ev.0.stdout.take().unwrap());
     kaprobe_tests::wait_line(&err, Duration::from_secs(10), |l| {
@@ -706,7 +756,10 @@ fn events_report_the_closes_the_test_causes_with_how_they_ended() {
     // One orderly close and one abort (SO_LINGER 0: a RST), both from the client.
     let fin = Pair::new(&format!("{dst}:0"));
     let rst = Pair::new(&format!("{dst}:0"));
-    let (fin_local, rst_local) = (fin.client.local_addr().unwrap(), rst.client.local_addr().unwrap());
+    let (fin_local, rst_local) = (
+        fin.client.local_addr().unwrap(),
+        rst.client.local_addr().unwrap(),
+    );
     drop(fin.client);
     socket2::SockRef::from(&rst.client)
         .set_linger(Some(Duration::ZERO))
@@ -720,20 +773,34 @@ fn events_report_the_closes_the_test_causes_with_how_they_ended() {
         };
         let v: Value = serde_json::from_str(&line).unwrap();
         let local: SocketAddr = v["local"].as_str().unwrap().parse().unwrap();
-        assert!(v["peer"].as_str().unwrap().starts_with(dst), "only --dst {dst}: {v}");
+        assert!(
+            v["peer"].as_str().unwrap().starts_with(dst),
+            "only --dst {dst}: {v}"
+        );
         assert!(v["time"].as_str().is_some() && v["family"] == "ipv4", "{v}");
         seen.insert(local, v);
     }
     assert_eq!(seen[&fin_local]["ended"], "closed", "{fin_local}: {seen:?}");
-    assert!(seen[&fin_local]["bytes_acked"].as_u64().is_some(), "{seen:?}");
+    assert!(
+        seen[&fin_local]["bytes_acked"].as_u64().is_some(),
+        "{seen:?}"
+    );
     // The abort (tcp_disconnect) clears the local address and the peer's port, and the
     // counters with them: the socket is known by its local port.
     let rst = seen
         .values()
-        .find(|v| v["local"].as_str().unwrap().ends_with(&format!(":{}", rst_local.port())))
+        .find(|v| {
+            v["local"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{}", rst_local.port()))
+        })
         .unwrap_or_else(|| panic!("{rst_local}: {seen:?}"));
     assert_eq!(rst["ended"], "aborted", "{rst}");
-    assert!(rst["bytes_acked"].is_null(), "no counters after an abort: {rst}");
+    assert!(
+        rst["bytes_acked"].is_null(),
+        "no counters after an abort: {rst}"
+    );
 }
 
 #[test]
@@ -742,7 +809,14 @@ fn watch_refreshes_until_the_socket_is_gone() {
     let port = p.port().to_string();
     let client = p.client.local_addr().unwrap();
     let mut w = kaprobe_tests::KillOnDrop::spawn(kaprobe().args([
-        "sockets", "--watch", "200ms", "--json", "--port", &port, "--dst", "127.96.0.1",
+        "sockets",
+        "--watch",
+        "200ms",
+        "--json",
+        "--port",
+        &port,
+        "--dst",
+        "127.96.0.1",
     ]));
     let out = kaprobe_tests::line_reader(w.0.stdout.take().unwrap());
     let mut rounds_with = 0;

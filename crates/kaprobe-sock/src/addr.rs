@@ -63,9 +63,10 @@ impl AddrMatch {
         let port = match port {
             None => None,
             Some("*" | "") if !addr_part.is_empty() => None,
-            Some(p) => Some(parse_port(p).ok_or_else(|| {
-                bad(format!("port '{p}' is not a TCP port (1..=65535)"))
-            })?),
+            Some(p) => Some(
+                parse_port(p)
+                    .ok_or_else(|| bad(format!("port '{p}' is not a TCP port (1..=65535)")))?,
+            ),
         };
         if addr_part.is_empty() || addr_part == "*" {
             if port.is_none() {
@@ -114,9 +115,9 @@ impl AddrMatch {
         };
         match (net, a.ip()) {
             (IpAddr::V4(n), IpAddr::V4(x)) => v4_in(n, self.len, x),
-            (IpAddr::V4(n), IpAddr::V6(x)) => x
-                .to_ipv4_mapped()
-                .is_some_and(|x| v4_in(n, self.len, x)),
+            (IpAddr::V4(n), IpAddr::V6(x)) => {
+                x.to_ipv4_mapped().is_some_and(|x| v4_in(n, self.len, x))
+            }
             (IpAddr::V6(n), IpAddr::V6(x)) => v6_in(n, self.len, x),
             (IpAddr::V6(_), IpAddr::V4(_)) => false,
         }
@@ -185,7 +186,10 @@ mod tests {
         assert!(!m("127.0.0.1").matches(sa("127.0.0.2:1")));
         assert!(m("127.0.0.1:8080").matches(sa("127.0.0.1:8080")));
         assert!(m("0.0.0.0/0").matches(sa("1.2.3.4:5")));
-        assert!(m("10.0.0.0/8").matches(sa("[::ffff:10.0.0.1]:1")), "v4-mapped");
+        assert!(
+            m("10.0.0.0/8").matches(sa("[::ffff:10.0.0.1]:1")),
+            "v4-mapped"
+        );
         assert!(!m("10.0.0.0/8").matches(sa("[::1]:1")));
         assert!(m(":443").matches(sa("[::1]:443")) && m(":443").matches(sa("1.1.1.1:443")));
         assert!(!m(":443").matches(sa("1.1.1.1:80")));

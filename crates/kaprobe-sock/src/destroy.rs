@@ -29,8 +29,8 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
 const IPPROTO_TCP: u8 = 6;
 /// `SKNLGRP_INET_TCP_DESTROY` and `SKNLGRP_INET6_TCP_DESTROY` (linux/sock_diag.h), as
-/// the bind(2) group mask.
-const GROUPS_TCP_DESTROY: u32 = (1 << (1 - 1)) | (1 << (3 - 1));
+/// the bind(2) group mask: group N is bit N-1.
+const GROUPS_TCP_DESTROY: u32 = 0b101;
 
 fn put_u16(v: &mut Vec<u8>, x: u16) {
     v.extend_from_slice(&x.to_ne_bytes());
@@ -94,8 +94,14 @@ fn read_ack(buf: &[u8], seq: u32) -> Option<std::result::Result<(), io::Error>> 
             .and_then(|b| b.try_into().ok())
             .map_or(0, u32::from_ne_bytes);
         let len = usize::try_from(len).unwrap_or(0);
-        let ty = h.get(4..6).and_then(|b| b.try_into().ok()).map_or(0, u16::from_ne_bytes);
-        let mseq = h.get(8..12).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes);
+        let ty = h
+            .get(4..6)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u16::from_ne_bytes);
+        let mseq = h
+            .get(8..12)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_ne_bytes);
         if len < NLMSG_HDRLEN || len > h.len() {
             return None;
         }
@@ -260,12 +266,13 @@ impl Closes {
         let mut sock = Socket::new(NETLINK_SOCK_DIAG)
             .map_err(|e| Error::io("open a NETLINK_SOCK_DIAG socket", e))?;
         let _ = sock.set_rx_buf_sz(4 * 1024 * 1024);
-        sock.bind(&NlAddr::new(0, GROUPS_TCP_DESTROY)).map_err(|e| {
-            Error::io(
-                "listen for closed TCP sockets (join the sock_diag destroy groups)",
-                e,
-            )
-        })?;
+        sock.bind(&NlAddr::new(0, GROUPS_TCP_DESTROY))
+            .map_err(|e| {
+                Error::io(
+                    "listen for closed TCP sockets (join the sock_diag destroy groups)",
+                    e,
+                )
+            })?;
         Ok(Self {
             sock,
             buf: Vec::with_capacity(64 * 1024),
@@ -315,7 +322,10 @@ pub fn parse_closes(buf: &[u8]) -> Vec<Closed> {
             .and_then(|b| b.try_into().ok())
             .map_or(0, u32::from_ne_bytes);
         let len = usize::try_from(len).unwrap_or(0);
-        let ty = h.get(4..6).and_then(|b| b.try_into().ok()).map_or(0, u16::from_ne_bytes);
+        let ty = h
+            .get(4..6)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u16::from_ne_bytes);
         if len < NLMSG_HDRLEN || len > h.len() {
             break;
         }
@@ -420,7 +430,10 @@ mod tests {
         let mut one = [0u8; 1];
         s.read_exact(&mut one).unwrap();
         let mine = crate::diag::list(&Filter {
-            src: Some(crate::addr::AddrMatch::parse("--src", &c.local_addr().unwrap().to_string()).unwrap()),
+            src: Some(
+                crate::addr::AddrMatch::parse("--src", &c.local_addr().unwrap().to_string())
+                    .unwrap(),
+            ),
             states: States::ALL,
             ..Filter::default()
         })
@@ -428,7 +441,11 @@ mod tests {
         assert_eq!(mine.len(), 1, "{mine:?}");
         kill(&mine[0]).unwrap();
         let err = s.read(&mut one).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "the peer saw a RST");
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset,
+            "the peer saw a RST"
+        );
         let err = c.read(&mut one).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED));
         // Killing it again: it is gone.
@@ -445,6 +462,10 @@ mod tests {
         }
         let seen = seen.expect("the kill was heard");
         assert_eq!(seen.entry.cookie, mine[0].cookie);
-        assert_eq!(seen.ending, Ending::Closed, "idle and killed: nothing pending");
+        assert_eq!(
+            seen.ending,
+            Ending::Closed,
+            "idle and killed: nothing pending"
+        );
     }
 }

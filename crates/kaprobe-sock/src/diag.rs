@@ -297,9 +297,9 @@ impl Filter {
     /// Whether an entry's ports and addresses pass the filter, whatever its state.
     pub fn matches_addresses(&self, e: &SocketEntry) -> bool {
         self.port
-            .map_or(true, |p| e.local.port() == p || e.peer.port() == p)
-            && self.src.map_or(true, |m| m.matches(e.local))
-            && self.dst.map_or(true, |m| m.matches(e.peer))
+            .is_none_or(|p| e.local.port() == p || e.peer.port() == p)
+            && self.src.is_none_or(|m| m.matches(e.local))
+            && self.dst.is_none_or(|m| m.matches(e.peer))
     }
 
     /// An IPv4-only prefix leaves IPv6 sockets out only through the user-space check;

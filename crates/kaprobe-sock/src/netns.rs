@@ -34,12 +34,13 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Check a `--netns` name the way `ip netns` does: not empty, no `/`, not `.` or `..`.
 pub fn check_netns_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0')
-    {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
         return Err(Error::Invalid {
             flag: "--netns".into(),
             value: name.into(),
-            reason: format!("a namespace name as `ip netns list` shows it (a file in {NETNS_RUN_DIR})"),
+            reason: format!(
+                "a namespace name as `ip netns list` shows it (a file in {NETNS_RUN_DIR})"
+            ),
         });
     }
     Ok(())

@@ -517,7 +517,10 @@ fn watch(filter: &Filter, view: View, every: Duration) -> anyhow::Result<ExitCod
             })
         };
         let mut out = std::io::stdout().lock();
-        if let Err(e) = r.and_then(|()| out.write_all(&buf)).and_then(|()| out.flush()) {
+        if let Err(e) = r
+            .and_then(|()| out.write_all(&buf))
+            .and_then(|()| out.flush())
+        {
             return write_failed(&e);
         }
         drop(out);
@@ -556,9 +559,7 @@ impl JsonClosed {
             .info
             .as_ref()
             .filter(|_| c.ending != kaprobe_sock::destroy::Ending::Aborted);
-        let age = |ms: fn(&kaprobe_sock::info::TcpInfo) -> u32| {
-            i.map(|i| f64::from(ms(i)) / 1e3)
-        };
+        let age = |ms: fn(&kaprobe_sock::info::TcpInfo) -> u32| i.map(|i| f64::from(ms(i)) / 1e3);
         Self {
             time,
             family: if e.local.is_ipv4() { "ipv4" } else { "ipv6" },
@@ -823,7 +824,11 @@ impl PlainTable {
                 + 1
         };
         // With -p the Process column is worth more than the probe counter.
-        let drops: &[usize] = if self.processes { &[8, 7, 6, 5] } else { &[8, 7, 6] };
+        let drops: &[usize] = if self.processes {
+            &[8, 7, 6, 5]
+        } else {
+            &[8, 7, 6]
+        };
         for &drop in drops {
             if total(&shown) <= max_width {
                 break;
