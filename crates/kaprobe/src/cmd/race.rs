@@ -77,6 +77,9 @@ pub struct Args {
     #[command(flatten)]
     pub tls: crate::args::TlsArgs,
 
+    #[command(flatten)]
+    pub request: crate::args::RequestArgs,
+
     /// JSON lines on stdout instead of the table (shape in docs/race.md).
     #[arg(long)]
     pub json: bool,
@@ -103,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         method: args.method,
         max_wait,
         tls: args.tls.options(),
+        request: args.request.options()?,
     };
     opts.validate().map_err(failure)?;
     let rt = runtime()?;
