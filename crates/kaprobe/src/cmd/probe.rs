@@ -47,6 +47,8 @@ docs/push-probe.md.
 
 Examples:
   kaprobe probe http://127.0.0.1:8080/
+  kaprobe probe https://api.example.com/ --max-wait aws-nlb
+  kaprobe probe http://lb/ -H 'Host: shop.example' --connect-to lb:80:10.0.3.7:
   kaprobe probe https://localhost:8443/health --cacert ca.pem --max-wait 90s
   kaprobe probe http://10.0.0.5/ --json | jq .idle
   kaprobe probe ws://127.0.0.1:8080/ws
@@ -113,6 +115,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             PushKind::Websocket
         };
+        if args.request.options()? != kaprobe_http::client::RequestOptions::default() {
+            return Err(Failure::usage(
+                "-H, -X, --data, --resolve and --connect-to apply to http(s) probes, not to WebSocket or SSE ones",
+            )
+            .into());
+        }
         return run_push(&args, kind);
     }
     if args.heartbeat.is_some() || args.hold.is_some() {
