@@ -33,12 +33,11 @@ filtering. Examples:
   kaprobe sockets --port 443 --json  sockets to or from port 443, as JSON lines
   kaprobe sockets --state established,close-wait
   kaprobe sockets --state all            listeners and TIME-WAIT too
-  kaprobe sockets -p --dst 10.0.0.0/8    with their processes, like ss -tnp dst 10.0.0.0/8
-  kaprobe sockets --netns blue           in the namespace blue, like ss -N blue
-  kaprobe sockets --kill --dst 127.0.0.1:6379
-                                     reset a pool's connections, like ss -K dst ...
+  kaprobe sockets -p --dst 10.0.0.0/8    with owners (ss -tnp dst 10.0.0.0/8)
+  kaprobe sockets --netns blue           in a namespace (ss -N blue)
+  kaprobe sockets --kill --dst 127.0.0.1:6379   a pool must reconnect (ss -K)
   kaprobe sockets --watch 1s --port 443  a live table
-  kaprobe sockets --events --json        closes as they happen, like ss -E
+  kaprobe sockets --events --json        closes as they happen (ss -E)
 
 Fields and their meaning: docs/sockets.md.";
 

@@ -479,6 +479,7 @@ mod tests {
             pipelining: Pipelining::default(),
             advertised_true: Truth::default(),
             safe_idle_s: None,
+            not_ruled_out: Vec::new(),
             findings: Vec::new(),
             verdict: String::new(),
             elapsed_s: 0.0,
