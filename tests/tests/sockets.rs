@@ -846,3 +846,43 @@ fn watch_refreshes_until_the_socket_is_gone() {
     });
     assert!(empty["refresh"].as_str().is_some());
 }
+
+#[test]
+fn events_in_a_namespace_tell_a_keepalive_timeout_from_a_close() {
+    require_root!();
+    require_tool!("iptables");
+    let pair = kaprobe_tests::NsPair::new("ev");
+    let mut ev = kaprobe_tests::KillOnDrop::spawn(kaprobe().args([
+        "sockets",
+        "--events",
+        "--json",
+        "--netns",
+        &pair.a.name,
+    ]));
+    let err = kaprobe_tests::line_reader(ev.0.stderr.take().unwrap());
+    let out = kaprobe_tests::line_reader(ev.0.stdout.take().unwrap());
+    kaprobe_tests::wait_line(&err, Duration::from_secs(10), |l| {
+        l.contains("listening for closed")
+    })
+    .expect("events ready");
+    let listener = pair.listen_b();
+    // Keep-alive 1s/1s/3 probes, then the peer drops everything: ETIMEDOUT.
+    let (client, _server) = pair.lose_peer(&listener);
+    let local = client.local_addr().unwrap();
+    drop(client); // the kernel destroys the socket when its owner lets go
+    let line = wait_for(
+        "the keep-alive timeout reported",
+        Duration::from_secs(10),
+        || {
+            let l = out.recv_timeout(Duration::from_millis(500)).ok()?;
+            let v: Value = serde_json::from_str(&l).unwrap();
+            (v["local"] == local.to_string().as_str()).then_some(v)
+        },
+    );
+    assert_eq!(line["ended"], "keepalive_timeout", "{line}");
+    assert_eq!(line["probes"], 3, "three probes went unanswered: {line}");
+    assert_eq!(
+        line["peer"],
+        listener.local_addr().unwrap().to_string().as_str()
+    );
+}
