@@ -886,3 +886,45 @@ fn events_in_a_namespace_tell_a_keepalive_timeout_from_a_close() {
         listener.local_addr().unwrap().to_string().as_str()
     );
 }
+
+#[test]
+fn kill_asks_on_a_terminal_and_a_no_kills_nothing() {
+    require_root!();
+    require_tool!("script");
+    let mut p = Pair::new("127.97.0.1:0");
+    let dst = p.listener.local_addr().unwrap().to_string();
+    // `script` gives kaprobe a terminal; the answer comes on it.
+    let ask = |answer: &str| {
+        let mut child = Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "{} sockets --kill --dst {dst}",
+                kaprobe_bin().display()
+            ))
+            .arg("/dev/null")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = ask("n\n");
+    assert!(
+        stdout(&o).contains("kill this socket? Each peer gets a RST. [y/N]"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("nothing killed"), "{}", stdout(&o));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!sees_reset(&mut p.server), "a no kills nothing");
+    let o = ask("y\n");
+    assert!(stdout(&o).contains("killed 1 socket"), "{}", stdout(&o));
+    assert!(sees_reset(&mut p.server));
+}

@@ -400,12 +400,11 @@ fn kill(filter: &Filter, view: View, yes: bool, filtered: bool) -> anyhow::Resul
         }
         let mut err = std::io::stderr().lock();
         let _ = t.write(&mut err, crate::term::output().width);
-        let _ = write!(
-            err,
-            "kill these {} socket{}? Each peer gets a RST. [y/N] ",
-            victims.len(),
-            if victims.len() == 1 { "" } else { "s" }
-        );
+        let what = match victims.len() {
+            1 => "this socket".to_string(),
+            n => format!("these {n} sockets"),
+        };
+        let _ = write!(err, "kill {what}? Each peer gets a RST. [y/N] ");
         let _ = err.flush();
         let mut answer = String::new();
         let _ = std::io::stdin().read_line(&mut answer);
