@@ -77,7 +77,12 @@ impl Connector {
         let req = Arc::new(req.clone());
         let (host, port) = match req.route(&target.host, target.port) {
             Route::Pinned(addrs) => {
-                let addr = addrs[0];
+                let Some(addr) = addrs.first().copied() else {
+                    return Err(Error::InvalidOption(format!(
+                        "--resolve for {}:{} gives no address",
+                        target.host, target.port
+                    )));
+                };
                 return Ok(Self {
                     target,
                     addr,
