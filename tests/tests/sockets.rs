@@ -2,13 +2,15 @@
 //! sock_diag, compared with what the test's own sockets and the kernel's counters say.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use kaprobe_tests::{
-    in_netns, is_root, json_lines, kaprobe, kaprobe_bin, keepalive, stderr, stdout, wait_for, Netns,
+    in_netns, is_root, json_lines, kaprobe, kaprobe_bin, keepalive, require_root, require_tool,
+    stderr, stdout, wait_for, Netns,
 };
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
@@ -404,4 +406,529 @@ fn bad_ports_are_rejected_naming_the_range() {
         let o = kaprobe().args(["sockets", "--port", bad]).output().unwrap();
         failed_with(&o, 2, &["--port", bad, "1..=65535"]);
     }
+}
+
+// ---- the habits of ss: -p, src/dst, -N, -K, -E, and a live table ----
+
+/// `ss -tnH ARGS...` (optionally in a namespace): each socket as (local, peer, the rest).
+fn ss_rows(netns: Option<&str>, args: &[&str]) -> Vec<(String, String, String)> {
+    let mut cmd = Command::new("ss");
+    if let Some(ns) = netns {
+        cmd.args(["-N", ns]);
+    }
+    let o = cmd.args(["-tnH"]).args(args).output().unwrap();
+    assert!(o.status.success(), "ss {args:?}: {}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // State Recv-Q Send-Q Local Peer [Process]
+            (f.len() >= 5).then(|| (f[3].to_string(), f[4].to_string(), f[5..].join(" ")))
+        })
+        .collect()
+}
+
+/// ss writes IPv6 addresses as `[::1]:443` and IPv4-mapped ones as `[::ffff:1.2.3.4]:5`,
+/// like Rust's `SocketAddr`: compare them as parsed addresses.
+fn addr_set(
+    rows: impl IntoIterator<Item = (String, String)>,
+) -> BTreeSet<(SocketAddr, SocketAddr)> {
+    rows.into_iter()
+        .map(|(l, p)| {
+            // a listener's peer: `0.0.0.0:*`, `[::]:*`
+            let (l, p) = (l.replace(":*", ":0"), p.replace(":*", ":0"));
+            (
+                l.parse().unwrap_or_else(|_| panic!("{l}")),
+                p.parse().unwrap_or_else(|_| panic!("{p}")),
+            )
+        })
+        .collect()
+}
+
+fn json_set(lines: &[Value]) -> BTreeSet<(SocketAddr, SocketAddr)> {
+    addr_set(lines.iter().map(|v| {
+        (
+            v["local"].as_str().unwrap().to_string(),
+            v["peer"].as_str().unwrap().to_string(),
+        )
+    }))
+}
+
+/// `users:(("name",pid=1,fd=3),...)` -> [(pid, name, fd)].
+fn ss_users(s: &str) -> BTreeSet<(u64, String, u64)> {
+    let mut out = BTreeSet::new();
+    let Some(inner) = s.strip_prefix("users:(") else {
+        return out;
+    };
+    for part in inner.split("),(") {
+        let part = part.trim_start_matches('(').trim_end_matches(')');
+        let Some((name, rest)) = part.strip_prefix('"').and_then(|p| p.split_once("\",")) else {
+            continue;
+        };
+        let mut pid = 0;
+        let mut fd = 0;
+        for kv in rest.split(',') {
+            if let Some(v) = kv.strip_prefix("pid=") {
+                pid = v.parse().unwrap();
+            }
+            if let Some(v) = kv.strip_prefix("fd=") {
+                fd = v.parse().unwrap();
+            }
+        }
+        out.insert((pid, name.to_string(), fd));
+    }
+    out
+}
+
+fn json_users(v: &Value) -> BTreeSet<(u64, String, u64)> {
+    v["processes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no processes in {v}"))
+        .iter()
+        .map(|o| {
+            (
+                o["pid"].as_u64().unwrap(),
+                o["command"].as_str().unwrap().to_string(),
+                o["fd"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn processes_are_the_pids_and_commands_ss_p_shows() {
+    require_root!();
+    require_tool!("ss");
+    // The server side belongs to a kaprobe serve child, the client side to this test.
+    let (_serve, addr) = kaprobe_tests::serve_quiet(&["--keepalive-timeout", "60s"]);
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let port = addr.port().to_string();
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let ours: BTreeSet<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    let lines = wait_for(
+        "the server accepted all three",
+        Duration::from_secs(5),
+        || {
+            let v = sockets_json(kaprobe().args(["sockets", "-p", "--port", &port, "--json"]));
+            (v.len() >= 6).then_some(v)
+        },
+    );
+    let ss = ss_rows(None, &["-p", &filter]);
+    let mut compared = 0;
+    for v in &lines {
+        let local: SocketAddr = v["local"].as_str().unwrap().parse().unwrap();
+        let peer: SocketAddr = v["peer"].as_str().unwrap().parse().unwrap();
+        if !ours.contains(&local) && !ours.contains(&peer) {
+            continue; // another test's connection to a reused port number
+        }
+        let row = ss
+            .iter()
+            .find(|(l, p, _)| {
+                l.parse::<SocketAddr>().ok() == Some(local)
+                    && p.parse::<SocketAddr>().ok() == Some(peer)
+            })
+            .unwrap_or_else(|| panic!("ss does not list {local} -> {peer}: {ss:?}"));
+        let theirs = ss_users(&row.2);
+        assert!(!theirs.is_empty(), "ss shows an owner: {row:?}");
+        assert_eq!(json_users(v), theirs, "{local} -> {peer}");
+        let me = u64::from(std::process::id());
+        if ours.contains(&local) {
+            assert!(
+                theirs.iter().any(|(pid, _, _)| *pid == me),
+                "client is ours: {theirs:?}"
+            );
+        } else {
+            assert!(
+                theirs.iter().any(|(_, c, _)| c == "kaprobe"),
+                "server side is serve's: {theirs:?}"
+            );
+        }
+        compared += 1;
+    }
+    assert_eq!(
+        compared, 6,
+        "three clients and their accepted sides: {lines:?}"
+    );
+    // The table shows them as PID/command.
+    let o = kaprobe()
+        .args(["sockets", "-p", "--port", &port])
+        .env("COLUMNS", "200")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).contains(&format!("{}/", std::process::id())),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("Process"), "{}", stdout(&o));
+}
+
+/// Listeners on the given loopback addresses, each with one client connected.
+fn pairs_on(addrs: &[&str]) -> Vec<Pair> {
+    addrs.iter().map(|a| Pair::new(a)).collect()
+}
+
+#[test]
+fn dst_and_src_prefixes_select_the_same_sockets_as_ss() {
+    require_tool!("ss");
+    // Addresses no other test uses; 127.91.0.0/16 holds two of them, 127.92.0.1 is outside.
+    let _pairs = pairs_on(&["127.91.0.1:0", "127.91.7.1:0", "127.92.0.1:0", "[::1]:0"]);
+    let v6_port = _pairs[3].port();
+    let port0 = _pairs[0].port();
+    for (ours, theirs, expect) in [
+        (
+            vec!["--dst", "127.91.0.0/16"],
+            "dst 127.91.0.0/16".to_string(),
+            2,
+        ),
+        (
+            vec!["--src", "127.91.0.0/16"],
+            "src 127.91.0.0/16".to_string(),
+            2,
+        ),
+        // a wider prefix that still holds only this test's addresses (others run alongside)
+        (
+            vec!["--dst", "127.90.0.0/15"],
+            "dst 127.90.0.0/15".to_string(),
+            2,
+        ),
+        (
+            vec!["--dst", &format!("127.91.0.0/16:{port0}")],
+            format!("dst 127.91.0.0/16:{port0}"),
+            1,
+        ),
+        (vec!["--dst", "127.92.0.1"], "dst 127.92.0.1".to_string(), 1),
+        (
+            vec!["--dst", &format!("127.91.0.1:{port0}")],
+            format!("dst 127.91.0.1:{port0}"),
+            1,
+        ),
+        (
+            vec!["--dst", &format!("[::1]:{v6_port}")],
+            format!("dst [::1]:{v6_port}"),
+            1,
+        ),
+    ] {
+        let mut args = vec!["sockets", "--json"];
+        args.extend(&ours);
+        let k = json_set(&sockets_json(kaprobe().args(&args)));
+        let words: Vec<&str> = theirs.split(' ').collect();
+        let s = addr_set(ss_rows(None, &words).into_iter().map(|(l, p, _)| (l, p)));
+        assert_eq!(k, s, "kaprobe {ours:?} vs ss {theirs}");
+        assert_eq!(k.len(), expect, "{ours:?}: {k:?}");
+    }
+}
+
+#[test]
+fn bad_prefixes_are_one_line_errors_naming_the_value() {
+    for (flag, bad, needle) in [
+        ("--dst", "10.0.0.0/33", "/0../32"),
+        ("--src", "fd00::/200", "/0../128"),
+        ("--dst", "10.0.0.1:0", "1..=65535"),
+        ("--dst", "example.com", "not an IPv4 or IPv6 address"),
+    ] {
+        let o = kaprobe().args(["sockets", flag, bad]).output().unwrap();
+        failed_with(&o, 2, &[flag, bad, needle]);
+    }
+}
+
+#[test]
+fn netns_lists_what_ss_n_lists_in_a_namespace_the_test_made() {
+    require_root!();
+    require_tool!("ss");
+    let ns = Netns::new("sockN");
+    let pairs = in_netns(&ns.name, || pairs_on(&["127.0.0.1:0", "[::1]:0"]));
+    let k =
+        json_set(&sockets_json(kaprobe().args([
+            "sockets", "--netns", &ns.name, "--state", "all", "--json",
+        ])));
+    let s = addr_set(
+        ss_rows(Some(&ns.name), &["state", "all"])
+            .into_iter()
+            .map(|(l, p, _)| (l, p)),
+    );
+    assert_eq!(k, s);
+    assert_eq!(k.len(), 6, "two listeners, two pairs: {k:?}");
+    for p in &pairs {
+        assert!(k.contains(&(
+            p.client.local_addr().unwrap(),
+            p.listener.local_addr().unwrap()
+        )));
+    }
+    // Short flag as in ss, and a missing namespace is one line.
+    let o = kaprobe()
+        .args(["sockets", "-N", &ns.name])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kaprobe()
+        .args(["sockets", "--netns", "kp-no-such-namespace"])
+        .output()
+        .unwrap();
+    failed_with(&o, 2, &["--netns", "kp-no-such-namespace", "ip netns list"]);
+}
+
+/// Whether the peer of a killed socket sees a reset (and the survivor does not).
+fn sees_reset(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+#[test]
+fn kill_ends_exactly_what_ss_k_would_and_the_peer_sees_the_reset() {
+    require_root!();
+    require_tool!("ss");
+    for (tool, base) in [("kaprobe", "127.93"), ("ss", "127.94")] {
+        let target = format!("{base}.0.1");
+        let mut pairs = pairs_on(&[
+            &format!("{target}:0"),
+            &format!("{target}:0"),
+            &format!("{base}.0.2:0"),
+        ]);
+        let dst = format!("{target}/32");
+        let would = addr_set(
+            ss_rows(None, &["dst", &dst])
+                .into_iter()
+                .map(|(l, p, _)| (l, p)),
+        );
+        assert_eq!(would.len(), 2, "{would:?}");
+        let killed = if tool == "kaprobe" {
+            let o = kaprobe()
+                .args(["sockets", "--kill", "--yes", "--dst", &dst, "--json"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert!(stderr(&o).contains("killed 2 sockets"), "{}", stderr(&o));
+            let lines = json_lines(&o);
+            assert!(lines.iter().all(|v| v["killed"] == true), "{lines:?}");
+            json_set(&lines)
+        } else {
+            let o = Command::new("ss")
+                .args(["-tnHK", "dst", &dst])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            addr_set(stdout(&o).lines().map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[3].to_string(), f[4].to_string())
+            }))
+        };
+        assert_eq!(killed, would, "{tool} killed what ss selects");
+        for (i, p) in pairs.iter_mut().enumerate() {
+            assert_eq!(
+                sees_reset(&mut p.server),
+                i < 2,
+                "{tool}: pair {i}'s server"
+            );
+        }
+        // Nothing left to kill.
+        let left = addr_set(
+            ss_rows(None, &["dst", &dst])
+                .into_iter()
+                .map(|(l, p, _)| (l, p)),
+        );
+        assert!(left.is_empty(), "{tool}: {left:?}");
+    }
+}
+
+#[test]
+fn kill_without_any_filter_is_refused_unless_yes() {
+    let o = kaprobe().args(["sockets", "--kill"]).output().unwrap();
+    failed_with(&o, 2, &["--kill", "--yes"]);
+    let o = kaprobe()
+        .args(["sockets", "--kill", "--watch", "1s", "--port", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn events_report_the_closes_the_test_causes_with_how_they_ended() {
+    require_root!();
+    let dst = "127.95.0.1";
+    let mut ev = kaprobe_tests::KillOnDrop::spawn(
+        kaprobe().args(["sockets", "--events", "--json", "--dst", dst]),
+    );
+    let err = kaprobe_tests::line_reader(ev.0.stderr.take().unwrap());
+    let out = kaprobe_tests::line_reader(ev.0.stdout.take().unwrap());
+    kaprobe_tests::wait_line(&err, Duration::from_secs(10), |l| {
+        l.contains("listening for closed")
+    })
+    .expect("events ready");
+    // One orderly close and one abort (SO_LINGER 0: a RST), both from the client.
+    let fin = Pair::new(&format!("{dst}:0"));
+    let rst = Pair::new(&format!("{dst}:0"));
+    let (fin_local, rst_local) = (
+        fin.client.local_addr().unwrap(),
+        rst.client.local_addr().unwrap(),
+    );
+    drop(fin.client);
+    socket2::SockRef::from(&rst.client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(rst.client);
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        let Ok(line) = out.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let local: SocketAddr = v["local"].as_str().unwrap().parse().unwrap();
+        assert!(
+            v["peer"].as_str().unwrap().starts_with(dst),
+            "only --dst {dst}: {v}"
+        );
+        assert!(v["time"].as_str().is_some() && v["family"] == "ipv4", "{v}");
+        seen.insert(local, v);
+    }
+    assert_eq!(seen[&fin_local]["ended"], "closed", "{fin_local}: {seen:?}");
+    assert!(
+        seen[&fin_local]["bytes_acked"].as_u64().is_some(),
+        "{seen:?}"
+    );
+    // The abort (tcp_disconnect) clears the local address and the peer's port, and the
+    // counters with them: the socket is known by its local port.
+    let rst = seen
+        .values()
+        .find(|v| {
+            v["local"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{}", rst_local.port()))
+        })
+        .unwrap_or_else(|| panic!("{rst_local}: {seen:?}"));
+    assert_eq!(rst["ended"], "aborted", "{rst}");
+    assert!(
+        rst["bytes_acked"].is_null(),
+        "no counters after an abort: {rst}"
+    );
+}
+
+#[test]
+fn watch_refreshes_until_the_socket_is_gone() {
+    let p = Pair::new("127.96.0.1:0");
+    let port = p.port().to_string();
+    let client = p.client.local_addr().unwrap();
+    let mut w = kaprobe_tests::KillOnDrop::spawn(kaprobe().args([
+        "sockets",
+        "--watch",
+        "200ms",
+        "--json",
+        "--port",
+        &port,
+        "--dst",
+        "127.96.0.1",
+    ]));
+    let out = kaprobe_tests::line_reader(w.0.stdout.take().unwrap());
+    let mut rounds_with = 0;
+    let mut listed = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rounds_with < 2 && Instant::now() < deadline {
+        let Ok(line) = out.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v.get("refresh").is_some() {
+            if listed {
+                assert_eq!(v["sockets"], 1, "{v}");
+                rounds_with += 1;
+            }
+            listed = false;
+        } else if v["local"] == client.to_string().as_str() {
+            listed = true;
+        }
+    }
+    assert_eq!(rounds_with, 2, "two refreshes listed the connection");
+    drop(p);
+    let empty = wait_for("a refresh without it", Duration::from_secs(10), || {
+        let line = out.recv_timeout(Duration::from_millis(500)).ok()?;
+        let v: Value = serde_json::from_str(&line).unwrap();
+        (v.get("refresh").is_some() && v["sockets"] == 0).then_some(v)
+    });
+    assert!(empty["refresh"].as_str().is_some());
+}
+
+#[test]
+fn events_in_a_namespace_tell_a_keepalive_timeout_from_a_close() {
+    require_root!();
+    require_tool!("iptables");
+    let pair = kaprobe_tests::NsPair::new("ev");
+    let mut ev = kaprobe_tests::KillOnDrop::spawn(kaprobe().args([
+        "sockets",
+        "--events",
+        "--json",
+        "--netns",
+        &pair.a.name,
+    ]));
+    let err = kaprobe_tests::line_reader(ev.0.stderr.take().unwrap());
+    let out = kaprobe_tests::line_reader(ev.0.stdout.take().unwrap());
+    kaprobe_tests::wait_line(&err, Duration::from_secs(10), |l| {
+        l.contains("listening for closed")
+    })
+    .expect("events ready");
+    let listener = pair.listen_b();
+    // Keep-alive 1s/1s/3 probes, then the peer drops everything: ETIMEDOUT.
+    let (client, _server) = pair.lose_peer(&listener);
+    let local = client.local_addr().unwrap();
+    drop(client); // the kernel destroys the socket when its owner lets go
+    let line = wait_for(
+        "the keep-alive timeout reported",
+        Duration::from_secs(10),
+        || {
+            let l = out.recv_timeout(Duration::from_millis(500)).ok()?;
+            let v: Value = serde_json::from_str(&l).unwrap();
+            (v["local"] == local.to_string().as_str()).then_some(v)
+        },
+    );
+    assert_eq!(line["ended"], "keepalive_timeout", "{line}");
+    assert_eq!(line["probes"], 3, "three probes went unanswered: {line}");
+    assert_eq!(
+        line["peer"],
+        listener.local_addr().unwrap().to_string().as_str()
+    );
+}
+
+#[test]
+fn kill_asks_on_a_terminal_and_a_no_kills_nothing() {
+    require_root!();
+    require_tool!("script");
+    let mut p = Pair::new("127.97.0.1:0");
+    let dst = p.listener.local_addr().unwrap().to_string();
+    // `script` gives kaprobe a terminal; the answer comes on it.
+    let ask = |answer: &str| {
+        let mut child = Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "{} sockets --kill --dst {dst}",
+                kaprobe_bin().display()
+            ))
+            .arg("/dev/null")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = ask("n\n");
+    assert!(
+        stdout(&o).contains("kill this socket? Each peer gets a RST. [y/N]"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("nothing killed"), "{}", stdout(&o));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!sees_reset(&mut p.server), "a no kills nothing");
+    let o = ask("y\n");
+    assert!(stdout(&o).contains("killed 1 socket"), "{}", stdout(&o));
+    assert!(sees_reset(&mut p.server));
 }

@@ -2,16 +2,21 @@
 //!
 //! - [`target`]: the URL (http/https) a probe aims at;
 //! - [`conn`]: one TCP/TLS connection speaking HTTP/1.x, and the idle watch;
+//! - [`max_wait`]: `--max-wait` presets and the known idle limits a probe did not rule out;
 //! - [`probe`]: advertised vs observed keep-alive behaviour, with a verdict;
 //! - [`race`]: the reuse race: requests on connections idled around a given time;
+//! - [`request`]: curl-style request and connection options (`-H`, `-X`, `--data`,
+//!   `--resolve`, `--connect-to`) for probe and race;
 //! - [`push`]: push channels (WebSocket, SSE): idle lifetime, how they end, heartbeat needed;
 //! - [`push_bench`]: bytes and latency per delivered message for polling, long polling, SSE, WebSocket.
 
 pub mod conn;
+pub mod max_wait;
 pub mod probe;
 pub mod push;
 pub mod push_bench;
 pub mod race;
+pub mod request;
 pub mod target;
 pub mod tls;
 
@@ -19,6 +24,7 @@ pub use conn::{Connector, HttpVersion, KeepAliveHeader, Response};
 pub use probe::{probe, EndedBy, ObservedClose, PipelineResult, ProbeOptions, ProbeReport};
 pub use push::{push_probe, PushEnd, PushKind, PushOptions, PushReport, PushWatch};
 pub use race::{race, Bin, RaceOptions, RaceReport};
+pub use request::{ConnectTo, Header, RequestOptions, Resolve};
 pub use target::{Scheme, Target};
 pub use tls::TlsOptions;
 

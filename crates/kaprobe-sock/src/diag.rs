@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
+pub use crate::addr::AddrMatch;
 use crate::error::{Error, Result};
 use crate::info::{state_name, TcpInfo};
 
@@ -266,6 +267,10 @@ pub struct Filter {
     pub ipv4: bool,
     /// Include IPv6 sockets.
     pub ipv6: bool,
+    /// Only sockets whose local address is in this prefix (`ss src ...`).
+    pub src: Option<AddrMatch>,
+    /// Only sockets whose peer address is in this prefix (`ss dst ...`).
+    pub dst: Option<AddrMatch>,
 }
 
 impl Default for Filter {
@@ -276,6 +281,8 @@ impl Default for Filter {
             info: true,
             ipv4: true,
             ipv6: true,
+            src: None,
+            dst: None,
         }
     }
 }
@@ -284,11 +291,27 @@ impl Filter {
     /// Whether an entry passes the filter (the kernel already applied it; this double-checks
     /// answers from kernels that ignore part of a request).
     pub fn matches(&self, e: &SocketEntry) -> bool {
-        self.states.contains(e.state)
-            && match self.port {
-                None => true,
-                Some(p) => e.local.port() == p || e.peer.port() == p,
-            }
+        self.states.contains(e.state) && self.matches_addresses(e)
+    }
+
+    /// Whether an entry's ports and addresses pass the filter, whatever its state.
+    pub fn matches_addresses(&self, e: &SocketEntry) -> bool {
+        self.port
+            .is_none_or(|p| e.local.port() == p || e.peer.port() == p)
+            && self.src.is_none_or(|m| m.matches(e.local))
+            && self.dst.is_none_or(|m| m.matches(e.peer))
+    }
+
+    /// An IPv4-only prefix leaves IPv6 sockets out only through the user-space check;
+    /// this narrows the families dumped instead: a `--src`/`--dst` IPv6 prefix needs no
+    /// IPv4 dump (IPv4-mapped addresses live in IPv6 sockets, so an IPv4 prefix keeps both).
+    #[must_use]
+    pub fn narrowed(mut self) -> Self {
+        let v6_only = |m: Option<AddrMatch>| m.and_then(|m| m.net).is_some_and(|n| n.is_ipv6());
+        if v6_only(self.src) || v6_only(self.dst) {
+            self.ipv4 = false;
+        }
+        self
     }
 }
 

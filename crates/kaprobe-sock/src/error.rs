@@ -29,6 +29,13 @@ pub enum Error {
         value: String,
         valid: String,
     },
+    /// A value given to a flag cannot be used; `reason` says why and what would do.
+    #[error("{flag} {value:?} is not valid: {reason}")]
+    Invalid {
+        flag: String,
+        value: String,
+        reason: String,
+    },
 }
 
 impl Error {

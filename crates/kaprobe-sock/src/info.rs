@@ -68,6 +68,9 @@ pub struct TcpInfo {
     pub segs_out: u32,
     /// Segments received (keep-alive ACKs included).
     pub segs_in: u32,
+    /// Segments sent and not yet acknowledged (`tcpi_unacked`).
+    #[serde(skip)]
+    pub unacked: u32,
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -102,6 +105,7 @@ impl TcpInfo {
             bytes_received: u64_at(b, 128),
             segs_out: u32_at(b, 136),
             segs_in: u32_at(b, 140),
+            unacked: u32_at(b, 24),
         }
     }
 

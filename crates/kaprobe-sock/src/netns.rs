@@ -29,6 +29,63 @@ pub fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stati
     })
 }
 
+/// Where `ip netns add NAME` keeps its namespaces.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Check a `--netns` name the way `ip netns` does: not empty, no `/`, not `.` or `..`.
+pub fn check_netns_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(Error::Invalid {
+            flag: "--netns".into(),
+            value: name.into(),
+            reason: format!(
+                "a namespace name as `ip netns list` shows it (a file in {NETNS_RUN_DIR})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Run `f` on a new thread that joined the named network namespace (`/run/netns/NAME`, as
+/// made by `ip netns add NAME`, like `ss -N NAME`), and return its result; the calling
+/// thread never leaves its own namespace. Threads `f` spawns inherit the namespace. Needs
+/// CAP_SYS_ADMIN (root).
+pub fn in_named_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    check_netns_name(name)?;
+    let path = std::path::Path::new(NETNS_RUN_DIR).join(name);
+    let file = std::fs::File::open(&path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::Invalid {
+                flag: "--netns".into(),
+                value: name.into(),
+                reason: format!("no such network namespace ({} does not exist; `ip netns list` shows the names)", path.display()),
+            }
+        } else {
+            Error::io(format!("open the network namespace {}", path.display()), e)
+        }
+    })?;
+    std::thread::scope(|scope| {
+        let h = scope.spawn(|| -> Result<T> {
+            // SAFETY: setns on an open namespace file changes only this thread's network
+            // namespace; the file stays open for the call.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(Error::io(
+                    format!("join the network namespace {} (setns)", path.display()),
+                    io::Error::last_os_error(),
+                ));
+            }
+            Ok(f())
+        });
+        h.join().unwrap_or_else(|_| {
+            Err(Error::Parse {
+                what: format!("work in the network namespace {name}"),
+                detail: "the worker thread panicked".into(),
+            })
+        })
+    })
+}
+
 /// Bring `lo` up in the calling thread's network namespace.
 fn loopback_up() -> Result<()> {
     let what = "bring up lo in the private namespace";
@@ -64,6 +121,18 @@ fn loopback_up() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_and_missing_namespace_names_are_one_line_errors() {
+        for bad in ["", "a/b", "..", "."] {
+            let e = in_named_netns(bad, || ()).unwrap_err().to_string();
+            assert!(e.contains("--netns") && !e.contains('\n'), "{e}");
+        }
+        let e = in_named_netns("kaprobe-no-such-namespace", || ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such network namespace"), "{e}");
+    }
 
     #[test]
     fn private_namespace_has_a_working_loopback_of_its_own() {

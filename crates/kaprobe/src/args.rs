@@ -153,6 +153,99 @@ pub fn filter_expression(
         .map_err(|e| Failure::usage(format!("filter expression '{text}': {e}")).into())
 }
 
+/// curl's request and connection options, shared by `probe` and `race`: one group, one
+/// wording. The library parses and checks each value (`kaprobe_http::client::request`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RequestArgs {
+    /// Add a request header, as curl -H: 'Name: value' (repeatable). 'Host: NAME' replaces
+    /// the Host header (which upstream an ingress or proxy picks); 'Name:' drops a header
+    /// kaprobe sends (User-Agent, Accept); 'Name;' sends it empty.
+    #[arg(
+        short = 'H',
+        long = "header",
+        value_name = "'NAME: VALUE'",
+        allow_hyphen_values = true
+    )]
+    pub headers: Vec<String>,
+
+    /// Request method word, as curl -X (e.g. PUT, DELETE, OPTIONS); in race it overrides
+    /// --method.
+    #[arg(short = 'X', long = "request", value_name = "METHOD")]
+    pub request_method: Option<String>,
+
+    /// Send BODY (as curl -d: POST unless -X, Content-Type
+    /// application/x-www-form-urlencoded unless -H gives one). @FILE reads FILE, dropping
+    /// newlines as curl does; @- reads stdin.
+    #[arg(
+        short = 'd',
+        long = "data",
+        value_name = "BODY|@FILE",
+        allow_hyphen_values = true
+    )]
+    pub data: Option<String>,
+
+    /// As --data, but @FILE is sent byte for byte (curl --data-binary).
+    #[arg(
+        long,
+        value_name = "BODY|@FILE",
+        conflicts_with = "data",
+        allow_hyphen_values = true
+    )]
+    pub data_binary: Option<String>,
+
+    /// Connect to ADDR for HOST:PORT instead of resolving HOST, as curl --resolve
+    /// (repeatable; IPv6 in brackets; several addresses comma-separated). The Host header and
+    /// TLS name stay the URL's.
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    pub resolve: Vec<String>,
+
+    /// Connect to HOST2:PORT2 whenever the URL's host and port are HOST:PORT, as curl
+    /// --connect-to (repeatable; empty parts match any / keep the URL's): pin one
+    /// load-balancer node or ingress backend. The Host header and TLS name stay the URL's.
+    #[arg(long, value_name = "HOST:PORT:HOST2:PORT2")]
+    pub connect_to: Vec<String>,
+}
+
+impl RequestArgs {
+    /// The library's typed options; a bad value is a one-line usage error naming it.
+    pub fn options(&self) -> anyhow::Result<kaprobe_http::client::RequestOptions> {
+        use kaprobe_http::client::{request, ConnectTo, Header, RequestOptions, Resolve};
+        let fail = |e: kaprobe_http::Error| anyhow::Error::from(crate::exit::http_failure(e));
+        let body = match (&self.data, &self.data_binary) {
+            (Some(d), _) => Some(request::parse_data("--data", d, false).map_err(fail)?),
+            (None, Some(d)) => Some(request::parse_data("--data-binary", d, true).map_err(fail)?),
+            (None, None) => None,
+        };
+        Ok(RequestOptions {
+            method: self
+                .request_method
+                .as_deref()
+                .map(request::parse_method)
+                .transpose()
+                .map_err(fail)?,
+            headers: self
+                .headers
+                .iter()
+                .map(|h| Header::parse(h))
+                .collect::<Result<_, _>>()
+                .map_err(fail)?,
+            body,
+            resolve: self
+                .resolve
+                .iter()
+                .map(|r| Resolve::parse(r))
+                .collect::<Result<_, _>>()
+                .map_err(fail)?,
+            connect_to: self
+                .connect_to
+                .iter()
+                .map(|c| ConnectTo::parse(c))
+                .collect::<Result<_, _>>()
+                .map_err(fail)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

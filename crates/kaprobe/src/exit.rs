@@ -157,7 +157,7 @@ pub fn http_failure(e: kaprobe_http::Error) -> Failure {
 pub fn sock_failure(e: kaprobe_sock::Error) -> Failure {
     use kaprobe_sock::Error as E;
     let code = match &e {
-        E::OutOfRange { .. } | E::UnknownName { .. } => USAGE,
+        E::OutOfRange { .. } | E::UnknownName { .. } | E::Invalid { .. } => USAGE,
         E::Io { source, .. } => connect_code(source),
         E::Parse { .. } => FAILURE,
     };

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::request::{RequestOptions, Route};
 use super::target::{Scheme, Target};
 use super::tls::{client_config, server_name, TlsOptions};
 use crate::{h1, Error};
@@ -33,6 +34,8 @@ pub struct Connector {
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
+    /// The user's request options (`-H`, `-X`, `--data`, ...).
+    req: Arc<RequestOptions>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -55,12 +58,42 @@ pub struct OpenTimes {
 impl Connector {
     /// Resolve the target's host (bounded by `timeout`) and prepare TLS if needed.
     pub async fn new(target: Target, tls: &TlsOptions, timeout: Duration) -> Result<Self, Error> {
+        Self::new_with(target, tls, timeout, &RequestOptions::default()).await
+    }
+
+    /// As [`Connector::new`], with the user's request options: `--connect-to` and
+    /// `--resolve` decide where connections go (the Host header and the TLS server name stay
+    /// the URL's); `-H`, `-X` and `--data` shape every request.
+    pub async fn new_with(
+        target: Target,
+        tls: &TlsOptions,
+        timeout: Duration,
+        req: &RequestOptions,
+    ) -> Result<Self, Error> {
         let tls = match target.scheme {
             Scheme::Http => None,
             Scheme::Https => Some((client_config(tls)?, server_name(&target.host)?)),
         };
-        let host = target.host.clone();
-        let lookup = tokio::net::lookup_host((host.clone(), target.port));
+        let req = Arc::new(req.clone());
+        let (host, port) = match req.route(&target.host, target.port) {
+            Route::Pinned(addrs) => {
+                let Some(addr) = addrs.first().copied() else {
+                    return Err(Error::InvalidOption(format!(
+                        "--resolve for {}:{} gives no address",
+                        target.host, target.port
+                    )));
+                };
+                return Ok(Self {
+                    target,
+                    addr,
+                    addrs,
+                    tls,
+                    req,
+                });
+            }
+            Route::Lookup(h, p) => (h, p),
+        };
+        let lookup = tokio::net::lookup_host((host.clone(), port));
         let addrs: Vec<SocketAddr> = match tokio::time::timeout(timeout, lookup).await {
             Err(_) => {
                 return Err(Error::Resolve {
@@ -87,7 +120,13 @@ impl Connector {
             addr,
             addrs,
             tls,
+            req,
         })
+    }
+
+    /// The method a request sent as `method` really uses: `-X`, else POST with `--data`.
+    pub fn method(&self, method: &str) -> String {
+        self.req.method_or(method)
     }
 
     /// Open the first connection, trying each resolved address in turn (`localhost` may be
@@ -190,6 +229,8 @@ impl Connector {
         accept: &[(&str, &str)],
     ) -> Vec<u8> {
         let path = path.unwrap_or(&self.target.path);
+        let method = self.req.method_or(method);
+        let method = method.as_str();
         let mut fields = vec![("User-Agent", h1::USER_AGENT)];
         fields.extend_from_slice(accept);
         // Ask for keep-alive explicitly (as browsers do): some servers, Apache among them,
@@ -197,14 +238,20 @@ impl Connector {
         if version != HttpVersion::Http10 {
             fields.push(("Connection", "keep-alive"));
         }
-        let body: Option<&[u8]> = if method == "POST" || method == "PUT" {
+        let body: Option<&[u8]> = if let Some(b) = &self.req.body {
+            Some(b)
+        } else if method == "POST" || method == "PUT" {
             fields.push(("Content-Type", "text/plain"));
             Some(b"kaprobe\n")
         } else {
             None
         };
         let host = self.target.host_header();
-        h1::write_request(method, path, version.as_str(), &host, &fields, body)
+        if *self.req == RequestOptions::default() {
+            return h1::write_request(method, path, version.as_str(), &host, &fields, body);
+        }
+        let fields = self.req.fields(&host, &fields);
+        h1::write_request_fields(method, path, version.as_str(), &fields, body)
     }
 }
 

@@ -35,6 +35,8 @@ pub struct RaceOptions {
     /// Bound on the whole run.
     pub max_wait: Duration,
     pub tls: TlsOptions,
+    /// `-H`, `-X`, `--data`, `--resolve`, `--connect-to` (`-X` or `--data` override `method`).
+    pub request: super::request::RequestOptions,
 }
 
 /// How one reuse went.
@@ -177,13 +179,14 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
     }
     let target = Target::parse(url)?;
     opts.validate()?;
-    let method = opts.method.to_ascii_uppercase();
+    let method = opts.request.method_or(&opts.method.to_ascii_uppercase());
     let start = Instant::now();
     let deadline = start + opts.max_wait;
-    let mut connector = Connector::new(
+    let mut connector = Connector::new_with(
         target,
         &opts.tls,
         opts.max_wait.min(Duration::from_secs(10)),
+        &opts.request,
     )
     .await?;
 

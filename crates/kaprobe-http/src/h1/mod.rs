@@ -11,6 +11,6 @@ mod sse;
 pub use chunked::Chunked;
 pub(crate) use reject::bad;
 pub use reject::Reject;
-pub use request::{write_request, USER_AGENT};
+pub use request::{write_request, write_request_fields, USER_AGENT};
 pub use response::{parse_response_head, ResponseHead};
 pub use sse::{SseDecoder, SseItem};

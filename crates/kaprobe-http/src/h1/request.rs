@@ -43,6 +43,36 @@ pub fn write_request(
     out
 }
 
+/// Write a request whose fields, `Host` included, are all in `fields`, in order (the
+/// user-shaped requests of `-H`); with a body, `Content-Length` follows them.
+pub fn write_request_fields(
+    method: &str,
+    target: &str,
+    version: &str,
+    fields: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + body.map_or(0, <[u8]>::len));
+    for part in [method, " ", target, " ", version, "\r\n"] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(body) = body {
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

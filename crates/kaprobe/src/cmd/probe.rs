@@ -47,6 +47,8 @@ docs/push-probe.md.
 
 Examples:
   kaprobe probe http://127.0.0.1:8080/
+  kaprobe probe https://api.example.com/ --max-wait aws-nlb
+  kaprobe probe http://lb/ -H 'Host: shop.example' --connect-to lb:80:10.0.3.7:
   kaprobe probe https://localhost:8443/health --cacert ca.pem --max-wait 90s
   kaprobe probe http://10.0.0.5/ --json | jq .idle
   kaprobe probe ws://127.0.0.1:8080/ws
@@ -68,8 +70,10 @@ pub struct Args {
 
     /// Upper bound on the whole probe (e.g. 90s, 2m). Idle timeouts longer than this are
     /// reported as "not within --max-wait" ("survived at least" for push channels).
-    /// Range 1s..=24h. Default 150s for http(s), 5m for WebSocket and SSE.
-    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    /// Range 1s..=24h. Default 150s for http(s), 5m for WebSocket and SSE. A middlebox
+    /// name waits past its idle limit: aws-alb, aws-nlb, aws-nat-gateway, azure-lb,
+    /// azure-lb-reset, gcp-lb, or cloud (past the longest; see `kaprobe middlebox --help`).
+    #[arg(long, value_name = "D|NAME", value_parser = parse_max_wait)]
     pub max_wait: Option<Duration>,
 
     /// Push channels only: keep the connection alive with this heartbeat and watch just that
@@ -95,6 +99,9 @@ pub struct Args {
     #[command(flatten)]
     pub tls: crate::args::TlsArgs,
 
+    #[command(flatten)]
+    pub request: crate::args::RequestArgs,
+
     /// One JSON object on stdout instead of the table (shape in docs/probe.md).
     #[arg(long)]
     pub json: bool,
@@ -108,6 +115,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             PushKind::Websocket
         };
+        if args.request.options()? != kaprobe_http::client::RequestOptions::default() {
+            return Err(Failure::usage(
+                "-H, -X, --data, --resolve and --connect-to apply to http(s) probes, not to WebSocket or SSE ones",
+            )
+            .into());
+        }
         return run_push(&args, kind);
     }
     if args.heartbeat.is_some() || args.hold.is_some() {
@@ -121,13 +134,66 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         connections: args.connections,
         max_requests_cap: args.max_requests_cap,
         tls: args.tls.options(),
+        request: args.request.options()?,
     };
     opts.validate().map_err(crate::exit::http_failure)?;
+    let _progress = Progress::start(opts.max_wait);
     measure(
         probe(&args.url, &opts),
         args.json,
         crate::render::http::probe,
     )
+}
+
+/// `--max-wait`: a duration or a middlebox preset's name (the library's parser).
+fn parse_max_wait(s: &str) -> Result<Duration, String> {
+    kaprobe_http::client::max_wait::parse_max_wait(s).map_err(|e| e.to_string())
+}
+
+/// For a probe that may run a minute or more: a line on stderr every 30 s saying how far it
+/// is, so a probe left running in the background (`2>probe.log &`) shows it is alive.
+struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    fn start(max_wait: Duration) -> Self {
+        if max_wait < Duration::from_secs(60) {
+            return Self {
+                stop: None,
+                thread: None,
+            };
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let start = std::time::Instant::now();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Self::EVERY)
+            {
+                let done = Duration::from_secs(start.elapsed().as_secs());
+                eprintln!(
+                    "kaprobe probe: {} of at most {} (--max-wait): idle connections are still being watched",
+                    crate::util::human(done),
+                    crate::util::human(max_wait)
+                );
+            }
+        });
+        Self {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// `kaprobe probe ws://...` / `kaprobe probe --sse URL`: the push-channel prober.

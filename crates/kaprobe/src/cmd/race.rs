@@ -37,6 +37,8 @@ long as the client's; --parallel speeds up runs against a server with no proxy i
 Examples:
   kaprobe race http://127.0.0.1:8080/ --idle 5s --spread 1s --requests 20
   kaprobe race http://proxy:80/api --idle 60s --spread 2s --method POST --json
+  kaprobe race https://shop.example.com/api --idle 55s -X PUT -d @order.json
+  kaprobe race https://a.example/ --idle 9s --resolve a.example:443:10.0.3.7
 
 Exit codes: 0 the race ran (failures or not: read the table), 2 bad URL or flag,
 3 host not resolved, 4 connection refused, 5 unreachable or no answer in time,
@@ -77,6 +79,9 @@ pub struct Args {
     #[command(flatten)]
     pub tls: crate::args::TlsArgs,
 
+    #[command(flatten)]
+    pub request: crate::args::RequestArgs,
+
     /// JSON lines on stdout instead of the table (shape in docs/race.md).
     #[arg(long)]
     pub json: bool,
@@ -103,6 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         method: args.method,
         max_wait,
         tls: args.tls.options(),
+        request: args.request.options()?,
     };
     opts.validate().map_err(failure)?;
     let rt = runtime()?;

@@ -155,11 +155,29 @@ pub(super) fn judge(r: &mut ProbeReport, rtt: f64) {
                 idle.on_reuse.as_deref().unwrap_or("no answer").replace('_', " ")
             )
         }
-        _ => match idle.still_open_after_s.or(idle.longest_alive_s) {
-            Some(a) => format!(
-                "kept idle connections open for the whole --max-wait (still open after {a:.2}s of idle), {adv}; raise --max-wait to find the real timeout"
-            ),
-            None => format!("kept idle connections open for the whole --max-wait, {adv}; raise --max-wait to find the real timeout"),
-        },
+        _ => {
+            let a = idle.still_open_after_s.or(idle.longest_alive_s);
+            r.not_ruled_out = super::super::max_wait::not_ruled_out(a.unwrap_or(0.0));
+            let seen = match a {
+                Some(a) => format!("still open after {a:.2}s of idle"),
+                None => "no idle time measured".into(),
+            };
+            let open = r
+                .not_ruled_out
+                .iter()
+                .map(|n| format!("{} {}s", n.name, n.idle_s))
+                .collect::<Vec<_>>()
+                .join(", ");
+            match r.not_ruled_out.first() {
+                Some(first) => format!(
+                    "NOT a clean bill of health: kept idle connections open for the whole --max-wait ({seen}), {adv}; an idle limit longer than that is not ruled out, including {open}; rerun with --max-wait NAME for the one in front of this server (e.g. --max-wait {}) or --max-wait {} to wait past them all",
+                    first.name,
+                    super::super::max_wait::LONGEST,
+                ),
+                None => format!(
+                    "kept idle connections open for the whole --max-wait ({seen}), {adv}: longer than every known middlebox limit; raise --max-wait to find the real timeout"
+                ),
+            }
+        }
     };
 }

@@ -41,6 +41,8 @@ pub struct ProbeOptions {
     /// Stop counting requests per connection after this many.
     pub max_requests_cap: u64,
     pub tls: TlsOptions,
+    /// `-H`, `-X`, `--data`, `--resolve`, `--connect-to`.
+    pub request: super::request::RequestOptions,
 }
 
 impl Default for ProbeOptions {
@@ -50,6 +52,7 @@ impl Default for ProbeOptions {
             connections: 100,
             max_requests_cap: 1000,
             tls: TlsOptions::default(),
+            request: super::request::RequestOptions::default(),
         }
     }
 }
@@ -260,6 +263,9 @@ pub struct ProbeReport {
     pub advertised_true: Truth,
     /// Idle time a client or proxy pool in front should stay under, seconds.
     pub safe_idle_s: Option<f64>,
+    /// When the connections were still open at `--max-wait`: the known middlebox idle
+    /// limits longer than what was seen, which this probe cannot rule out (shortest first).
+    pub not_ruled_out: Vec<super::max_wait::NotRuledOut>,
     pub findings: Vec<String>,
     pub verdict: String,
     pub elapsed_s: f64,
@@ -273,6 +279,13 @@ impl ProbeOptions {
     pub fn validate(&self) -> Result<(), Error> {
         super::check_max_wait(self.max_wait)?;
         super::check_count("--connections", self.connections, 2..=1000)?;
+        if self.request.method_or("GET").eq_ignore_ascii_case("HEAD") {
+            return Err(Error::InvalidOption(
+                "-X HEAD: probe reads every response's body and a HEAD answer has none; \
+                 leave -X out (GET) or use another method"
+                    .into(),
+            ));
+        }
         super::check_count("--max-requests-cap", self.max_requests_cap, 1..=100_000)
     }
 }
@@ -283,10 +296,11 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
     opts.validate()?;
     let start = Instant::now();
     let deadline = start + opts.max_wait;
-    let mut connector = Connector::new(
+    let mut connector = Connector::new_with(
         target,
         &opts.tls,
         left(deadline).min(Duration::from_secs(10)),
+        &opts.request,
     )
     .await?;
 
@@ -374,6 +388,7 @@ pub async fn probe(url: &str, opts: &ProbeOptions) -> Result<ProbeReport, Error>
         pipelining,
         advertised_true: Truth::default(),
         safe_idle_s: None,
+        not_ruled_out: Vec::new(),
         findings: Vec::new(),
         verdict: String::new(),
         elapsed_s: 0.0,
@@ -464,6 +479,7 @@ mod tests {
             pipelining: Pipelining::default(),
             advertised_true: Truth::default(),
             safe_idle_s: None,
+            not_ruled_out: Vec::new(),
             findings: Vec::new(),
             verdict: String::new(),
             elapsed_s: 0.0,
