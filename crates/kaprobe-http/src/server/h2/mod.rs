@@ -33,6 +33,7 @@ use wire::{Io, PingPolicy, Wire};
 
 /// RFC 9113 section 7 error codes used here.
 const PROTOCOL_ERROR: u32 = 0x1;
+const FRAME_SIZE_ERROR: u32 = 0x6;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// What the first bytes on a plain port say the client speaks.
@@ -67,6 +68,9 @@ enum End {
     /// Too many PING strikes: GOAWAY ENHANCE_YOUR_CALM "too_many_pings" still to send, with
     /// this last stream id.
     Calm(u32),
+    /// A frame of the wrong size: GOAWAY FRAME_SIZE_ERROR still to send, with this last
+    /// stream id.
+    Malformed(u32, &'static str),
 }
 
 /// Wait for a kill signal from the server (shutdown, eviction).
@@ -139,6 +143,14 @@ where
             drop(conn);
             finish(wire, &ctl, &sh, r, d, None).await;
         }
+        End::Malformed(last, what) => {
+            // `h2` never saw the frame; if it is mid-frame itself, the GOAWAY cannot be
+            // written whole, and the connection just closes.
+            let boundary = wire.at_frame_boundary();
+            drop(conn);
+            let goaway = boundary.then_some((last, FRAME_SIZE_ERROR, &b""[..]));
+            finish(wire, &ctl, &sh, Reason::ProtocolError, what, goaway).await;
+        }
         End::Calm(last) if wire.at_frame_boundary() => {
             drop(conn);
             let goaway = (last, ENHANCE_YOUR_CALM, &b"too_many_pings"[..]);
@@ -187,7 +199,8 @@ where
     let mut served = ctl.served.get();
     loop {
         if let Some(r) = pending {
-            if streams.is_empty() {
+            // Only once `h2` has written every answer: an abrupt GOAWAY drops what it holds.
+            if streams.is_empty() && !conn.has_streams() {
                 pending = None;
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 going = Some(Going {
@@ -209,10 +222,15 @@ where
         let grace = going
             .filter(|g| !g.forced && streams.is_empty())
             .map(|g| g.since + GOAWAY_GRACE);
+        // Answers handed to `h2` but not yet written: look again shortly.
+        let flushing = pending.is_some() && streams.is_empty();
         let mut start: Option<Reason> = None;
         tokio::select! {
             biased;
             () = wire.notify.notified() => {
+                if let Some(what) = wire.malformed.get() {
+                    return End::Malformed(last_stream, what);
+                }
                 if wire.calm.get() {
                     return End::Calm(last_stream);
                 }
@@ -256,6 +274,9 @@ where
                 }
                 Some(Err(e)) => {
                     let (r, d) = match going {
+                        Some(g) if e.is_go_away() && e.is_remote() => {
+                            (g.reason, "client answered with GOAWAY")
+                        }
                         Some(g) => (g.reason, ""),
                         None => error_reason(&e, wire),
                     };
@@ -268,6 +289,7 @@ where
             () = sleep_until(idle_deadline.unwrap_or_else(Instant::now)), if idle_deadline.is_some() => {
                 start = Some(Reason::IdleGoaway);
             }
+            () = tokio::time::sleep(std::time::Duration::from_millis(1)), if flushing => {}
             () = sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => {
                 // The client did not answer the PING in time: the final GOAWAY anyway.
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);

@@ -51,14 +51,16 @@ pub(crate) struct Wire<T> {
     strikes: Cell<u32>,
     /// The strike limit was passed.
     pub calm: Cell<bool>,
-    /// Woken when `calm` is set.
+    /// Woken when `calm` or `malformed` is set.
     pub notify: Notify,
     /// The client's GOAWAY error code, once one came.
     pub client_goaway: Cell<Option<u32>>,
     /// The last GOAWAY the server wrote: (last stream id, error code), and how many.
     pub goaway_out: Cell<Option<(u32, u32)>>,
     pub goaways_out: Cell<u32>,
-    /// A frame the scanner found malformed in the client's bytes.
+    /// A frame with a fixed-size payload of the wrong size in the client's bytes (RFC 9113
+    /// calls that a FRAME_SIZE_ERROR; `h2` would say PROTOCOL_ERROR). Its bytes, and all
+    /// after them, are kept from `h2`, and `notify` is woken.
     pub malformed: Cell<Option<&'static str>>,
 }
 
@@ -171,10 +173,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for Io<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let w = &self.0;
+        if w.malformed.get().is_some() {
+            // The connection task answers it; `h2` reads nothing more.
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut *w.io.borrow_mut()).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
             w.seen_in(buf.filled().get(before..).unwrap_or_default());
+            if w.malformed.get().is_some() {
+                buf.set_filled(before);
+                w.notify.notify_one();
+                return Poll::Pending;
+            }
         }
         r
     }
