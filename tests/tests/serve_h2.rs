@@ -813,7 +813,8 @@ fn bad_tls_files_and_out_of_range_http2_flags_are_one_line_errors() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("--tls-cert") && err.contains("junk.pem"),
         "{err}"

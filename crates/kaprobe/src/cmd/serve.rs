@@ -250,12 +250,13 @@ Examples:
   kaprobe serve --keepalive-timeout 4s --close-style rst   # resets idle conns
   kaprobe serve --advertise-timeout 60s --keepalive-timeout 5s   # it lies
   kaprobe serve --ws-ping 20s --sse-heartbeat 15s --store /var/tmp/push.sqlite
-  kaprobe serve --http2 --keepalive-timeout 3s --goaway-style two-phase   # h2c + HTTP/1.1
-  kaprobe serve --http2 --tls-cert cert.pem --tls-key key.pem   # ALPN h2 and http/1.1
-  kaprobe serve --http2 --min-ping-interval 5m --max-ping-strikes 2   # like gRPC's defaults
+  kaprobe serve --http2 --keepalive-timeout 3s --goaway-style two-phase
+  kaprobe serve --http2 --tls-cert cert.pem --tls-key key.pem   # TLS, ALPN
+  kaprobe serve --http2 --min-ping-interval 5m   # gRPC's PING policy
 
 Exit status: 0 after a signal-driven stop, 1 bind or other I/O failure, 2 bad flag value,
-6 permission denied (privileged port). See docs/serve.md.";
+6 permission denied (privileged port), 7 an unusable --store, --tls-cert or --tls-key file.
+See docs/serve.md and, for --http2 and TLS, docs/serve-http2.md.";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum AdvertiseArg {
