@@ -68,6 +68,9 @@ struct Raw {
     seen: Vec<Frame>,
 }
 
+/// A GOAWAY seen: when, last stream id, error code, debug data.
+type Goaway = (Instant, u32, u32, Vec<u8>);
+
 /// A HEADERS block for `GET path` (HPACK: static-table :method GET and :scheme http, literal
 /// :path and :authority without indexing).
 fn get_block(path: &str) -> Vec<u8> {
@@ -180,10 +183,7 @@ impl Raw {
     }
 
     /// Every GOAWAY until end of input (or `within`), with its time, and the time of the end.
-    fn goaways_until_eof(
-        &mut self,
-        within: Duration,
-    ) -> (Vec<(Instant, u32, u32, Vec<u8>)>, Option<Instant>) {
+    fn goaways_until_eof(&mut self, within: Duration) -> (Vec<Goaway>, Option<Instant>) {
         let deadline = Instant::now() + within;
         let mut g = Vec::new();
         while let Some((at, f)) = self.next(deadline) {
@@ -415,6 +415,21 @@ fn pings_while_a_stream_is_open_are_not_strikes() {
         "{:?}",
         c.seen
     );
+}
+
+#[test]
+fn a_client_goaway_is_logged_as_client_goaway_with_its_code() {
+    let srv = Server::start(&["--http2", "--keepalive-timeout", "30s"]);
+    for (code, detail) in [(NO_ERROR, ""), (ENHANCE_YOUR_CALM, "ENHANCE_YOUR_CALM")] {
+        let mut c = Raw::connect(srv.addr);
+        c.get(1, "/");
+        c.response_end(1);
+        c.send(&h2wire::goaway(0, code, b"bye"));
+        c.s.shutdown(std::net::Shutdown::Write).unwrap();
+        let ev = srv.close("client_goaway", Duration::from_secs(5));
+        assert_eq!(ev["detail"], detail, "{ev}");
+        assert_eq!(ev["requests"], 1);
+    }
 }
 
 /// Send `bad` on its own connection: a GOAWAY with `code` must come back, then the end, while

@@ -197,10 +197,15 @@ where
     let mut kill_seen = false;
     let mut last_stream = 0u32;
     let mut served = ctl.served.get();
+    // Since when the answers wait to be written before a single GOAWAY.
+    let mut flush_since: Option<Instant> = None;
     loop {
         if let Some(r) = pending {
-            // Only once `h2` has written every answer: an abrupt GOAWAY drops what it holds.
-            if streams.is_empty() && !conn.has_streams() {
+            // Only once `h2` has written every answer (an abrupt GOAWAY drops what it holds),
+            // or when a client that does not read has had --header-timeout to do so.
+            let stuck = streams.is_empty()
+                && flush_since.get_or_insert_with(Instant::now).elapsed() > cfg.header_timeout;
+            if streams.is_empty() && (!conn.has_streams() || stuck) {
                 pending = None;
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 going = Some(Going {
@@ -224,6 +229,9 @@ where
             .map(|g| g.since + GOAWAY_GRACE);
         // Answers handed to `h2` but not yet written: look again shortly.
         let flushing = pending.is_some() && streams.is_empty();
+        if !flushing {
+            flush_since = None;
+        }
         let mut start: Option<Reason> = None;
         tokio::select! {
             biased;
@@ -283,7 +291,8 @@ where
                     return End::Closed(r, d);
                 }
                 None => {
-                    return End::Closed(closed_reason(going, wire), "");
+                    let (r, d) = closed_reason(going, wire);
+                    return End::Closed(r, d);
                 }
             },
             () = sleep_until(idle_deadline.unwrap_or_else(Instant::now)), if idle_deadline.is_some() => {
@@ -314,12 +323,13 @@ where
     }
 }
 
-/// The reason for a connection `h2` closed without an error.
-fn closed_reason<T>(going: Option<Going>, wire: &Wire<T>) -> Reason {
-    match going {
-        Some(g) => g.reason,
-        None if wire.client_goaway.get().is_some() => Reason::ClientGoaway,
-        None => Reason::ClientFin,
+/// The reason (and detail) for a connection `h2` closed without an error.
+fn closed_reason<T>(going: Option<Going>, wire: &Wire<T>) -> (Reason, &'static str) {
+    match (going, wire.client_goaway.get()) {
+        (Some(g), _) => (g.reason, ""),
+        (None, Some(0)) => (Reason::ClientGoaway, ""),
+        (None, Some(code)) => (Reason::ClientGoaway, h2wire::error_name(code)),
+        (None, None) => (Reason::ClientFin, ""),
     }
 }
 
