@@ -891,3 +891,59 @@ fn a_shared_plain_port_tells_h2c_from_http1_however_late_and_cut_the_first_bytes
         h2.join().unwrap();
     });
 }
+
+const PY_GRPC: &str = r#"
+import grpc, sys, time
+opts = [("grpc.keepalive_time_ms", 100), ("grpc.keepalive_timeout_ms", 1000),
+        ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", 100)]
+ch = grpc.insecure_channel("127.0.0.1:" + sys.argv[1], options=opts)
+call = ch.unary_unary("/kaprobe.Test/Ping", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+try:
+    call(b"", timeout=5)
+except grpc.RpcError as e:
+    print(e.code().name, flush=True)
+time.sleep(float(sys.argv[2]))
+"#;
+
+/// A real gRPC channel (Python grpcio, gRPC core) whose keep-alive pings, once a second
+/// (gRPC core's own floor), come faster than the server's 2 s: gRPC core reports the GOAWAY
+/// it gets as `ENHANCE_YOUR_CALM` with debug data `too_many_pings`, as from a gRPC server.
+#[test]
+fn a_grpc_channel_pinging_too_often_is_told_too_many_pings() {
+    let have = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            !kaprobe_tests::in_ci(),
+            "CI must have Python's grpcio installed"
+        );
+        eprintln!("skipped: needs python3 -m pip install grpcio");
+        return;
+    }
+    let srv = Server::start(&[
+        "--http2",
+        "--keepalive-timeout",
+        "30s",
+        "--min-ping-interval",
+        "2s",
+        "--max-ping-strikes",
+        "2",
+    ]);
+    let o = Command::new("python3")
+        .args(["-c", PY_GRPC, &srv.addr.port().to_string(), "5"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The server is not a gRPC service: the call itself ends UNIMPLEMENTED (HTTP 404).
+    assert_eq!(out.trim(), "UNIMPLEMENTED", "{out}{err}");
+    assert!(
+        err.contains("ENHANCE_YOUR_CALM") && err.contains("too_many_pings"),
+        "{err}"
+    );
+    let ev = srv.close("too_many_pings", Duration::from_secs(5));
+    assert_eq!(ev["ending"], "fin");
+}
