@@ -199,6 +199,17 @@ where
     let mut served = ctl.served.get();
     // Since when the answers wait to be written before a single GOAWAY.
     let mut flush_since: Option<Instant> = None;
+    let idle_for = |first: bool| {
+        if first && cfg.keepalive_timeout.is_zero() {
+            cfg.header_timeout
+        } else {
+            cfg.keepalive_timeout
+        }
+    };
+    // One idle timer for the connection's life, moved only when it fires early (the end of
+    // every stream moves `idle_since`; re-arming a timer per stream would cost more).
+    let idle_timer = sleep_until(idle_since + idle_for(true));
+    tokio::pin!(idle_timer);
     loop {
         if let Some(r) = pending {
             // Only once `h2` has written every answer (an abrupt GOAWAY drops what it holds),
@@ -215,15 +226,7 @@ where
                 });
             }
         }
-        let idle_deadline =
-            (going.is_none() && pending.is_none() && streams.is_empty()).then(|| {
-                let t = if first && cfg.keepalive_timeout.is_zero() {
-                    cfg.header_timeout
-                } else {
-                    cfg.keepalive_timeout
-                };
-                idle_since + t
-            });
+        let idle_armed = going.is_none() && pending.is_none();
         let grace = going
             .filter(|g| !g.forced && streams.is_empty())
             .map(|g| g.since + GOAWAY_GRACE);
@@ -295,8 +298,17 @@ where
                     return End::Closed(r, d);
                 }
             },
-            () = sleep_until(idle_deadline.unwrap_or_else(Instant::now)), if idle_deadline.is_some() => {
-                start = Some(Reason::IdleGoaway);
+            () = &mut idle_timer, if idle_armed => {
+                let due = idle_since + idle_for(first);
+                let now = Instant::now();
+                if !streams.is_empty() {
+                    // Streams open: look again one timeout from now at the latest.
+                    idle_timer.as_mut().reset(now + idle_for(first));
+                } else if now >= due {
+                    start = Some(Reason::IdleGoaway);
+                } else {
+                    idle_timer.as_mut().reset(due);
+                }
             }
             () = tokio::time::sleep(std::time::Duration::from_millis(1)), if flushing => {}
             () = sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => {
