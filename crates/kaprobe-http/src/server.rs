@@ -13,13 +13,17 @@
 //!   lot's epoll set and queues), `metrics`;
 //! - [`push`] (WebSocket, event stream, polling, publishing), then [`conn`] (one connection,
 //!   handing push requests to [`push`]), then [`park`] (tasks, parking and waking);
-//! - this module: accepting, running and shutting down.
+//! - [`h2`] (`--http2`: one HTTP/2 connection on the `h2` crate) and [`tls`] (`--tls-cert`:
+//!   the handshake, ALPN, and HTTP/1.1 over TLS);
+//! - this module: accepting (and telling h2c from HTTP/1.1 on a plain port), running and
+//!   shutting down.
 
 mod close;
 mod config;
 pub mod conn;
 pub mod control;
 pub mod date;
+pub mod h2;
 mod lot;
 mod metrics;
 pub mod park;
@@ -30,6 +34,7 @@ mod query;
 pub mod session;
 mod shared;
 pub mod stats;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -39,7 +44,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 pub use close::{CloseEvent, Ending, Reason};
-pub use config::{Advertise, CloseStyle, Config};
+pub use config::{Advertise, CloseStyle, Config, GoawayStyle, TlsFiles, GOAWAY_GRACE};
 pub use control::ConfigChange;
 use park::kill_conn;
 use shared::{Ctl, Shared};
@@ -158,7 +163,111 @@ fn accept_raw(lfd: i32) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
     Ok((stream, peer))
 }
 
-async fn accept_loop(listener: std::net::TcpListener, sh: Rc<Shared>) {
+/// What the client's first bytes, if any have arrived, say it speaks (MSG_PEEK: nothing is
+/// consumed). `None` when nothing (or too little to tell) has arrived yet.
+fn peek_protocol(stream: &std::net::TcpStream) -> Option<h2::Sniffed> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 24];
+    // SAFETY: the buffer is ours and its length is passed; the descriptor is open.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if let Ok(n @ 1..) = usize::try_from(n) {
+        return h2::sniff(&buf[..n.min(buf.len())]);
+    }
+    // End of input or an error: HTTP/1.x reports it as it always does.
+    if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+        return Some(h2::Sniffed::Http1);
+    }
+    None
+}
+
+/// Start a plain connection on a `--http2` server: HTTP/2 or HTTP/1.x, by its first bytes.
+fn start_plain(stream: std::net::TcpStream, ctl: Rc<Ctl>, sh: &Rc<Shared>) {
+    match peek_protocol(&stream) {
+        Some(h2::Sniffed::Http1) => start_http1(stream, &ctl, sh),
+        Some(h2::Sniffed::Http2) => {
+            let _ = stream.set_nodelay(true);
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => {
+                    tokio::task::spawn_local(h2::serve(s, ctl, sh.clone()));
+                }
+                Err(_) => {
+                    sh.report(&ctl, Reason::IoError, "register", Ending::PeerGone);
+                    sh.unregister(&ctl);
+                }
+            }
+        }
+        None => {
+            tokio::task::spawn_local(wait_and_start(stream, ctl, sh.clone()));
+        }
+    }
+}
+
+/// A plain connection whose first bytes have not come yet: wait for enough to tell HTTP/2
+/// from HTTP/1.x (the keep-alive timeout, as for an HTTP/1.x connection before its first
+/// request), then start it.
+async fn wait_and_start(stream: std::net::TcpStream, ctl: Rc<Ctl>, sh: Rc<Shared>) {
+    let Ok(s) = tokio::net::TcpStream::from_std(stream) else {
+        sh.report(&ctl, Reason::IoError, "register", Ending::PeerGone);
+        sh.unregister(&ctl);
+        return;
+    };
+    let wait = if sh.cfg().keepalive_timeout.is_zero() {
+        sh.cfg().header_timeout
+    } else {
+        sh.cfg().keepalive_timeout
+    };
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 3];
+    let mut told = false;
+    while Instant::now() < deadline {
+        let peeked = tokio::time::timeout_at(deadline, s.peek(&mut buf)).await;
+        match peeked {
+            Ok(Ok(n)) if n == 0 || h2::sniff(&buf[..n]).is_some() => {
+                told = true;
+                break;
+            }
+            // One or two bytes of `PRI` so far: the rest is a packet away.
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(2)).await,
+            Ok(Err(_)) => {
+                told = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if !told {
+        sh.report(&ctl, Reason::IdleTimeout, "", Ending::Fin);
+        sh.unregister(&ctl);
+        return;
+    }
+    match s.into_std() {
+        Ok(std) => start_plain(std, ctl, &sh),
+        Err(_) => {
+            sh.report(&ctl, Reason::IoError, "register", Ending::PeerGone);
+            sh.unregister(&ctl);
+        }
+    }
+}
+
+/// Start an HTTP/1.x connection: its first request is usually answered right here.
+fn start_http1(stream: std::net::TcpStream, ctl: &Rc<Ctl>, sh: &Rc<Shared>) {
+    if let Some((s, carry)) = conn::accepted(stream, ctl, sh) {
+        park::spawn(s, ctl.clone(), sh.clone(), carry);
+    }
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    sh: Rc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     use std::os::fd::AsRawFd;
     // SAFETY: the AsyncFd owns the listener, so its descriptor stays open and the same for
     // the registration's life.
@@ -192,8 +301,12 @@ async fn accept_loop(listener: std::net::TcpListener, sh: Rc<Shared>) {
                     continue;
                 }
                 let ctl = sh.register(peer);
-                if let Some((s, carry)) = conn::accepted(stream, &ctl, &sh) {
-                    park::spawn(s, ctl, sh.clone(), carry);
+                if let Some(acceptor) = &tls {
+                    tokio::task::spawn_local(tls::serve(stream, ctl, sh.clone(), acceptor.clone()));
+                } else if sh.cfg().http2 {
+                    start_plain(stream, ctl, &sh);
+                } else {
+                    start_http1(stream, &ctl, &sh);
                 }
             }
             Err(e) => {
@@ -294,6 +407,10 @@ async fn serve(
     let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
     let drain = cfg.drain_timeout;
+    let acceptor = match &cfg.tls {
+        Some(files) => Some(tls::acceptor(files, cfg.http2)?),
+        None => None,
+    };
     let stats = Stats::default();
     let hub = push::store::Hub::new(
         cfg.store_limit,
@@ -310,7 +427,11 @@ async fn serve(
     let sweep_task = tokio::task::spawn_local(park::sweep(sh.clone()));
     let mut accepts = Vec::new();
     for l in listeners {
-        accepts.push(tokio::task::spawn_local(accept_loop(l, sh.clone())));
+        accepts.push(tokio::task::spawn_local(accept_loop(
+            l,
+            sh.clone(),
+            acceptor.clone(),
+        )));
     }
     if let Some(m) = extras.metrics {
         accepts.push(tokio::task::spawn_local(metrics::serve(m, sh.clone())));

@@ -243,6 +243,16 @@ impl Scanner {
         self.state == State::Lost
     }
 
+    /// True between frames: every byte fed so far belongs to a complete frame (or to the
+    /// preface). A raw frame may be written into the stream only here.
+    pub fn at_frame_boundary(&self) -> bool {
+        match self.state {
+            State::Head => self.head_len == 0,
+            State::Preface(seen) => seen == 0,
+            State::Payload(..) | State::Lost => false,
+        }
+    }
+
     /// Feed the next bytes of the stream; complete frames are appended to `out`.
     pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Frame>) {
         self.bytes += bytes.len() as u64;
@@ -542,6 +552,24 @@ mod tests {
                 debug: vec![]
             }]
         );
+    }
+
+    #[test]
+    fn frame_boundaries_are_seen_under_any_cut() {
+        let bytes = sample();
+        let mut ends = vec![0usize];
+        let mut at = PREFACE.len();
+        ends.push(at);
+        while at < bytes.len() {
+            let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+            at += 9 + len;
+            ends.push(at);
+        }
+        for cut in 0..=bytes.len().min(400) {
+            let mut s = Scanner::client_to_server();
+            s.feed(&bytes[..cut], &mut Vec::new());
+            assert_eq!(s.at_frame_boundary(), ends.contains(&cut), "cut at {cut}");
+        }
     }
 
     #[test]

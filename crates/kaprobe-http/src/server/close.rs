@@ -43,10 +43,23 @@ pub enum Reason {
     RoomLimit,
     /// `--keepalive-timeout 0`: every response says `Connection: close`.
     KeepAliveOff,
+    /// HTTP/2: no stream open for --keepalive-timeout; the server sent GOAWAY.
+    IdleGoaway,
+    /// HTTP/2: --max-requests streams served; the server sent GOAWAY.
+    MaxRequestsGoaway,
+    /// HTTP/2: more PING strikes than --max-ping-strikes (GOAWAY ENHANCE_YOUR_CALM,
+    /// debug data `too_many_pings`).
+    TooManyPings,
+    /// HTTP/2: a connection error (bad preface, malformed frame): GOAWAY with its code.
+    ProtocolError,
+    /// HTTP/2: the client sent GOAWAY.
+    ClientGoaway,
+    /// TLS: the handshake failed or did not finish within --header-timeout.
+    TlsHandshake,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 29] = [
         Self::IdleTimeout,
         Self::MaxRequests,
         Self::ClientCloseHeader,
@@ -70,6 +83,12 @@ impl Reason {
         Self::SseClientGone,
         Self::RoomLimit,
         Self::KeepAliveOff,
+        Self::IdleGoaway,
+        Self::MaxRequestsGoaway,
+        Self::TooManyPings,
+        Self::ProtocolError,
+        Self::ClientGoaway,
+        Self::TlsHandshake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +116,12 @@ impl Reason {
             Self::SseClientGone => "sse_client_gone",
             Self::RoomLimit => "room_limit",
             Self::KeepAliveOff => "keepalive_off",
+            Self::IdleGoaway => "idle_goaway",
+            Self::MaxRequestsGoaway => "max_requests_goaway",
+            Self::TooManyPings => "too_many_pings",
+            Self::ProtocolError => "protocol_error",
+            Self::ClientGoaway => "client_goaway",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 }

@@ -31,6 +31,35 @@ impl CloseStyle {
     }
 }
 
+/// How an HTTP/2 connection is told to go away (RFC 9113 section 6.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoawayStyle {
+    /// One GOAWAY with NO_ERROR and the last stream id the server processed.
+    Single,
+    /// GOAWAY with last stream id 2^31-1, a PING round trip (or [`GOAWAY_GRACE`] without an
+    /// answer), then GOAWAY with the real last stream id.
+    TwoPhase,
+}
+
+impl GoawayStyle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::TwoPhase => "two-phase",
+        }
+    }
+}
+
+/// Two-phase GOAWAY: how long to wait for the PING answer before the final GOAWAY anyway.
+pub const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// A certificate chain and its private key, both PEM files (`--tls-cert`, `--tls-key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
 /// Server settings (see `kaprobe serve --help`).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -64,6 +93,21 @@ pub struct Config {
     pub store: Option<std::path::PathBuf>,
     /// Push rooms in memory at most; a request for a new room beyond it gets 503.
     pub max_rooms: usize,
+    /// Speak HTTP/2: h2c with prior knowledge on plain listeners (HTTP/1.1 still answered on
+    /// the same port), ALPN `h2` with TLS.
+    pub http2: bool,
+    /// HTTP/2: how GOAWAY is sent at the idle timeout, --max-requests and shutdown.
+    pub goaway_style: GoawayStyle,
+    /// HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2: a client PING sooner than this after the previous one, while no stream is
+    /// open, is a strike (zero: no PING policy).
+    pub min_ping_interval: Duration,
+    /// HTTP/2: strikes tolerated; one more gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings"
+    /// (0: any number, as in gRPC).
+    pub max_ping_strikes: u32,
+    /// Serve TLS on every listener with this certificate and key.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -86,6 +130,12 @@ impl Default for Config {
             store_limit: 10_000,
             store: None,
             max_rooms: 10_000,
+            http2: false,
+            goaway_style: GoawayStyle::Single,
+            max_concurrent_streams: 128,
+            min_ping_interval: Duration::ZERO,
+            max_ping_strikes: 2,
+            tls: None,
         }
     }
 }
@@ -157,6 +207,19 @@ impl Config {
         in_range("--ws-max-message", &self.ws_max_message, &(125..=64 << 20))?;
         in_range("--store-limit", &self.store_limit, &(1..=10_000_000))?;
         in_range("--max-rooms", &self.max_rooms, &(1..=1_000_000))?;
+        in_range(
+            "--max-concurrent-streams",
+            &self.max_concurrent_streams,
+            &(0..=0x7fff_ffff),
+        )?;
+        let v = self.min_ping_interval;
+        if !v.is_zero() && !(ms..=DAY).contains(&v) {
+            return Err(Error::InvalidOption(format!(
+                "--min-ping-interval {} is out of range: use 0 (off) or 1ms..=1d",
+                kaprobe_sock::fmt::duration(v)
+            )));
+        }
+        in_range("--max-ping-strikes", &self.max_ping_strikes, &(0..=1000))?;
         if !(256..=1 << 20).contains(&self.max_header_bytes) {
             return Err(Error::InvalidOption(format!(
                 "--max-header-bytes {} is out of range: use 256..=1048576",
@@ -227,6 +290,27 @@ mod tests {
                 ..d()
             }),
             "--max-header-bytes 100 is out of range: use 256..=1048576"
+        );
+        assert_eq!(
+            err(Config {
+                max_concurrent_streams: 0x8000_0000,
+                ..d()
+            }),
+            "--max-concurrent-streams 2147483648 is out of range: use 0..=2147483647"
+        );
+        assert_eq!(
+            err(Config {
+                min_ping_interval: Duration::from_micros(10),
+                ..d()
+            }),
+            "--min-ping-interval 10us is out of range: use 0 (off) or 1ms..=1d"
+        );
+        assert_eq!(
+            err(Config {
+                max_ping_strikes: 1001,
+                ..d()
+            }),
+            "--max-ping-strikes 1001 is out of range: use 0..=1000"
         );
     }
 }

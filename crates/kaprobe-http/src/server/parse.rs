@@ -312,7 +312,7 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Route a request: `origin` is the target in origin form (see [`origin_form`]), `target` as
 /// the client sent it (echoed by `/headers`).
-fn route(
+pub(crate) fn route(
     method: &str,
     minor: u8,
     origin: &str,

@@ -324,10 +324,10 @@ enum Body<'a> {
     Fill(u64),
 }
 
-const TEXT: &[u8] = b"text/plain";
-const JSON: &[u8] = b"application/json";
-const OCTETS: &[u8] = b"application/octet-stream";
-const PROM: &[u8] = b"text/plain; version=0.0.4";
+pub(crate) const TEXT: &[u8] = b"text/plain";
+pub(crate) const JSON: &[u8] = b"application/json";
+pub(crate) const OCTETS: &[u8] = b"application/octet-stream";
+pub(crate) const PROM: &[u8] = b"text/plain; version=0.0.4";
 
 fn too_big() -> Reject {
     Reject {
@@ -456,7 +456,7 @@ pub(crate) fn reason_phrase(status: u16) -> &'static [u8] {
 
 /// The reason phrase and a newline: the registered phrase (RFC 9110 section 15 and the IANA
 /// registry), or for an unregistered code the name of its class.
-fn reason_phrase_line(status: u16) -> &'static [u8] {
+pub(crate) fn reason_phrase_line(status: u16) -> &'static [u8] {
     registered_phrase(status).unwrap_or(match status {
         100..=199 => b"Informational\n",
         200..=299 => b"Success\n",

@@ -33,6 +33,18 @@ pub struct Stats {
     pub rooms: Rc<Cell<u64>>,
     /// Requests refused because a new room would pass --max-rooms.
     pub room_limit_refusals: Cell<u64>,
+    /// HTTP/2 connections accepted (h2c or ALPN h2).
+    pub h2_connections: Cell<u64>,
+    /// PING frames received from HTTP/2 clients (acknowledgements not counted).
+    pub h2_pings: Cell<u64>,
+    /// PINGs that broke the --min-ping-interval policy.
+    pub h2_ping_strikes: Cell<u64>,
+    /// GOAWAY frames the server sent.
+    pub h2_goaways_sent: Cell<u64>,
+    /// Streams refused (RST_STREAM REFUSED_STREAM) after --max-requests.
+    pub h2_refused_streams: Cell<u64>,
+    /// Connections that completed a TLS handshake.
+    pub tls_connections: Cell<u64>,
     pub closes: [Cell<u64>; Reason::ALL.len()],
 }
 
@@ -54,6 +66,12 @@ impl Default for Stats {
             delivered: Cell::new(0),
             rooms: Rc::new(Cell::new(0)),
             room_limit_refusals: Cell::new(0),
+            h2_connections: Cell::new(0),
+            h2_pings: Cell::new(0),
+            h2_ping_strikes: Cell::new(0),
+            h2_goaways_sent: Cell::new(0),
+            h2_refused_streams: Cell::new(0),
+            tls_connections: Cell::new(0),
             closes: Default::default(),
         }
     }
@@ -105,6 +123,12 @@ impl Stats {
             "delivered": self.delivered.get(),
             "rooms": self.rooms.get(),
             "room_limit_refusals": self.room_limit_refusals.get(),
+            "h2_connections": self.h2_connections.get(),
+            "h2_pings": self.h2_pings.get(),
+            "h2_ping_strikes": self.h2_ping_strikes.get(),
+            "h2_goaways_sent": self.h2_goaways_sent.get(),
+            "h2_refused_streams": self.h2_refused_streams.get(),
+            "tls_connections": self.tls_connections.get(),
             "closes": closes,
             "shutting_down": shutting_down,
         })
@@ -206,6 +230,40 @@ impl Stats {
             "Requests refused with 503 because a new room would pass --max-rooms.",
             self.room_limit_refusals.get().to_string(),
         );
+        for (name, help, c) in [
+            (
+                "kaprobe_h2_connections_total",
+                "HTTP/2 connections accepted (h2c or ALPN h2).",
+                &self.h2_connections,
+            ),
+            (
+                "kaprobe_h2_pings_total",
+                "PING frames received from HTTP/2 clients (not acknowledgements).",
+                &self.h2_pings,
+            ),
+            (
+                "kaprobe_h2_ping_strikes_total",
+                "Client PINGs sooner than --min-ping-interval while no stream was open.",
+                &self.h2_ping_strikes,
+            ),
+            (
+                "kaprobe_h2_goaways_sent_total",
+                "HTTP/2 GOAWAY frames sent.",
+                &self.h2_goaways_sent,
+            ),
+            (
+                "kaprobe_h2_refused_streams_total",
+                "HTTP/2 streams refused (REFUSED_STREAM) after --max-requests.",
+                &self.h2_refused_streams,
+            ),
+            (
+                "kaprobe_tls_connections_total",
+                "Connections that completed a TLS handshake.",
+                &self.tls_connections,
+            ),
+        ] {
+            g(name, "counter", help, c.get().to_string());
+        }
         s.push_str("# HELP kaprobe_connection_closes_total Connections closed, by reason.\n# TYPE kaprobe_connection_closes_total counter\n");
         for r in Reason::ALL {
             let _ = writeln!(

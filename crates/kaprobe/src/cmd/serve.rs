@@ -5,7 +5,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use kaprobe_http::server::{self, Advertise, CloseEvent, CloseStyle, Config};
+use kaprobe_http::server::{
+    self, Advertise, CloseEvent, CloseStyle, Config, GoawayStyle, TlsFiles,
+};
 
 use crate::args::parse_duration;
 use crate::exit::{Failure, FILE};
@@ -24,7 +26,14 @@ use crate::exit::{Failure, FILE};
 /// client_rst, header_timeout, bad_request, shutdown, cap_eviction, close_endpoint,
 /// cap_full, send_timeout, io_error, keepalive_off; push connections: ws_client_close, ws_client_gone,
 /// ws_pong_timeout, ws_protocol_error, ws_invalid_utf8, ws_message_too_big,
-/// sse_client_gone, room_limit.
+/// sse_client_gone, room_limit; HTTP/2: idle_goaway, max_requests_goaway, too_many_pings,
+/// protocol_error, client_goaway; TLS: tls_handshake.
+///
+/// --http2 adds HTTP/2: h2c with prior knowledge on plain listeners (HTTP/1.x clients are
+/// still answered on the same port) and ALPN h2 with --tls-cert/--tls-key. An HTTP/2
+/// connection with no open stream for --keepalive-timeout gets GOAWAY (--goaway-style), then
+/// FIN; --max-requests counts streams; --min-ping-interval and --max-ping-strikes set a
+/// PING policy like gRPC servers'.
 ///
 /// Endpoints: / (body "ok"), /delay/{duration}, /status/{code}, /bytes/{n}, /headers
 /// (request echoed as JSON), /close (answers with Connection: close), /_kaprobe/stats
@@ -148,6 +157,70 @@ pub struct Args {
     /// is answered only after its commit, and ids and messages survive a restart.
     #[arg(long, value_name = "FILE", help_heading = "Push channels")]
     pub store: Option<std::path::PathBuf>,
+
+    /// Speak HTTP/2 too: h2c with prior knowledge on plain listeners (a client whose first
+    /// bytes are the HTTP/2 preface; HTTP/1.x clients keep working on the same port), and
+    /// ALPN h2 with --tls-cert. --keepalive-timeout, --max-requests and --header-timeout
+    /// apply to HTTP/2 connections as to HTTP/1.1 ones.
+    #[arg(long, help_heading = "HTTP/2 and TLS")]
+    pub http2: bool,
+
+    /// How an HTTP/2 connection is told to go away (idle, --max-requests, shutdown): single
+    /// (one GOAWAY, NO_ERROR, the last stream id, once no stream is open) or two-phase
+    /// (GOAWAY 2^31-1 and a PING, then GOAWAY with the last stream id after the PING's
+    /// answer or 1s; RFC 9113 section 6.8).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "single",
+        help_heading = "HTTP/2 and TLS"
+    )]
+    pub goaway_style: GoawayStyleArg,
+
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (streams a client may have open at once).
+    /// Range 0..=2147483647.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 128,
+        help_heading = "HTTP/2 and TLS"
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// HTTP/2 PING policy, as gRPC servers have it: a client PING sooner than this after the
+    /// previous one, while no stream is open, is a strike (0 = no policy). Range 0 or
+    /// 1ms..=1d.
+    #[arg(long, value_name = "D", default_value = "0", value_parser = parse_duration, help_heading = "HTTP/2 and TLS")]
+    pub min_ping_interval: Duration,
+
+    /// Strikes tolerated; one more gets GOAWAY ENHANCE_YOUR_CALM with debug data
+    /// "too_many_pings" (logged too_many_pings). 0 = any number. Range 0..=1000.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        help_heading = "HTTP/2 and TLS"
+    )]
+    pub max_ping_strikes: u32,
+
+    /// Serve TLS on every listener with this PEM certificate chain (needs --tls-key). ALPN
+    /// offers h2 (with --http2) and http/1.1.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "HTTP/2 and TLS"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "HTTP/2 and TLS"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 const AFTER_HELP: &str = "\
@@ -156,7 +229,9 @@ connection prints one line on stdout (text, or one JSON object with --log json) 
 reason: idle_timeout, max_requests, client_close_header, http10, client_fin, client_rst,
 header_timeout, bad_request, shutdown, cap_eviction, close_endpoint, cap_full, send_timeout,
 io_error; push connections: ws_client_close, ws_client_gone, ws_pong_timeout,
-ws_protocol_error, ws_invalid_utf8, ws_message_too_big, sse_client_gone, room_limit.
+ws_protocol_error, ws_invalid_utf8, ws_message_too_big, sse_client_gone, room_limit;
+HTTP/2: idle_goaway, max_requests_goaway, too_many_pings, protocol_error, client_goaway;
+TLS: tls_handshake.
 
 Endpoints: / (body \"ok\"), /delay/DURATION, /status/CODE, /bytes/N, /headers (the
 request as JSON), /close (answers with Connection: close), /_kaprobe/stats (JSON counters),
@@ -183,9 +258,13 @@ Examples:
   kaprobe serve --keepalive-timeout 4s --close-style rst   # resets idle conns
   kaprobe serve --advertise-timeout 60s --keepalive-timeout 5s   # it lies
   kaprobe serve --ws-ping 20s --sse-heartbeat 15s --store /var/tmp/push.sqlite
+  kaprobe serve --http2 --keepalive-timeout 3s --goaway-style two-phase
+  kaprobe serve --http2 --tls-cert cert.pem --tls-key key.pem   # TLS, ALPN
+  kaprobe serve --http2 --min-ping-interval 5m   # gRPC's PING policy
 
 Exit status: 0 after a signal-driven stop, 1 bind or other I/O failure, 2 bad flag value,
-6 permission denied (privileged port). See docs/serve.md.";
+6 permission denied (privileged port), 7 an unusable --store, --tls-cert or --tls-key file.
+See docs/serve.md and, for --http2 and TLS, docs/serve-http2.md.";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum AdvertiseArg {
@@ -198,6 +277,12 @@ pub enum AdvertiseArg {
 pub enum CloseStyleArg {
     Fin,
     Rst,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GoawayStyleArg {
+    Single,
+    TwoPhase,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -253,6 +338,21 @@ fn check(args: &Args) -> Result<Config, Failure> {
         store_limit: args.store_limit,
         store: args.store.clone(),
         max_rooms,
+        http2: args.http2,
+        goaway_style: match args.goaway_style {
+            GoawayStyleArg::Single => GoawayStyle::Single,
+            GoawayStyleArg::TwoPhase => GoawayStyle::TwoPhase,
+        },
+        max_concurrent_streams: args.max_concurrent_streams,
+        min_ping_interval: args.min_ping_interval,
+        max_ping_strikes: args.max_ping_strikes,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
         ..Config::default()
     };
     cfg.validate().map_err(|e| Failure::usage(e.to_string()))?;
@@ -294,6 +394,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         kaprobe_http::push::store::check(path)
             .map_err(|e| Failure::new(FILE, format!("--store {}: {e}", path.display())))?;
     }
+    if let Some(files) = &cfg.tls {
+        server::tls::acceptor(files, cfg.http2).map_err(|e| Failure::new(FILE, e.to_string()))?;
+    }
     let addrs = args
         .listen
         .iter()
@@ -317,7 +420,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Failure::new(code, format!("--listen {a}: {e}"))
         })?;
         let bound = l.local_addr().unwrap_or(a);
-        eprintln!("kaprobe serve: listening on http://{bound}");
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        eprintln!("kaprobe serve: listening on {scheme}://{bound}");
         listeners.push(l);
     }
     if let Some(l) = &metrics {
