@@ -3,11 +3,13 @@
 //! - [`target`]: the URL (http/https) a probe aims at;
 //! - [`conn`]: one TCP/TLS connection speaking HTTP/1.x, and the idle watch;
 //! - [`probe`]: advertised vs observed keep-alive behaviour, with a verdict;
+//! - [`h2`]: the same over HTTP/2 (h2c and TLS with ALPN h2), gRPC's PING policy, the race;
 //! - [`race`]: the reuse race: requests on connections idled around a given time;
 //! - [`push`]: push channels (WebSocket, SSE): idle lifetime, how they end, heartbeat needed;
 //! - [`push_bench`]: bytes and latency per delivered message for polling, long polling, SSE, WebSocket.
 
 pub mod conn;
+pub mod h2;
 pub mod probe;
 pub mod push;
 pub mod push_bench;
