@@ -329,3 +329,60 @@ pub fn probe_h2(r: &kaprobe_http::client::h2::H2Report) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// The HTTP/2 race: one row per idle time, then what the columns mean and the verdict.
+pub fn race_h2(r: &kaprobe_http::client::h2::H2RaceReport) -> anyhow::Result<()> {
+    let n = r.attempts.len();
+    crate::out::println_wrapped(&format!(
+        "{} -> {} ({}): {n} new {} {} after {:.2}s to {:.2}s of idle",
+        r.url,
+        r.address,
+        r.protocol,
+        if n == 1 { "stream" } else { "streams" },
+        r.method,
+        (r.idle_s - r.spread_s).max(0.0),
+        if n == 1 {
+            r.idle_s
+        } else {
+            r.idle_s + r.spread_s
+        }
+    ))?;
+    let mut t = table();
+    t.set_header(vec![
+        "idle", "tries", "ok", "5xx", "refused", "ignored", "reset", "closed", "none", "late",
+    ]);
+    for b in &r.bins {
+        let idle = if (b.idle_to_s - b.idle_from_s).abs() < 1e-9 {
+            format!("{:.3}s", b.idle_from_s)
+        } else {
+            format!("{:.2}-{:.2}s", b.idle_from_s, b.idle_to_s)
+        };
+        let mut row = vec![idle];
+        row.extend(
+            [
+                b.attempts,
+                b.ok,
+                b.bad_gateway,
+                b.refused_stream,
+                b.unprocessed,
+                b.stream_reset + b.reset,
+                b.empty_reply,
+                b.no_answer,
+                b.after_goaway,
+            ]
+            .iter()
+            .map(ToString::to_string),
+        );
+        t.add_row(row);
+    }
+    crate::out::print_table(t)?;
+    crate::outln!(
+        "{}",
+        crate::term::wrap(
+            "(refused = RST_STREAM REFUSED_STREAM, ignored = above the GOAWAY's last stream id: both never processed, safe to retry; reset = RST_STREAM or TCP RST; closed = FIN with no answer; none = no answer; late = opened after the GOAWAY had arrived)",
+            1
+        )
+    )?;
+    crate::outln!("{}", crate::term::verdict_line(&r.verdict))?;
+    Ok(())
+}

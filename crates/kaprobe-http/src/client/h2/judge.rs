@@ -111,6 +111,13 @@ pub(super) fn judge(r: &mut H2Report, rtt: f64) {
             None => "kept idle HTTP/2 connections open for the whole --max-wait; raise --max-wait to find the real timeout".into(),
         },
     };
+    if let (Some(lo), Some(hi), Some(t)) = (idle.close_min_s, idle.close_max_s, idle.timeout_s) {
+        if hi - lo > 0.1 * t && hi - lo > 0.05 {
+            r.findings.push(format!(
+                "idle connections end anywhere from {lo:.2}s to {hi:.2}s of idle: a coarse idle timer (or a limit on connection age, not idle time); plan for the earliest"
+            ));
+        }
+    }
     if h.goaway_seen && h.goaway_error.as_deref() != Some("NO_ERROR") {
         r.findings.push(format!(
             "the idle GOAWAY carries {} rather than NO_ERROR",
@@ -236,6 +243,7 @@ mod tests {
     #[test]
     fn two_phase_needs_a_first_goaway_at_the_largest_stream_id() {
         let mut e = RungEnd {
+            watcher: true,
             goaways: vec![ga(1.0, MAX_STREAM_ID, 0), ga(1.001, 1, 0)],
             end: Some(crate::client::conn::IdleEnd::Fin),
             end_at_s: Some(1.01),

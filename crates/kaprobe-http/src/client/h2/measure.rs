@@ -302,6 +302,8 @@ pub(super) fn serving_status(bytes: &[u8]) -> String {
 /// How one ladder rung's idle connection ended.
 #[derive(Debug, Clone, Default)]
 pub(super) struct RungEnd {
+    /// The pure watcher (never reused, one request on the connection).
+    pub watcher: bool,
     pub goaways: Vec<GoAwaySeen>,
     pub end: Option<IdleEnd>,
     pub end_at_s: Option<f64>,
@@ -328,10 +330,17 @@ impl RungEnd {
 #[derive(Debug)]
 enum Event {
     Failed,
+    /// A rung is set up and idle from this instant.
+    Idle(Instant),
     Watching(Instant),
     Closed(RungEnd),
-    ReuseOk { idle: Duration },
-    ReuseFailed { idle: Duration, kind: &'static str },
+    ReuseOk {
+        idle: Duration,
+    },
+    ReuseFailed {
+        idle: Duration,
+        kind: &'static str,
+    },
 }
 
 /// Open a connection, make one request, and return it with the instant it went idle.
@@ -371,7 +380,9 @@ async fn rung(
         return;
     };
     let mut probe_at = idle_target.map(|x| idle_since + x);
-    if probe_at.is_none() {
+    let watcher = probe_at.is_none();
+    let _ = tx.send(Event::Idle(idle_since));
+    if watcher {
         let _ = tx.send(Event::Watching(idle_since));
     }
     let mut goaways: Vec<GoAwaySeen> = Vec::new();
@@ -391,6 +402,7 @@ async fn rung(
             Ev::Frame(..) => {}
             Ev::End(end, at) => {
                 let _ = tx.send(Event::Closed(RungEnd {
+                    watcher,
                     goaways,
                     end: Some(end),
                     end_at_s: Some(secs_since(at, idle_since)),
@@ -402,6 +414,7 @@ async fn rung(
                 if end_by.is_some_and(|t| now >= t) || now >= deadline {
                     if !goaways.is_empty() {
                         let _ = tx.send(Event::Closed(RungEnd {
+                            watcher,
                             goaways,
                             end: None,
                             end_at_s: None,
@@ -440,6 +453,7 @@ async fn rung(
                         StreamEnd::Closed(e) => {
                             if goaways.len() > before {
                                 let _ = tx.send(Event::Closed(RungEnd {
+                                    watcher: false,
                                     goaways,
                                     end: Some(e),
                                     end_at_s: Some(secs_since(Instant::now(), idle_since)),
@@ -501,9 +515,13 @@ pub(super) async fn measure_idle(
     let mut failed = 0usize;
     let mut first_end_at: Option<Instant> = None;
     let mut watcher_since: Option<Instant> = None;
+    // Rungs go idle over the time their setups take: after the first end, wait that long
+    // again (plus 300 ms) for the others.
+    let mut idle_starts: Option<(Instant, Instant)> = None;
     let grace = Duration::from_millis(300);
     loop {
-        let stop_at = first_end_at.map_or(deadline, |t| (t + grace).min(deadline));
+        let spread = idle_starts.map_or(Duration::ZERO, |(a, b)| b.saturating_duration_since(a));
+        let stop_at = first_end_at.map_or(deadline, |t| (t + grace + spread).min(deadline));
         let ev = tokio::select! {
             ev = rx.recv() => ev,
             () = tokio::time::sleep_until(stop_at) => None,
@@ -511,6 +529,9 @@ pub(super) async fn measure_idle(
         let Some(ev) = ev else { break };
         match ev {
             Event::Failed => failed += 1,
+            Event::Idle(at) => {
+                idle_starts = Some(idle_starts.map_or((at, at), |(a, b)| (a.min(at), b.max(at))));
+            }
             Event::Watching(at) => watcher_since = Some(at),
             Event::Closed(e) => {
                 ends.push(e);
@@ -570,13 +591,17 @@ pub(super) async fn measure_idle(
             idle.close_min_s = Some(*lo);
             idle.close_max_s = Some(*hi);
         }
+        // The pure watcher's end when it ended the usual way, else the one nearest the median.
         typical = ends
             .iter()
-            .filter(|e| e.close() == style)
-            .min_by(|a, b| {
-                let d =
-                    |e: &RungEnd| (e.at_s().unwrap_or(0.0) - idle.timeout_s.unwrap_or(0.0)).abs();
-                d(a).total_cmp(&d(b))
+            .find(|e| e.watcher && e.close() == style)
+            .or_else(|| {
+                ends.iter().filter(|e| e.close() == style).min_by(|a, b| {
+                    let d = |e: &RungEnd| {
+                        (e.at_s().unwrap_or(0.0) - idle.timeout_s.unwrap_or(0.0)).abs()
+                    };
+                    d(a).total_cmp(&d(b))
+                })
             })
             .cloned();
     } else if let Some((alive, dead, kind)) = crate::client::probe::silent_bounds(&oks, &fails) {
@@ -660,13 +685,15 @@ pub(super) async fn count_requests(
 }
 
 /// Does a PING every `every` (default a third of the idle timeout) keep an otherwise idle
-/// connection open past the idle timeout? Watched until the timeout plus a quarter of it
-/// (at least 0.5 s).
+/// connection open past the idle timeout? Watched until the latest idle end seen on the
+/// ladder (`latest_s`; servers with a coarse idle timer spread their ends) plus half of the
+/// timeout (at least 0.5 s).
 pub(super) async fn ping_check(
     c: &H2Connector,
     spec: &ReqSpec,
     every: Option<Duration>,
     timeout_s: Option<f64>,
+    latest_s: Option<f64>,
     deadline: Instant,
 ) -> PingCheck {
     let mut out = PingCheck::default();
@@ -677,7 +704,8 @@ pub(super) async fn ping_check(
     let every =
         every.unwrap_or_else(|| Duration::from_secs_f64(t / 3.0).max(Duration::from_millis(20)));
     out.every_s = Some(every.as_secs_f64());
-    let watch = Duration::from_secs_f64(t + (t / 4.0).max(0.5));
+    let latest = latest_s.unwrap_or(t).max(t);
+    let watch = Duration::from_secs_f64(latest + (t / 2.0).max(0.5));
     if left(deadline) < watch + Duration::from_millis(500) {
         out.detail = Some(format!(
             "not enough --max-wait left to watch a pinged connection for {:.2}s",

@@ -416,8 +416,15 @@ pub async fn probe_h2(url: &str, opts: &H2Options) -> Result<H2Report, Error> {
         },
     );
     let (idle, wire_end) = idle;
-    let ping =
-        measure::ping_check(&connector, &spec, opts.ping_every, idle.timeout_s, deadline).await;
+    let ping = measure::ping_check(
+        &connector,
+        &spec,
+        opts.ping_every,
+        idle.timeout_s,
+        idle.close_max_s,
+        deadline,
+    )
+    .await;
 
     let mut http2 = Http2Info {
         max_concurrent_streams: max_concurrent.or(first.max_concurrent_streams),

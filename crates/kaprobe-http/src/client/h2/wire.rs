@@ -184,6 +184,23 @@ impl H2Connector {
                             )
                         )
                     });
+                let no_alpn = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|r| {
+                        matches!(
+                            r,
+                            rustls::Error::AlertReceived(
+                                rustls::AlertDescription::NoApplicationProtocol
+                            )
+                        )
+                    });
+                if no_alpn {
+                    return Err(Error::NotHttp2 {
+                        what: format!("TLS handshake with {}", self.addr),
+                        detail: "the server will not speak HTTP/2: asked for h2 by ALPN, it answered no_application_protocol; probe it without --http2".into(),
+                    });
+                }
                 let reason = if plain {
                     let rest = self
                         .target
