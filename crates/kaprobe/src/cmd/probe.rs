@@ -70,7 +70,7 @@ not an event stream (no 200 text/event-stream) or not HTTP/2 (no SETTINGS to the
 no h2 by ALPN). See docs/probe.md, docs/push-probe.md and docs/http2.md.")]
 pub struct Args {
     /// The URL to probe: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH]; ws:// or
-    /// wss:// for a WebSocket.
+    /// wss:// for a WebSocket; h2c://... for HTTP/2 without TLS.
     pub url: String,
 
     /// Probe a Server-Sent Events stream (text/event-stream) at the http(s) URL.

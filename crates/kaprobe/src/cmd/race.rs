@@ -49,7 +49,8 @@ Exit codes: 0 the race ran (failures or not: read the table), 2 bad URL or flag,
 7 --cacert file unreadable or not PEM, 8 TLS error,
 9 not HTTP. See docs/race.md.")]
 pub struct Args {
-    /// The URL: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH].
+    /// The URL: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH]; h2c://... for
+    /// HTTP/2 without TLS.
     pub url: String,
 
     /// Centre of the idle times (e.g. 5s, 60s). Range 0s..=1h.

@@ -88,7 +88,7 @@ pub(super) fn judge(r: &mut H2Report, rtt: f64) {
             let s_idle = safe(t);
             r.safe_idle_s = Some(s_idle);
             r.findings.push(format!(
-                "idle connections end with a bare {} and no GOAWAY: a client cannot tell a stream it opens just then from one the server refused (RFC 9113 section 6.8 asks for a GOAWAY first)",
+                "idle connections end with a bare {} and no GOAWAY: a client cannot tell a stream it opens just then from one the server refused (RFC 9113 section 9.1: the side that closes SHOULD send a GOAWAY first)",
                 if s == H2Close::Fin { "FIN" } else { "RST" }
             ));
             format!(
