@@ -117,9 +117,10 @@ server.wait_for_termination()
 
 /// A small h2c server (Python `h2`): answers every request `200 ok`, and after IDLE seconds
 /// without any frame from the client (PINGs count) ends the connection by MODE:
-/// `goaway_fin`, `goaway_rst` (GOAWAY, then SO_LINGER 0), `bare_fin`, `bare_rst`, or
+/// `goaway_fin`, `goaway_rst` (GOAWAY, then SO_LINGER 0), `bare_fin`, `bare_rst`,
 /// `refuse` (no GOAWAY, the connection stays open, every later stream gets RST_STREAM
-/// REFUSED_STREAM).
+/// REFUSED_STREAM) or `silent` (open, but nothing read is ever answered again, as when a
+/// middlebox forgets the flow).
 const H2_SERVER: &str = r#"
 import asyncio, socket, struct, sys
 import h2.config, h2.connection, h2.events, h2.errors
@@ -139,7 +140,7 @@ async def handle(reader, writer):
             try:
                 data = await asyncio.wait_for(reader.read(65536), timeout)
             except asyncio.TimeoutError:
-                if MODE == "refuse":
+                if MODE in ("refuse", "silent"):
                     expired = True
                     continue
                 sock = writer.get_extra_info("socket")
@@ -155,6 +156,8 @@ async def handle(reader, writer):
             if not data:
                 writer.close()
                 return
+            if expired and MODE == "silent":
+                continue
             last = loop.time()
             for ev in conn.receive_data(data):
                 if isinstance(ev, h2.events.RequestReceived):
@@ -486,6 +489,7 @@ fn h2_endings_nginx_lacks_are_told_apart_and_counted_pings_keep_alive() {
         ("bare_fin", "fin"),
         ("bare_rst", "rst"),
         ("goaway_fin", "goaway_then_fin"),
+        ("silent", "silent"),
     ]
     .into_iter()
     .map(|(mode, want)| {
@@ -501,7 +505,17 @@ fn h2_endings_nginx_lacks_are_told_apart_and_counted_pings_keep_alive() {
         let (mode, want, r) = run.join().unwrap();
         assert_eq!(s(&r, "/idle/close_style"), want, "{mode}: {r}");
         let t = f(&r, "/idle/timeout_s");
-        assert!((t - 1.0).abs() <= 0.030, "{mode}: idle end after {t} s");
+        if mode == "silent" {
+            // found by new streams on reused connections: bracketed, no end ever seen
+            let (alive, dead) = (f(&r, "/idle/longest_alive_s"), f(&r, "/idle/first_dead_s"));
+            assert!(alive < dead && dead - alive < 0.1, "{r}");
+            assert!((0.9..=1.05).contains(&t), "silent after {t} s: {r}");
+            assert_eq!(r["idle"]["on_reuse"], "no_answer");
+            assert_eq!(r["idle"]["closes_seen"], 0);
+            assert!(s(&r, "/verdict").contains("silently"), "{}", r["verdict"]);
+        } else {
+            assert!((t - 1.0).abs() <= 0.030, "{mode}: idle end after {t} s");
+        }
         assert_eq!(r["server"], "py-h2");
         // this server resets its idle timer on every frame: PINGs keep it open
         assert_eq!(
@@ -515,7 +529,7 @@ fn h2_endings_nginx_lacks_are_told_apart_and_counted_pings_keep_alive() {
             want.starts_with("goaway"),
             "{mode}"
         );
-        if !want.starts_with("goaway") {
+        if want == "fin" || want == "rst" {
             assert!(
                 r["findings"].to_string().contains("no GOAWAY"),
                 "{mode}: {}",

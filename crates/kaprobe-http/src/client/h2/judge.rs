@@ -104,6 +104,10 @@ pub(super) fn judge(r: &mut H2Report, rtt: f64) {
                 idle.on_reuse.as_deref().unwrap_or("no answer").replace('_', " ")
             )
         }
+        _ if idle.connections_failed >= idle.connections => format!(
+            "none of the {} idle connections could be set up (a connection or its first request failed), so no idle timeout was measured",
+            idle.connections
+        ),
         _ => match idle.still_open_after_s.or(idle.longest_alive_s) {
             Some(a) => format!(
                 "kept idle HTTP/2 connections open for the whole --max-wait (still open after {a:.2}s of idle); raise --max-wait to find the real timeout"

@@ -727,8 +727,12 @@ pub(super) async fn ping_check(
     };
     let stop = (since + watch).min(deadline);
     let mut next_ping = since + every;
+    // PINGs must keep being answered: a connection that is open but silent is not alive.
+    let mut acked = 0u64;
+    let mut last_sent: Option<Instant> = None;
     loop {
         match raw.next(Some(next_ping.min(stop))).await {
+            Ev::Frame(_, Frame::Ping { ack: true, .. }) => acked += 1,
             Ev::Frame(at, f @ Frame::GoAway { .. }) => {
                 let g = goaway_seen(at, since, &f);
                 out.lasted_s = Some(secs_since(at, since));
@@ -761,7 +765,19 @@ pub(super) async fn ping_check(
                 let now = Instant::now();
                 if now >= stop {
                     out.lasted_s = Some(secs_since(now, since));
-                    out.outcome = PingOutcome::KeptAlive;
+                    // the latest PING may still be on its way back, if sent just now
+                    let in_flight = u64::from(
+                        last_sent.is_some_and(|t| now.saturating_duration_since(t) < every / 2),
+                    );
+                    if acked + in_flight >= out.pings_sent {
+                        out.outcome = PingOutcome::KeptAlive;
+                    } else {
+                        out.outcome = PingOutcome::ClosedAtIdle;
+                        out.detail = Some(format!(
+                            "the connection stayed open but only {acked} of {} PINGs were answered: something stopped answering (silently)",
+                            out.pings_sent
+                        ));
+                    }
                     return out;
                 }
                 if now >= next_ping {
@@ -771,6 +787,7 @@ pub(super) async fn ping_check(
                         return out;
                     }
                     out.pings_sent += 1;
+                    last_sent = Some(now);
                     next_ping += every;
                 }
             }
@@ -953,7 +970,6 @@ async fn test_round(
 pub(super) async fn ping_policy(
     c: &H2Connector,
     rtt: Option<Duration>,
-    start: Instant,
     deadline: Instant,
 ) -> PingPolicy {
     let began = Instant::now();
@@ -1022,7 +1038,6 @@ pub(super) async fn ping_policy(
         (Some(_), None) => out.result = PolicyResult::LongerThanTested,
         (None, None) => out.result = PolicyResult::Inconclusive,
     }
-    let _ = start;
     out.search_s = secs_since(Instant::now(), began);
     out
 }

@@ -409,7 +409,7 @@ pub async fn probe_h2(url: &str, opts: &H2Options) -> Result<H2Report, Error> {
         measure::count_requests(&connector, &spec, opts.max_requests_cap, count_deadline),
         async {
             if opts.grpc {
-                Some(measure::ping_policy(&connector, ping_rtt, start, deadline).await)
+                Some(measure::ping_policy(&connector, ping_rtt, deadline).await)
             } else {
                 None
             }
