@@ -294,6 +294,22 @@ fn nginx_h2_over_tls_selects_h2_by_alpn_and_a_server_without_it_is_refused() {
     assert_eq!(s(&r, "/idle/close_style"), "goaway_then_fin", "{r}");
     assert!((f(&r, "/idle/timeout_s") - 1.0).abs() <= 0.020, "{r}");
     assert_eq!(r["http2"]["goaway_error"], "NO_ERROR");
+    // The race over TLS: a stream opened after the idle GOAWAY is above its last stream id.
+    let (attempts, _, summary) = race_json(&[
+        "--http2",
+        &format!("https://127.0.0.1:{p2}/"),
+        "--cacert",
+        &ca,
+        "--idle",
+        "1.15s",
+        "--spread",
+        "0s",
+        "--requests",
+        "1",
+    ]);
+    assert_eq!(summary["protocol"], "h2");
+    assert_eq!(attempts[0]["outcome"], "unprocessed", "{attempts:?}");
+    assert_eq!(attempts[0]["after_goaway"], true);
 
     // TLS without h2 in ALPN: a one-line error, exit 9 (not HTTP/2).
     let o = kaprobe()

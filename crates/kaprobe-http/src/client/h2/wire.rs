@@ -737,6 +737,110 @@ mod tests {
         assert_eq!(b, [0x0f, 43]);
     }
 
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// A Raw over one end of an in-memory pipe, past the server preface.
+    async fn raw_over(bytes: Vec<u8>, seed: u64) -> (Vec<Frame>, Vec<(u32, u16)>, bool) {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let writer = tokio::spawn(async move {
+            let mut x = seed;
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let n = ((xorshift(&mut x) % 50) as usize + 1).min(rest.len());
+                if server.write_all(&rest[..n]).await.is_err() {
+                    return;
+                }
+                rest = &rest[n..];
+            }
+            let _ = server.shutdown().await;
+            // drain what the client writes (preface, acks) until it goes away
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = server.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let Ok(mut raw) = Raw::start(Box::new(client), addr, deadline).await else {
+            writer.abort();
+            return (Vec::new(), Vec::new(), false);
+        };
+        let mut frames = Vec::new();
+        loop {
+            match raw
+                .next(Some(Instant::now() + Duration::from_millis(200)))
+                .await
+            {
+                Ev::Frame(_, f) => frames.push(f),
+                Ev::End(..) | Ev::Timeout => break,
+            }
+        }
+        writer.abort();
+        (frames, raw.statuses.clone(), true)
+    }
+
+    #[tokio::test]
+    async fn frames_cut_from_any_segmentation_match_the_scanner() {
+        let mut stream = h2wire::settings(false, &[(h2wire::SETTINGS_MAX_CONCURRENT_STREAMS, 7)]);
+        stream.extend(h2wire::ping(false, *b"pingpong"));
+        stream.extend(h2wire::frame(Kind::Headers, FLAG_END_HEADERS, 1, &[0x88]));
+        stream.extend(h2wire::frame(Kind::Data, FLAG_END_STREAM, 1, &[7u8; 9000]));
+        stream.extend(h2wire::frame(
+            Kind::Headers,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            3,
+            &[0x48, 0x82, 0x64, 0x02],
+        ));
+        stream.extend(h2wire::frame(Kind::RstStream, 0, 5, &7u32.to_be_bytes()));
+        stream.extend(h2wire::goaway(5, 0, b"bye"));
+        let mut want = Vec::new();
+        Scanner::server_to_client().feed(&stream, &mut want);
+        for seed in 1..40u64 {
+            let (frames, statuses, started) = raw_over(stream.clone(), seed * 7919).await;
+            assert!(started);
+            assert_eq!(frames, want, "seed {seed}");
+            assert_eq!(statuses, vec![(1, 200), (3, 302)]);
+        }
+    }
+
+    #[tokio::test]
+    async fn random_bytes_after_the_preface_never_panic() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..60u64 {
+            let mut stream = h2wire::settings(false, &[]);
+            let len = (xorshift(&mut x) % 300) as usize;
+            for _ in 0..len {
+                stream.push(xorshift(&mut x) as u8);
+            }
+            // sometimes a plausible frame header with a random payload
+            if round % 3 == 0 {
+                let payload: Vec<u8> = (0..(xorshift(&mut x) % 40))
+                    .map(|_| xorshift(&mut x) as u8)
+                    .collect();
+                stream.extend(h2wire::frame(
+                    Kind::Headers,
+                    (xorshift(&mut x) & 0x2d) as u8,
+                    1,
+                    &payload,
+                ));
+            }
+            let _ = raw_over(stream, round + 1).await;
+        }
+        // and garbage where the preface should be
+        for seed in 0..20u64 {
+            let mut y = seed + 11;
+            let junk: Vec<u8> = (0..64).map(|_| xorshift(&mut y) as u8).collect();
+            let _ = raw_over(junk, seed + 1).await;
+        }
+    }
+
     #[test]
     fn not_h2_names_what_answered() {
         assert!(not_h2(b"HTTP/1.1 400 Bad Request\r\n").contains("HTTP/1.x"));
