@@ -773,14 +773,11 @@ mod tests {
             return (Vec::new(), Vec::new(), false);
         };
         let mut frames = Vec::new();
-        loop {
-            match raw
-                .next(Some(Instant::now() + Duration::from_millis(200)))
-                .await
-            {
-                Ev::Frame(_, f) => frames.push(f),
-                Ev::End(..) | Ev::Timeout => break,
-            }
+        while let Ev::Frame(_, f) = raw
+            .next(Some(Instant::now() + Duration::from_millis(200)))
+            .await
+        {
+            frames.push(f);
         }
         writer.abort();
         (frames, raw.statuses.clone(), true)
