@@ -4,6 +4,7 @@
 //! - [`conn`]: one TCP/TLS connection speaking HTTP/1.x, and the idle watch;
 //! - [`max_wait`]: `--max-wait` presets and the known idle limits a probe did not rule out;
 //! - [`probe`]: advertised vs observed keep-alive behaviour, with a verdict;
+//! - [`h2`]: the same over HTTP/2 (h2c and TLS with ALPN h2), gRPC's PING policy, the race;
 //! - [`race`]: the reuse race: requests on connections idled around a given time;
 //! - [`request`]: curl-style request and connection options (`-H`, `-X`, `--data`,
 //!   `--resolve`, `--connect-to`) for probe and race;
@@ -11,6 +12,7 @@
 //! - [`push_bench`]: bytes and latency per delivered message for polling, long polling, SSE, WebSocket.
 
 pub mod conn;
+pub mod h2;
 pub mod max_wait;
 pub mod probe;
 pub mod push;

@@ -15,7 +15,7 @@ pub enum Error {
     #[error("bad URL '{url}': {reason}")]
     BadUrl { url: String, reason: String },
     /// The URL's scheme is not http or https.
-    #[error("unsupported scheme '{scheme}' in '{url}': kaprobe speaks http://, https://, ws:// and wss://")]
+    #[error("unsupported scheme '{scheme}' in '{url}': kaprobe speaks http://, https://, h2c://, ws:// and wss://")]
     UnsupportedScheme { url: String, scheme: String },
     /// The host name did not resolve.
     #[error("could not resolve host '{host}': {reason}")]
@@ -66,6 +66,9 @@ pub enum Error {
     /// A prober option is out of range.
     #[error("{0}")]
     InvalidOption(String),
+    /// The server will not speak HTTP/2 (h2c with prior knowledge, or `h2` by ALPN).
+    #[error("{what}: {detail}")]
+    NotHttp2 { what: String, detail: String },
 }
 
 /// ` (host)` after an address, unless the host was that address already.

@@ -145,7 +145,8 @@ pub fn http_failure(e: kaprobe_http::Error) -> Failure {
         E::Garbage { .. }
         | E::ClosedMidResponse { .. }
         | E::NoResponse { .. }
-        | E::NotPush { .. } => PROTOCOL,
+        | E::NotPush { .. }
+        | E::NotHttp2 { .. } => PROTOCOL,
         _ => FAILURE,
     };
     Failure::new(code, e.to_string())

@@ -37,6 +37,13 @@ the TLS handshake against a request on a reused connection. It compares all of t
 what the server advertises (`Keep-Alive: timeout=N, max=M`) and ends with a verdict: the
 idle time a client or proxy pool in front of the server must stay under.
 
+HTTP/2: an h2c:// URL (cleartext, prior knowledge), or --http2 with https:// (ALPN h2),
+runs the same idle ladder over HTTP/2 and tells how idle connections end (GOAWAY then FIN,
+GOAWAY then RST, bare FIN or RST, silence), with the GOAWAY's code, last stream id and
+phases, SETTINGS_MAX_CONCURRENT_STREAMS, requests before a GOAWAY, the PING round trip and
+whether PINGs keep an idle connection open. --grpc adds the gRPC health check and the
+server's PING policy (see --grpc). See docs/http2.md.
+
 Push channels: a ws:// or wss:// URL, or --sse with an http(s) URL, probes a WebSocket or a
 Server-Sent Events stream instead. One connection is left idle and timed until something ends
 it (close frame, bare FIN, RST) or --hold / --max-wait runs out; when it died after T, a second
@@ -53,15 +60,19 @@ Examples:
   kaprobe probe http://10.0.0.5/ --json | jq .idle
   kaprobe probe ws://127.0.0.1:8080/ws
   kaprobe probe --sse http://127.0.0.1:8080/sse --heartbeat 1s --hold 10s
+  kaprobe probe h2c://127.0.0.1:8080/ --max-wait 20s
+  kaprobe probe --http2 https://localhost:8443/ --cacert ca.pem --ping-every 1s
+  kaprobe probe --grpc h2c://127.0.0.1:50051 --json | jq .grpc.ping_policy
 
 Exit codes: 0 measured (whatever the verdict), 2 bad URL or flag, 3 host not resolved,
 4 connection refused, 5 unreachable or no answer in time,
 7 --cacert file unreadable or not PEM, 8 TLS error,
-9 not HTTP (garbage, cut-off or empty answer), not a WebSocket (no 101 to the upgrade) or
-not an event stream (no 200 text/event-stream). See docs/probe.md and docs/push-probe.md.")]
+9 not HTTP (garbage, cut-off or empty answer), not a WebSocket (no 101 to the upgrade),
+not an event stream (no 200 text/event-stream) or not HTTP/2 (no SETTINGS to the preface,
+no h2 by ALPN). See docs/probe.md, docs/push-probe.md and docs/http2.md.")]
 pub struct Args {
     /// The URL to probe: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH]; ws:// or
-    /// wss:// for a WebSocket.
+    /// wss:// for a WebSocket; h2c://... for HTTP/2 without TLS.
     pub url: String,
 
     /// Probe a Server-Sent Events stream (text/event-stream) at the http(s) URL.
@@ -96,6 +107,27 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_requests_cap: u64,
 
+    /// HTTP/2: with https:// offer only h2 by ALPN (a server that will not speak it is an
+    /// error); with http:// speak h2c with prior knowledge, as h2c:// URLs always do. Adds
+    /// the GOAWAY, SETTINGS and PING measurements (docs/http2.md).
+    #[arg(long)]
+    pub http2: bool,
+
+    /// gRPC (implies --http2): the request is the health check
+    /// (POST /grpc.health.v1.Health/Check, or the URL's path), and the server's PING policy
+    /// is searched: PINGs with no call open at intervals from 25ms doubling, each on its own
+    /// connection, all at once, then two rounds inside the bracket, until GOAWAY
+    /// ENHANCE_YOUR_CALM "too_many_pings" separates refused from accepted. The search runs
+    /// alongside the idle ladder and never past --max-wait (less 1s): a server whose minimum
+    /// is longer is reported as "longer than tested".
+    #[arg(long)]
+    pub grpc: bool,
+
+    /// HTTP/2: the PING interval for the "do PINGs keep an idle connection open" check, run
+    /// after the idle timeout is known (default: a third of that timeout). Range 10ms..=1h.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub ping_every: Option<Duration>,
+
     #[command(flatten)]
     pub tls: crate::args::TlsArgs,
 
@@ -109,6 +141,28 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let lower = args.url.trim().to_ascii_lowercase();
+    let h2 = args.http2 || args.grpc || lower.starts_with("h2c://");
+    if h2 && (args.sse || args.heartbeat.is_some() || args.hold.is_some()) {
+        return Err(Failure::usage(
+            "--sse, --heartbeat and --hold are for push channels, not HTTP/2 (--http2, --grpc, h2c://)",
+        )
+        .into());
+    }
+    if h2 {
+        if args.request.options()? != kaprobe_http::client::RequestOptions::default() {
+            return Err(Failure::usage(
+                "-H, -X, --data, --resolve and --connect-to apply to HTTP/1.1 probes; over HTTP/2 (--http2, --grpc, h2c://) the request is fixed",
+            )
+            .into());
+        }
+        return run_h2(&args);
+    }
+    if args.ping_every.is_some() {
+        return Err(Failure::usage(
+            "--ping-every is for HTTP/2: use an h2c:// URL, or --http2 with https://",
+        )
+        .into());
+    }
     if args.sse || lower.starts_with("ws://") || lower.starts_with("wss://") {
         let kind = if args.sse {
             PushKind::Sse
@@ -194,6 +248,25 @@ impl Drop for Progress {
             let _ = t.join();
         }
     }
+}
+
+/// `kaprobe probe h2c://...` / `--http2` / `--grpc`: the HTTP/2 prober.
+fn run_h2(args: &Args) -> anyhow::Result<ExitCode> {
+    use kaprobe_http::client::h2::{probe_h2, H2Options};
+    let opts = H2Options {
+        max_wait: args.max_wait.unwrap_or(Duration::from_secs(150)),
+        connections: args.connections,
+        max_requests_cap: args.max_requests_cap,
+        ping_every: args.ping_every,
+        grpc: args.grpc,
+        tls: args.tls.options(),
+    };
+    opts.validate().map_err(crate::exit::http_failure)?;
+    measure(
+        probe_h2(&args.url, &opts),
+        args.json,
+        crate::render::http::probe_h2,
+    )
 }
 
 /// `kaprobe probe ws://...` / `kaprobe probe --sse URL`: the push-channel prober.

@@ -34,18 +34,25 @@ window, then again after a fix to see it closed.
 Attempts run one at a time by default, so a proxy's pooled upstream connection idles as
 long as the client's; --parallel speeds up runs against a server with no proxy in front.
 
+HTTP/2 (h2c:// URLs, or --http2): each attempt's connection idles while it is read as a live
+client reads it, then a new stream goes out whatever arrived, as a pool that trusts its
+timer would. Streams refused (RST_STREAM REFUSED_STREAM) or above the GOAWAY's last stream
+id were never processed and are safe to retry; the others are not. See docs/http2.md.
+
 Examples:
   kaprobe race http://127.0.0.1:8080/ --idle 5s --spread 1s --requests 20
   kaprobe race http://proxy:80/api --idle 60s --spread 2s --method POST --json
   kaprobe race https://shop.example.com/api --idle 55s -X PUT -d @order.json
   kaprobe race https://a.example/ --idle 9s --resolve a.example:443:10.0.3.7
+  kaprobe race h2c://127.0.0.1:8080/ --idle 1s --spread 20ms --requests 10 --parallel 10
 
 Exit codes: 0 the race ran (failures or not: read the table), 2 bad URL or flag,
 3 host not resolved, 4 connection refused, 5 unreachable or no answer in time,
 7 --cacert file unreadable or not PEM, 8 TLS error,
 9 not HTTP. See docs/race.md.")]
 pub struct Args {
-    /// The URL: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH].
+    /// The URL: http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH]; h2c://... for
+    /// HTTP/2 without TLS.
     pub url: String,
 
     /// Centre of the idle times (e.g. 5s, 60s). Range 0s..=1h.
@@ -75,6 +82,13 @@ pub struct Args {
     /// [default: enough for every attempt, plus 30s].
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub max_wait: Option<Duration>,
+
+    /// HTTP/2 (h2c:// URLs always are): new streams on idle connections, sent as the idle
+    /// GOAWAY arrives; counts refused and unprocessed streams (safe to retry), streams
+    /// opened after the GOAWAY, resets and successes. With https://, ALPN h2. See
+    /// docs/http2.md.
+    #[arg(long)]
+    pub http2: bool,
 
     #[command(flatten)]
     pub tls: crate::args::TlsArgs,
@@ -111,6 +125,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         request: args.request.options()?,
     };
     opts.validate().map_err(failure)?;
+    if args.http2 || args.url.trim().to_ascii_lowercase().starts_with("h2c://") {
+        if opts.request != kaprobe_http::client::RequestOptions::default() {
+            return Err(crate::exit::Failure::usage(
+                "-H, -X, --data, --resolve and --connect-to apply to HTTP/1.1 races; over HTTP/2 (--http2, h2c://) the request is fixed",
+            )
+            .into());
+        }
+        return run_h2(&args.url, &opts, args.json);
+    }
     let rt = runtime()?;
     let result = rt.block_on(race(&args.url, &opts));
     // A resolver thread stuck on a slow DNS server must not hold the exit past --max-wait.
@@ -138,6 +161,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         render(&report)?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaprobe race h2c://...` / `--http2`: the race over HTTP/2 (rendered in render::http).
+fn run_h2(url: &str, opts: &RaceOptions, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let result = rt.block_on(kaprobe_http::client::h2::race_h2(url, opts));
+    rt.shutdown_timeout(Duration::from_millis(100));
+    let report = result.map_err(failure)?;
+    if !json {
+        crate::render::http::race_h2(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for a in &report.attempts {
+        let mut v = serde_json::to_value(a)?;
+        v["type"] = "attempt".into();
+        print_json_line(&v)?;
+    }
+    for b in &report.bins {
+        let mut v = serde_json::to_value(b)?;
+        v["type"] = "bin".into();
+        v["failures"] = b.failures().into();
+        print_json_line(&v)?;
+    }
+    let mut v = serde_json::to_value(&report)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("attempts");
+        o.remove("bins");
+    }
+    v["type"] = "summary".into();
+    print_json_line(&v)?;
     Ok(ExitCode::SUCCESS)
 }
 

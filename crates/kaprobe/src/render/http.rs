@@ -204,3 +204,185 @@ pub fn push(r: &kaprobe_http::client::PushReport) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// The HTTP/2 probe's report: what answered, one row per measurement, findings, verdict.
+pub fn probe_h2(r: &kaprobe_http::client::h2::H2Report) -> anyhow::Result<()> {
+    use kaprobe_http::client::h2::{GoawayPhases, H2Close, H2CountEnd, PingOutcome, PolicyResult};
+    let server = r
+        .server
+        .as_deref()
+        .map_or(String::new(), |s| format!(", server: {s}"));
+    crate::out::println_wrapped(&format!(
+        "{} -> {} ({}, status {}{server})",
+        r.url, r.address, r.protocol, r.status
+    ))?;
+    let mut t = table();
+    t.set_header(vec!["", "observed"]);
+    let idle = &r.idle;
+    let h = &r.http2;
+    let observed_idle = match idle.close_style {
+        H2Close::OpenAtMaxWait => format!(
+            "still open at --max-wait{}",
+            idle.still_open_after_s
+                .or(idle.longest_alive_s)
+                .map_or(String::new(), |a| format!(" ({a:.2}s idle)"))
+        ),
+        style => format!(
+            "{} ± {}, {}",
+            secs(idle.timeout_s),
+            idle.timeout_error_s
+                .map_or("-".into(), |e| format!("{:.0}ms", e * 1000.0)),
+            style.describe()
+        ),
+    };
+    t.add_row(vec!["idle timeout".to_string(), observed_idle]);
+    if h.goaway_seen {
+        let mut g = format!(
+            "{}, last stream id {}",
+            h.goaway_error.as_deref().unwrap_or("-"),
+            h.goaway_last_stream_id
+                .map_or("-".into(), |i| i.to_string())
+        );
+        if let Some(d) = &h.goaway_debug {
+            g.push_str(&format!(", \"{d}\""));
+        }
+        g.push_str(match h.goaway_phases {
+            Some(GoawayPhases::TwoPhase) => ", two-phase",
+            _ => ", single",
+        });
+        if let Some(c) = h.goaway_to_close_s {
+            g.push_str(&format!(", closed {} later", ms(c)));
+        }
+        t.add_row(vec!["idle GOAWAY".to_string(), g]);
+    }
+    t.add_row(vec![
+        "max concurrent streams".to_string(),
+        h.max_concurrent_streams
+            .map_or("not set (no limit)".into(), |n| n.to_string()),
+    ]);
+    let count = match (h.requests_before_goaway, h.requests_ended_by) {
+        (Some(n), H2CountEnd::Goaway) => format!("{n}, then GOAWAY"),
+        (Some(n), H2CountEnd::Closed) => format!("{n}, then closed without GOAWAY"),
+        (Some(n), H2CountEnd::Cap) => format!("at least {n} (cap reached)"),
+        (Some(n), H2CountEnd::MaxWait) => format!("at least {n} (time ran out)"),
+        _ => "-".into(),
+    };
+    t.add_row(vec!["requests per connection".to_string(), count]);
+    let mut ping = h.ping_rtt_s.map_or("no PING answered".into(), |s| {
+        format!("round trip {}", ms(s))
+    });
+    let every = h.ping.every_s.map_or(String::new(), |e| format!("{e:.2}s"));
+    match h.ping.outcome {
+        PingOutcome::KeptAlive => ping.push_str(&format!(
+            "; one every {every} kept it open {:.2}s",
+            h.ping.lasted_s.unwrap_or(0.0)
+        )),
+        PingOutcome::ClosedAtIdle => ping.push_str(&format!(
+            "; one every {every} did not keep it open (ended at {:.2}s)",
+            h.ping.lasted_s.unwrap_or(0.0)
+        )),
+        PingOutcome::Rejected => ping.push_str(&format!("; one every {every} was refused")),
+        PingOutcome::NotRun | PingOutcome::Error => {}
+    }
+    t.add_row(vec!["PING".to_string(), ping]);
+    let mut timing = format!("connect {}", ms(r.connect_s));
+    if let Some(hs) = r.tls_handshake_s {
+        timing.push_str(&format!(", TLS handshake {}", ms(hs)));
+    }
+    timing.push_str(&format!(", first request {}", ms(r.first_request_s)));
+    t.add_row(vec!["timing".to_string(), timing]);
+    if let Some(g) = &r.grpc {
+        t.add_row(vec![
+            "gRPC health".to_string(),
+            match (g.grpc_status, &g.serving) {
+                (Some(s), Some(v)) => format!("{v} (grpc-status {s})"),
+                (Some(s), None) => format!("grpc-status {s}"),
+                (None, _) => "no grpc-status".into(),
+            },
+        ]);
+        let p = &g.ping_policy;
+        let policy = match p.result {
+            PolicyResult::Found => format!(
+                "min interval {} ± {:.0}ms, {} strikes tolerated; keepalive_time >= {:.0}s",
+                secs(p.min_ping_interval_s),
+                p.min_ping_interval_error_s.unwrap_or(0.0) * 1000.0,
+                p.max_ping_strikes.unwrap_or(0),
+                p.safe_keepalive_time_s.unwrap_or(0.0)
+            ),
+            PolicyResult::NoneFound => "none: PINGs back to back accepted".into(),
+            PolicyResult::LongerThanTested => format!(
+                "longer than tested (refused up to {})",
+                secs(p.largest_rejected_s)
+            ),
+            PolicyResult::Inconclusive => "inconclusive".into(),
+        };
+        t.add_row(vec!["gRPC PING policy".to_string(), policy]);
+    }
+    crate::out::print_table(t)?;
+    for f in &r.findings {
+        crate::outln!("{}", crate::term::wrap(&format!("  * {f}"), 4))?;
+    }
+    crate::outln!("{}", crate::term::verdict_line(&r.verdict))?;
+    crate::outln!(
+        "(probe took {:.2}s)",
+        crate::util::secs(Duration::from_secs_f64(r.elapsed_s.max(0.0)))
+    )?;
+    Ok(())
+}
+
+/// The HTTP/2 race: one row per idle time, then what the columns mean and the verdict.
+pub fn race_h2(r: &kaprobe_http::client::h2::H2RaceReport) -> anyhow::Result<()> {
+    let n = r.attempts.len();
+    crate::out::println_wrapped(&format!(
+        "{} -> {} ({}): {n} new {} {} after {:.2}s to {:.2}s of idle",
+        r.url,
+        r.address,
+        r.protocol,
+        if n == 1 { "stream" } else { "streams" },
+        r.method,
+        (r.idle_s - r.spread_s).max(0.0),
+        if n == 1 {
+            r.idle_s
+        } else {
+            r.idle_s + r.spread_s
+        }
+    ))?;
+    let mut t = table();
+    t.set_header(vec![
+        "idle", "tries", "ok", "5xx", "refused", "ignored", "reset", "closed", "none", "late",
+    ]);
+    for b in &r.bins {
+        let idle = if (b.idle_to_s - b.idle_from_s).abs() < 1e-9 {
+            format!("{:.3}s", b.idle_from_s)
+        } else {
+            format!("{:.2}-{:.2}s", b.idle_from_s, b.idle_to_s)
+        };
+        let mut row = vec![idle];
+        row.extend(
+            [
+                b.attempts,
+                b.ok,
+                b.bad_gateway,
+                b.refused_stream,
+                b.unprocessed,
+                b.stream_reset + b.reset,
+                b.empty_reply,
+                b.no_answer,
+                b.after_goaway,
+            ]
+            .iter()
+            .map(ToString::to_string),
+        );
+        t.add_row(row);
+    }
+    crate::out::print_table(t)?;
+    crate::outln!(
+        "{}",
+        crate::term::wrap(
+            "(refused = RST_STREAM REFUSED_STREAM, ignored = above the GOAWAY's last stream id: both never processed, safe to retry; reset = RST_STREAM or TCP RST; closed = FIN with no answer; none = no answer; late = opened after the GOAWAY had arrived)",
+            1
+        )
+    )?;
+    crate::outln!("{}", crate::term::verdict_line(&r.verdict))?;
+    Ok(())
+}

@@ -5,7 +5,7 @@ use super::*;
 
 /// For a silent drop: (longest idle that worked below the failures, first failing idle, how
 /// it failed), once two requests after longer idles failed and none after them worked.
-pub(super) fn silent_bounds(
+pub(crate) fn silent_bounds(
     oks: &[f64],
     fails: &[(f64, &'static str)],
 ) -> Option<(f64, f64, &'static str)> {

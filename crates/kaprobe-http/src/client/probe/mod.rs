@@ -20,7 +20,8 @@ use tokio::time::Instant;
 mod judge;
 mod measure;
 
-use judge::{judge, silent_bounds};
+use judge::judge;
+pub(crate) use judge::silent_bounds;
 pub use measure::ladder;
 use measure::{
     cap, count_requests, http10_checks, left, measure_idle, no_keep_alive_idle, pipelining_check,
