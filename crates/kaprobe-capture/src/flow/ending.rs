@@ -133,7 +133,22 @@ struct ReuseRec {
     /// Its sender sent again later (a retransmission, a FIN, a RST) with no answer in
     /// between: an unanswered reuse is only judged once time has passed on the wire.
     followed: bool,
+    /// The peer acknowledged its bytes but has not replied with data yet: a relay or a
+    /// proxy's kernel acknowledges a request that the server behind it never sees.
+    acked: bool,
 }
+
+impl ReuseRec {
+    /// Still waiting for its verdict: no result, and not acknowledged more than
+    /// [`ANSWER_WINDOW`] before `ts`.
+    fn open_at(&self, ts: Duration) -> bool {
+        self.result.is_none() && !(self.acked && ts.saturating_sub(self.at) > ANSWER_WINDOW)
+    }
+}
+
+/// A reuse the peer acknowledged and then, within this long and before any reply, closed
+/// (FIN) or reset failed all the same: the request reached a relay, not the server.
+pub const ANSWER_WINDOW: Duration = Duration::from_secs(1);
 
 /// A later segment from a reuse's sender at least this long after it shows the reuse went
 /// unanswered for that long (the shortest retransmission timeout).
@@ -176,7 +191,7 @@ impl EndTrack {
         self.rst.is_some()
             || self.reuses.iter().any(|r| match r.result {
                 Some(x) => x.failed(),
-                None => r.followed,
+                None => r.followed && !r.acked,
             })
     }
 
@@ -210,37 +225,45 @@ impl EndTrack {
     fn on_segment_slow(&mut self, g: &Seg) {
         let (s, d) = (g.side, 1 - g.side);
         for r in self.reuses.iter_mut().filter(|r| r.side == s) {
-            if r.result.is_none() && g.ts >= r.at + FOLLOW_AFTER {
+            if r.result.is_none() && !r.acked && g.ts >= r.at + FOLLOW_AFTER {
                 r.followed = true;
             }
         }
-        // The peer's ACKs settle this side's open reuses...
+        // The peer's ACKs acknowledge this side's open reuses (the reply settles them)...
         if let Some(ack) = g.ack {
             if !g.rst {
                 for r in self.reuses.iter_mut().filter(|r| r.side == d) {
                     if r.result.is_none() && ack.diff(r.end) >= 0 {
-                        r.result = Some(ReuseResult::Ok);
+                        r.acked = true;
                     }
                 }
             }
         }
         // ...and its RST fails them.
         if g.rst {
-            for r in self.reuses.iter_mut().filter(|r| r.side == d) {
-                if r.result.is_none() {
-                    r.result = Some(ReuseResult::Reset);
-                }
-            }
             if self.rst.is_none() {
                 self.rst = Some((s, g.ts, g.ttl));
                 if self.idle_before_close.is_none() && self.fin_at.iter().all(Option::is_none) {
-                    self.idle_before_close = self.last_payload.map(|t| g.ts.saturating_sub(t));
+                    self.idle_before_close = self.idle_of_closer(d, g.ts);
+                }
+            }
+            for r in self.reuses.iter_mut().filter(|r| r.side == d) {
+                if r.open_at(g.ts) {
+                    r.result = Some(ReuseResult::Reset);
+                } else if r.result.is_none() {
+                    r.result = Some(ReuseResult::Ok);
                 }
             }
             return;
         }
         self.ttl[s] = Some(g.ttl);
         if g.payload > 0 && !g.probe {
+            // A reply: the peer's open reuses worked.
+            for r in self.reuses.iter_mut().filter(|r| r.side == d) {
+                if r.result.is_none() {
+                    r.result = Some(ReuseResult::Ok);
+                }
+            }
             let gap = self.last_payload.map(|t| g.ts.saturating_sub(t));
             if let Some(idle) = gap.filter(|gap| *gap >= REUSE_GAP) {
                 let result = self.fin_at[d].map(|_| ReuseResult::AfterFin);
@@ -255,6 +278,7 @@ impl EndTrack {
                     end: g.seq.add(g.payload),
                     result,
                     followed: false,
+                    acked: false,
                 });
             }
             self.last_payload = Some(g.ts);
@@ -263,38 +287,71 @@ impl EndTrack {
             if self.fin_at[s].is_none() {
                 self.fin_at[s] = Some(g.ts);
                 if self.idle_before_close.is_none() && self.fin_at[d].is_none() {
-                    self.idle_before_close = self.last_payload.map(|t| g.ts.saturating_sub(t));
+                    self.idle_before_close = self.idle_of_closer(d, g.ts);
                 }
             }
-            // Data of the other side not yet acknowledged crossed this FIN.
+            // Data of the other side not yet acknowledged crossed this FIN, and data
+            // acknowledged just before it got no reply but the FIN.
             for r in self.reuses.iter_mut().filter(|r| r.side == d) {
-                if r.result.is_none() {
+                if r.open_at(g.ts) {
                     r.result = Some(ReuseResult::AfterFin);
+                }
+            }
+            // This side closing itself: it was not waiting for a reply.
+            for r in self.reuses.iter_mut().filter(|r| r.side == s) {
+                if r.result.is_none() && r.acked {
+                    r.result = Some(ReuseResult::Ok);
                 }
             }
         }
     }
 
+    /// The closer's silence before it closed at `ts`: since the last payload, or, when the
+    /// other side (`other`) has a reuse still open (in flight, or only acknowledged by a
+    /// relay), since the payload before that reuse: the closer never saw it.
+    fn idle_of_closer(&self, other: usize, ts: Duration) -> Option<Duration> {
+        let before_reuse = self
+            .reuses
+            .iter()
+            .filter(|r| r.side == other && r.open_at(ts))
+            .map(|r| r.at.saturating_sub(r.idle))
+            .min();
+        before_reuse
+            .or(self.last_payload)
+            .map(|t| ts.saturating_sub(t))
+    }
+
     /// The ending, given which side is the client (`None`: unknown), whether the flow is
-    /// over (`closed`), and whether the prober of side `gave_up` reset after unanswered
-    /// probes.
+    /// over (`closed`), whether the prober of side `gave_up` reset after unanswered probes,
+    /// and whether the flow is IPv6 (its evidence then speaks of the hop limit, not the TTL).
     #[must_use]
-    pub fn conclude(&self, client: Option<usize>, closed: bool, gave_up: Option<usize>) -> Ending {
+    pub fn conclude(
+        &self,
+        client: Option<usize>,
+        closed: bool,
+        gave_up: Option<usize>,
+        ipv6: bool,
+    ) -> Ending {
         let role = |side: usize| match client {
             Some(c) if c == side => EndBy::Client,
             Some(_) => EndBy::Server,
             None => EndBy::Unknown,
         };
         // A reuse the capture ended on, before any answer could come, is not judged.
+        // An acknowledged one without a reply or a close after it worked, as far as TCP tells.
         let reuses: Vec<Reuse> = self
             .reuses
             .iter()
-            .filter(|r| r.result.is_some() || r.followed)
+            .filter(|r| r.result.is_some() || r.followed || r.acked)
             .map(|r| Reuse {
                 by: role(r.side),
                 at: r.at,
                 idle: r.idle,
-                result: r.result.unwrap_or(ReuseResult::Unanswered),
+                result: r.result.unwrap_or(if r.acked {
+                    ReuseResult::Ok
+                } else {
+                    ReuseResult::Unanswered
+                }),
             })
             .collect();
         let reuse_failed = reuses.iter().any(|r| r.result.failed());
@@ -342,8 +399,9 @@ impl EndTrack {
                 match self.ttl[side] {
                     Some(usual) if usual != ttl => {
                         e.by = Some(EndBy::Path);
+                        let field = if ipv6 { "hop limit" } else { "TTL" };
                         e.evidence = Some(format!(
-                            "the RST came with TTL {ttl}, the {}'s own segments with {usual}",
+                            "the RST came with {field} {ttl}, the {}'s own segments with {usual}",
                             role(side).as_str()
                         ));
                     }
@@ -353,7 +411,8 @@ impl EndTrack {
         } else if !closed {
             e.idle_before_end = None;
         }
-        e.verdict = verdict(&e);
+        let rst_by = self.rst.map(|(side, _, _)| role(side));
+        e.verdict = verdict(&e, rst_by);
         e
     }
 
@@ -366,8 +425,9 @@ fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
 
-/// One sentence for a flow's ending, naming the failed reuse when there is one.
-fn verdict(e: &Ending) -> String {
+/// One sentence for a flow's ending, naming the failed reuse when there is one; `rst_by`
+/// sent the flow's first RST, if any.
+fn verdict(e: &Ending, rst_by: Option<EndBy>) -> String {
     let Some(how) = e.how else {
         return String::new();
     };
@@ -390,16 +450,31 @@ fn verdict(e: &Ending) -> String {
         }
     };
     if let Some(r) = e.reuses.iter().find(|r| r.result.failed()) {
+        let other = match r.by {
+            EndBy::Client => "the server's",
+            EndBy::Server => "the client's",
+            _ => "the other side's",
+        };
+        let got_rst = rst_by.is_some_and(|b| b != r.by);
         let what = match r.result {
-            ReuseResult::Reset | ReuseResult::AfterFin if how == EndHow::Fin => "and got a RST",
-            ReuseResult::Reset => "and got a RST",
-            ReuseResult::AfterFin => "after the peer's FIN",
-            ReuseResult::Unanswered => "and got no answer",
-            ReuseResult::Ok => "",
+            ReuseResult::Reset => "and got a RST".to_string(),
+            ReuseResult::AfterFin if got_rst => "and got a RST".to_string(),
+            ReuseResult::AfterFin => format!("and met {other} FIN"),
+            ReuseResult::Unanswered => "and got no answer".to_string(),
+            ReuseResult::Ok => String::new(),
+        };
+        let by = if r.by == EndBy::Unknown {
+            "one side"
+        } else {
+            r.by.as_str()
+        };
+        let limit = if e.by == Some(EndBy::Path) {
+            "the path's".to_string()
+        } else {
+            other.to_string()
         };
         v.push_str(&format!(
-            "; the {} wrote after {} idle {what}: a pool kept the connection longer than the other side's idle timeout",
-            r.by.as_str(),
+            "; the {by} wrote after {} idle {what}: a pool kept the connection longer than {limit} idle timeout",
             secs(r.idle)
         ));
     }
@@ -553,7 +628,7 @@ mod tests {
             ack: None,
             ..seg(1, 2011, 701, 0, 0)
         });
-        let e = t.conclude(Some(0), true, None);
+        let e = t.conclude(Some(0), true, None, false);
         assert_eq!(
             (e.by, e.how),
             (Some(EndBy::Server), Some(EndHow::Fin)),
@@ -593,7 +668,7 @@ mod tests {
             ttl: 64,
             ..seg(1, 2011, 520, 0, 0)
         });
-        let e = t.conclude(Some(0), true, None);
+        let e = t.conclude(Some(0), true, None, false);
         assert_eq!(
             (e.by, e.how),
             (Some(EndBy::Path), Some(EndHow::Rst)),
@@ -610,7 +685,7 @@ mod tests {
         t.on_segment(&seg(1, 10, 500, 150, 20));
         t.on_segment(&seg(0, 3010, 150, 520, 50));
         t.on_segment(&seg(0, 3220, 150, 520, 50)); // retransmission
-        let e = t.conclude(Some(0), false, None);
+        let e = t.conclude(Some(0), false, None, false);
         assert_eq!(
             (e.by, e.how),
             (Some(EndBy::Path), Some(EndHow::Silent)),
@@ -627,7 +702,7 @@ mod tests {
         t.on_segment(&seg(1, 10, 500, 150, 20));
         // data after 3s idle, and the capture ends before any answer could come
         t.on_segment(&seg(0, 3010, 150, 520, 50));
-        let e = t.conclude(Some(0), false, None);
+        let e = t.conclude(Some(0), false, None, false);
         assert_eq!((e.by, e.how), (None, None), "{e:?}");
         assert!(!e.reuse_failed && e.reuses.is_empty(), "{e:?}");
     }
@@ -639,10 +714,98 @@ mod tests {
         t.on_segment(&seg(1, 10, 500, 150, 20));
         t.on_segment(&seg(0, 1010, 150, 520, 50));
         t.on_segment(&seg(1, 1020, 520, 200, 20));
-        let e = t.conclude(Some(0), false, None);
+        let e = t.conclude(Some(0), false, None, false);
         assert_eq!((e.by, e.how), (None, None));
         assert!(!e.reuse_failed && e.verdict.is_empty());
         assert_eq!(e.reuses[0].result, ReuseResult::Ok);
+    }
+
+    #[test]
+    fn a_reuse_a_relay_acknowledged_then_closed_on_failed_all_the_same() {
+        // A proxy (side 0) reuses its upstream connection after 0.95s; the relay's kernel
+        // acknowledges the request, but the FIN of the server behind it (idle 1s there) comes
+        // next, then a RST: no reply.
+        let mut t = EndTrack::default();
+        t.on_segment(&seg(0, 0, 100, 500, 50));
+        t.on_segment(&seg(1, 10, 500, 150, 200));
+        t.on_segment(&seg(0, 11, 150, 700, 0));
+        t.on_segment(&seg(0, 960, 150, 700, 50));
+        t.on_segment(&seg(1, 960, 700, 200, 0));
+        t.on_segment(&Seg {
+            fin: true,
+            ..seg(1, 1010, 700, 200, 0)
+        });
+        t.on_segment(&Seg {
+            rst: true,
+            ack: None,
+            ..seg(1, 1060, 701, 0, 0)
+        });
+        let e = t.conclude(Some(0), true, None, false);
+        assert_eq!((e.by, e.how), (Some(EndBy::Server), Some(EndHow::Fin)));
+        assert!(e.reuse_failed, "{e:?}");
+        assert_eq!(e.reuses[0].result, ReuseResult::AfterFin);
+        // The server's silence runs from its reply, not from the request it never saw.
+        assert_eq!(e.idle_before_end, Some(Duration::from_millis(1000)));
+        assert!(
+            e.verdict.ends_with(
+                "the client wrote after 0.95s idle and got a RST: a pool kept the connection longer than the server's idle timeout"
+            ),
+            "{}",
+            e.verdict
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_reuse_with_a_reply_or_a_late_close_worked() {
+        // Replied to: fine.
+        let mut t = EndTrack::default();
+        t.on_segment(&seg(0, 0, 100, 500, 50));
+        t.on_segment(&seg(1, 10, 500, 150, 20));
+        t.on_segment(&seg(0, 1010, 150, 520, 50));
+        t.on_segment(&seg(1, 1011, 520, 200, 0));
+        t.on_segment(&seg(1, 1030, 520, 200, 20));
+        t.on_segment(&Seg {
+            fin: true,
+            ..seg(1, 1100, 540, 200, 0)
+        });
+        let e = t.conclude(Some(0), true, None, false);
+        assert!(!e.reuse_failed, "{e:?}");
+        assert_eq!(e.reuses[0].result, ReuseResult::Ok);
+        // Acknowledged, no reply (a one-way message), the peer's idle close much later.
+        let mut t = EndTrack::default();
+        t.on_segment(&seg(0, 0, 100, 500, 50));
+        t.on_segment(&seg(1, 10, 500, 150, 20));
+        t.on_segment(&seg(0, 1010, 150, 520, 50));
+        t.on_segment(&seg(1, 1011, 520, 200, 0));
+        t.on_segment(&Seg {
+            fin: true,
+            ..seg(1, 6011, 520, 200, 0)
+        });
+        let e = t.conclude(Some(0), true, None, false);
+        assert!(!e.reuse_failed, "{e:?}");
+        assert_eq!(e.reuses[0].result, ReuseResult::Ok);
+        assert_eq!(e.idle_before_end, Some(Duration::from_millis(5001)));
+    }
+
+    #[test]
+    fn an_ipv6_path_reset_speaks_of_the_hop_limit() {
+        let mut t = EndTrack::default();
+        t.on_segment(&Seg {
+            ttl: 63,
+            ..seg(1, 10, 500, 150, 20)
+        });
+        t.on_segment(&Seg {
+            rst: true,
+            ack: None,
+            ttl: 64,
+            ..seg(1, 2011, 520, 0, 0)
+        });
+        let e = t.conclude(Some(0), true, None, true);
+        assert_eq!(e.by, Some(EndBy::Path));
+        assert_eq!(
+            e.evidence.as_deref(),
+            Some("the RST came with hop limit 64, the server's own segments with 63")
+        );
     }
 
     #[test]
