@@ -846,3 +846,32 @@ pub fn read_kinds(path: &Path) -> std::collections::BTreeMap<u64, String> {
 
 pub mod http1;
 pub mod peers;
+
+/// Check Prometheus text with `promtool check metrics` (skipped without promtool; CI has it).
+pub fn promtool_lint(text: &str) {
+    use std::io::Write as _;
+    if !have_tool("promtool") {
+        eprintln!("skipped: needs promtool");
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kaprobe_tests::{
-    kaprobe, line_reader, require_tool, serve_quiet, wait_line, workspace_root, KillOnDrop, TempDir,
+    kaprobe, line_reader, promtool_lint, require_tool, serve_quiet, wait_line, workspace_root,
+    KillOnDrop, TempDir,
 };
 use prometheus_parse::{Scrape, Value};
 
@@ -74,30 +75,6 @@ fn value(s: &Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
             _ => f64::NAN,
         })
-}
-
-fn promtool_lint(text: &str) {
-    require_tool!("promtool");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 fn probe_path(target: &str) -> String {

@@ -9,8 +9,8 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use kaprobe_tests::{
-    in_netns, kaprobe, keepalive, line_reader, require_root, require_tool, run, stderr, wait_for,
-    wait_line, workspace_root, KillOnDrop, NsPair,
+    in_netns, kaprobe, keepalive, line_reader, promtool_lint, require_root, require_tool, run,
+    stderr, wait_for, wait_line, workspace_root, KillOnDrop, NsPair,
 };
 use prometheus_parse::{Scrape, Value};
 
@@ -69,31 +69,6 @@ fn tcp_ext(name: &str) -> u64 {
         .zip(values)
         .find(|(n, _)| *n == name)
         .map_or(0, |(_, v)| v.parse().unwrap())
-}
-
-/// Check a scrape with `promtool check metrics` when promtool is there (always in CI).
-fn promtool_lint(text: &str) {
-    require_tool!("promtool");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 #[test]

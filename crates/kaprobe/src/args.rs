@@ -27,6 +27,23 @@ pub fn bind_metrics(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     bind_flag("--metrics", addr)
 }
 
+/// `--listen TEXT` parsed (`e.g.` shows a good value) and bound, non-blocking: the listener
+/// and the address it got. A malformed address exits 2, one in use 1.
+pub fn listen_flag(
+    text: &str,
+    example: &str,
+) -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
+    let addr: SocketAddr = text.trim().parse().map_err(|_| {
+        Failure::usage(format!(
+            "--listen '{text}' is not an address: use IP:PORT, e.g. {example} or [::1]:0"
+        ))
+    })?;
+    let l = bind_flag("--listen", addr)?;
+    l.set_nonblocking(true)?;
+    let bound = l.local_addr().unwrap_or(addr);
+    Ok((l, bound))
+}
+
 /// Bind the listener of `flag` (`--metrics`, `--control`): a bind failure names the flag and
 /// the address.
 pub fn bind_flag(flag: &str, addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {

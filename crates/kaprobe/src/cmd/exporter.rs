@@ -1,6 +1,5 @@
 //! `kaprobe exporter --listen ADDR`: probes on demand for Prometheus.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -90,23 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .into());
         }
     }
-    let listen: SocketAddr = args.listen.parse().map_err(|_| {
-        Failure::usage(format!(
-            "--listen '{}' is not an address: use IP:PORT, e.g. 127.0.0.1:9435 or [::1]:0",
-            args.listen
-        ))
-    })?;
-    let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
-        Failure::new(
-            crate::exit::listen_code(&e),
-            format!(
-                "--listen {listen}: cannot listen there: {}",
-                kaprobe_sock::fmt::os_error(&e)
-            ),
-        )
-    })?;
-    std_listener.set_nonblocking(true)?;
-    let bound = std_listener.local_addr().unwrap_or(listen);
+    let (std_listener, bound) = crate::args::listen_flag(&args.listen, "127.0.0.1:9435")?;
     eprintln!(
         "kaprobe exporter: scrapes on http://{bound}/probe?target=URL (own metrics on /metrics)"
     );

@@ -167,22 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let listen_text = args.listen.as_deref().unwrap_or("127.0.0.1:0");
-    let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        Failure::usage(format!(
-            "--listen '{listen_text}' is not an address: use IP:PORT, e.g. 127.0.0.1:9000 or [::1]:0"
-        ))
-    })?;
-    let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
-        Failure::new(
-            crate::exit::listen_code(&e),
-            format!(
-                "--listen {listen}: cannot listen there: {}",
-                kaprobe_sock::fmt::os_error(&e)
-            ),
-        )
-    })?;
-    std_listener.set_nonblocking(true)?;
-    let bound = std_listener.local_addr().unwrap_or(listen);
+    let (std_listener, bound) = crate::args::listen_flag(listen_text, "127.0.0.1:9000")?;
     let stats = Arc::new(Stats::default());
     if let Some(a) = args.metrics {
         let l = crate::args::bind_metrics(a)?;
