@@ -129,7 +129,7 @@ fn probe(args: &[&str], url: &str) -> Value {
             "probe",
             url,
             "--max-wait",
-            "10s",
+            "5s",
             "--connections",
             "4",
             "--json",
