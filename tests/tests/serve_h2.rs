@@ -19,7 +19,7 @@ use kaprobe_tests::{
 
 /// A running `kaprobe serve --log json --listen 127.0.0.1:0 ARGS` (plain or TLS).
 struct Server {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     addr: SocketAddr,
     out: Receiver<String>,
 }
@@ -40,11 +40,7 @@ impl Server {
         .unwrap_or_else(|seen| panic!("serve {args:?} did not listen: {seen:?}"));
         std::thread::spawn(move || while err.recv().is_ok() {});
         let addr = line.rsplit("://").next().unwrap().trim().parse().unwrap();
-        Server {
-            _child: child,
-            addr,
-            out,
-        }
+        Server { child, addr, out }
     }
 
     /// The next close line whose reason is `reason` (others are skipped).
@@ -946,4 +942,33 @@ fn a_grpc_channel_pinging_too_often_is_told_too_many_pings() {
     );
     let ev = srv.close("too_many_pings", Duration::from_secs(5));
     assert_eq!(ev["ending"], "fin");
+}
+
+#[test]
+fn close_endpoint_and_sigterm_end_http2_connections_with_goaway() {
+    let srv = Server::start(&["--http2", "--keepalive-timeout", "30s"]);
+    let mut c = Raw::connect(srv.addr);
+    c.get(1, "/");
+    c.response_end(1);
+    c.get(3, "/close");
+    c.response_end(3);
+    let (g, eof) = c.goaways_until_eof(Duration::from_secs(5));
+    assert_eq!(g.len(), 1, "{:?}", c.seen);
+    assert_eq!((g[0].1, g[0].2), (3, NO_ERROR));
+    assert!(eof.is_some());
+    assert_eq!(
+        srv.close("close_endpoint", Duration::from_secs(5))["requests"],
+        2
+    );
+    // SIGTERM: an idle HTTP/2 connection is told to go away, then the server exits.
+    let mut idle = Raw::connect(srv.addr);
+    idle.get(1, "/");
+    idle.response_end(1);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(srv.child.0.id().cast_signed(), libc::SIGTERM) };
+    let (g, eof) = idle.goaways_until_eof(Duration::from_secs(5));
+    assert_eq!(g.len(), 1, "{:?}", idle.seen);
+    assert_eq!((g[0].1, g[0].2), (1, NO_ERROR));
+    assert!(eof.is_some());
+    srv.close("shutdown", Duration::from_secs(5));
 }
