@@ -232,6 +232,26 @@ fn idle_goaway_single_is_one_goaway_with_the_last_stream_then_fin_at_the_timeout
     let ev = srv.close("idle_goaway", Duration::from_secs(5));
     assert_eq!(ev["requests"], 2);
     assert_eq!(ev["ending"], "fin");
+    // The counters, asked over HTTP/1.1 on the same port.
+    let stats = stats_h1(srv.addr);
+    assert_eq!(stats["closes"]["idle_goaway"], 1, "{stats}");
+    assert_eq!(stats["h2_goaways_sent"], 1, "{stats}");
+    assert_eq!(stats["h2_connections"], 1, "{stats}");
+    assert_eq!(
+        stats["requests"], 3,
+        "two streams and this request: {stats}"
+    );
+}
+
+/// `/_kaprobe/stats` asked with a plain HTTP/1.1 request.
+fn stats_h1(addr: SocketAddr) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /_kaprobe/stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
 }
 
 #[test]
@@ -401,6 +421,10 @@ fn pinging_too_often_gets_enhance_your_calm_too_many_pings_and_slower_pings_do_n
     assert!(fast.1, "then the connection closes");
     assert_eq!(slow, (None, false), "pinging every second is fine");
     srv.close("too_many_pings", Duration::from_secs(5));
+    let stats = stats_h1(srv.addr);
+    assert_eq!(stats["h2_ping_strikes"], 3, "{stats}");
+    assert_eq!(stats["h2_pings"], 8, "4 + 4: {stats}");
+    assert_eq!(stats["closes"]["too_many_pings"], 1, "{stats}");
 }
 
 #[test]
