@@ -19,7 +19,7 @@ use kaprobe_tests::{
 
 /// A running `kaprobe serve --log json --listen 127.0.0.1:0 ARGS` (plain or TLS).
 struct Server {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     addr: SocketAddr,
     out: Receiver<String>,
 }
@@ -40,11 +40,7 @@ impl Server {
         .unwrap_or_else(|seen| panic!("serve {args:?} did not listen: {seen:?}"));
         std::thread::spawn(move || while err.recv().is_ok() {});
         let addr = line.rsplit("://").next().unwrap().trim().parse().unwrap();
-        Server {
-            _child: child,
-            addr,
-            out,
-        }
+        Server { child, addr, out }
     }
 
     /// The next close line whose reason is `reason` (others are skipped).
@@ -236,6 +232,26 @@ fn idle_goaway_single_is_one_goaway_with_the_last_stream_then_fin_at_the_timeout
     let ev = srv.close("idle_goaway", Duration::from_secs(5));
     assert_eq!(ev["requests"], 2);
     assert_eq!(ev["ending"], "fin");
+    // The counters, asked over HTTP/1.1 on the same port.
+    let stats = stats_h1(srv.addr);
+    assert_eq!(stats["closes"]["idle_goaway"], 1, "{stats}");
+    assert_eq!(stats["h2_goaways_sent"], 1, "{stats}");
+    assert_eq!(stats["h2_connections"], 1, "{stats}");
+    assert_eq!(
+        stats["requests"], 3,
+        "two streams and this request: {stats}"
+    );
+}
+
+/// `/_kaprobe/stats` asked with a plain HTTP/1.1 request.
+fn stats_h1(addr: SocketAddr) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /_kaprobe/stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
 }
 
 #[test]
@@ -286,8 +302,8 @@ fn idle_goaway_two_phase_is_max_id_then_ping_then_the_last_stream() {
         Duration::from_secs(1),
     );
     assert!(
-        g[1].0.duration_since(g[0].0) < Duration::from_millis(500),
-        "the PING answer brings the final GOAWAY"
+        g[1].0.duration_since(g[0].0) < Duration::from_millis(900),
+        "the PING answer brings the final GOAWAY before the 1s grace"
     );
     // The PING sits between the two GOAWAYs.
     let pos = |pred: &dyn Fn(&Frame) -> bool| seen.iter().position(pred).unwrap();
@@ -349,7 +365,7 @@ fn pinging_too_often_gets_enhance_your_calm_too_many_pings_and_slower_pings_do_n
         "--keepalive-timeout",
         "20s",
         "--min-ping-interval",
-        "400ms",
+        "800ms",
         "--max-ping-strikes",
         "2",
     ]);
@@ -359,26 +375,39 @@ fn pinging_too_often_gets_enhance_your_calm_too_many_pings_and_slower_pings_do_n
         c.response_end(1);
         let mut calm = None;
         for i in 0..pings {
-            c.send(&h2wire::ping(false, [i as u8; 8]));
-            let until = Instant::now() + gap;
-            while let Some((_, f)) = c.next(until) {
-                if let Frame::GoAway {
-                    last_stream,
-                    code,
-                    debug,
-                } = f
-                {
-                    calm = Some((i, last_stream, code, debug));
+            // Each PING waits for its answer, then `gap` more, so the server sees them at
+            // least `gap` apart however late this machine runs.
+            let opaque = [u8::try_from(i).unwrap(); 8];
+            c.send(&h2wire::ping(false, opaque));
+            let answer = Instant::now() + Duration::from_secs(5);
+            let mut pause = None;
+            // Up to the answer, then for the pause (a GOAWAY may follow the answer).
+            while let Some((_, f)) = c.next(pause.unwrap_or(answer)) {
+                match f {
+                    Frame::GoAway {
+                        last_stream,
+                        code,
+                        debug,
+                    } => calm = Some((i, last_stream, code, debug)),
+                    Frame::Ping {
+                        ack: true,
+                        opaque: o,
+                    } if o == opaque => {
+                        pause = Some(Instant::now() + gap);
+                    }
+                    _ => {}
                 }
             }
             if calm.is_some() || c.eof.is_some() {
+                // read on to the end of the connection
+                c.goaways_until_eof(Duration::from_secs(5));
                 break;
             }
         }
         (calm, c.eof.is_some())
     };
     let (fast, slow) = std::thread::scope(|s| {
-        let slow = s.spawn(|| ping_every(Duration::from_millis(600), 5));
+        let slow = s.spawn(|| ping_every(Duration::from_millis(1000), 4));
         (
             ping_every(Duration::from_millis(50), 10),
             slow.join().unwrap(),
@@ -390,8 +419,12 @@ fn pinging_too_often_gets_enhance_your_calm_too_many_pings_and_slower_pings_do_n
     assert_eq!((last, code), (1, ENHANCE_YOUR_CALM));
     assert_eq!(debug, b"too_many_pings");
     assert!(fast.1, "then the connection closes");
-    assert_eq!(slow, (None, false), "pinging every 600ms is fine");
+    assert_eq!(slow, (None, false), "pinging every second is fine");
     srv.close("too_many_pings", Duration::from_secs(5));
+    let stats = stats_h1(srv.addr);
+    assert_eq!(stats["h2_ping_strikes"], 3, "{stats}");
+    assert_eq!(stats["h2_pings"], 8, "4 + 4: {stats}");
+    assert_eq!(stats["closes"]["too_many_pings"], 1, "{stats}");
 }
 
 #[test]
@@ -946,4 +979,33 @@ fn a_grpc_channel_pinging_too_often_is_told_too_many_pings() {
     );
     let ev = srv.close("too_many_pings", Duration::from_secs(5));
     assert_eq!(ev["ending"], "fin");
+}
+
+#[test]
+fn close_endpoint_and_sigterm_end_http2_connections_with_goaway() {
+    let srv = Server::start(&["--http2", "--keepalive-timeout", "30s"]);
+    let mut c = Raw::connect(srv.addr);
+    c.get(1, "/");
+    c.response_end(1);
+    c.get(3, "/close");
+    c.response_end(3);
+    let (g, eof) = c.goaways_until_eof(Duration::from_secs(5));
+    assert_eq!(g.len(), 1, "{:?}", c.seen);
+    assert_eq!((g[0].1, g[0].2), (3, NO_ERROR));
+    assert!(eof.is_some());
+    assert_eq!(
+        srv.close("close_endpoint", Duration::from_secs(5))["requests"],
+        2
+    );
+    // SIGTERM: an idle HTTP/2 connection is told to go away, then the server exits.
+    let mut idle = Raw::connect(srv.addr);
+    idle.get(1, "/");
+    idle.response_end(1);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(srv.child.0.id().cast_signed(), libc::SIGTERM) };
+    let (g, eof) = idle.goaways_until_eof(Duration::from_secs(5));
+    assert_eq!(g.len(), 1, "{:?}", idle.seen);
+    assert_eq!((g[0].1, g[0].2), (1, NO_ERROR));
+    assert!(eof.is_some());
+    srv.close("shutdown", Duration::from_secs(5));
 }

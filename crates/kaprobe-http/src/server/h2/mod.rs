@@ -12,7 +12,7 @@
 //! with REFUSED_STREAM); `two-phase` sends GOAWAY with 2^31-1 and a PING, then on the PING's
 //! answer (or after [`GOAWAY_GRACE`]) GOAWAY with the real last stream id, serving the streams
 //! that arrived in between. Then the `h2` crate half-closes (FIN), and the server reads what
-//! the client still sends for --linger before closing.
+//! the client still sends for the linger time (`Config::linger`, 1 s) before closing.
 
 mod answer;
 mod wire;
@@ -264,7 +264,8 @@ where
             a = conn.accept() => match a {
                 Some(Ok((req, mut respond))) => {
                     let limit = cfg.max_requests > 0 && served >= cfg.max_requests;
-                    if pending.is_some() || (going.is_some() && style == GoawayStyle::Single) || limit {
+                    let single_going = going.is_some() && style == GoawayStyle::Single;
+                    if pending.is_some() || single_going || limit {
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                         Stats::add(&sh.stats.h2_refused_streams, 1);
                         continue;
@@ -371,8 +372,8 @@ fn error_reason<T>(e: &h2::Error, wire: &Wire<T>) -> (Reason, &'static str) {
     (Reason::ProtocolError, h2wire::error_name(code))
 }
 
-/// Write `goaway` (if any), half-close, read what the client still sends for --linger, then
-/// report the close and unregister.
+/// Write `goaway` (if any), half-close, read what the client still sends for the linger time,
+/// then report the close and unregister.
 async fn finish<T>(
     wire: Rc<Wire<T>>,
     ctl: &Ctl,
@@ -417,8 +418,8 @@ async fn finish<T>(
     sh.unregister(ctl);
 }
 
-/// After our FIN: read and discard until the client closes or --linger is over, so unread
-/// client bytes do not turn the close into an RST that destroys the GOAWAY.
+/// After our FIN: read and discard until the client closes or the linger time is over, so
+/// unread client bytes do not turn the close into an RST that destroys the GOAWAY.
 pub(crate) async fn linger<T: AsyncRead + Unpin>(io: &mut T, sh: &Shared) {
     let mut buf = [0u8; 4096];
     let mut budget: usize = 1 << 20;
