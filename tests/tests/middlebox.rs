@@ -161,6 +161,8 @@ fn every_byte_arrives_and_is_counted_exactly_with_and_without_latency() {
         for mut c in server.incoming().flatten() {
             let got_tx = got_tx.clone();
             std::thread::spawn(move || {
+                // A slow reader: the relay must keep what it cannot pass on yet.
+                std::thread::sleep(Duration::from_millis(300));
                 let mut got = Vec::new();
                 c.read_to_end(&mut got).unwrap();
                 c.write_all(&stream(2, DOWN)).unwrap();
@@ -194,6 +196,8 @@ fn every_byte_arrives_and_is_counted_exactly_with_and_without_latency() {
                     i += 1;
                 }
                 c.shutdown(std::net::Shutdown::Write).unwrap();
+                // A slow reader this way too.
+                std::thread::sleep(Duration::from_millis(300));
                 let mut back = Vec::new();
                 c.read_to_end(&mut back).unwrap();
                 (latency, back, mb.close_line(Duration::from_secs(10)))

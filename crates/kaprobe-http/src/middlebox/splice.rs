@@ -1,8 +1,11 @@
-//! The relay without latency: bytes move from one socket to the other through a pipe with
-//! splice(2), so they are never copied into user space (the pages a socket received are
-//! handed on to the other socket). A connection takes a pipe from a small per-thread pool
-//! only while bytes are in flight and gives it back once the pipe is empty: an idle
-//! connection holds no pipe and no buffer.
+//! The relay without latency. A burst starts with one recv(2) into a per-thread buffer: a
+//! short read means the socket is drained, which is all a small message (a request, a
+//! response head) needs, passed on with one send(2). A full buffer means more is waiting:
+//! the rest of the burst moves through a pipe with splice(2), never copied into user space
+//! (the pages a socket received are handed on to the other socket). A connection takes a
+//! pipe from a small per-thread pool only while bytes are in flight and gives it back once
+//! the pipe is empty; bytes a receiver cannot take yet wait in a buffer of the connection's
+//! own, freed once delivered: an idle connection holds no pipe and no buffer.
 //!
 //! Each direction is a loop that runs until it would block; the idle timer is one sleep that
 //! is moved only when it fires early, so a busy connection sets no timer per chunk.
@@ -22,6 +25,8 @@ use super::{Config, Ending, OnIdle, Stats};
 const PIPE_SIZE: libc::c_int = 256 * 1024;
 /// Empty pipes kept per thread for the next chunk.
 const POOL_MAX: usize = 32;
+/// The per-thread buffer that starts each burst; a read that fills it goes on by splice.
+const FIRST_READ: usize = 16 * 1024;
 
 /// A pipe: its read end, its write end, and its capacity in bytes.
 struct Pipe {
@@ -53,6 +58,21 @@ impl Pipe {
 
 thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    static FIRST: RefCell<Vec<u8>> = RefCell::new(vec![0; FIRST_READ]);
+}
+
+/// recv(2) into `buf`.
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// send(2) of `buf` (no SIGPIPE: a reset receiver is an error).
+fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its length.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 fn take_pipe() -> io::Result<Pipe> {
@@ -88,11 +108,32 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-/// One direction's bytes in flight: a pipe while it holds any.
+/// One direction's bytes in flight: a pipe while it holds any, and bytes read by recv that
+/// the receiver has not taken yet.
 #[derive(Default)]
 struct Lane {
     pipe: Option<Pipe>,
     pending: usize,
+    held: Vec<u8>,
+    /// The burst's first read filled the buffer: splice until the socket is drained.
+    bulk: bool,
+}
+
+impl Lane {
+    fn in_flight(&self) -> bool {
+        self.pending > 0 || !self.held.is_empty()
+    }
+}
+
+/// What a burst's first read did.
+enum First {
+    /// Bytes read (and passed on, or held).
+    Got,
+    /// Nothing there after all.
+    Nothing,
+    Eof,
+    ReadFailed,
+    WriteFailed,
 }
 
 /// Why a direction stopped.
@@ -151,6 +192,20 @@ async fn pump(
         if let Some(p) = lane.pipe.take() {
             give_back(p);
         }
+        while !lane.held.is_empty() {
+            let held = &lane.held;
+            match to
+                .async_io(Interest::WRITABLE, || send(to.as_raw_fd(), held))
+                .await
+            {
+                Ok(n) => drop(lane.held.drain(..n.min(lane.held.len()))),
+                Err(_) => return Stop::WriteFailed,
+            }
+            if lane.held.is_empty() {
+                // Delivered: the connection keeps no buffer.
+                lane.held = Vec::new();
+            }
+        }
         if expired {
             // Whatever comes next (data or FIN) is answered with a RST.
             let mut b = [0u8; 1];
@@ -161,6 +216,14 @@ async fn pump(
         }
         if from.readable().await.is_err() {
             return Stop::ReadFailed;
+        }
+        if !lane.bulk {
+            match first_read(lane, from, to, c) {
+                First::Got | First::Nothing => continue,
+                First::Eof => return Stop::Eof,
+                First::ReadFailed => return Stop::ReadFailed,
+                First::WriteFailed => return Stop::WriteFailed,
+            }
         }
         let pipe = match take_pipe() {
             Ok(p) => p,
@@ -175,17 +238,66 @@ async fn pump(
             Ok(n) => {
                 lane.pending = n;
                 lane.pipe = Some(pipe);
-                c.last.store(nanos_since(c.base), Ordering::Relaxed);
-                c.mine.fetch_add(n as u64, Ordering::Relaxed);
-                c.total.fetch_add(n as u64, Ordering::Relaxed);
+                count(c, n);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_back(pipe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Drained: the next burst starts with a read again.
+                lane.bulk = false;
+                give_back(pipe);
+            }
             Err(_) => {
                 give_back(pipe);
                 return Stop::ReadFailed;
             }
         }
     }
+}
+
+fn count(c: &Count<'_>, n: usize) {
+    c.last.store(nanos_since(c.base), Ordering::Relaxed);
+    c.mine.fetch_add(n as u64, Ordering::Relaxed);
+    c.total.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// A burst's first read: recv into the thread's buffer and send on what was read.
+fn first_read(lane: &mut Lane, from: &TcpStream, to: &TcpStream, c: &Count<'_>) -> First {
+    FIRST.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut short = None;
+        let r = from.try_io(Interest::READABLE, || {
+            let n = recv(from.as_raw_fd(), &mut buf)?;
+            if n > 0 && n < buf.len() {
+                // A short read drained the socket. Saying WouldBlock clears the readiness
+                // seen before this read only: data that arrived since has marked the socket
+                // ready again, and it is not cleared. This saves the read that would find
+                // nothing.
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match (r, short) {
+            (_, Some(n)) => n,
+            (Ok(0), None) => return First::Eof,
+            (Ok(n), None) => {
+                // The buffer is full: more may wait, the rest goes by splice.
+                lane.bulk = true;
+                n
+            }
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => return First::Nothing,
+            (Err(_), None) => return First::ReadFailed,
+        };
+        count(c, n);
+        match to.try_io(Interest::WRITABLE, || send(to.as_raw_fd(), &buf[..n])) {
+            Ok(m) if m >= n => {}
+            Ok(m) => lane.held.extend_from_slice(&buf[m..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                lane.held.extend_from_slice(&buf[..n]);
+            }
+            Err(_) => return First::WriteFailed,
+        }
+        First::Got
+    })
 }
 
 /// What the spliced relay ended with.
@@ -279,7 +391,7 @@ pub(super) async fn relay(
             },
             () = idle.as_mut(), if !expired => {
                 let due = last() + cfg.idle;
-                if up.pending > 0 || down.pending > 0 {
+                if up.in_flight() || down.in_flight() {
                     // Bytes still in flight count as activity.
                     last_ns.store(nanos_since(base), Ordering::Relaxed);
                     idle.as_mut().reset(last() + cfg.idle);
