@@ -1,10 +1,11 @@
 //! Run a [`PacketSource`] through parsing, a filter and the [`Tracker`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::CaptureError;
+use crate::flow::table::{hash_key, FlowKey};
 use crate::flow::track::{Event, Tracker, TrackerConfig, TrackerStats};
 use crate::io::source::{Frame, Next, PacketSource};
 use crate::wire::packet::{parse_frame, Skip, TcpRepr};
@@ -64,12 +65,32 @@ impl RunStats {
     }
 }
 
+/// A parsed packet waiting in [`Analyzer::frame_ahead`]'s queue while its flow's state is
+/// loaded.
+struct Held {
+    number: u64,
+    ts: Duration,
+    p: TcpRepr,
+    key: FlowKey,
+    hash: u64,
+}
+
+/// Packets [`Analyzer::frame_ahead`] holds before processing the oldest: its index entry is
+/// requested when a packet arrives, its flow record [`SLOT_LAG`] packets later, and it is
+/// processed [`AHEAD`] packets later, by when both are in the cache.
+const AHEAD: usize = 16;
+const SLOT_LAG: usize = 8;
+/// Below this many flows their state stays in the cache and packets are processed at once:
+/// holding them back would only cost the copies.
+const PREFETCH_FROM_FLOWS: usize = 8192;
+
 /// Feeds frames to a tracker and keeps the counts.
 pub struct Analyzer {
     pub tracker: Tracker,
     pub filter: Filter,
     pub stats: RunStats,
     skips: HashMap<Skip, u64>,
+    held: VecDeque<Held>,
 }
 
 impl Analyzer {
@@ -80,6 +101,68 @@ impl Analyzer {
             filter,
             stats: RunStats::default(),
             skips: HashMap::new(),
+            held: VecDeque::with_capacity(AHEAD + 1),
+        }
+    }
+
+    /// Like [`Analyzer::frame`], but the packet is processed a few packets later (at once
+    /// by [`Analyzer::flush`]), after its flow's state was requested from memory: with many
+    /// flows that hides most of a lookup's cache misses behind the packets before it.
+    /// Events come out in the same order as with [`Analyzer::frame`], only later.
+    #[inline]
+    pub fn frame_ahead(&mut self, frame: &Frame<'_>, number: u64, out: &mut Vec<Event>) {
+        self.stats.frames += 1;
+        self.stats.first_ts.get_or_insert(frame.ts);
+        self.stats.last_ts = Some(frame.ts);
+        let Some(link) = frame.link else {
+            self.stats.unsupported_link += 1;
+            return;
+        };
+        match parse_frame(link, frame.data) {
+            Ok(p) => {
+                if !self.filter.matches(&p) {
+                    self.stats.filtered_out += 1;
+                    return;
+                }
+                let key = Tracker::key_of(&p);
+                let hash = hash_key(&key);
+                if self.held.is_empty() && self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS {
+                    self.tracker
+                        .process_keyed(number, frame.ts, &p, key, hash, out);
+                    return;
+                }
+                self.tracker.prefetch(hash, 0);
+                self.held.push_back(Held {
+                    number,
+                    ts: frame.ts,
+                    p,
+                    key,
+                    hash,
+                });
+                let n = self.held.len();
+                if let Some(h) = n.checked_sub(SLOT_LAG + 1).and_then(|i| self.held.get(i)) {
+                    self.tracker.prefetch(h.hash, 1);
+                }
+                if n > AHEAD {
+                    if let Some(h) = self.held.pop_front() {
+                        self.tracker
+                            .process_keyed(h.number, h.ts, &h.p, h.key, h.hash, out);
+                    }
+                }
+                if self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS / 2 {
+                    // Back to a small table (flows ended): stop holding packets.
+                    self.flush(out);
+                }
+            }
+            Err(skip) => *self.skips.entry(skip).or_insert(0) += 1,
+        }
+    }
+
+    /// Process every packet [`Analyzer::frame_ahead`] still holds.
+    pub fn flush(&mut self, out: &mut Vec<Event>) {
+        while let Some(h) = self.held.pop_front() {
+            self.tracker
+                .process_keyed(h.number, h.ts, &h.p, h.key, h.hash, out);
         }
     }
 
@@ -107,6 +190,7 @@ impl Analyzer {
 
     /// Flush the tracker and fill in the final counts.
     pub fn finish(&mut self, out: &mut Vec<Event>) -> RunStats {
+        self.flush(out);
         self.tracker.finish(out);
         self.sync_stats();
         self.stats.clone()
@@ -141,7 +225,7 @@ pub fn analyze<S: PacketSource + ?Sized>(
         match source.next_frame()? {
             Next::Frame(f) => {
                 number += 1;
-                a.frame(&f, number, &mut out);
+                a.frame_ahead(&f, number, &mut out);
                 for e in out.drain(..) {
                     on_event(e);
                 }
