@@ -342,7 +342,14 @@ fn watch_while(
         None => Command::new(kaprobe_bin()),
     };
     let mut watch = cmd
-        .args(["watch", iface, "--port", &port.to_string(), "--json", "--write"])
+        .args([
+            "watch",
+            iface,
+            "--port",
+            &port.to_string(),
+            "--json",
+            "--write",
+        ])
         .arg(pcap)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -440,7 +447,10 @@ fn over_ipv6_a_server_fin_then_a_client_write_is_a_failed_reuse() {
         assert_eq!(f["end_how"], "fin", "{what}: {f}");
         // The server's own RST answered the write: same hop limit, no path evidence.
         assert!(f["end_evidence"].is_null(), "{what}: {f}");
-        assert!((secs(f, "idle_before_end") - 1.0).abs() < 0.1, "{what}: {f}");
+        assert!(
+            (secs(f, "idle_before_end") - 1.0).abs() < 0.1,
+            "{what}: {f}"
+        );
         let reuse = &f["reuses"][0];
         assert_eq!(reuse["by"], "client", "{what}: {f}");
         assert_eq!(reuse["result"], "after_fin", "{what}: {f}");
@@ -461,7 +471,10 @@ fn over_ipv6_a_server_fin_then_a_client_write_is_a_failed_reuse() {
         assert_eq!(l["server"], addr.to_string(), "{what}: {l}");
         assert_eq!(l["how"], "fin", "{what}: {l}");
         assert!((secs(l, "longest_ok") - 0.6).abs() < 0.1, "{what}: {l}");
-        assert!((secs(l, "shortest_failed") - 1.5).abs() < 0.15, "{what}: {l}");
+        assert!(
+            (secs(l, "shortest_failed") - 1.5).abs() < 0.15,
+            "{what}: {l}"
+        );
     }
 }
 
@@ -492,7 +505,10 @@ fn over_ipv6_a_server_closing_idle_connections_with_rst_is_named() {
         assert_eq!(f["server"], addr.to_string(), "{what}: {f}");
         assert_eq!(f["end_by"], "server", "{what}: {f}");
         assert!(f["end_evidence"].is_null(), "{what}: {f}");
-        assert!((secs(f, "idle_before_end") - 1.0).abs() < 0.1, "{what}: {f}");
+        assert!(
+            (secs(f, "idle_before_end") - 1.0).abs() < 0.1,
+            "{what}: {f}"
+        );
         // The client's write came after the RST had closed its socket: nothing was sent.
         assert_eq!(f["reuse_failed"], false, "{what}: {f}");
         assert!(
@@ -573,13 +589,15 @@ fn over_ipv6_a_reset_the_peer_did_not_send_is_told_by_its_hop_limit() {
         assert_eq!(f["server"], addr.to_string(), "{what}: {f}");
         assert_eq!(f["end_by"], "path", "{what}: {f}");
         assert_eq!(
-            f["end_evidence"],
-            "the RST came with hop limit 64, the server's own segments with 63",
+            f["end_evidence"], "the RST came with hop limit 64, the server's own segments with 63",
             "{what}: {f}"
         );
         assert_eq!(f["reuse_failed"], true, "{what}: {f}");
         assert_eq!(f["reuses"][0]["result"], "reset", "{what}: {f}");
-        assert!((secs(&f["reuses"][0], "idle") - 3.0).abs() < 0.15, "{what}: {f}");
+        assert!(
+            (secs(&f["reuses"][0], "idle") - 3.0).abs() < 0.15,
+            "{what}: {f}"
+        );
         assert!(
             f["verdict"]
                 .as_str()
@@ -698,9 +716,10 @@ fn pool_race(proxy: &Proxy, tag: &str) {
             assert_eq!(r["by"], "client", "{what}: {f}");
             assert!(window.contains(&secs(r, "idle")), "{what}: {f}");
             assert!(
-                f["verdict"].as_str().unwrap().contains(
-                    "a pool kept the connection longer than the server's idle timeout"
-                ),
+                f["verdict"]
+                    .as_str()
+                    .unwrap()
+                    .contains("a pool kept the connection longer than the server's idle timeout"),
                 "{what}: {f}"
             );
         }

@@ -567,13 +567,12 @@ impl Flow {
             .sides
             .as_ref()
             .and_then(|x| (0..2).find(|&i| x[i].gave_up_after.is_some()));
-        self.end
-            .conclude(
-                self.client,
-                self.ended.is_some(),
-                gave_up,
-                self.eps[0].is_ipv6(),
-            )
+        self.end.conclude(
+            self.client,
+            self.ended.is_some(),
+            gave_up,
+            self.eps[0].is_ipv6(),
+        )
     }
 
     /// Step 1: a SYN names the client (the SYN's sender; for a SYN-ACK, its receiver unless
