@@ -241,3 +241,73 @@ pub fn analyze<S: PacketSource + ?Sized>(
     stats.dropped = source.dropped();
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Conv;
+    use crate::wire::packet::LinkType;
+    use std::net::SocketAddr;
+
+    /// Events and counts of a run over `frames`, packet by packet or held for prefetching.
+    fn run(frames: &[(Duration, Vec<u8>)], ahead: bool) -> (Vec<Event>, RunStats) {
+        let mut a = Analyzer::new(Filter::default(), TrackerConfig::default());
+        let mut out = Vec::new();
+        for (i, (ts, ip)) in frames.iter().enumerate() {
+            let f = Frame {
+                ts: *ts,
+                data: ip,
+                orig_len: u32::try_from(ip.len()).unwrap_or(u32::MAX),
+                link: Some(LinkType::RawIp),
+            };
+            if ahead {
+                a.frame_ahead(&f, i as u64 + 1, &mut out);
+            } else {
+                a.frame(&f, i as u64 + 1, &mut out);
+            }
+        }
+        let stats = a.finish(&mut out);
+        (out, stats)
+    }
+
+    #[test]
+    fn holding_packets_for_prefetch_changes_nothing_but_when() {
+        // 12,000 flows (past the prefetch threshold) interleaved in time, each with data, a
+        // keep-alive and its ACK, a reuse after idle, some closed and some reset.
+        let mut frames = Vec::new();
+        for n in 0..12_000u32 {
+            let client = SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 40_000));
+            let server = SocketAddr::from(([10, 2, 0, 1], 80));
+            let mut c = Conv::new(client, server, [n, n * 7], Duration::from_secs(100));
+            c.handshake(None)
+                .data(0, 10)
+                .ack(1)
+                .wait(2.0)
+                .keepalive(0, false, None)
+                .keepalive_ack(1, None)
+                .wait(0.1)
+                .data(0, 10)
+                .data(1, 20);
+            match n % 3 {
+                0 => {
+                    c.fin(0).fin(1).ack(0);
+                }
+                1 => {
+                    c.rst(1);
+                }
+                _ => {}
+            }
+            // Spread the flows over time so their packets interleave.
+            let shift = Duration::from_micros(u64::from(n) * 50);
+            frames.extend(c.frames.iter().map(|f| (f.ts + shift, f.ip.clone())));
+        }
+        frames.sort_by_key(|f| f.0);
+        let (now, now_stats) = run(&frames, false);
+        let (held, held_stats) = run(&frames, true);
+        assert!(now.len() >= 36_000, "{}", now.len());
+        // Enough flows at once that packets were held.
+        assert!(held_stats.tracker.peak_flows >= PREFETCH_FROM_FLOWS as u64);
+        assert_eq!(now_stats.tracker, held_stats.tracker);
+        assert_eq!(now, held);
+    }
+}

@@ -443,8 +443,8 @@ impl<V> FlowTable<V> {
     }
 
     /// Look up `key`; move it to the front of the activity order only when `promote`
-    /// (callers skip it for flows already promoted within the same second, which keeps the
-    /// order right to a second at a fraction of the cost).
+    /// (callers skip it for flows already promoted within the last few seconds, which keeps
+    /// the order right to those seconds at a fraction of the cost).
     pub fn lookup_touch(&mut self, key: &FlowKey, promote: bool) -> Option<u32> {
         self.lookup_touch_hashed(key, hash_key(key), promote)
     }
