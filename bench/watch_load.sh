@@ -15,7 +15,8 @@
 #   packets/s: wrk, serve and both captures share the cores.
 #
 # Knobs: SECS (10), LOAD (flood), FLOWS (1000), PAYLOAD (100), CONNS (64), THREADS (2),
-#        BODY (8192), MTU (1500), SNAPLEN (160, watch's default).
+#        BODY (8192), MTU (1500), SNAPLEN (160, watch's default), BASE (another kaprobe
+#        binary, say an older build, to run as a third capture in the same window).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}
@@ -78,15 +79,20 @@ ip netns exec "$NS" "$BIN" watch lo --json --snaplen "$SNAPLEN" >"$W/watch.json"
 WP=$!; PIDS+=("$WP")
 ip netns exec "$NS" tcpdump -i lo -n -s "$SNAPLEN" -w /dev/null 2>"$W/tcpdump.err" &
 TP=$!; PIDS+=("$TP")
+if [ -n "${BASE:-}" ]; then
+  ip netns exec "$NS" "$BASE" watch lo --json --snaplen "$SNAPLEN" >"$W/base.json" 2>"$W/base.err" &
+  BP=$!; PIDS+=("$BP")
+  wait_for_line "$W/base.json" '"start"'
+fi
 wait_for_line "$W/watch.json" '"start"'
 wait_for_line "$W/tcpdump.err" "listening on"
 P0=$(lo_packets); T0=$(date +%s.%N)
-WC0=$(cpu_secs "$WP"); TC0=$(cpu_secs "$TP")
+WC0=$(cpu_secs "$WP"); TC0=$(cpu_secs "$TP"); [ -n "${BASE:-}" ] && BC0=$(cpu_secs "$BP")
 sleep "$SECS"
 P1=$(lo_packets); T1=$(date +%s.%N)
-WC1=$(cpu_secs "$WP"); TC1=$(cpu_secs "$TP")
-kill -TERM "$WP" "$TP"
-wait "$WP" "$TP" 2>/dev/null || true
+WC1=$(cpu_secs "$WP"); TC1=$(cpu_secs "$TP"); [ -n "${BASE:-}" ] && BC1=$(cpu_secs "$BP")
+kill -TERM "$WP" "$TP" ${BP:-}
+wait "$WP" "$TP" ${BP:-} 2>/dev/null || true
 wait "$LP" 2>/dev/null || true
 STATS=$(tail -1 "$W/watch.json")
 W_FRAMES=$(echo "$STATS" | sed -E 's/.*"frames":([0-9]+).*/\1/')
@@ -103,3 +109,11 @@ awk -v p0="$P0" -v p1="$P1" -v t0="$T0" -v t1="$T1" \
   printf "tcpdump -s snap: %.2f CPU s (%.0f%% of a core), %d packets captured, %d dropped by the kernel\n", tc, 100 * tc / el, tf, td
   if (tc > 0) printf "CPU ratio watch/tcpdump: %.2f (goal <= 1), watch drops %d (goal 0)\n", wc / tc, wd
 }'
+if [ -n "${BASE:-}" ]; then
+  B_STATS=$(tail -1 "$W/base.json")
+  awk -v bc="$(echo "$BC1 - $BC0" | bc -l)" -v tc="$(echo "$TC1 - $TC0" | bc -l)" \
+    -v bf="$(echo "$B_STATS" | sed -E 's/.*"frames":([0-9]+).*/\1/')" \
+    -v bd="$(echo "$B_STATS" | sed -E 's/.*"dropped":([0-9]+).*/\1/')" 'BEGIN{
+    printf "BASE watch: %.2f CPU s, %d packets seen in all, %d dropped; CPU ratio BASE/tcpdump: %.2f\n", bc, bf, bd, (tc > 0 ? bc / tc : 0)
+  }'
+fi

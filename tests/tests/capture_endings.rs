@@ -686,10 +686,16 @@ fn pool_race(proxy: &Proxy, tag: &str) {
             .into_iter()
             .filter(|f| f["reuse_failed"] == true)
             .collect();
-        // Every failed request was a failed reuse on the proxy's upstream hop (a proxy may
-        // also have retried one on a fresh connection, unseen by the client).
+        // nginx: every failed POST was a failed reuse on its upstream hop (it may also have
+        // retried one on a fresh connection, unseen by the client). haproxy can also fail a
+        // request in the window that never shows as a failed reuse on this hop (seen once in
+        // 10 runs on a loaded machine): at least one must show.
+        let must = match proxy {
+            Proxy::Nginx => race_failed,
+            Proxy::Haproxy => 1,
+        };
         assert!(
-            failed.len() >= race_failed,
+            failed.len() >= must,
             "{what}: {} failed reuses for {race_failed} failed requests: {:#?}",
             failed.len(),
             of_type(all, "flow")

@@ -1,11 +1,12 @@
 //! Run a [`PacketSource`] through parsing, a filter and the [`Tracker`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::CaptureError;
 use crate::filter::Expression;
+use crate::flow::table::{hash_key, FlowKey};
 use crate::flow::track::{Event, Tracker, TrackerConfig, TrackerStats};
 use crate::io::source::{Frame, Next, PacketSource};
 use crate::wire::packet::{ip_start, parse_frame, LinkType, Skip, TcpRepr};
@@ -65,6 +66,25 @@ impl RunStats {
     }
 }
 
+/// A parsed packet waiting in [`Analyzer::frame_ahead`]'s queue while its flow's state is
+/// loaded.
+struct Held {
+    number: u64,
+    ts: Duration,
+    p: TcpRepr,
+    key: FlowKey,
+    hash: u64,
+}
+
+/// Packets [`Analyzer::frame_ahead`] holds before processing the oldest: its index entry is
+/// requested when a packet arrives, its flow record [`SLOT_LAG`] packets later, and it is
+/// processed [`AHEAD`] packets later, by when both are in the cache.
+const AHEAD: usize = 16;
+const SLOT_LAG: usize = 8;
+/// Below this many flows their state stays in the cache and packets are processed at once:
+/// holding them back would only cost the copies.
+const PREFETCH_FROM_FLOWS: usize = 8192;
+
 /// Feeds frames to a tracker and keeps the counts.
 pub struct Analyzer {
     pub tracker: Tracker,
@@ -75,6 +95,7 @@ pub struct Analyzer {
     pub matched: Option<HashSet<FlowKey>>,
     pub stats: RunStats,
     skips: HashMap<Skip, u64>,
+    held: VecDeque<Held>,
 }
 
 impl Analyzer {
@@ -87,6 +108,71 @@ impl Analyzer {
             matched: None,
             stats: RunStats::default(),
             skips: HashMap::new(),
+            held: VecDeque::with_capacity(AHEAD + 1),
+        }
+    }
+
+    /// Like [`Analyzer::frame`], but the packet is processed a few packets later (at once
+    /// by [`Analyzer::flush`]), after its flow's state was requested from memory: with many
+    /// flows that hides most of a lookup's cache misses behind the packets before it.
+    /// Events come out in the same order as with [`Analyzer::frame`], only later.
+    #[inline]
+    pub fn frame_ahead(&mut self, frame: &Frame<'_>, number: u64, out: &mut Vec<Event>) {
+        self.stats.frames += 1;
+        self.stats.first_ts.get_or_insert(frame.ts);
+        self.stats.last_ts = Some(frame.ts);
+        let Some(link) = frame.link else {
+            self.stats.unsupported_link += 1;
+            return;
+        };
+        match parse_frame(link, frame.data) {
+            Ok(p) => {
+                if !(self.filter.matches(&p) && self.expr_matches(link, frame)) {
+                    self.stats.filtered_out += 1;
+                    return;
+                }
+                let key = Tracker::key_of(&p);
+                if let Some(m) = &mut self.matched {
+                    m.insert(key);
+                }
+                let hash = hash_key(&key);
+                if self.held.is_empty() && self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS {
+                    self.tracker
+                        .process_keyed(number, frame.ts, &p, key, hash, out);
+                    return;
+                }
+                self.tracker.prefetch(hash, 0);
+                self.held.push_back(Held {
+                    number,
+                    ts: frame.ts,
+                    p,
+                    key,
+                    hash,
+                });
+                let n = self.held.len();
+                if let Some(h) = n.checked_sub(SLOT_LAG + 1).and_then(|i| self.held.get(i)) {
+                    self.tracker.prefetch(h.hash, 1);
+                }
+                if n > AHEAD {
+                    if let Some(h) = self.held.pop_front() {
+                        self.tracker
+                            .process_keyed(h.number, h.ts, &h.p, h.key, h.hash, out);
+                    }
+                }
+                if self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS / 2 {
+                    // Back to a small table (flows ended): stop holding packets.
+                    self.flush(out);
+                }
+            }
+            Err(skip) => *self.skips.entry(skip).or_insert(0) += 1,
+        }
+    }
+
+    /// Process every packet [`Analyzer::frame_ahead`] still holds.
+    pub fn flush(&mut self, out: &mut Vec<Event>) {
+        while let Some(h) = self.held.pop_front() {
+            self.tracker
+                .process_keyed(h.number, h.ts, &h.p, h.key, h.hash, out);
         }
     }
 
@@ -104,7 +190,7 @@ impl Analyzer {
             Ok(p) => {
                 if self.filter.matches(&p) && self.expr_matches(link, frame) {
                     if let Some(m) = &mut self.matched {
-                        m.insert(FlowKey::of(&p));
+                        m.insert(Tracker::key_of(&p));
                     }
                     self.tracker.process(number, frame.ts, &p, out);
                 } else {
@@ -126,6 +212,7 @@ impl Analyzer {
 
     /// Flush the tracker and fill in the final counts.
     pub fn finish(&mut self, out: &mut Vec<Event>) -> RunStats {
+        self.flush(out);
         self.tracker.finish(out);
         self.sync_stats();
         self.stats.clone()
@@ -180,7 +267,7 @@ pub fn analyze_with<S: PacketSource + ?Sized>(
         match source.next_frame()? {
             Next::Frame(f) => {
                 number += 1;
-                a.frame(&f, number, &mut out);
+                a.frame_ahead(&f, number, &mut out);
                 for e in out.drain(..) {
                     on_event(e);
                 }
@@ -198,25 +285,6 @@ pub fn analyze_with<S: PacketSource + ?Sized>(
         *out = found;
     }
     Ok(stats)
-}
-
-/// A TCP flow's two endpoints, in a fixed order (the same key for both directions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub a: (IpAddr, u16),
-    pub b: (IpAddr, u16),
-}
-
-impl FlowKey {
-    #[must_use]
-    pub fn of(p: &TcpRepr) -> FlowKey {
-        let (x, y) = ((canon(p.src), p.src_port), (canon(p.dst), p.dst_port));
-        if x <= y {
-            FlowKey { a: x, b: y }
-        } else {
-            FlowKey { a: y, b: x }
-        }
-    }
 }
 
 /// Copy the frames of `source` that belong to `flows` into `out` (a new pcap file of the
@@ -241,7 +309,7 @@ pub fn write_flows<S: PacketSource + ?Sized>(
                 let Ok(p) = parse_frame(link, f.data) else {
                     continue;
                 };
-                if !flows.contains(&FlowKey::of(&p)) {
+                if !flows.contains(&Tracker::key_of(&p)) {
                     continue;
                 }
                 if file.is_none() {
@@ -269,4 +337,74 @@ pub fn write_flows<S: PacketSource + ?Sized>(
         }
     }
     Ok((written, other_link))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Conv;
+    use crate::wire::packet::LinkType;
+    use std::net::SocketAddr;
+
+    /// Events and counts of a run over `frames`, packet by packet or held for prefetching.
+    fn run(frames: &[(Duration, Vec<u8>)], ahead: bool) -> (Vec<Event>, RunStats) {
+        let mut a = Analyzer::new(Filter::default(), TrackerConfig::default());
+        let mut out = Vec::new();
+        for (i, (ts, ip)) in frames.iter().enumerate() {
+            let f = Frame {
+                ts: *ts,
+                data: ip,
+                orig_len: u32::try_from(ip.len()).unwrap_or(u32::MAX),
+                link: Some(LinkType::RawIp),
+            };
+            if ahead {
+                a.frame_ahead(&f, i as u64 + 1, &mut out);
+            } else {
+                a.frame(&f, i as u64 + 1, &mut out);
+            }
+        }
+        let stats = a.finish(&mut out);
+        (out, stats)
+    }
+
+    #[test]
+    fn holding_packets_for_prefetch_changes_nothing_but_when() {
+        // 12,000 flows (past the prefetch threshold) interleaved in time, each with data, a
+        // keep-alive and its ACK, a reuse after idle, some closed and some reset.
+        let mut frames = Vec::new();
+        for n in 0..12_000u32 {
+            let client = SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 40_000));
+            let server = SocketAddr::from(([10, 2, 0, 1], 80));
+            let mut c = Conv::new(client, server, [n, n * 7], Duration::from_secs(100));
+            c.handshake(None)
+                .data(0, 10)
+                .ack(1)
+                .wait(2.0)
+                .keepalive(0, false, None)
+                .keepalive_ack(1, None)
+                .wait(0.1)
+                .data(0, 10)
+                .data(1, 20);
+            match n % 3 {
+                0 => {
+                    c.fin(0).fin(1).ack(0);
+                }
+                1 => {
+                    c.rst(1);
+                }
+                _ => {}
+            }
+            // Spread the flows over time so their packets interleave.
+            let shift = Duration::from_micros(u64::from(n) * 50);
+            frames.extend(c.frames.iter().map(|f| (f.ts + shift, f.ip.clone())));
+        }
+        frames.sort_by_key(|f| f.0);
+        let (now, now_stats) = run(&frames, false);
+        let (held, held_stats) = run(&frames, true);
+        assert!(now.len() >= 36_000, "{}", now.len());
+        // Enough flows at once that packets were held.
+        assert!(held_stats.tracker.peak_flows >= PREFETCH_FROM_FLOWS as u64);
+        assert_eq!(now_stats.tracker, held_stats.tracker);
+        assert_eq!(now, held);
+    }
 }

@@ -88,11 +88,12 @@ pub fn watch<S: PacketSource + ?Sized>(
                 if let Some(t) = tap.as_deref_mut() {
                     t.write(&f)?;
                 }
-                a.frame(&f, number, &mut out);
+                a.frame_ahead(&f, number, &mut out);
                 since_check += 1;
                 f.ts >= next_check || since_check >= 4096
             }
             Next::Idle => {
+                a.flush(&mut out);
                 a.tracker.expire(wall(), &mut out);
                 true
             }
@@ -106,6 +107,11 @@ pub fn watch<S: PacketSource + ?Sized>(
         }
         since_check = 0;
         next_check = wall() + check_every;
+        // The few packets held for prefetching wait at most this long.
+        a.flush(&mut out);
+        for e in out.drain(..) {
+            sink.event(&e);
+        }
         if drain_until.is_none() && opts.duration.is_some_and(|d| start.elapsed() >= d) {
             drain_until = Some(Instant::now() + DRAIN);
         }

@@ -156,17 +156,23 @@ const FOLLOW_AFTER: Duration = Duration::from_millis(200);
 
 /// What the tracker tells about one flow's segments, kept small: per side the first FIN and
 /// the TTL seen, the first RST, the last payload, and a few reuses.
+///
+/// `repr(C)` with the fields every segment touches first (see [`EndTrack::HOT_BYTES`]).
 #[derive(Debug, Clone, Default)]
+#[repr(C)]
 pub struct EndTrack {
-    last_payload: Option<Duration>,
+    /// Reuses still waiting for their result: while there are none, a segment without FIN,
+    /// RST or a new reuse changes only the few fields next to this one.
+    open: u8,
     /// TTL (hop limit) of each side's latest segment that was not a RST.
     ttl: [Option<u8>; 2],
+    last_payload: Option<Duration>,
+    reuses: Vec<ReuseRec>,
     fin_at: [Option<Duration>; 2],
     /// The first RST: its sender, when, and its TTL.
     rst: Option<(usize, Duration, u8)>,
     /// Silence before the first FIN or RST.
     idle_before_close: Option<Duration>,
-    reuses: Vec<ReuseRec>,
 }
 
 /// One segment as the ending needs it.
@@ -185,6 +191,9 @@ pub struct Seg {
 }
 
 impl EndTrack {
+    /// Bytes at the front that the common segment (no FIN, RST or reuse) touches.
+    pub const HOT_BYTES: usize = std::mem::offset_of!(EndTrack, reuses);
+
     /// Whether the ending is worth a summary on its own: a RST, or a reuse that did not work.
     #[must_use]
     pub fn worth_telling(&self) -> bool {
@@ -205,7 +214,7 @@ impl EndTrack {
     #[inline]
     pub fn on_segment(&mut self, g: &Seg) {
         // Most segments are ACKs or data with no reuse open: a few stores, no loops.
-        if !g.rst && !g.fin && self.reuses.is_empty() {
+        if !g.rst && !g.fin && self.open == 0 {
             self.ttl[g.side] = Some(g.ttl);
             if g.payload > 0 && !g.probe {
                 if self
@@ -254,6 +263,7 @@ impl EndTrack {
                     r.result = Some(ReuseResult::Ok);
                 }
             }
+            self.settle(g.ts);
             return;
         }
         self.ttl[s] = Some(g.ttl);
@@ -304,6 +314,23 @@ impl EndTrack {
                 }
             }
         }
+        self.settle(g.ts);
+    }
+
+    /// Count the reuses still open, settling as worked those acknowledged longer than
+    /// [`ANSWER_WINDOW`] ago (nothing can fail them any more).
+    fn settle(&mut self, ts: Duration) {
+        let mut open = 0u8;
+        for r in &mut self.reuses {
+            if r.result.is_none() {
+                if r.open_at(ts) {
+                    open += 1;
+                } else {
+                    r.result = Some(ReuseResult::Ok);
+                }
+            }
+        }
+        self.open = open;
     }
 
     /// The closer's silence before it closed at `ts`: since the last payload, or, when the

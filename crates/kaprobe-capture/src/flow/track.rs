@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::flow::ending::{EndTrack, Ending, IdleLimit, IdleLimits, Seg};
 use crate::flow::infer::{infer, median, Inference};
-use crate::flow::table::{Ep, FlowKey, FlowTable};
+use crate::flow::table::{hash_key, Ep, FlowKey, FlowTable};
 use crate::wire::packet::{TcpFlags, TcpRepr};
 use crate::wire::seq::SeqNum;
 
@@ -184,6 +184,10 @@ pub enum Event {
     /// limit (or the path's).
     IdleLimit(IdleLimit),
 }
+
+/// The activity order (eviction when full, expiry after `idle_timeout`) is kept to this
+/// many seconds.
+const PROMOTE_SECS: u64 = 8;
 
 /// Servers whose reuses are bracketed at most (the rest are not counted).
 const MAX_LIMIT_SERVERS: usize = 4096;
@@ -347,6 +351,10 @@ struct Flow {
     last_activity: Option<Duration>,
     /// How and when the flow ended (RST or FIN both ways), once it has.
     ended: Option<(Outcome, Duration)>,
+    /// FINs, RSTs, TTLs and reuses after idle: how the connection ends (its per-packet
+    /// fields first).
+    end: EndTrack,
+    // Fields below are read at handshakes, probes and summaries, not for every packet.
     /// The client's side index, once a SYN or SYN-ACK has named it.
     client: Option<usize>,
     /// True once the flow's summary was emitted (each flow is summarised once).
@@ -358,9 +366,10 @@ struct Flow {
     /// Per-side probe counts and timings: allocated at the first probe, so flows without
     /// probes stay small.
     sides: Option<Box<[Side; 2]>>,
-    /// FINs, RSTs, TTLs and reuses after idle: how the connection ends.
-    end: EndTrack,
 }
+
+/// Bytes at the front of a [`Flow`] that every packet reads: the part worth prefetching.
+const FLOW_HOT_BYTES: usize = std::mem::offset_of!(Flow, end) + EndTrack::HOT_BYTES;
 
 fn sub(a: Duration, b: Duration) -> Duration {
     a.saturating_sub(b)
@@ -971,13 +980,45 @@ impl Tracker {
     /// Process one TCP packet seen at `ts` as frame number `frame`, appending what was
     /// found (packet classifications, summaries of flows that ended) to `out`.
     pub fn process(&mut self, frame: u64, ts: Duration, p: &TcpRepr, out: &mut Vec<Event>) {
+        let key = Self::key_of(p);
+        self.process_keyed(frame, ts, p, key, hash_key(&key), out);
+    }
+
+    /// The flow key of `p` and its hash, for [`Tracker::prefetch`] and
+    /// [`Tracker::process_keyed`].
+    #[must_use]
+    #[inline]
+    pub fn key_of(p: &TcpRepr) -> FlowKey {
+        FlowKey::new(Ep::new(p.src, p.src_port), Ep::new(p.dst, p.dst_port))
+    }
+
+    /// Start loading what a packet with key hash `hash` will need: `stage` 0 its index entry,
+    /// 1 its flow record (after stage 0 had time to arrive). A hint, never needed.
+    #[inline]
+    pub fn prefetch(&self, hash: u64, stage: u8) {
+        if stage == 0 {
+            self.table.prefetch_index(hash);
+        } else {
+            self.table.prefetch_slot(hash, FLOW_HOT_BYTES);
+        }
+    }
+
+    /// [`Tracker::process`] with the packet's key and its hash already computed.
+    pub fn process_keyed(
+        &mut self,
+        frame: u64,
+        ts: Duration,
+        p: &TcpRepr,
+        key: FlowKey,
+        hash: u64,
+        out: &mut Vec<Event>,
+    ) {
         self.stats.tcp_packets += 1;
         if ts >= self.next_expiry {
             self.expire(ts, out);
         }
         let src = Ep::new(p.src, p.src_port);
-        let key = FlowKey::new(src, Ep::new(p.dst, p.dst_port));
-        let idx = self.find_or_insert(key, ts, p, out);
+        let idx = self.find_or_insert(key, hash, ts, p, out);
         let Some(flow) = self.table.at(idx) else {
             return;
         };
@@ -1011,16 +1052,18 @@ impl Tracker {
     fn find_or_insert(
         &mut self,
         key: FlowKey,
+        hash: u64,
         ts: Duration,
         p: &TcpRepr,
         out: &mut Vec<Event>,
     ) -> u32 {
-        if let Some(i) = self.table.lookup_touch(&key, false) {
-            // Keep the activity order to the second: promote once per second per flow.
-            let promote = self
-                .table
-                .at(i)
-                .is_some_and(|f| f.last_seen.as_secs() != ts.as_secs());
+        if let Some(i) = self.table.lookup_touch_hashed(&key, hash, false) {
+            // Keep the activity order to PROMOTE_SECS: promote a flow at most once in each
+            // such period (each promotion writes three other flows' links: with 100,000 busy
+            // flows, cache misses).
+            let promote = self.table.at(i).is_some_and(|f| {
+                f.last_seen.as_secs() / PROMOTE_SECS != ts.as_secs() / PROMOTE_SECS
+            });
             if promote {
                 self.table.promote(i);
             }
