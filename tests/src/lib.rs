@@ -875,3 +875,34 @@ pub fn promtool_lint(text: &str) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1, as PEM files in `dir`:
+/// (ca, cert, key) paths.
+///
+/// # Panics
+/// When the certificates cannot be made or written.
+#[must_use]
+pub fn make_certs(dir: &TempDir) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // OpenSSL (curl, Python) takes a leaf whose issuer name is its own name as self-signed.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kaprobe test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let p = |p: PathBuf| p.display().to_string();
+    (
+        p(dir.write("ca.pem", &ca.pem())),
+        p(dir.write("server.pem", &cert.pem())),
+        p(dir.write("server.key", &key.serialize_pem())),
+    )
+}

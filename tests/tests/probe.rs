@@ -221,29 +221,11 @@ fn silent_drop_through_a_conntrack_router_is_reported_as_silent() {
     assert!(findings.contains("something on the path"), "{findings}");
 }
 
-/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files in `dir`.
-fn make_certs(dir: &TempDir) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let ca_path = dir.write("ca.pem", &ca.pem());
-    let cert_path = dir.write("server.pem", &cert.pem());
-    let key_path = dir.write("server.key", &key.serialize_pem());
-    let p = |p: std::path::PathBuf| p.display().to_string();
-    (p(ca_path), p(cert_path), p(key_path))
-}
-
 #[test]
 fn https_handshake_and_reused_request_are_timed_and_tls_errors_exit_8() {
     require_tool!("nginx");
     let certs = TempDir::new("certs");
-    let (ca, cert, key) = make_certs(&certs);
+    let (ca, cert, key) = kaprobe_tests::make_certs(&certs);
     let port = free_port();
     let _ng = nginx(
         &format!(

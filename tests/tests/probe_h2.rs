@@ -191,25 +191,6 @@ fn nginx_h2(port: u16, listen: &str, more: &str) -> peers::Peer {
     )
 }
 
-/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files in `dir`.
-fn make_certs(dir: &TempDir) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let p = |p: std::path::PathBuf| p.display().to_string();
-    (
-        p(dir.write("ca.pem", &ca.pem())),
-        p(dir.write("server.pem", &cert.pem())),
-        p(dir.write("server.key", &key.serialize_pem())),
-    )
-}
-
 #[test]
 fn nginx_h2c_idle_goaway_is_timed_to_20ms_and_keepalive_requests_counted() {
     require_tool!("nginx");
@@ -275,7 +256,7 @@ fn nginx_h2c_idle_goaway_is_timed_to_20ms_and_keepalive_requests_counted() {
 fn nginx_h2_over_tls_selects_h2_by_alpn_and_a_server_without_it_is_refused() {
     require_tool!("nginx");
     let certs = TempDir::new("certs");
-    let (ca, cert, key) = make_certs(&certs);
+    let (ca, cert, key) = kaprobe_tests::make_certs(&certs);
     let (p2, p1) = (free_port(), free_port());
     let tls = format!("ssl_certificate {cert}; ssl_certificate_key {key}; keepalive_timeout 1s;");
     let _h2 = nginx_h2(p2, "ssl http2", &tls);

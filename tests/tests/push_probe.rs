@@ -334,30 +334,12 @@ fn a_close_frame_a_reset_and_a_clean_end_of_stream_are_told_apart() {
     }
 }
 
-/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
-fn make_certs(dir: &peers::TempDir) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let p = |p: std::path::PathBuf| p.display().to_string();
-    (
-        p(dir.write("ca.pem", &ca.pem())),
-        p(dir.write("server.pem", &cert.pem())),
-        p(dir.write("server.key", &key.serialize_pem())),
-    )
-}
-
 #[test]
 fn wss_through_nginx_with_tls_is_probed_with_the_usual_tls_options() {
     require_tool!("nginx");
     let (_s, app) = serve(&[]);
     let certs = peers::TempDir::new("wss-certs");
-    let (ca, cert, key) = make_certs(&certs);
+    let (ca, cert, key) = kaprobe_tests::make_certs(&certs);
     let front = free_port();
     let _ng = nginx(
         &format!(

@@ -587,38 +587,11 @@ fn curl_h2c_prior_knowledge_and_http1_share_the_plain_port() {
     assert!(m.contains("kaprobe_h2_connections_total "), "{m}");
 }
 
-/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM files in `dir`:
-/// (ca, cert, key).
-fn make_certs(dir: &TempDir) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // OpenSSL (curl, Python) takes a leaf whose issuer name is its own name as self-signed.
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kaprobe test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let p = |p: std::path::PathBuf| p.display().to_string();
-    (
-        p(dir.write("ca.pem", &ca.pem())),
-        p(dir.write("server.pem", &cert.pem())),
-        p(dir.write("server.key", &key.serialize_pem())),
-    )
-}
-
 #[test]
 fn curl_over_tls_gets_h2_by_alpn_and_http11_clients_keep_working() {
     require_tool!("curl");
     let dir = TempDir::new("h2tls");
-    let (ca, cert, key) = make_certs(&dir);
+    let (ca, cert, key) = kaprobe_tests::make_certs(&dir);
     let srv = Server::start(&["--http2", "--tls-cert", &cert, "--tls-key", &key]);
     let url = format!("https://127.0.0.1:{}/status/203", srv.addr.port());
     let v2 = curl(&["--cacert", &ca, "--http2", &url]);
@@ -740,7 +713,7 @@ fn python_h2_client_is_answered_and_sees_the_idle_goaway_at_the_timeout_plain_an
         return;
     }
     let dir = TempDir::new("h2py");
-    let (ca, cert, key) = make_certs(&dir);
+    let (ca, cert, key) = kaprobe_tests::make_certs(&dir);
     let plain = Server::start(&["--http2", "--keepalive-timeout", "1500ms"]);
     let tls = Server::start(&[
         "--http2",

@@ -112,59 +112,73 @@ impl Analyzer {
         }
     }
 
-    /// Like [`Analyzer::frame`], but the packet is processed a few packets later (at once
-    /// by [`Analyzer::flush`]), after its flow's state was requested from memory: with many
-    /// flows that hides most of a lookup's cache misses behind the packets before it.
-    /// Events come out in the same order as with [`Analyzer::frame`], only later.
+    /// Count `frame`, parse it and apply the filters: the packet, its flow key and the key's
+    /// hash when it is to be tracked (the flow noted in `matched`), else `None` (counted as
+    /// skipped or filtered out).
     #[inline]
-    pub fn frame_ahead(&mut self, frame: &Frame<'_>, number: u64, out: &mut Vec<Event>) {
+    fn admit(&mut self, frame: &Frame<'_>) -> Option<(TcpRepr, FlowKey, u64)> {
         self.stats.frames += 1;
         self.stats.first_ts.get_or_insert(frame.ts);
         self.stats.last_ts = Some(frame.ts);
         let Some(link) = frame.link else {
             self.stats.unsupported_link += 1;
-            return;
+            return None;
         };
         match parse_frame(link, frame.data) {
             Ok(p) => {
                 if !(self.filter.matches(&p) && self.expr_matches(link, frame)) {
                     self.stats.filtered_out += 1;
-                    return;
+                    return None;
                 }
                 let key = Tracker::key_of(&p);
                 if let Some(m) = &mut self.matched {
                     m.insert(key);
                 }
                 let hash = hash_key(&key);
-                if self.held.is_empty() && self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS {
-                    self.tracker
-                        .process_keyed(number, frame.ts, &p, key, hash, out);
-                    return;
-                }
-                self.tracker.prefetch(hash, 0);
-                self.held.push_back(Held {
-                    number,
-                    ts: frame.ts,
-                    p,
-                    key,
-                    hash,
-                });
-                let n = self.held.len();
-                if let Some(h) = n.checked_sub(SLOT_LAG + 1).and_then(|i| self.held.get(i)) {
-                    self.tracker.prefetch(h.hash, 1);
-                }
-                if n > AHEAD {
-                    if let Some(h) = self.held.pop_front() {
-                        self.tracker
-                            .process_keyed(h.number, h.ts, &h.p, h.key, h.hash, out);
-                    }
-                }
-                if self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS / 2 {
-                    // Back to a small table (flows ended): stop holding packets.
-                    self.flush(out);
-                }
+                Some((p, key, hash))
             }
-            Err(skip) => *self.skips.entry(skip).or_insert(0) += 1,
+            Err(skip) => {
+                *self.skips.entry(skip).or_insert(0) += 1;
+                None
+            }
+        }
+    }
+
+    /// Like [`Analyzer::frame`], but the packet is processed a few packets later (at once
+    /// by [`Analyzer::flush`]), after its flow's state was requested from memory: with many
+    /// flows that hides most of a lookup's cache misses behind the packets before it.
+    /// Events come out in the same order as with [`Analyzer::frame`], only later.
+    #[inline]
+    pub fn frame_ahead(&mut self, frame: &Frame<'_>, number: u64, out: &mut Vec<Event>) {
+        let Some((p, key, hash)) = self.admit(frame) else {
+            return;
+        };
+        if self.held.is_empty() && self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS {
+            self.tracker
+                .process_keyed(number, frame.ts, &p, key, hash, out);
+            return;
+        }
+        self.tracker.prefetch(hash, 0);
+        self.held.push_back(Held {
+            number,
+            ts: frame.ts,
+            p,
+            key,
+            hash,
+        });
+        let n = self.held.len();
+        if let Some(h) = n.checked_sub(SLOT_LAG + 1).and_then(|i| self.held.get(i)) {
+            self.tracker.prefetch(h.hash, 1);
+        }
+        if n > AHEAD {
+            if let Some(h) = self.held.pop_front() {
+                self.tracker
+                    .process_keyed(h.number, h.ts, &h.p, h.key, h.hash, out);
+            }
+        }
+        if self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS / 2 {
+            // Back to a small table (flows ended): stop holding packets.
+            self.flush(out);
         }
     }
 
@@ -179,25 +193,9 @@ impl Analyzer {
     /// Process one frame (numbered 1, 2, ... by the caller).
     #[inline]
     pub fn frame(&mut self, frame: &Frame<'_>, number: u64, out: &mut Vec<Event>) {
-        self.stats.frames += 1;
-        self.stats.first_ts.get_or_insert(frame.ts);
-        self.stats.last_ts = Some(frame.ts);
-        let Some(link) = frame.link else {
-            self.stats.unsupported_link += 1;
-            return;
-        };
-        match parse_frame(link, frame.data) {
-            Ok(p) => {
-                if self.filter.matches(&p) && self.expr_matches(link, frame) {
-                    if let Some(m) = &mut self.matched {
-                        m.insert(Tracker::key_of(&p));
-                    }
-                    self.tracker.process(number, frame.ts, &p, out);
-                } else {
-                    self.stats.filtered_out += 1;
-                }
-            }
-            Err(skip) => *self.skips.entry(skip).or_insert(0) += 1,
+        if let Some((p, key, hash)) = self.admit(frame) {
+            self.tracker
+                .process_keyed(number, frame.ts, &p, key, hash, out);
         }
     }
 

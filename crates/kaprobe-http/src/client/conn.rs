@@ -93,28 +93,7 @@ impl Connector {
             }
             Route::Lookup(h, p) => (h, p),
         };
-        let lookup = tokio::net::lookup_host((host.clone(), port));
-        let addrs: Vec<SocketAddr> = match tokio::time::timeout(timeout, lookup).await {
-            Err(_) => {
-                return Err(Error::Resolve {
-                    host,
-                    reason: format!("no answer within {:.2}s", timeout.as_secs_f64()),
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(Error::Resolve {
-                    host,
-                    reason: e.to_string(),
-                })
-            }
-            Ok(Ok(a)) => a.collect(),
-        };
-        let Some(addr) = addrs.first().copied() else {
-            return Err(Error::Resolve {
-                host,
-                reason: "the name has no addresses".into(),
-            });
-        };
+        let (addr, addrs) = resolve(host, port, timeout).await?;
         Ok(Self {
             target,
             addr,
@@ -722,6 +701,38 @@ fn tls_failure(e: &std::io::Error, target: &Target) -> String {
         return format!("the server answered in plain HTTP, not TLS: use {scheme}://{rest}");
     }
     e.to_string()
+}
+
+/// Resolve `host` (within `timeout`): the first address and all of them, or
+/// [`Error::Resolve`] saying why not.
+pub(crate) async fn resolve(
+    host: String,
+    port: u16,
+    timeout: Duration,
+) -> Result<(SocketAddr, Vec<SocketAddr>), Error> {
+    let lookup = tokio::net::lookup_host((host.clone(), port));
+    let addrs: Vec<SocketAddr> = match tokio::time::timeout(timeout, lookup).await {
+        Err(_) => {
+            return Err(Error::Resolve {
+                host,
+                reason: format!("no answer within {:.2}s", timeout.as_secs_f64()),
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(Error::Resolve {
+                host,
+                reason: e.to_string(),
+            })
+        }
+        Ok(Ok(a)) => a.collect(),
+    };
+    match addrs.first().copied() {
+        Some(addr) => Ok((addr, addrs)),
+        None => Err(Error::Resolve {
+            host,
+            reason: "the name has no addresses".into(),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -127,6 +127,40 @@ pub struct RaceReport {
     pub elapsed_s: f64,
 }
 
+/// Run one attempt per idle time of `plan`, at most `parallel` at once, until all are done
+/// or `hard_stop`: each attempt's result in plan order (`None`: not finished by then).
+pub(crate) async fn run_plan<A, F, Fut>(
+    plan: &[Duration],
+    parallel: usize,
+    hard_stop: Instant,
+    attempt: F,
+) -> Vec<Option<A>>
+where
+    A: Send + 'static,
+    F: Fn(Duration) -> Fut,
+    Fut: std::future::Future<Output = A> + Send + 'static,
+{
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, x) in plan.iter().copied().enumerate() {
+        let (sem, run) = (sem.clone(), attempt(x));
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            (i, run.await)
+        });
+    }
+    let mut done: Vec<Option<A>> = std::iter::repeat_with(|| None).take(plan.len()).collect();
+    while let Ok(Some(r)) = tokio::time::timeout_at(hard_stop, tasks.join_next()).await {
+        if let Ok((i, a)) = r {
+            if let Some(slot) = done.get_mut(i) {
+                *slot = Some(a);
+            }
+        }
+    }
+    tasks.abort_all();
+    done
+}
+
 /// Idle times evenly spread over `idle ± spread`.
 pub fn schedule(idle: Duration, spread: Duration, n: usize) -> Vec<Duration> {
     let lo = idle.saturating_sub(spread).as_secs_f64();
@@ -213,30 +247,12 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
     drop(c);
 
     let plan = schedule(opts.idle, opts.spread, opts.requests);
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.parallel));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, x) in plan.iter().copied().enumerate() {
-        let (c, sem, req) = (connector.clone(), sem.clone(), req.clone());
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let a = attempt(&c, &req, head, x, answer, deadline).await;
-            (i, a)
-        });
-    }
-    let mut attempts: Vec<Option<Attempt>> = vec![None; plan.len()];
     let hard_stop = deadline + answer + Duration::from_millis(500);
-    loop {
-        match tokio::time::timeout_at(hard_stop, tasks.join_next()).await {
-            Ok(Some(Ok((i, a)))) => {
-                if let Some(slot) = attempts.get_mut(i) {
-                    *slot = Some(a);
-                }
-            }
-            Ok(Some(Err(_))) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    tasks.abort_all();
+    let attempts = run_plan(&plan, opts.parallel, hard_stop, |x| {
+        let (c, req) = (connector.clone(), req.clone());
+        async move { attempt(&c, &req, head, x, answer, deadline).await }
+    })
+    .await;
     let attempts: Vec<Attempt> = attempts
         .into_iter()
         .zip(&plan)

@@ -17,7 +17,7 @@ use super::measure::{await_stream, cap, goaway_seen, left, StreamEnd, REFUSED_ST
 use super::wire::{Ev, H2Connector, Raw, ReqSpec};
 use super::GoAwaySeen;
 use crate::client::conn::IdleEnd;
-use crate::client::race::{schedule, RaceOptions};
+use crate::client::race::{run_plan, schedule, RaceOptions};
 use crate::h2wire::Frame;
 use crate::Error;
 
@@ -180,25 +180,12 @@ pub async fn race_h2(url: &str, opts: &RaceOptions) -> Result<H2RaceReport, Erro
     drop(raw);
 
     let plan = schedule(opts.idle, opts.spread, opts.requests);
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.parallel));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, x) in plan.iter().copied().enumerate() {
-        let (c, sem, spec) = (c.clone(), sem.clone(), spec.clone());
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            (i, attempt(&c, &spec, x, answer, deadline).await)
-        });
-    }
-    let mut attempts: Vec<Option<H2Attempt>> = vec![None; plan.len()];
     let hard_stop = deadline + answer + Duration::from_millis(500);
-    while let Ok(Some(r)) = tokio::time::timeout_at(hard_stop, tasks.join_next()).await {
-        if let Ok((i, a)) = r {
-            if let Some(slot) = attempts.get_mut(i) {
-                *slot = Some(a);
-            }
-        }
-    }
-    tasks.abort_all();
+    let attempts = run_plan(&plan, opts.parallel, hard_stop, |x| {
+        let (c, spec) = (c.clone(), spec.clone());
+        async move { attempt(&c, &spec, x, answer, deadline).await }
+    })
+    .await;
     let attempts: Vec<H2Attempt> = attempts
         .into_iter()
         .zip(&plan)

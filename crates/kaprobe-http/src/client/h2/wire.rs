@@ -54,28 +54,7 @@ impl H2Connector {
             }
         };
         let host = target.host.clone();
-        let lookup = tokio::net::lookup_host((host.clone(), target.port));
-        let addrs: Vec<SocketAddr> = match tokio::time::timeout(timeout, lookup).await {
-            Err(_) => {
-                return Err(Error::Resolve {
-                    host,
-                    reason: format!("no answer within {:.2}s", timeout.as_secs_f64()),
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(Error::Resolve {
-                    host,
-                    reason: e.to_string(),
-                })
-            }
-            Ok(Ok(a)) => a.collect(),
-        };
-        let Some(addr) = addrs.first().copied() else {
-            return Err(Error::Resolve {
-                host,
-                reason: "the name has no addresses".into(),
-            });
-        };
+        let (addr, addrs) = crate::client::conn::resolve(host, target.port, timeout).await?;
         Ok(Self {
             target,
             addr,
