@@ -118,6 +118,11 @@ fn capture_once(iface: &str, pcap: &Path, filter: &str, work: &dyn Fn()) -> bool
 
 /// Timestamps (seconds.micros) of the packets tcpdump prints for `tcp and (expr)`, counted.
 fn tcpdump_keeps(pcap: &Path, expr: &str) -> BTreeMap<String, usize> {
+    tcpdump_keeps_with(pcap, expr, &[])
+}
+
+/// As [`tcpdump_keeps`], with more tcpdump flags (`-O`: libpcap's optimizer off).
+fn tcpdump_keeps_with(pcap: &Path, expr: &str, flags: &[&str]) -> BTreeMap<String, usize> {
     let full = if expr.is_empty() {
         "tcp".to_string()
     } else {
@@ -126,7 +131,9 @@ fn tcpdump_keeps(pcap: &Path, expr: &str) -> BTreeMap<String, usize> {
     let o = Command::new("tcpdump")
         .args(["-r"])
         .arg(pcap)
-        .args(["-tt", "-n", &full])
+        .args(["-tt", "-n"])
+        .args(flags)
+        .arg(&full)
         .output()
         .unwrap();
     // libpcap refuses a filter it can prove matches nothing (`tcp and udp`)
@@ -239,6 +246,8 @@ fn expressions(p: [u16; 3]) -> Vec<String> {
         "tcp[tcp[12] / 16 * 4 - 1] >= 0".into(),
         "ip[0] & 0xf != 5".into(),
         "len < 100 and tcp[tcpflags] & tcp-rst != 0".into(),
+        "not (tcp[13] & 2 != 0) and (len > 100 or tcp[tcpflags] & tcp-fin != 0)".into(),
+        format!("(tcp[0:2] + 1 > {a}) or (ip6 and port {c})"),
     ]
     .to_vec()
 }
@@ -579,4 +588,216 @@ fn watch_write_rotates_files_as_tcpdump_c_and_w_do() {
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
     }
+}
+
+/// A small deterministic generator (xorshift64*), seeded per run and named in failures.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
+        v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// A random primitive of the language `Expression` takes, over the ports `p`.
+fn random_primitive(r: &mut Rng, p: [u16; 3]) -> String {
+    let port = |r: &mut Rng| {
+        if r.below(4) == 0 {
+            r.below(65_536).to_string()
+        } else {
+            p[r.below(3) as usize].to_string()
+        }
+    };
+    let rel = |r: &mut Rng| r.pick(&["=", "==", "!=", "<", "<=", ">", ">="]).to_string();
+    let small = |r: &mut Rng| match r.below(4) {
+        0 => r.below(2).to_string(),
+        1 => r.below(256).to_string(),
+        2 => format!("0x{:x}", r.below(65_536)),
+        _ => r.below(1 << 32).to_string(),
+    };
+    let load = |r: &mut Rng| {
+        let base = r.pick(&["tcp", "tcp", "ip", "ip6"]);
+        let size = r.pick(&["", ":1", ":2", ":4"]);
+        match r.below(6) {
+            0 if base == "tcp" => "tcp[tcpflags]".to_string(),
+            1 => format!("{base}[{}{size}]", r.below(16)),
+            _ => format!("{base}[{}{size}]", r.below(72)),
+        }
+    };
+    match r.below(16) {
+        0 => format!(
+            "{} port {}",
+            r.pick(&["", "src", "dst", "tcp", "tcp src"]),
+            port(r)
+        ),
+        1 => {
+            let (a, b) = (
+                port(r).parse::<u32>().unwrap(),
+                port(r).parse::<u32>().unwrap(),
+            );
+            format!("portrange {}-{}", a.min(b), a.max(b))
+        }
+        2 => format!(
+            "{} host {}",
+            r.pick(&["", "src", "dst", "src or dst", "src and dst"]),
+            r.pick(&["127.0.0.1", "127.0.0.2", "::1", "127.0.0.3"])
+        ),
+        3 => format!(
+            "{} net {}",
+            r.pick(&["", "src", "dst"]),
+            r.pick(&[
+                "127.0.0.0/8",
+                "127.0.0.2/32",
+                "127.0.0.0/31",
+                "127",
+                "127.0.0",
+                "::/0",
+                "::1/128",
+                "127.0.0.0 mask 255.255.255.252",
+            ])
+        ),
+        4 => r.pick(&["ip", "ip6", "tcp", "udp", "icmp"]).to_string(),
+        5 => format!("{} {}", r.pick(&["greater", "less"]), r.below(400)),
+        6 => format!("len {} {}", rel(r), r.below(400)),
+        7 => format!(
+            "tcp[tcpflags] & {} != 0",
+            r.pick(&[
+                "tcp-fin",
+                "tcp-syn",
+                "tcp-rst",
+                "tcp-push",
+                "tcp-ack",
+                "tcp-urg",
+                "(tcp-syn|tcp-ack)",
+                "(tcp-fin|tcp-rst)",
+            ])
+        ),
+        8 => {
+            let op = r.pick(&["+", "-", "*", "&", "|", "<<", ">>"]);
+            let k = if op == "<<" || op == ">>" {
+                r.below(32).to_string()
+            } else {
+                small(r)
+            };
+            format!("{} {op} {k} {} {}", load(r), rel(r), small(r))
+        }
+        9 => {
+            // libpcap refuses a constant divisor of 0
+            let op = r.pick(&["/", "%"]);
+            format!(
+                "{} {op} {} {} {}",
+                load(r),
+                1 + r.below(300),
+                rel(r),
+                small(r)
+            )
+        }
+        10 => format!("{} {} {}", load(r), rel(r), load(r)),
+        11 => format!("({} & 0xf0) >> 2 {} {}", load(r), rel(r), r.below(64)),
+        _ => format!("{} {} {}", load(r), rel(r), small(r)),
+    }
+}
+
+/// A random expression: primitives joined by `and`/`or` (also `&&`, `||`), some negated,
+/// some grouped, up to `depth` levels.
+fn random_expression(r: &mut Rng, p: [u16; 3], depth: u32) -> String {
+    let one = if depth == 0 || r.below(3) == 0 {
+        random_primitive(r, p)
+    } else {
+        let a = random_expression(r, p, depth - 1);
+        let b = random_expression(r, p, depth - 1);
+        let op = r.pick(&["and", "or", "&&", "||"]);
+        if r.below(2) == 0 {
+            format!("({a}) {op} ({b})")
+        } else {
+            format!("{a} {op} {b}")
+        }
+    };
+    match r.below(5) {
+        0 => format!("not {one}"),
+        1 => format!("! ({one})"),
+        _ => one,
+    }
+}
+
+#[test]
+fn random_expressions_keep_what_tcpdump_keeps() {
+    require_root!();
+    require_tool!("tcpdump");
+    let peers = Peers::new();
+    let p = peers.ports();
+    let dir = TempDir::new("filter-random");
+    let pcap = dir.path().join("mix.pcap");
+    let all = format!("tcp and (port {} or port {} or port {})", p[0], p[1], p[2]);
+    capture("lo", &pcap, &all, || peers.traffic());
+    let seed = std::env::var("KAPROBE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let mut r = Rng(seed);
+    let (mut compared, mut refused_by_tcpdump, mut told_apart, mut optimizer_differs) =
+        (0, 0, 0, 0);
+    let everything = tcpdump_keeps(&pcap, "").values().sum::<usize>();
+    for _ in 0..400 {
+        let text = random_expression(&mut r, p, 3);
+        let full = format!("tcp and ({text})");
+        let o = Command::new("tcpdump")
+            .arg("-r")
+            .arg(&pcap)
+            .args(["-tt", "-n", "-O", &full])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        let parsed = Expression::parse(&text);
+        if !o.status.success() && !err.contains("rejects all packets") {
+            // libpcap refuses some arithmetic kaprobe takes; what tcpdump takes, kaprobe must
+            refused_by_tcpdump += 1;
+            continue;
+        }
+        let expr = parsed.unwrap_or_else(|e| {
+            panic!("KAPROBE_SEED={seed}: tcpdump takes '{text}', kaprobe says: {e}")
+        });
+        let want = tcpdump_keeps_with(&pcap, &text, &["-O"]);
+        let got = kaprobe_keeps(&pcap, &expr);
+        assert_eq!(
+            got, want,
+            "KAPROBE_SEED={seed}: '{text}' keeps other packets than tcpdump -O"
+        );
+        compared += 1;
+        if tcpdump_keeps(&pcap, &text) != want {
+            optimizer_differs += 1;
+        }
+        let n = want.values().sum::<usize>();
+        if n > 0 && n < everything {
+            told_apart += 1;
+        }
+    }
+    eprintln!(
+        "KAPROBE_SEED={seed}: {compared} compared, {refused_by_tcpdump} refused by tcpdump, \
+         {told_apart} kept some packets but not all, {optimizer_differs} kept otherwise by \
+         tcpdump with libpcap's optimizer"
+    );
+    assert!(
+        compared >= 350,
+        "KAPROBE_SEED={seed}: only {compared} compared"
+    );
+    assert!(
+        told_apart >= 80,
+        "KAPROBE_SEED={seed}: only {told_apart} told packets apart"
+    );
 }

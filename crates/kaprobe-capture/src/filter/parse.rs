@@ -349,9 +349,15 @@ impl Parser {
                 Ok(Arith::Num(*n))
             }
             Tok::Op("(") => {
+                // `(` may open a boolean group instead (`(tcp[0] > 1 or port 80)`): unless a
+                // comparison came before it, failing here lets `unary` read it as one,
+                // which reports any error inside again.
+                let was = self.committed;
                 self.pos += 1;
-                let e = self.arith()?;
+                let e = self.arith().inspect_err(|_| self.committed = was);
+                let e = e?;
                 if !self.eat_op(")") {
+                    self.committed = was;
                     return Err(self.err_here("expected ')'"));
                 }
                 Ok(e)
