@@ -340,6 +340,10 @@ struct Flow {
     ep0: Ep,
     /// A FIN seen from each side.
     fin: [bool; 2],
+    /// The client's side index, once a SYN or SYN-ACK has named it. Here, in the first
+    /// cache line, because its tag is where `Option<Slot<Flow>>` keeps whether a table slot
+    /// is occupied: every lookup reads it.
+    client: Option<usize>,
     /// Packets seen in the flow.
     packets: u64,
     /// The latest packet's timestamp (for idle expiry and activity order).
@@ -355,8 +359,6 @@ struct Flow {
     /// fields first).
     end: EndTrack,
     // Fields below are read at handshakes, probes and summaries, not for every packet.
-    /// The client's side index, once a SYN or SYN-ACK has named it.
-    client: Option<usize>,
     /// True once the flow's summary was emitted (each flow is summarised once).
     reported: bool,
     /// The first packet's timestamp.
