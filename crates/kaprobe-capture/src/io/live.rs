@@ -404,6 +404,7 @@ impl LiveSource {
         }
     }
 
+    #[inline]
     fn next_ring(&mut self) -> Result<Next<'_>, CaptureError> {
         let Self {
             fd,
@@ -482,31 +483,39 @@ impl LiveSource {
                 ring.off = ring.header_u32(ring.cur, 16) as usize;
                 continue;
             }
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN | libc::POLLERR,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    stats(fd);
-                    return Ok(Next::Idle);
-                }
-                return Err(CaptureError::Socket {
-                    what: "wait for packets",
-                    iface: iface.clone(),
-                    source: e,
-                });
+            if wait_for_block(fd, iface, ring)? {
+                continue;
             }
-            if ring.status(ring.cur).load(Ordering::Acquire) & TP_STATUS_USER == 0 {
-                stats(fd);
-                return Ok(Next::Idle);
-            }
+            stats(fd);
+            return Ok(Next::Idle);
         }
     }
+}
+
+/// Wait (up to `POLL_MS`) for the kernel to hand over the ring's current block: true when it
+/// has, false on a timeout or a signal. Out of line: a busy capture rarely waits.
+#[cold]
+#[inline(never)]
+fn wait_for_block(fd: &OwnedFd, iface: &str, ring: &Ring) -> Result<bool, CaptureError> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLERR,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(false);
+        }
+        return Err(CaptureError::Socket {
+            what: "wait for packets",
+            iface: iface.to_string(),
+            source: e,
+        });
+    }
+    Ok(ring.status(ring.cur).load(Ordering::Acquire) & TP_STATUS_USER != 0)
 }
 
 /// Read (and reset) the kernel's counters: packets dropped, packets passed to the socket.
@@ -590,6 +599,7 @@ fn setup_ring(fd: &OwnedFd, snaplen: u32) -> Option<Ring> {
 }
 
 impl PacketSource for LiveSource {
+    #[inline]
     fn next_frame(&mut self) -> Result<Next<'_>, CaptureError> {
         if let Rx::Ring(_) = self.rx {
             return self.next_ring();
