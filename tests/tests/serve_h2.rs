@@ -982,3 +982,48 @@ fn close_endpoint_and_sigterm_end_http2_connections_with_goaway() {
     assert!(eof.is_some());
     srv.close("shutdown", Duration::from_secs(5));
 }
+
+/// The line of h2load's summary that starts with `what` ("requests:", "status codes:").
+fn h2load_line(out: &str, what: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with(what))
+        .unwrap_or_else(|| panic!("no '{what}' in h2load's output: {out}"))
+        .to_string()
+}
+
+#[test]
+fn h2load_and_nghttp_many_streams_and_small_windows_are_all_answered() {
+    require_tool!("h2load");
+    require_tool!("nghttp");
+    // h2load (nghttp2) does not reconnect after GOAWAY: no request limit here.
+    let srv = Server::start(&["--http2", "--max-requests", "0"]);
+    let o = Command::new("h2load")
+        .args(["-n", "3000", "-c", "6", "-m", "16"])
+        .arg(format!("http://{}/bytes/3000", srv.addr))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "h2load: {out}");
+    assert!(
+        h2load_line(&out, "requests:").contains("3000 succeeded, 0 failed, 0 errored"),
+        "{out}"
+    );
+    assert!(
+        h2load_line(&out, "status codes:").starts_with("status codes: 3000 2xx"),
+        "{out}"
+    );
+    // 64 KiB stream and connection windows (-w 16 -W 16): a 1 MB body needs the server to
+    // wait for WINDOW_UPDATEs, and every byte arrives.
+    let o = Command::new("nghttp")
+        .args(["-w", "16", "-W", "16"])
+        .arg(format!("http://{}/bytes/1000000", srv.addr))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "nghttp: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.stdout.len(), 1_000_000);
+    assert!(o.stdout.iter().all(|&b| b != 0), "the body has no holes");
+}
