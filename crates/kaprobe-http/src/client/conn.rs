@@ -138,24 +138,7 @@ impl Connector {
     /// Open one connection: TCP connect, then the TLS handshake for https.
     pub async fn open(&self, timeout: Duration) -> Result<(Conn, OpenTimes), Error> {
         let start = Instant::now();
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Err(_) => {
-                return Err(Error::ConnectTimeout {
-                    host: self.target.host.clone(),
-                    addr: self.addr,
-                    after: timeout,
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(Error::Connect {
-                    host: self.target.host.clone(),
-                    addr: self.addr,
-                    source,
-                })
-            }
-            Ok(Ok(s)) => s,
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_tcp(&self.target.host, self.addr, timeout).await?;
         let connect = start.elapsed();
         let Some((config, name)) = &self.tls else {
             return Ok((
@@ -701,6 +684,34 @@ fn tls_failure(e: &std::io::Error, target: &Target) -> String {
         return format!("the server answered in plain HTTP, not TLS: use {scheme}://{rest}");
     }
     e.to_string()
+}
+
+/// A TCP connection to `addr` (for `host`) within `timeout`, with Nagle off:
+/// [`Error::ConnectTimeout`] or [`Error::Connect`] when it cannot be had.
+pub(crate) async fn connect_tcp(
+    host: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, Error> {
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return Err(Error::ConnectTimeout {
+                host: host.to_string(),
+                addr,
+                after: timeout,
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(Error::Connect {
+                host: host.to_string(),
+                addr,
+                source,
+            })
+        }
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// Resolve `host` (within `timeout`): the first address and all of them, or

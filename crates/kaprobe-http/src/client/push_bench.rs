@@ -371,24 +371,7 @@ async fn connect(target: &Target, meter: &Meter) -> Result<Counted, Error> {
             reason: "the name has no addresses".into(),
         });
     };
-    let tcp = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
-            return Err(Error::Connect {
-                host: target.host.clone(),
-                addr,
-                source,
-            })
-        }
-        Err(_) => {
-            return Err(Error::ConnectTimeout {
-                host: target.host.clone(),
-                addr,
-                after: Duration::from_secs(5),
-            })
-        }
-    };
-    let _ = tcp.set_nodelay(true);
+    let tcp = super::conn::connect_tcp(&target.host, addr, Duration::from_secs(5)).await?;
     Ok(Counted {
         inner: tcp,
         read: meter.read.clone(),

@@ -161,6 +161,23 @@ where
     done
 }
 
+/// The shortest idle before a failed attempt and the longest before a successful one, from
+/// each attempt's (actual idle seconds, failed, succeeded).
+pub(crate) fn idle_bounds(
+    attempts: impl Iterator<Item = (f64, bool, bool)>,
+) -> (Option<f64>, Option<f64>) {
+    let (mut first_failure, mut last_success) = (None::<f64>, None::<f64>);
+    for (idle, failed, ok) in attempts {
+        if failed {
+            first_failure = Some(first_failure.map_or(idle, |f| f.min(idle)));
+        }
+        if ok {
+            last_success = Some(last_success.map_or(idle, |l| l.max(idle)));
+        }
+    }
+    (first_failure, last_success)
+}
+
 /// Idle times evenly spread over `idle ± spread`.
 pub fn schedule(idle: Duration, spread: Duration, n: usize) -> Vec<Duration> {
     let lo = idle.saturating_sub(spread).as_secs_f64();
@@ -267,16 +284,13 @@ pub async fn race(url: &str, opts: &RaceOptions) -> Result<RaceReport, Error> {
         .collect();
     let bins = bin(&attempts);
     let failures = attempts.iter().filter(|a| a.outcome.is_failure()).count();
-    let first_failure = attempts
-        .iter()
-        .filter(|a| a.outcome.is_failure())
-        .map(|a| a.actual_idle_s)
-        .reduce(f64::min);
-    let last_success = attempts
-        .iter()
-        .filter(|a| a.outcome == Outcome::Ok)
-        .map(|a| a.actual_idle_s)
-        .reduce(f64::max);
+    let (first_failure, last_success) = idle_bounds(attempts.iter().map(|a| {
+        (
+            a.actual_idle_s,
+            a.outcome.is_failure(),
+            a.outcome == Outcome::Ok,
+        )
+    }));
     let verdict = if first.will_close() {
         "the server closes the connection after every response (Connection: close): there is nothing to reuse, so no race".to_string()
     } else {

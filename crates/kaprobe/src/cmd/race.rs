@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use kaprobe_http::client::{race, RaceOptions, RaceReport};
 
 use crate::args::parse_duration;
@@ -140,24 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.shutdown_timeout(Duration::from_millis(100));
     let report = result.map_err(failure)?;
     if args.json {
-        for a in &report.attempts {
-            let mut v = serde_json::to_value(a)?;
-            v["type"] = "attempt".into();
-            print_json_line(&v)?;
-        }
-        for b in &report.bins {
-            let mut v = serde_json::to_value(b)?;
-            v["type"] = "bin".into();
-            v["failures"] = b.failures().into();
-            print_json_line(&v)?;
-        }
-        let mut v = serde_json::to_value(&report)?;
-        if let Some(o) = v.as_object_mut() {
-            o.remove("attempts");
-            o.remove("bins");
-        }
-        v["type"] = "summary".into();
-        print_json_line(&v)?;
+        print_json(&report.attempts, &report.bins, |b| b.failures(), &report)?;
     } else {
         render(&report)?;
     }
@@ -174,25 +159,36 @@ fn run_h2(url: &str, opts: &RaceOptions, json: bool) -> anyhow::Result<ExitCode>
         crate::render::http::race_h2(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
-    for a in &report.attempts {
+    print_json(&report.attempts, &report.bins, |b| b.failures(), &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--json`: one line per attempt, one per bin (with its failures), then the summary (the
+/// report without those lists).
+fn print_json<A: Serialize, B: Serialize, R: Serialize>(
+    attempts: &[A],
+    bins: &[B],
+    failures: impl Fn(&B) -> usize,
+    report: &R,
+) -> anyhow::Result<()> {
+    for a in attempts {
         let mut v = serde_json::to_value(a)?;
         v["type"] = "attempt".into();
         print_json_line(&v)?;
     }
-    for b in &report.bins {
+    for b in bins {
         let mut v = serde_json::to_value(b)?;
         v["type"] = "bin".into();
-        v["failures"] = b.failures().into();
+        v["failures"] = failures(b).into();
         print_json_line(&v)?;
     }
-    let mut v = serde_json::to_value(&report)?;
+    let mut v = serde_json::to_value(report)?;
     if let Some(o) = v.as_object_mut() {
         o.remove("attempts");
         o.remove("bins");
     }
     v["type"] = "summary".into();
-    print_json_line(&v)?;
-    Ok(ExitCode::SUCCESS)
+    print_json_line(&v)
 }
 
 fn render(r: &RaceReport) -> anyhow::Result<()> {

@@ -818,39 +818,56 @@ async fn count_strikes(
         .map_err(|_| ())?;
     let mut goaways = Vec::new();
     for n in 1..=20u32 {
-        let Ok(opaque) = raw.ping().await else {
-            return Err(());
-        };
-        let acked = await_ack(
+        let Some(acked) = ping_then_settle(
             &mut raw,
-            opaque,
-            cap(Duration::from_secs(2), deadline),
+            Duration::from_secs(2),
+            settle,
+            deadline,
             &mut goaways,
         )
-        .await;
-        if acked.is_some() {
-            // a GOAWAY may come just after the ACK
-            loop {
-                match raw.next(Some(cap(settle, deadline))).await {
-                    Ev::Frame(at, f @ Frame::GoAway { .. }) => {
-                        goaways.extend(goaway_seen(at, at, &f));
-                        break;
-                    }
-                    Ev::Frame(..) => {}
-                    Ev::End(..) | Ev::Timeout => break,
-                }
-            }
-        }
+        .await
+        else {
+            return Err(());
+        };
         match goaways.first() {
             Some(g) if g.code == ENHANCE_YOUR_CALM => {
                 return Ok(Some((n.saturating_sub(2), g.debug.clone())))
             }
             Some(_) => return Err(()),
-            None if acked.is_none() => return Err(()),
+            None if !acked => return Err(()),
             None => {}
         }
     }
     Ok(None)
+}
+
+/// Send a PING and wait up to `within` for its ACK (GOAWAYs that arrive meanwhile go to
+/// `goaways`); once it is answered, read `settle` more for a GOAWAY that may follow the ACK.
+/// `None` when the PING could not be sent, else whether it was answered.
+async fn ping_then_settle(
+    raw: &mut Raw,
+    within: Duration,
+    settle: Duration,
+    deadline: Instant,
+    goaways: &mut Vec<GoAwaySeen>,
+) -> Option<bool> {
+    let opaque = raw.ping().await.ok()?;
+    let acked = await_ack(raw, opaque, cap(within, deadline), goaways)
+        .await
+        .is_some();
+    if acked {
+        loop {
+            match raw.next(Some(cap(settle, deadline))).await {
+                Ev::Frame(at, f @ Frame::GoAway { .. }) => {
+                    goaways.extend(goaway_seen(at, at, &f));
+                    break;
+                }
+                Ev::Frame(..) => {}
+                Ev::End(..) | Ev::Timeout => break,
+            }
+        }
+    }
+    Some(acked)
 }
 
 /// One test of `interval` on a fresh connection with no stream open: a PING, then `strikes`
@@ -899,32 +916,21 @@ async fn test_interval(
             Ev::Timeout => break,
         }
     }
-    let Ok(opaque) = raw.ping().await else {
-        return Verdict::Inconclusive;
-    };
-    let acked = await_ack(
+    let Some(acked) = ping_then_settle(
         &mut raw,
-        opaque,
-        cap(Duration::from_secs(5), deadline),
+        Duration::from_secs(5),
+        settle,
+        deadline,
         &mut goaways,
     )
-    .await;
-    if acked.is_some() {
-        loop {
-            match raw.next(Some(cap(settle, deadline))).await {
-                Ev::Frame(at, f @ Frame::GoAway { .. }) => {
-                    goaways.extend(goaway_seen(at, at, &f));
-                    break;
-                }
-                Ev::Frame(..) => {}
-                Ev::End(..) | Ev::Timeout => break,
-            }
-        }
-    }
+    .await
+    else {
+        return Verdict::Inconclusive;
+    };
     match goaways.first() {
         Some(g) if g.code == ENHANCE_YOUR_CALM => Verdict::Rejected,
         Some(_) => Verdict::Inconclusive,
-        None if acked.is_some() => Verdict::Accepted,
+        None if acked => Verdict::Accepted,
         None => Verdict::Inconclusive,
     }
 }

@@ -17,7 +17,7 @@ use super::measure::{await_stream, cap, goaway_seen, left, StreamEnd, REFUSED_ST
 use super::wire::{Ev, H2Connector, Raw, ReqSpec};
 use super::GoAwaySeen;
 use crate::client::conn::IdleEnd;
-use crate::client::race::{run_plan, schedule, RaceOptions};
+use crate::client::race::{idle_bounds, run_plan, schedule, RaceOptions};
 use crate::h2wire::Frame;
 use crate::Error;
 
@@ -206,16 +206,13 @@ pub async fn race_h2(url: &str, opts: &RaceOptions) -> Result<H2RaceReport, Erro
     let after_goaway = attempts.iter().filter(|a| a.after_goaway).count();
     let mut gs: Vec<f64> = attempts.iter().filter_map(|a| a.goaway_at_s).collect();
     let goaway_idle = super::measure::median(&mut gs);
-    let first_failure = attempts
-        .iter()
-        .filter(|a| a.outcome.is_failure())
-        .map(|a| a.actual_idle_s)
-        .reduce(f64::min);
-    let last_success = attempts
-        .iter()
-        .filter(|a| a.outcome == H2Outcome::Ok)
-        .map(|a| a.actual_idle_s)
-        .reduce(f64::max);
+    let (first_failure, last_success) = idle_bounds(attempts.iter().map(|a| {
+        (
+            a.actual_idle_s,
+            a.outcome.is_failure(),
+            a.outcome == H2Outcome::Ok,
+        )
+    }));
     let verdict = verdict(
         &attempts,
         failures,

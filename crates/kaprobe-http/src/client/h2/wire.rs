@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::client::conn::{IdleEnd, Io, OpenTimes};
@@ -112,24 +111,7 @@ impl H2Connector {
     /// Open one connection: TCP, then for TLS the handshake, which must select `h2`.
     pub async fn open(&self, timeout: Duration) -> Result<(Box<dyn Io>, OpenTimes), Error> {
         let start = Instant::now();
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Err(_) => {
-                return Err(Error::ConnectTimeout {
-                    host: self.target.host.clone(),
-                    addr: self.addr,
-                    after: timeout,
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(Error::Connect {
-                    host: self.target.host.clone(),
-                    addr: self.addr,
-                    source,
-                })
-            }
-            Ok(Ok(s)) => s,
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = crate::client::conn::connect_tcp(&self.target.host, self.addr, timeout).await?;
         let connect = start.elapsed();
         let Some((config, name)) = &self.tls else {
             return Ok((
