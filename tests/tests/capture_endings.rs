@@ -59,6 +59,21 @@ fn secs(v: &Value, k: &str) -> f64 {
     v[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {v}"))
 }
 
+/// The one idle limit of `all`: the server at `addr` closing with FIN, bracketed by a reuse
+/// that worked after 0.6 s and one that failed after 1.5 s.
+fn fin_limit_between_06_and_15(all: &[Value], addr: SocketAddr, what: &str) {
+    let limits = of_type(all, "idle_limit");
+    assert_eq!(limits.len(), 1, "{what}: {all:#?}");
+    let l = limits[0];
+    assert_eq!(l["server"], addr.to_string(), "{what}: {l}");
+    assert_eq!(l["how"], "fin", "{what}: {l}");
+    assert!((secs(l, "longest_ok") - 0.6).abs() < 0.1, "{what}: {l}");
+    assert!(
+        (secs(l, "shortest_failed") - 1.5).abs() < 0.15,
+        "{what}: {l}"
+    );
+}
+
 #[test]
 fn a_server_fin_then_a_client_write_is_a_failed_reuse_live_and_from_the_file() {
     require_root!();
@@ -118,16 +133,7 @@ fn a_server_fin_then_a_client_write_is_a_failed_reuse_live_and_from_the_file() {
             "{what}: {f}"
         );
         // Across the two flows: the server's idle limit lies between 0.6s and 1.5s.
-        let limits = of_type(all, "idle_limit");
-        assert_eq!(limits.len(), 1, "{what}: {all:#?}");
-        let l = limits[0];
-        assert_eq!(l["server"], addr.to_string(), "{what}: {l}");
-        assert_eq!(l["how"], "fin", "{what}: {l}");
-        assert!((secs(l, "longest_ok") - 0.6).abs() < 0.1, "{what}: {l}");
-        assert!(
-            (secs(l, "shortest_failed") - 1.5).abs() < 0.15,
-            "{what}: {l}"
-        );
+        fin_limit_between_06_and_15(all, addr, what);
     }
     // In words, from the file.
     let text = String::from_utf8_lossy(&run(&["read", pcap.to_str().unwrap()]).stdout).into_owned();
@@ -465,16 +471,7 @@ fn over_ipv6_a_server_fin_then_a_client_write_is_a_failed_reuse() {
             ),
             "{what}: {f}"
         );
-        let limits = of_type(all, "idle_limit");
-        assert_eq!(limits.len(), 1, "{what}: {all:#?}");
-        let l = limits[0];
-        assert_eq!(l["server"], addr.to_string(), "{what}: {l}");
-        assert_eq!(l["how"], "fin", "{what}: {l}");
-        assert!((secs(l, "longest_ok") - 0.6).abs() < 0.1, "{what}: {l}");
-        assert!(
-            (secs(l, "shortest_failed") - 1.5).abs() < 0.15,
-            "{what}: {l}"
-        );
+        fin_limit_between_06_and_15(all, addr, what);
     }
 }
 
