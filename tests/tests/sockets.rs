@@ -505,12 +505,23 @@ fn processes_are_the_pids_and_commands_ss_p_shows() {
     let port = addr.port().to_string();
     let filter = format!("( sport = :{port} or dport = :{port} )");
     let ours: BTreeSet<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    // A connection sits in the listener's queue, owned by no process, until serve's
+    // accept() gives it a descriptor: wait until each of ours has an owner.
     let lines = wait_for(
         "the server accepted all three",
         Duration::from_secs(5),
         || {
             let v = sockets_json(kaprobe().args(["sockets", "-p", "--port", &port, "--json"]));
-            (v.len() >= 6).then_some(v)
+            let owned = v
+                .iter()
+                .filter(|s| {
+                    let end = |k: &str| s[k].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+                    let mine = end("local").is_some_and(|a| ours.contains(&a))
+                        || end("peer").is_some_and(|a| ours.contains(&a));
+                    mine && s["processes"].as_array().is_some_and(|p| !p.is_empty())
+                })
+                .count();
+            (owned == 6).then_some(v)
         },
     );
     let ss = ss_rows(None, &["-p", &filter]);
