@@ -1,6 +1,6 @@
 //! Run a [`PacketSource`] through parsing, a filter and the [`Tracker`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -80,6 +80,8 @@ struct Held {
 /// requested when a packet arrives, its flow record [`SLOT_LAG`] packets later, and it is
 /// processed [`AHEAD`] packets later, by when both are in the cache.
 const AHEAD: usize = 16;
+const AHEAD_MASK: usize = AHEAD - 1;
+const _: () = assert!(AHEAD.is_power_of_two() && SLOT_LAG < AHEAD);
 const SLOT_LAG: usize = 8;
 /// Below this many flows their state stays in the cache and packets are processed at once:
 /// holding them back would only cost the copies.
@@ -95,7 +97,11 @@ pub struct Analyzer {
     pub matched: Option<HashSet<FlowKey>>,
     pub stats: RunStats,
     skips: HashMap<Skip, u64>,
-    held: VecDeque<Held>,
+    /// Packets held by [`Analyzer::frame_ahead`]: a ring of [`AHEAD`] entries (grown once)
+    /// holding those numbered `held_tail..held_head`, written and processed in place.
+    held: Vec<Held>,
+    held_head: usize,
+    held_tail: usize,
 }
 
 impl Analyzer {
@@ -108,7 +114,9 @@ impl Analyzer {
             matched: None,
             stats: RunStats::default(),
             skips: HashMap::new(),
-            held: VecDeque::with_capacity(AHEAD + 1),
+            held: Vec::with_capacity(AHEAD),
+            held_head: 0,
+            held_tail: 0,
         }
     }
 
@@ -153,27 +161,33 @@ impl Analyzer {
         let Some((p, key, hash)) = self.admit(frame) else {
             return;
         };
-        if self.held.is_empty() && self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS {
+        if self.held_head == self.held_tail && self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS {
             self.tracker
                 .process_keyed(number, frame.ts, &p, key, hash, out);
             return;
         }
         self.tracker.prefetch(hash, 0);
-        self.held.push_back(Held {
+        if self.held_head - self.held_tail == AHEAD {
+            self.process_oldest(out);
+        }
+        let h = Held {
             number,
             ts: frame.ts,
             p,
             key,
             hash,
-        });
-        let n = self.held.len();
-        if let Some(h) = n.checked_sub(SLOT_LAG + 1).and_then(|i| self.held.get(i)) {
-            self.tracker.prefetch(h.hash, 1);
+        };
+        // The ring fills once (head == len until then), then entries are overwritten.
+        if self.held.len() < AHEAD {
+            self.held.push(h);
+        } else {
+            self.held[self.held_head & AHEAD_MASK] = h;
         }
-        if n > AHEAD {
-            if let Some(h) = self.held.pop_front() {
-                self.tracker
-                    .process_keyed(h.number, h.ts, &h.p, h.key, h.hash, out);
+        self.held_head += 1;
+        if self.held_head - self.held_tail > SLOT_LAG {
+            let lagging = (self.held_head - 1 - SLOT_LAG) & AHEAD_MASK;
+            if let Some(h) = self.held.get(lagging) {
+                self.tracker.prefetch(h.hash, 1);
             }
         }
         if self.tracker.flows_tracked() < PREFETCH_FROM_FLOWS / 2 {
@@ -182,11 +196,20 @@ impl Analyzer {
         }
     }
 
-    /// Process every packet [`Analyzer::frame_ahead`] still holds.
-    pub fn flush(&mut self, out: &mut Vec<Event>) {
-        while let Some(h) = self.held.pop_front() {
+    /// Process the oldest held packet, in place.
+    #[inline]
+    fn process_oldest(&mut self, out: &mut Vec<Event>) {
+        if let Some(h) = self.held.get(self.held_tail & AHEAD_MASK) {
             self.tracker
                 .process_keyed(h.number, h.ts, &h.p, h.key, h.hash, out);
+        }
+        self.held_tail += 1;
+    }
+
+    /// Process every packet [`Analyzer::frame_ahead`] still holds.
+    pub fn flush(&mut self, out: &mut Vec<Event>) {
+        while self.held_tail < self.held_head {
+            self.process_oldest(out);
         }
     }
 

@@ -110,6 +110,14 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// Whether `ep` is the key's lower endpoint (the one a packet from it has as source
+    /// when it sorts first).
+    #[must_use]
+    #[inline]
+    pub fn is_lo(&self, ep: &Ep) -> bool {
+        self.lo == *ep
+    }
+
     /// The key for a packet between `a` and `b` (either direction gives the same key).
     #[must_use]
     pub fn new(a: Ep, b: Ep) -> Self {
@@ -287,10 +295,24 @@ pub fn sock(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-#[repr(C)]
+/// A key and its value, on their own cache lines: the key and the value's first bytes
+/// (what a lookup reads) start a line.
+#[repr(C, align(64))]
 struct Slot<V> {
     key: FlowKey,
     value: V,
+}
+
+/// Where a value starts in its slot (after the key), for layout checks.
+#[must_use]
+pub const fn value_offset<V>() -> usize {
+    std::mem::offset_of!(Slot<V>, value)
+}
+
+/// Bytes a slot of `V` takes in the table (a multiple of the 64-byte cache line).
+#[must_use]
+pub const fn slot_size<V>() -> usize {
+    std::mem::size_of::<Option<Slot<V>>>()
 }
 
 /// LRU links, kept apart from the (large) values so list updates stay in cache.

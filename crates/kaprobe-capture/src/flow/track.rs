@@ -270,8 +270,8 @@ enum Sighting {
     Nothing,
 }
 
-/// One direction's sequence state, as the sender of that direction sent it.
-// Fields in the order of use: the state every packet reads comes first (see `Flow`).
+/// One direction's sequence state, as the sender of that direction sent it: what every
+/// packet reads (24 bytes; the probe state is in [`ProbeDir`], read only when `watching`).
 #[derive(Debug, Clone, Default)]
 #[repr(C)]
 struct Dir {
@@ -279,12 +279,20 @@ struct Dir {
     last_ack: Option<SeqNum>,
     /// One past the highest sequence number this side sent (its `snd_nxt`).
     next_seq: Option<SeqNum>,
+    /// The last window this side advertised (raw, unscaled); zero marks zero-window probes.
+    window: Option<u16>,
+    /// This side has a probe pending or candidates held (`ProbeDir`): the peer's ACKs are
+    /// to be checked against them.
+    watching: bool,
+}
+
+/// One direction's probe state and handshake, read at probes, their answers and SYNs.
+#[derive(Debug, Clone, Default)]
+struct ProbeDir {
     /// This side's latest probe, until the peer answers it or this side sends data.
     pending: Option<Pending>,
     /// This side's probe candidates (capture started mid-idle), until confirmed or cleared.
     cands: Option<Box<Cands>>,
-    /// The last window this side advertised (raw, unscaled); zero marks zero-window probes.
-    window: Option<u16>,
     /// This side's initial sequence number, from its SYN: a new SYN with another ISN is a
     /// new connection on the same 4-tuple.
     isn: Option<SeqNum>,
@@ -328,37 +336,40 @@ fn push_bounded(v: &mut Vec<f64>, x: f64) {
 }
 
 /// One connection's state. `repr(C)` keeps the fields every packet touches together at the
-/// front (right after the table's key), so a packet costs two or three cache lines of flow
-/// state, not the whole record: with thousands of flows that is most of watch's time.
+/// front (right after the table's key): with the table's 64-byte aligned slots a packet
+/// reads three cache lines of key and flow state (see the `hot_fields_*` test), not the
+/// whole record: with thousands of flows those misses are most of watch's time.
 ///
-/// Sides are indexed 0 and 1: side 0 is the first sender seen (`ep0`), side 1 its peer;
+/// Sides are indexed 0 and 1: side 0 is the first sender seen, side 1 its peer;
 /// `dirs[i]` and `sides[i]` describe what side `i` sent.
 #[derive(Debug, Clone)]
 #[repr(C)]
 struct Flow {
-    /// Side 0's endpoint: a packet from it is from side 0.
-    ep0: Ep,
-    /// A FIN seen from each side.
-    fin: [bool; 2],
-    /// The client's side index, once a SYN or SYN-ACK has named it. Here, in the first
-    /// cache line, because its tag is where `Option<Slot<Flow>>` keeps whether a table slot
-    /// is occupied: every lookup reads it.
-    client: Option<usize>,
     /// Packets seen in the flow.
     packets: u64,
-    /// The latest packet's timestamp (for idle expiry and activity order).
+    /// The latest packet's timestamp (for idle expiry and activity order). The first field
+    /// with a niche: `Option<Slot<Flow>>` keeps a slot's occupancy in it, so every lookup
+    /// reads it along with the key, in the slot's first cache line.
     last_seen: Duration,
     /// Sequence state per direction.
     dirs: [Dir; 2],
     /// The latest packet that was neither a probe nor a probe's answer: idle is measured
     /// from it.
     last_activity: Option<Duration>,
+    /// Side 0's endpoint is the flow key's lower one: a packet from it is from side 0.
+    side0_is_lo: bool,
+    /// A FIN seen from each side.
+    fin: [bool; 2],
     /// How and when the flow ended (RST or FIN both ways), once it has.
     ended: Option<(Outcome, Duration)>,
     /// FINs, RSTs, TTLs and reuses after idle: how the connection ends (its per-packet
     /// fields first).
     end: EndTrack,
     // Fields below are read at handshakes, probes and summaries, not for every packet.
+    /// The client's side index, once a SYN or SYN-ACK has named it.
+    client: Option<usize>,
+    /// Probe state and initial sequence number per direction.
+    probe: [ProbeDir; 2],
     /// True once the flow's summary was emitted (each flow is summarised once).
     reported: bool,
     /// The first packet's timestamp.
@@ -378,15 +389,18 @@ fn sub(a: Duration, b: Duration) -> Duration {
 }
 
 impl Flow {
-    fn new(p: &TcpRepr, ts: Duration) -> Self {
+    /// A flow whose first packet is `p`; `src_is_lo` says whether its sender is the lower
+    /// endpoint of the flow key.
+    fn new(p: &TcpRepr, ts: Duration, src_is_lo: bool) -> Self {
         Self {
             eps: [
                 SocketAddr::new(p.src, p.src_port),
                 SocketAddr::new(p.dst, p.dst_port),
             ],
-            ep0: Ep::new(p.src, p.src_port),
+            side0_is_lo: src_is_lo,
             client: None,
             dirs: [Dir::default(), Dir::default()],
+            probe: [ProbeDir::default(), ProbeDir::default()],
             first_seen: ts,
             last_seen: ts,
             last_activity: None,
@@ -542,11 +556,12 @@ impl Flow {
                 stats,
                 out,
             );
-            self.dirs[s].pending = Some(Pending {
+            self.probe[s].pending = Some(Pending {
                 seq: p.seq,
                 ts,
                 kind,
             });
+            self.sync_watching(s);
         }
         self.advance_direction(s, ts, p, probe_kind.is_some(), probe_related);
         self.note_end(s, ts, p);
@@ -577,6 +592,14 @@ impl Flow {
         )
     }
 
+    /// Keep `dirs[s].watching` true exactly while side `s` has a probe pending or
+    /// candidates held.
+    #[inline]
+    fn sync_watching(&mut self, s: usize) {
+        let p = &self.probe[s];
+        self.dirs[s].watching = p.pending.is_some() || p.cands.is_some();
+    }
+
     /// Step 1: a SYN names the client (the SYN's sender; for a SYN-ACK, its receiver unless
     /// already known) and records the sender's initial sequence number.
     #[inline]
@@ -588,7 +611,7 @@ impl Flow {
             } else {
                 self.client = Some(s);
             }
-            self.dirs[s].isn = Some(p.seq);
+            self.probe[s].isn = Some(p.seq);
         }
     }
 
@@ -621,13 +644,17 @@ impl Flow {
     ) -> bool {
         let d = 1 - s;
         let mut probe_related = false;
-        if let Some(pend) = self.dirs[d].pending {
+        if !self.dirs[d].watching {
+            return false;
+        }
+        if let Some(pend) = self.probe[d].pending {
             let answered = match pend.kind {
                 Kind::ZeroWindowProbe => p.ack.diff(pend.seq) >= 0,
                 _ => p.ack.diff(pend.seq) >= 1,
             };
             if answered {
-                self.dirs[d].pending = None;
+                self.probe[d].pending = None;
+                self.sync_watching(d);
                 self.record_answer(d, ts, pend.kind);
                 if pure && p.payload_len == 0 {
                     probe_related = true;
@@ -637,7 +664,8 @@ impl Flow {
                     }
                 }
             }
-        } else if let Some(c) = self.dirs[d].cands.take() {
+        } else if let Some(c) = self.probe[d].cands.take() {
+            self.sync_watching(d);
             if p.ack == c.seq.add(1) {
                 let kind = if p.window == 0 {
                     Kind::ZeroWindowProbe
@@ -672,7 +700,8 @@ impl Flow {
         stats: &mut TrackerStats,
         out: &mut Vec<Event>,
     ) {
-        if let Some(c) = self.dirs[s].cands.take() {
+        if let Some(c) = self.probe[s].cands.take() {
+            self.sync_watching(s);
             if p.seq == c.seq.add(1) {
                 for cand in &c.list {
                     self.record_probe(
@@ -725,7 +754,7 @@ impl Flow {
             ts,
             ack: p.ack,
         };
-        match &mut self.dirs[s].cands {
+        match &mut self.probe[s].cands {
             Some(c) if c.seq == p.seq => {
                 if c.list.len() < MAX_CANDS {
                     c.list.push(cand);
@@ -738,6 +767,7 @@ impl Flow {
                 }));
             }
         }
+        self.sync_watching(s);
     }
 
     /// Step 5: side `s`'s sequence space, highest ACK and window; data or SYN/FIN clears
@@ -766,9 +796,10 @@ impl Flow {
         if !f.rst() {
             dir.window = Some(p.window);
         }
-        if !is_probe && (p.payload_len > 0 || syn_fin > 0) {
-            dir.pending = None;
-            dir.cands = None;
+        if !is_probe && (p.payload_len > 0 || syn_fin > 0) && dir.watching {
+            dir.watching = false;
+            self.probe[s].pending = None;
+            self.probe[s].cands = None;
         }
         if !probe_related {
             self.last_activity = Some(ts);
@@ -1019,17 +1050,17 @@ impl Tracker {
         if ts >= self.next_expiry {
             self.expire(ts, out);
         }
-        let src = Ep::new(p.src, p.src_port);
-        let idx = self.find_or_insert(key, hash, ts, p, out);
+        let src_is_lo = key.is_lo(&Ep::new(p.src, p.src_port));
+        let idx = self.find_or_insert(key, hash, ts, p, src_is_lo, out);
         let Some(flow) = self.table.at(idx) else {
             return;
         };
-        let s = usize::from(src != flow.ep0);
+        let s = usize::from(src_is_lo != flow.side0_is_lo);
         let new_connection = p.flags.syn()
             && !p.flags.ack()
-            && (flow.ended.is_some() || flow.dirs[s].isn.is_some_and(|i| i != p.seq));
+            && (flow.ended.is_some() || flow.probe[s].isn.is_some_and(|i| i != p.seq));
         if new_connection {
-            let mut old = std::mem::replace(flow, Flow::new(p, ts));
+            let mut old = std::mem::replace(flow, Flow::new(p, ts, src_is_lo));
             Self::report(&self.cfg, &mut self.limits, &mut old, None, out);
             self.stats.flows += 1;
         }
@@ -1057,6 +1088,7 @@ impl Tracker {
         hash: u64,
         ts: Duration,
         p: &TcpRepr,
+        src_is_lo: bool,
         out: &mut Vec<Event>,
     ) -> u32 {
         if let Some(i) = self.table.lookup_touch_hashed(&key, hash, false) {
@@ -1071,7 +1103,7 @@ impl Tracker {
             }
             return i;
         }
-        let (evicted, i) = self.table.insert(key, Flow::new(p, ts));
+        let (evicted, i) = self.table.insert(key, Flow::new(p, ts, src_is_lo));
         self.stats.flows += 1;
         self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
         if let Some((_, mut old)) = evicted {
@@ -1151,6 +1183,21 @@ mod tests {
     use super::*;
     use crate::scenario::Conv;
     use crate::wire::packet::{parse_frame, LinkType};
+
+    #[test]
+    fn hot_fields_fill_three_cache_lines_of_a_slot() {
+        use crate::flow::table::{slot_size, value_offset};
+        // The key and every field a common packet reads: three 64-byte lines, the slot
+        // aligned to them, and its occupancy kept in a niche (no separate tag).
+        let hot = value_offset::<Flow>() + FLOW_HOT_BYTES;
+        assert!(hot <= 3 * 64, "{hot} bytes");
+        assert_eq!(slot_size::<Flow>() % 64, 0);
+        assert_eq!(
+            std::mem::size_of::<Option<Flow>>(),
+            std::mem::size_of::<Flow>()
+        );
+        assert_eq!(std::mem::size_of::<Dir>(), 24);
+    }
 
     fn feed(t: &mut Tracker, c: &Conv, out: &mut Vec<Event>) {
         for (i, f) in c.frames.iter().enumerate() {

@@ -43,6 +43,7 @@ pub enum Skip {
 ///
 /// # Errors
 /// A [`Skip`] saying why the frame is not an analysable TCP segment.
+#[inline]
 pub fn parse_frame(link: LinkType, data: &[u8]) -> Result<TcpRepr, Skip> {
     match link {
         LinkType::Ethernet => {
@@ -129,6 +130,7 @@ pub fn ip_start(link: LinkType, data: &[u8]) -> Option<usize> {
     None
 }
 
+#[inline]
 fn parse_ethertype(mut ethertype: u16, mut rest: &[u8]) -> Result<TcpRepr, Skip> {
     for _ in 0..8 {
         match ethertype {
@@ -147,6 +149,7 @@ fn parse_ethertype(mut ethertype: u16, mut rest: &[u8]) -> Result<TcpRepr, Skip>
     Err(Skip::Malformed("too many VLAN tags"))
 }
 
+#[inline]
 fn parse_ip(data: &[u8]) -> Result<TcpRepr, Skip> {
     match data.first().map(|b| ip_version(*b)) {
         Some(ipv4_field::VERSION) => parse_ipv4(data),
@@ -156,6 +159,7 @@ fn parse_ip(data: &[u8]) -> Result<TcpRepr, Skip> {
     }
 }
 
+#[inline]
 fn parse_ipv4(data: &[u8]) -> Result<TcpRepr, Skip> {
     let ip = Ipv4Packet::new_checked(data)?;
     if ip.protocol() != IP_PROTO_TCP {
@@ -174,6 +178,7 @@ fn parse_ipv4(data: &[u8]) -> Result<TcpRepr, Skip> {
     )
 }
 
+#[inline]
 fn parse_ipv6(data: &[u8]) -> Result<TcpRepr, Skip> {
     let ip = Ipv6Packet::new_checked(data)?;
     let (proto, rest, consumed) = ip.upper_layer()?;
@@ -197,6 +202,7 @@ fn parse_ipv6(data: &[u8]) -> Result<TcpRepr, Skip> {
     )
 }
 
+#[inline]
 fn parse_tcp(
     src: IpAddr,
     dst: IpAddr,
