@@ -133,33 +133,9 @@ impl H2Close {
     }
 }
 
-/// The idle-timeout measurement (the same fields as HTTP/1.1's `idle`; `close_style` says
-/// how HTTP/2 ended it).
-#[derive(Debug, Clone, Serialize)]
-pub struct H2Idle {
-    pub close_style: H2Close,
-    /// Best estimate of the idle timeout (to the first GOAWAY, or to the close), seconds.
-    pub timeout_s: Option<f64>,
-    /// Half-width of the uncertainty around `timeout_s`, seconds.
-    pub timeout_error_s: Option<f64>,
-    /// Ends (GOAWAY, FIN, RST) seen on idle connections.
-    pub closes_seen: usize,
-    pub close_min_s: Option<f64>,
-    pub close_max_s: Option<f64>,
-    /// Longest idle after which a new stream on a reused connection still worked, seconds.
-    pub longest_alive_s: Option<f64>,
-    /// Shortest idle after which a new stream failed, seconds.
-    pub first_dead_s: Option<f64>,
-    /// How a stream on a silently dropped connection failed (`no_answer`, `reset`,
-    /// `empty_reply`).
-    pub on_reuse: Option<String>,
-    /// Always 0 over HTTP/2 (kept for the same shape as HTTP/1.1).
-    pub unasked_bytes: u64,
-    /// Longest time a connection that was never reused sat idle and stayed open, seconds.
-    pub still_open_after_s: Option<f64>,
-    pub connections: usize,
-    pub connections_failed: usize,
-}
+/// The idle-timeout measurement: HTTP/1.1's fields, with `close_style` saying how HTTP/2
+/// ended it (`unasked_bytes` is always 0 over HTTP/2).
+pub type H2Idle = crate::client::probe::IdleResult<H2Close>;
 
 /// One GOAWAY frame as it arrived.
 #[derive(Debug, Clone, Serialize, PartialEq)]

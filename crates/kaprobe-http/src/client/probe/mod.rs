@@ -114,11 +114,13 @@ impl ObservedClose {
     }
 }
 
-/// The idle-timeout measurement.
+/// The idle-timeout measurement. `C` says how a connection ended: [`ObservedClose`] for
+/// HTTP/1.x, `H2Close` for HTTP/2 (the JSON fields are the same).
 #[derive(Debug, Clone, Serialize)]
-pub struct IdleResult {
-    pub close_style: ObservedClose,
-    /// Best estimate of the idle timeout, seconds.
+pub struct IdleResult<C = ObservedClose> {
+    pub close_style: C,
+    /// Best estimate of the idle timeout (over HTTP/2 to the first GOAWAY, or to the close),
+    /// seconds.
     pub timeout_s: Option<f64>,
     /// Half-width of the uncertainty around `timeout_s`, seconds.
     pub timeout_error_s: Option<f64>,
@@ -134,7 +136,8 @@ pub struct IdleResult {
     /// How a request on a silently dropped connection failed (`no_answer`, `reset`,
     /// `empty_reply`).
     pub on_reuse: Option<String>,
-    /// Bytes the server sent on idle connections without being asked (e.g. a 408).
+    /// Bytes the server sent on idle connections without being asked (e.g. a 408; always 0
+    /// over HTTP/2).
     pub unasked_bytes: u64,
     /// Longest time a connection that was never reused sat idle and stayed open, seconds.
     pub still_open_after_s: Option<f64>,
