@@ -367,56 +367,55 @@ async fn attempt(
 
 /// Group attempts: one bin per attempt up to 12 attempts, else 10 equal idle ranges.
 fn bin(attempts: &[Attempt]) -> Vec<Bin> {
-    let n_bins = if attempts.len() <= 12 {
-        attempts.len()
-    } else {
-        10
-    };
-    if n_bins == 0 {
-        return Vec::new();
+    bin_by_idle(
+        attempts,
+        |a| a.idle_s,
+        |from, to| Bin {
+            idle_from_s: from,
+            idle_to_s: to,
+            attempts: 0,
+            ok: 0,
+            bad_gateway: 0,
+            reset: 0,
+            empty_reply: 0,
+            no_answer: 0,
+            broken: 0,
+            setup_failed: 0,
+        },
+        count,
+    )
+}
+
+/// Race attempts (over HTTP/1.x or HTTP/2) grouped by their idle time `idle`: one bin per
+/// attempt, in idle order, up to 12 attempts, else 10 equal idle ranges from the shortest
+/// idle to the longest. `empty(from, to)` makes a bin, `count` adds an attempt to one.
+pub(crate) fn bin_by_idle<A, B>(
+    attempts: &[A],
+    idle: impl Fn(&A) -> f64,
+    empty: impl Fn(f64, f64) -> B,
+    mut count: impl FnMut(&mut B, &A),
+) -> Vec<B> {
+    if attempts.len() <= 12 {
+        let mut sorted: Vec<&A> = attempts.iter().collect();
+        sorted.sort_by(|a, b| idle(a).total_cmp(&idle(b)));
+        return sorted
+            .into_iter()
+            .map(|a| {
+                let mut b = empty(idle(a), idle(a));
+                count(&mut b, a);
+                b
+            })
+            .collect();
     }
-    let lo = attempts
-        .iter()
-        .map(|a| a.idle_s)
-        .fold(f64::INFINITY, f64::min);
-    let hi = attempts.iter().map(|a| a.idle_s).fold(0.0, f64::max);
-    #[allow(clippy::cast_precision_loss)]
-    let width = ((hi - lo) / n_bins as f64).max(1e-9);
-    let mut bins: Vec<Bin> = (0..n_bins)
-        .map(|i| {
-            #[allow(clippy::cast_precision_loss)]
-            let from = lo + width * i as f64;
-            Bin {
-                idle_from_s: from,
-                idle_to_s: if n_bins == attempts.len() {
-                    from
-                } else {
-                    from + width
-                },
-                attempts: 0,
-                ok: 0,
-                bad_gateway: 0,
-                reset: 0,
-                empty_reply: 0,
-                no_answer: 0,
-                broken: 0,
-                setup_failed: 0,
-            }
-        })
+    let lo = attempts.iter().map(&idle).fold(f64::INFINITY, f64::min);
+    let hi = attempts.iter().map(&idle).fold(0.0, f64::max);
+    let width = ((hi - lo) / 10.0).max(1e-9);
+    let mut bins: Vec<B> = (0..10)
+        .map(|i| empty(lo + width * f64::from(i), lo + width * f64::from(i + 1)))
         .collect();
-    if n_bins == attempts.len() {
-        let mut sorted: Vec<&Attempt> = attempts.iter().collect();
-        sorted.sort_by(|a, b| a.idle_s.total_cmp(&b.idle_s));
-        for (b, a) in bins.iter_mut().zip(sorted) {
-            b.idle_from_s = a.idle_s;
-            b.idle_to_s = a.idle_s;
-            count(b, a);
-        }
-        return bins;
-    }
     for a in attempts {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let i = (((a.idle_s - lo) / width) as usize).min(n_bins - 1);
+        let i = (((idle(a) - lo) / width) as usize).min(9);
         count(&mut bins[i], a);
     }
     bins

@@ -332,9 +332,6 @@ async fn attempt(
 
 /// One bin per attempt up to 12 attempts, else 10 equal idle ranges.
 fn bin(attempts: &[H2Attempt]) -> Vec<H2Bin> {
-    if attempts.is_empty() {
-        return Vec::new();
-    }
     let count = |b: &mut H2Bin, a: &H2Attempt| {
         b.attempts += 1;
         b.after_goaway += usize::from(a.after_goaway);
@@ -350,41 +347,16 @@ fn bin(attempts: &[H2Attempt]) -> Vec<H2Bin> {
             H2Outcome::SetupFailed | H2Outcome::Skipped => b.setup_failed += 1,
         }
     };
-    if attempts.len() <= 12 {
-        let mut sorted: Vec<&H2Attempt> = attempts.iter().collect();
-        sorted.sort_by(|a, b| a.idle_s.total_cmp(&b.idle_s));
-        return sorted
-            .into_iter()
-            .map(|a| {
-                let mut b = H2Bin {
-                    idle_from_s: a.idle_s,
-                    idle_to_s: a.idle_s,
-                    ..H2Bin::default()
-                };
-                count(&mut b, a);
-                b
-            })
-            .collect();
-    }
-    let lo = attempts
-        .iter()
-        .map(|a| a.idle_s)
-        .fold(f64::INFINITY, f64::min);
-    let hi = attempts.iter().map(|a| a.idle_s).fold(0.0, f64::max);
-    let width = ((hi - lo) / 10.0).max(1e-9);
-    let mut bins: Vec<H2Bin> = (0..10)
-        .map(|i| H2Bin {
-            idle_from_s: lo + width * f64::from(i),
-            idle_to_s: lo + width * f64::from(i + 1),
+    crate::client::race::bin_by_idle(
+        attempts,
+        |a| a.idle_s,
+        |from, to| H2Bin {
+            idle_from_s: from,
+            idle_to_s: to,
             ..H2Bin::default()
-        })
-        .collect();
-    for a in attempts {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let i = (((a.idle_s - lo) / width) as usize).min(9);
-        count(&mut bins[i], a);
-    }
-    bins
+        },
+        count,
+    )
 }
 
 fn verdict(
