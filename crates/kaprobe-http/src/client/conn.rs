@@ -112,33 +112,29 @@ impl Connector {
     /// `::1` and `127.0.0.1`); later connections go to the address that worked. The error is
     /// the first address's when none works.
     pub async fn open_first(&mut self, timeout: Duration) -> Result<(Conn, OpenTimes), Error> {
-        let deadline = Instant::now() + timeout;
-        let mut first_err = None;
-        for addr in self.addrs.clone() {
-            self.addr = addr;
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.open(left).await {
-                Ok(c) => return Ok(c),
-                // A TLS or timeout failure is about the server, not the address: stop.
-                Err(e @ (Error::Tls { .. } | Error::ConnectTimeout { .. })) => return Err(e),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(a) = self.addrs.first() {
-            self.addr = *a;
-        }
-        Err(first_err.unwrap_or_else(|| Error::Resolve {
-            host: self.target.host.clone(),
-            reason: "the name has no addresses".into(),
-        }))
+        let this = &*self;
+        // A TLS or timeout failure is about the server, not the address: stop.
+        let stops = |e: &Error| matches!(e, Error::Tls { .. } | Error::ConnectTimeout { .. });
+        let r = first_that_opens(&this.addrs, &this.target.host, timeout, stops, |a, left| {
+            this.open_to(a, left)
+        })
+        .await;
+        keep_address(&mut self.addr, &self.addrs, r)
     }
 
     /// Open one connection: TCP connect, then the TLS handshake for https.
     pub async fn open(&self, timeout: Duration) -> Result<(Conn, OpenTimes), Error> {
+        self.open_to(self.addr, timeout).await
+    }
+
+    /// Open one connection to `addr`.
+    async fn open_to(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(Conn, OpenTimes), Error> {
         let start = Instant::now();
-        let tcp = connect_tcp(&self.target.host, self.addr, timeout).await?;
+        let tcp = connect_tcp(&self.target.host, addr, timeout).await?;
         let connect = start.elapsed();
         let Some((config, name)) = &self.tls else {
             return Ok((
@@ -155,13 +151,13 @@ impl Connector {
         let stream = match tokio::time::timeout(left, connector.connect(name.clone(), tcp)).await {
             Err(_) => {
                 return Err(Error::Tls {
-                    what: format!("handshake with {}", self.addr),
+                    what: format!("handshake with {addr}"),
                     reason: format!("no answer within {:.2}s", left.as_secs_f64()),
                 })
             }
             Ok(Err(e)) => {
                 return Err(Error::Tls {
-                    what: format!("handshake with {}", self.addr),
+                    what: format!("handshake with {addr}"),
                     reason: tls_failure(&e, &self.target),
                 })
             }
@@ -684,6 +680,57 @@ fn tls_failure(e: &std::io::Error, target: &Target) -> String {
         return format!("the server answered in plain HTTP, not TLS: use {scheme}://{rest}");
     }
     e.to_string()
+}
+
+/// Point `addr` at the address that worked (at the first of `addrs` when none did) and
+/// hand on what was opened, or the error.
+pub(crate) fn keep_address<T>(
+    addr: &mut SocketAddr,
+    addrs: &[SocketAddr],
+    r: Result<(SocketAddr, T), Error>,
+) -> Result<T, Error> {
+    match r {
+        Ok((worked, c)) => {
+            *addr = worked;
+            Ok(c)
+        }
+        Err(e) => {
+            if let Some(a) = addrs.first() {
+                *addr = *a;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Try `open` on each of `addrs` in turn, sharing `timeout` among them: the address that
+/// worked and what it opened, or, when none did, the first error (an error `stops` accepts
+/// ends the search at once: it is about the server, not the address).
+pub(crate) async fn first_that_opens<T, Fut>(
+    addrs: &[SocketAddr],
+    host: &str,
+    timeout: Duration,
+    stops: impl Fn(&Error) -> bool,
+    mut open: impl FnMut(SocketAddr, Duration) -> Fut,
+) -> Result<(SocketAddr, T), Error>
+where
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut first_err = None;
+    for &addr in addrs {
+        match open(addr, deadline.saturating_duration_since(Instant::now())).await {
+            Ok(c) => return Ok((addr, c)),
+            Err(e) if stops(&e) => return Err(e),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| Error::Resolve {
+        host: host.to_owned(),
+        reason: "the name has no addresses".into(),
+    }))
 }
 
 /// A TCP connection to `addr` (for `host`) within `timeout`, with Nagle off:

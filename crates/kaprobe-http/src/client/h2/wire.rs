@@ -82,36 +82,37 @@ impl H2Connector {
         &mut self,
         timeout: Duration,
     ) -> Result<(Box<dyn Io>, OpenTimes), Error> {
-        let deadline = Instant::now() + timeout;
-        let mut first_err = None;
-        for addr in self.addrs.clone() {
-            self.addr = addr;
-            match self
-                .open(deadline.saturating_duration_since(Instant::now()))
-                .await
-            {
-                Ok(c) => return Ok(c),
-                Err(
-                    e @ (Error::Tls { .. } | Error::ConnectTimeout { .. } | Error::NotHttp2 { .. }),
-                ) => return Err(e),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(a) = self.addrs.first() {
-            self.addr = *a;
-        }
-        Err(first_err.unwrap_or_else(|| Error::Resolve {
-            host: self.target.host.clone(),
-            reason: "the name has no addresses".into(),
-        }))
+        let this = &*self;
+        let stops = |e: &Error| {
+            matches!(
+                e,
+                Error::Tls { .. } | Error::ConnectTimeout { .. } | Error::NotHttp2 { .. }
+            )
+        };
+        let r = crate::client::conn::first_that_opens(
+            &this.addrs,
+            &this.target.host,
+            timeout,
+            stops,
+            |a, left| this.open_to(a, left),
+        )
+        .await;
+        crate::client::conn::keep_address(&mut self.addr, &self.addrs, r)
     }
 
     /// Open one connection: TCP, then for TLS the handshake, which must select `h2`.
     pub async fn open(&self, timeout: Duration) -> Result<(Box<dyn Io>, OpenTimes), Error> {
+        self.open_to(self.addr, timeout).await
+    }
+
+    /// Open one connection to `addr`.
+    async fn open_to(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(Box<dyn Io>, OpenTimes), Error> {
         let start = Instant::now();
-        let tcp = crate::client::conn::connect_tcp(&self.target.host, self.addr, timeout).await?;
+        let tcp = crate::client::conn::connect_tcp(&self.target.host, addr, timeout).await?;
         let connect = start.elapsed();
         let Some((config, name)) = &self.tls else {
             return Ok((
@@ -125,7 +126,7 @@ impl H2Connector {
         let hs = Instant::now();
         let left = timeout.saturating_sub(connect);
         let connector = tokio_rustls::TlsConnector::from(config.clone());
-        let what = || format!("handshake with {}", self.addr);
+        let what = || format!("handshake with {addr}");
         let stream = match tokio::time::timeout(left, connector.connect(name.clone(), tcp)).await {
             Err(_) => {
                 return Err(Error::Tls {
@@ -158,7 +159,7 @@ impl H2Connector {
                     });
                 if no_alpn {
                     return Err(Error::NotHttp2 {
-                        what: format!("TLS handshake with {}", self.addr),
+                        what: format!("TLS handshake with {addr}"),
                         detail: "the server will not speak HTTP/2: asked for h2 by ALPN, it answered no_application_protocol; probe it without --http2".into(),
                     });
                 }
@@ -187,7 +188,7 @@ impl H2Connector {
                 None => "it selected no protocol".into(),
             };
             return Err(Error::NotHttp2 {
-                what: format!("TLS handshake with {}", self.addr),
+                what: format!("TLS handshake with {addr}"),
                 detail: format!(
                     "the server will not speak HTTP/2: asked for h2 by ALPN, {chose}; probe it without --http2"
                 ),
