@@ -348,30 +348,15 @@ fn summarise(channel: &'static str, m: &Meter, mut t: Tally, total: usize) -> Ch
 }
 
 async fn connect(target: &Target, meter: &Meter) -> Result<Counted, Error> {
-    let addr_txt = format!("{}:{}", target.host, target.port);
-    let lookup = tokio::net::lookup_host((target.host.clone(), target.port));
-    let addrs: Vec<_> = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-        Ok(Ok(a)) => a.collect(),
-        Ok(Err(e)) => {
-            return Err(Error::Resolve {
-                host: target.host.clone(),
-                reason: e.to_string(),
-            })
-        }
-        Err(_) => {
-            return Err(Error::Resolve {
-                host: target.host.clone(),
-                reason: "no answer within 5s".into(),
-            })
-        }
-    };
-    let Some(addr) = addrs.first().copied() else {
-        return Err(Error::Resolve {
-            host: addr_txt,
-            reason: "the name has no addresses".into(),
-        });
-    };
-    let tcp = super::conn::connect_tcp(&target.host, addr, Duration::from_secs(5)).await?;
+    let timeout = Duration::from_secs(5);
+    let (_, addrs) = super::conn::resolve(target.host.clone(), target.port, timeout).await?;
+    // Each resolved address in turn (`localhost` may be `::1` first), as the probes do.
+    let stops = |e: &Error| matches!(e, Error::ConnectTimeout { .. });
+    let (_, tcp) =
+        super::conn::first_that_opens(&addrs, &target.host, timeout, stops, |a, left| {
+            super::conn::connect_tcp(&target.host, a, left)
+        })
+        .await?;
     Ok(Counted {
         inner: tcp,
         read: meter.read.clone(),
