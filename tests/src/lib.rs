@@ -90,6 +90,26 @@ pub fn f64_at(v: &serde_json::Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
 
+/// The string at JSON pointer `path` in `v` (panics naming the path when absent).
+pub fn str_at<'a>(v: &'a serde_json::Value, path: &str) -> &'a str {
+    v.pointer(path)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
+}
+
+/// Run `kaprobe probe ARGS --json`, which must succeed with one JSON object: the report and
+/// the wall time.
+pub fn probe_json(args: &[&str]) -> (serde_json::Value, std::time::Duration) {
+    let mut cmd = kaprobe();
+    let t = std::time::Instant::now();
+    let o = cmd.arg("probe").args(args).arg("--json").output().unwrap();
+    let wall = t.elapsed();
+    assert!(o.status.success(), "probe {args:?} failed: {}", stderr(&o));
+    let mut lines = json_lines(&o);
+    assert_eq!(lines.len(), 1, "one JSON object expected");
+    (lines.remove(0), wall)
+}
+
 /// True when running as root (uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

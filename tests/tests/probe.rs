@@ -9,28 +9,10 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use kaprobe_tests::{
-    f64_at as f, json_lines, kaprobe, require_root, require_tool, stderr, RouterTriple,
+    f64_at as f, json_lines, kaprobe, probe_json, require_root, require_tool, stderr, str_at as s,
+    RouterTriple,
 };
 use peers::{apache, free_port, haproxy, nginx, TempDir};
-use serde_json::Value;
-
-/// Run `kaprobe probe` with `--json`, returning the report and the wall time.
-fn probe_json(args: &[&str]) -> (Value, Duration) {
-    let mut cmd = kaprobe();
-    let t = Instant::now();
-    let o = cmd.arg("probe").args(args).arg("--json").output().unwrap();
-    let wall = t.elapsed();
-    assert!(o.status.success(), "probe {args:?} failed: {}", stderr(&o));
-    let mut lines = json_lines(&o);
-    assert_eq!(lines.len(), 1, "one JSON object expected");
-    (lines.remove(0), wall)
-}
-
-fn s<'a>(v: &'a Value, path: &str) -> &'a str {
-    v.pointer(path)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
-}
 
 fn nginx_server(port: u16, keepalive: &str) -> String {
     format!(

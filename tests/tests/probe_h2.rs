@@ -9,32 +9,12 @@ use kaprobe_tests::peers;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kaprobe_tests::{
-    f64_at as f, json_lines, kaprobe, race_json, require_tool, stderr, KillOnDrop,
+    f64_at as f, kaprobe, probe_json, race_json, require_tool, stderr, str_at as s, KillOnDrop,
 };
 use peers::{free_port, nginx, TempDir};
-use serde_json::Value;
-
-/// Run `kaprobe probe ARGS --json`: the report and the wall time.
-fn probe_json(args: &[&str]) -> (Value, Duration) {
-    // the first call builds the binary: not part of the time
-    let mut cmd = kaprobe();
-    let t = Instant::now();
-    let o = cmd.arg("probe").args(args).arg("--json").output().unwrap();
-    let wall = t.elapsed();
-    assert!(o.status.success(), "probe {args:?} failed: {}", stderr(&o));
-    let mut lines = json_lines(&o);
-    assert_eq!(lines.len(), 1, "one JSON object expected");
-    (lines.remove(0), wall)
-}
-
-fn s<'a>(v: &'a Value, path: &str) -> &'a str {
-    v.pointer(path)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
-}
 
 /// Skip (loudly; in CI fail) unless python3 can import `module`.
 fn python_has(module: &str) -> bool {
