@@ -482,13 +482,7 @@ async fn rung(
     }
 }
 
-pub(super) fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    Some(v[v.len() / 2])
-}
+pub(super) use crate::client::probe::measure::median;
 
 /// The idle ladder; also the end of one typical rung (for the GOAWAY details).
 pub(super) async fn measure_idle(

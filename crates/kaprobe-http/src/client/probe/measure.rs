@@ -159,7 +159,8 @@ async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-pub(super) fn median(v: &mut [f64]) -> Option<f64> {
+/// The middle value (the upper one of an even count), sorting `v`.
+pub(crate) fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 mod judge;
-mod measure;
+pub(crate) mod measure;
 
 use judge::judge;
 pub(crate) use judge::silent_bounds;
