@@ -282,11 +282,8 @@ impl Index {
     }
 }
 
-fn key_at<V>(slots: &[Option<Slot<V>>], i: u32) -> Option<&FlowKey> {
-    slots
-        .get(i as usize)
-        .and_then(Option::as_ref)
-        .map(|s| &s.key)
+fn key_at<V>(slots: &[Slot<V>], i: u32) -> Option<&FlowKey> {
+    slots.get(i as usize).filter(|s| s.occupied).map(|s| &s.key)
 }
 
 /// Endpoint pair as socket addresses.
@@ -295,11 +292,13 @@ pub fn sock(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// A key and its value, on their own cache lines: the key and the value's first bytes
-/// (what a lookup reads) start a line.
+/// A key and its value, on their own cache lines: the key, whether the slot is in use and
+/// the value's first bytes (what a lookup reads) start a line. A free slot keeps its stale
+/// key and a default value; the index never points at it.
 #[repr(C, align(64))]
 struct Slot<V> {
     key: FlowKey,
+    occupied: bool,
     value: V,
 }
 
@@ -312,7 +311,13 @@ pub const fn value_offset<V>() -> usize {
 /// Bytes a slot of `V` takes in the table (a multiple of the 64-byte cache line).
 #[must_use]
 pub const fn slot_size<V>() -> usize {
-    std::mem::size_of::<Option<Slot<V>>>()
+    std::mem::size_of::<Slot<V>>()
+}
+
+/// Where a slot keeps whether it is in use (every lookup reads it), for layout checks.
+#[must_use]
+pub const fn occupied_offset<V>() -> usize {
+    std::mem::offset_of!(Slot<V>, occupied)
 }
 
 /// LRU links, kept apart from the (large) values so list updates stay in cache.
@@ -327,7 +332,7 @@ pub struct FlowTable<V> {
     /// Slot indices by key hash; keys live only in the slots, so a lookup reads an 8-byte
     /// entry and then the slot it needs anyway.
     map: Index,
-    slots: Vec<Option<Slot<V>>>,
+    slots: Vec<Slot<V>>,
     links: Vec<Link>,
     free: Vec<u32>,
     /// Most recently touched.
@@ -337,7 +342,7 @@ pub struct FlowTable<V> {
     cap: usize,
 }
 
-impl<V> FlowTable<V> {
+impl<V: Default> FlowTable<V> {
     /// A table holding at most `cap` flows (at least 1).
     #[must_use]
     pub fn new(cap: usize) -> Self {
@@ -399,7 +404,7 @@ impl<V> FlowTable<V> {
             if let Some(s) = self.slots.get(j as usize) {
                 let p = std::ptr::from_ref(s).cast::<u8>();
                 let end = (std::mem::offset_of!(Slot<V>, value) + hot + 8)
-                    .min(std::mem::size_of::<Option<Slot<V>>>());
+                    .min(std::mem::size_of::<Slot<V>>());
                 // Cache lines are 64 bytes; the slot need not start on one.
                 let stop = p.wrapping_add(end);
                 let mut line = p.wrapping_sub(p as usize & 63);
@@ -412,11 +417,11 @@ impl<V> FlowTable<V> {
     }
 
     fn slot(&self, i: u32) -> Option<&Slot<V>> {
-        self.slots.get(i as usize).and_then(Option::as_ref)
+        self.slots.get(i as usize).filter(|s| s.occupied)
     }
 
     fn slot_mut(&mut self, i: u32) -> Option<&mut Slot<V>> {
-        self.slots.get_mut(i as usize).and_then(Option::as_mut)
+        self.slots.get_mut(i as usize).filter(|s| s.occupied)
     }
 
     fn link_mut(&mut self, i: u32) -> Option<&mut Link> {
@@ -509,13 +514,18 @@ impl<V> FlowTable<V> {
         } else {
             None
         };
-        let slot = Slot { key, value };
         let link = Link {
             prev: NIL,
             next: NIL,
         };
         let i = if let Some(i) = self.free.pop() {
-            self.slots[i as usize] = Some(slot);
+            if let Some(s) = self.slots.get_mut(i as usize) {
+                *s = Slot {
+                    key,
+                    occupied: true,
+                    value,
+                };
+            }
             self.links[i as usize] = link;
             i
         } else {
@@ -527,7 +537,11 @@ impl<V> FlowTable<V> {
                 advise_huge(&self.links);
             }
             // cap < NIL, so the index fits.
-            self.slots.push(Some(slot));
+            self.slots.push(Slot {
+                key,
+                occupied: true,
+                value,
+            });
             self.links.push(link);
             (self.slots.len() - 1) as u32
         };
@@ -557,9 +571,11 @@ impl<V> FlowTable<V> {
             .find(tag(hash_key(key)), |j| key_at(slots, j) == Some(key))?;
         self.map.remove_at(at);
         self.unlink(i);
-        let s = self.slots.get_mut(i as usize)?.take()?;
+        let s = self.slots.get_mut(i as usize).filter(|s| s.occupied)?;
+        s.occupied = false;
+        let value = std::mem::take(&mut s.value);
         self.free.push(i);
-        Some(s.value)
+        Some(value)
     }
 
     /// All flows, most recent first.

@@ -347,9 +347,7 @@ fn push_bounded(v: &mut Vec<f64>, x: f64) {
 struct Flow {
     /// Packets seen in the flow.
     packets: u64,
-    /// The latest packet's timestamp (for idle expiry and activity order). The first field
-    /// with a niche: `Option<Slot<Flow>>` keeps a slot's occupancy in it, so every lookup
-    /// reads it along with the key, in the slot's first cache line.
+    /// The latest packet's timestamp (for idle expiry and activity order).
     last_seen: Duration,
     /// Sequence state per direction.
     dirs: [Dir; 2],
@@ -386,6 +384,29 @@ const FLOW_HOT_BYTES: usize = std::mem::offset_of!(Flow, end) + EndTrack::HOT_BY
 
 fn sub(a: Duration, b: Duration) -> Duration {
     a.saturating_sub(b)
+}
+
+/// What a free table slot holds (never read as a flow).
+impl Default for Flow {
+    fn default() -> Self {
+        let none = SocketAddr::from(([0, 0, 0, 0], 0));
+        Self {
+            eps: [none, none],
+            side0_is_lo: true,
+            client: None,
+            dirs: [Dir::default(), Dir::default()],
+            probe: [ProbeDir::default(), ProbeDir::default()],
+            first_seen: Duration::ZERO,
+            last_seen: Duration::ZERO,
+            last_activity: None,
+            packets: 0,
+            fin: [false; 2],
+            ended: None,
+            reported: false,
+            sides: None,
+            end: EndTrack::default(),
+        }
+    }
 }
 
 impl Flow {
@@ -1186,16 +1207,13 @@ mod tests {
 
     #[test]
     fn hot_fields_fill_three_cache_lines_of_a_slot() {
-        use crate::flow::table::{slot_size, value_offset};
-        // The key and every field a common packet reads: three 64-byte lines, the slot
-        // aligned to them, and its occupancy kept in a niche (no separate tag).
+        use crate::flow::table::{occupied_offset, slot_size, value_offset};
+        // The key, whether the slot is in use and every field a common packet reads: three
+        // 64-byte lines (the ones prefetched), the slot aligned to them.
         let hot = value_offset::<Flow>() + FLOW_HOT_BYTES;
         assert!(hot <= 3 * 64, "{hot} bytes");
+        assert!(occupied_offset::<Flow>() < 64);
         assert_eq!(slot_size::<Flow>() % 64, 0);
-        assert_eq!(
-            std::mem::size_of::<Option<Flow>>(),
-            std::mem::size_of::<Flow>()
-        );
         assert_eq!(std::mem::size_of::<Dir>(), 24);
     }
 
