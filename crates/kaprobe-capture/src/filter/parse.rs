@@ -354,8 +354,7 @@ impl Parser {
                 // which reports any error inside again.
                 let was = self.committed;
                 self.pos += 1;
-                let e = self.arith().inspect_err(|_| self.committed = was);
-                let e = e?;
+                let e = self.arith().inspect_err(|_| self.committed = was)?;
                 if !self.eat_op(")") {
                     self.committed = was;
                     return Err(self.err_here("expected ')'"));

@@ -419,18 +419,9 @@ impl Flow {
                 SocketAddr::new(p.dst, p.dst_port),
             ],
             side0_is_lo: src_is_lo,
-            client: None,
-            dirs: [Dir::default(), Dir::default()],
-            probe: [ProbeDir::default(), ProbeDir::default()],
             first_seen: ts,
             last_seen: ts,
-            last_activity: None,
-            packets: 0,
-            fin: [false; 2],
-            ended: None,
-            reported: false,
-            sides: None,
-            end: EndTrack::default(),
+            ..Self::default()
         }
     }
 
