@@ -1,0 +1,1321 @@
+//! Per-flow state in the kernel: an eBPF socket filter that withholds the packets the
+//! tracker would only count.
+//!
+//! On a busy link most packets change nothing the analysis reports: an in-order data
+//! segment or a plain ACK in a flow with no probe pending, no reuse after idle open and no
+//! ending under way moves the flow's sequence numbers, ACK, window, TTL and clock forward,
+//! and that is all. The program here runs the classic filter of [`crate::io::bpf`]
+//! (translated instruction by instruction), then keeps a small record per flow in a hash map.
+//! Once user space has *armed* a flow (its state is quiet and every packet the kernel passed
+//! has been read: the last one's fingerprint matches), the kernel drops such packets from the
+//! socket and folds them into the record: a count, the latest times and the sequence state,
+//! which user space reads back ([`KernelFlows::read`]) before it processes the flow's next
+//! packet, expires or reports it. Anything else is passed and disarms the flow:
+//!
+//! - SYN, FIN, RST, or no ACK;
+//! - 0 or 1 byte whose sequence number is one below the peer's ACK (a keep-alive), or one
+//!   byte at it into a zero window, or any such segment before the peer's ACK is known;
+//! - data after at least [`REUSE_GAP`] (less a margin) without data: a reuse after idle;
+//! - any packet after a second of silence in the flow;
+//! - IPv6 with extension headers, malformed lengths, anything the parser here does not follow.
+//!
+//! Arming is a request in a second map, with the fingerprint (sequence, ACK, window and
+//! flags) of the last packet user space processed; the kernel takes it only when that is
+//! also the last packet it passed, so no packet of the flow is still in the ring when it
+//! starts withholding, and the folded packets always come after everything read before.
+//!
+//! Needs CAP_BPF (root); where the kernel refuses, the live source falls back on the classic
+//! filter and user space sees every packet, as before.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::flow::ending::REUSE_GAP;
+use crate::io::bpf::{op as cop, Framing, Insn};
+
+/// Flows the kernel keeps a record for (more are passed whole, as without it).
+pub const MAX_KERNEL_FLOWS: u32 = 262_144;
+
+// eBPF encoding (linux/bpf.h, bpf_common.h).
+const LD: u8 = 0x00;
+const LDX: u8 = 0x01;
+const ST: u8 = 0x02;
+const STX: u8 = 0x03;
+const ALU: u8 = 0x04;
+const JMP: u8 = 0x05;
+const JMP32: u8 = 0x06;
+const ALU64: u8 = 0x07;
+const W: u8 = 0x00;
+const H: u8 = 0x08;
+const B: u8 = 0x10;
+const DW: u8 = 0x18;
+const ABS: u8 = 0x20;
+const IND: u8 = 0x40;
+const MEM: u8 = 0x60;
+const ATOMIC: u8 = 0xc0;
+const X: u8 = 0x08;
+const ADD: u8 = 0x00;
+const SUB: u8 = 0x10;
+const OR: u8 = 0x40;
+const AND: u8 = 0x50;
+const LSH: u8 = 0x60;
+const RSH: u8 = 0x70;
+const MOV: u8 = 0xb0;
+const JA: u8 = 0x00;
+const JEQ: u8 = 0x10;
+const JGT: u8 = 0x20;
+const JGE: u8 = 0x30;
+const JSET: u8 = 0x40;
+const JNE: u8 = 0x50;
+const JLT: u8 = 0xa0;
+const JSGE: u8 = 0x70;
+const CALL: u8 = 0x80;
+const EXIT: u8 = 0x90;
+
+const FN_MAP_LOOKUP: i32 = 1;
+const FN_MAP_UPDATE: i32 = 2;
+const FN_MAP_DELETE: i32 = 3;
+const FN_KTIME_GET_NS: i32 = 5;
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ins {
+    pub code: u8,
+    /// dst in the low nibble, src in the high one.
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+/// A jump target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct L(usize);
+
+/// eBPF instructions with symbolic jump targets.
+#[derive(Default)]
+struct Asm {
+    ins: Vec<Ins>,
+    /// (instruction index, target) of every jump, patched by `finish`.
+    jumps: Vec<(usize, L)>,
+    marks: Vec<Option<usize>>,
+}
+
+impl Asm {
+    fn label(&mut self) -> L {
+        self.marks.push(None);
+        L(self.marks.len() - 1)
+    }
+    fn mark(&mut self, l: L) {
+        self.marks[l.0] = Some(self.ins.len());
+    }
+    fn raw(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        self.ins.push(Ins {
+            code,
+            regs: (src << 4) | (dst & 0x0f),
+            off,
+            imm,
+        });
+    }
+    fn mov64(&mut self, dst: u8, src: u8) {
+        self.raw(ALU64 | MOV | X, dst, src, 0, 0);
+    }
+    fn mov64_imm(&mut self, dst: u8, imm: i32) {
+        self.raw(ALU64 | MOV, dst, 0, 0, imm);
+    }
+    fn alu32_imm(&mut self, op: u8, dst: u8, imm: i32) {
+        self.raw(ALU | op, dst, 0, 0, imm);
+    }
+    fn alu32(&mut self, op: u8, dst: u8, src: u8) {
+        self.raw(ALU | op | X, dst, src, 0, 0);
+    }
+    fn add64_imm(&mut self, dst: u8, imm: i32) {
+        self.raw(ALU64 | ADD, dst, 0, 0, imm);
+    }
+    fn sub64(&mut self, dst: u8, src: u8) {
+        self.raw(ALU64 | SUB | X, dst, src, 0, 0);
+    }
+    fn ldx(&mut self, size: u8, dst: u8, src: u8, off: i16) {
+        self.raw(LDX | MEM | size, dst, src, off, 0);
+    }
+    fn stx(&mut self, size: u8, dst: u8, off: i16, src: u8) {
+        self.raw(STX | MEM | size, dst, src, off, 0);
+    }
+    fn st(&mut self, size: u8, dst: u8, off: i16, imm: i32) {
+        self.raw(ST | MEM | size, dst, 0, off, imm);
+    }
+    /// r0 = packet bytes at `k` (network order, as a number); r1-r5 are clobbered.
+    fn ld_abs(&mut self, size: u8, k: i32) {
+        self.raw(LD | ABS | size, 0, 0, 0, k);
+    }
+    /// r0 = packet bytes at `src + k`.
+    fn ld_ind(&mut self, size: u8, src: u8, k: i32) {
+        self.raw(LD | IND | size, 0, src, 0, k);
+    }
+    fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, to: L) {
+        self.jumps.push((self.ins.len(), to));
+        self.raw(code, dst, src, 0, imm);
+    }
+    fn ja(&mut self, to: L) {
+        self.jump(JMP | JA, 0, 0, 0, to);
+    }
+    /// 32-bit compare of `dst` with a constant.
+    fn j32(&mut self, op: u8, dst: u8, imm: i32, to: L) {
+        self.jump(JMP32 | op, dst, 0, imm, to);
+    }
+    /// 32-bit compare of `dst` with `src`.
+    fn j32x(&mut self, op: u8, dst: u8, src: u8, to: L) {
+        self.jump(JMP32 | op | X, dst, src, 0, to);
+    }
+    /// 64-bit compare of `dst` with a constant.
+    fn j64(&mut self, op: u8, dst: u8, imm: i32, to: L) {
+        self.jump(JMP | op, dst, 0, imm, to);
+    }
+    fn call(&mut self, f: i32) {
+        self.raw(JMP | CALL, 0, 0, 0, f);
+    }
+    fn exit(&mut self) {
+        self.raw(JMP | EXIT, 0, 0, 0, 0);
+    }
+    /// `dst` = the map with descriptor `fd` (a two-slot instruction).
+    fn ld_map(&mut self, dst: u8, fd: i32) {
+        self.raw(LD | DW, dst, 1, 0, fd);
+        self.raw(0, 0, 0, 0, 0);
+    }
+    /// `dst` = the frame pointer plus `off`.
+    fn stack_ptr(&mut self, dst: u8, off: i16) {
+        self.mov64(dst, 10);
+        self.add64_imm(dst, i32::from(off));
+    }
+    /// Resolve the jumps, leaving out what no path reaches (the verifier refuses dead code,
+    /// and a classic program may hold some).
+    fn finish(self) -> Result<Vec<Ins>, &'static str> {
+        let n = self.ins.len();
+        let mut target = vec![None; n];
+        for &(at, to) in &self.jumps {
+            target[at] = Some(self.marks[to.0].ok_or("a jump to an unplaced label")?);
+        }
+        let mut live = vec![false; n];
+        let mut todo = vec![0usize];
+        while let Some(i) = todo.pop() {
+            if i >= n || live[i] {
+                continue;
+            }
+            live[i] = true;
+            let code = self.ins[i].code;
+            if code == LD | DW {
+                // the second half of a 64-bit load
+                if i + 1 < n {
+                    live[i + 1] = true;
+                }
+                todo.push(i + 2);
+                continue;
+            }
+            if let Some(t) = target[i] {
+                todo.push(t);
+                if code == JMP | JA {
+                    continue;
+                }
+            }
+            if code != JMP | EXIT {
+                todo.push(i + 1);
+            }
+        }
+        // New positions: old index -> index among the live ones.
+        let mut at = vec![0usize; n + 1];
+        let mut k = 0;
+        for i in 0..n {
+            at[i] = k;
+            k += usize::from(live[i]);
+        }
+        at[n] = k;
+        let mut out = Vec::with_capacity(k);
+        for i in 0..n {
+            if !live[i] {
+                continue;
+            }
+            let mut ins = self.ins[i];
+            if let Some(t) = target[i] {
+                let rel = i64::try_from(at[t]).unwrap_or(0) - i64::try_from(at[i]).unwrap_or(0) - 1;
+                ins.off = i16::try_from(rel).map_err(|_| "a jump too long for eBPF")?;
+            }
+            out.push(ins);
+        }
+        Ok(out)
+    }
+}
+
+// Registers.
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R4: u8 = 4;
+const R5: u8 = 5;
+/// The packet context (LD_ABS/LD_IND read through it).
+const CTX: u8 = 6;
+/// The classic X register, then the IP header's offset.
+const RX: u8 = 7;
+/// Scratch in the classic part, then the TCP header's offset, then the flow record.
+const R8: u8 = 8;
+/// The snap length the classic part accepted with.
+const SNAP: u8 = 9;
+const FP: u8 = 10;
+
+// Stack slots (offsets from the frame pointer).
+/// Classic scratch memory M[0..16].
+const MEM_AT: i16 = -64;
+const KEY: i16 = -104;
+const SEQ: i16 = -108;
+const ACK: i16 = -112;
+/// Window | flags << 16.
+const MISC: i16 = -116;
+const LEN: i16 = -120;
+const TTL: i16 = -124;
+const DIR: i16 = -128;
+const NOW: i16 = -136;
+const SPORT: i16 = -140;
+const DPORT: i16 = -144;
+const INIT: i16 = -224;
+
+// The flow record (map value), see [`Record`].
+const V_SKIPPED: i16 = 0;
+const V_SEEN: i16 = 8;
+const V_SKIP_NS: i16 = 16;
+const V_ARMED: i16 = 24;
+/// The mirror: the same 48 bytes as an arm request.
+const V_MIRROR: i16 = 32;
+const M_FP_SEQ: i16 = 0;
+const M_FP_ACK: i16 = 4;
+const M_FP_MISC: i16 = 8;
+const M_KNOWN: i16 = 12;
+const M_NEXT: i16 = 16;
+const M_ACK: i16 = 24;
+const M_WIN: i16 = 32;
+const M_TTL: i16 = 36;
+const M_LAST_PAYLOAD: i16 = 40;
+const RECORD_SIZE: u32 = 80;
+const ARM_SIZE: u32 = 48;
+const KEY_SIZE: u32 = 40;
+
+/// `known` bits, per key side `k` (0: the lower endpoint).
+const fn next_known(k: usize) -> u32 {
+    1 << (4 * k)
+}
+const fn ack_known(k: usize) -> u32 {
+    2 << (4 * k)
+}
+const fn win_known(k: usize) -> u32 {
+    4 << (4 * k)
+}
+const fn ttl_known(k: usize) -> u32 {
+    8 << (4 * k)
+}
+const LAST_PAYLOAD_KNOWN: u32 = 1 << 8;
+
+/// Data sooner than this after the flow's previous data is not a reuse: [`REUSE_GAP`] less
+/// a margin for the two clocks (the kernel's at filtering, the ring's timestamp).
+fn reuse_ns() -> i32 {
+    let margin = Duration::from_millis(20);
+    i32::try_from(REUSE_GAP.saturating_sub(margin).as_nanos()).unwrap_or(i32::MAX)
+}
+
+fn mirror(f: i16) -> i16 {
+    V_MIRROR + f
+}
+
+/// Emit the classic program `prog` as eBPF: its drops return 0, its accepts go to `accept`
+/// with the snap length in [`SNAP`].
+fn translate(a: &mut Asm, prog: &[Insn], accept: L) {
+    let at: Vec<L> = (0..=prog.len()).map(|_| a.label()).collect();
+    let drop = a.label();
+    for (i, ins) in prog.iter().enumerate() {
+        a.mark(at[i]);
+        let k = ins.k as i32;
+        let next = |n: u8| at[(i + 1 + usize::from(n)).min(prog.len())];
+        match ins.code {
+            cop::LD_IMM => a.raw(ALU | MOV, R0, 0, 0, k),
+            cop::LD_W_LEN => a.ldx(W, R0, CTX, 0),
+            cop::LD_W_ABS => a.ld_abs(W, k),
+            cop::LD_H_ABS => a.ld_abs(H, k),
+            cop::LD_B_ABS => a.ld_abs(B, k),
+            cop::LD_W_IND => a.ld_ind(W, RX, k),
+            cop::LD_H_IND => a.ld_ind(H, RX, k),
+            cop::LD_B_IND => a.ld_ind(B, RX, k),
+            cop::LDX_B_MSH => {
+                a.mov64(R8, R0);
+                a.ld_abs(B, k);
+                a.alu32_imm(AND, R0, 0xf);
+                a.alu32_imm(LSH, R0, 2);
+                a.raw(ALU | MOV | X, RX, R0, 0, 0);
+                a.mov64(R0, R8);
+            }
+            cop::LDX_MEM | cop::ST if ins.k >= 16 => a.ja(drop),
+            cop::LDX_MEM => a.ldx(W, RX, FP, MEM_AT + 4 * (k as i16)),
+            cop::ST => a.stx(W, FP, MEM_AT + 4 * (k as i16), R0),
+            cop::TAX => a.raw(ALU | MOV | X, RX, R0, 0, 0),
+            code if code & 0x07 == cop::ALU_K => {
+                let op = (code & 0xf0) as u8;
+                let by_x = code & cop::SRC_X != 0;
+                match op {
+                    // division or remainder by zero ends the program (drop)
+                    0x30 | 0x90 if by_x => {
+                        a.j32(JEQ, RX, 0, drop);
+                        a.alu32(op, R0, RX);
+                    }
+                    0x30 | 0x90 if ins.k == 0 => a.ja(drop),
+                    // a shift by 32 or more leaves nothing
+                    0x60 | 0x70 if by_x => {
+                        let big = a.label();
+                        let done = a.label();
+                        a.j32(JGE, RX, 32, big);
+                        a.alu32(op, R0, RX);
+                        a.ja(done);
+                        a.mark(big);
+                        a.raw(ALU | MOV, R0, 0, 0, 0);
+                        a.mark(done);
+                    }
+                    0x60 | 0x70 if ins.k >= 32 => a.raw(ALU | MOV, R0, 0, 0, 0),
+                    0x00 | 0x10 | 0x20 | 0x30 | 0x40 | 0x50 | 0x60 | 0x70 | 0x90 | 0xa0 => {
+                        if by_x {
+                            a.alu32(op, R0, RX);
+                        } else {
+                            a.alu32_imm(op, R0, k);
+                        }
+                    }
+                    _ => a.ja(drop),
+                }
+            }
+            code if code & 0x07 == cop::JMP => {
+                let op = (code & 0xf0) as u8;
+                let by_x = code & cop::SRC_X != 0;
+                if op == 0x00 {
+                    a.ja(at[(i + 1).saturating_add(ins.k as usize).min(prog.len())]);
+                    continue;
+                }
+                let ebpf_op = match op {
+                    0x10 => JEQ,
+                    0x20 => JGT,
+                    0x30 => JGE,
+                    0x40 => JSET,
+                    _ => {
+                        a.ja(drop);
+                        continue;
+                    }
+                };
+                let (t, f) = (next(ins.jt), next(ins.jf));
+                if by_x {
+                    a.j32x(ebpf_op, R0, RX, t);
+                } else {
+                    a.j32(ebpf_op, R0, k, t);
+                }
+                if ins.jf != 0 {
+                    a.ja(f);
+                }
+            }
+            cop::RET_K if ins.k == 0 => a.ja(drop),
+            cop::RET_K => {
+                a.raw(ALU | MOV, SNAP, 0, 0, k);
+                a.ja(accept);
+            }
+            _ => a.ja(drop),
+        }
+    }
+    // Falling off the end drops, as in the kernel.
+    a.mark(at[prog.len()]);
+    a.mark(drop);
+    a.mov64_imm(R0, 0);
+    a.exit();
+}
+
+/// On to `short` unless the packet holds `n` bytes from the offset in `reg`.
+fn need(a: &mut Asm, reg: u8, n: i32, short: L) {
+    a.ldx(W, R1, CTX, 0);
+    a.mov64(R2, reg);
+    a.add64_imm(R2, n);
+    a.jump(JMP | JGT | X, R2, R1, 0, short);
+}
+
+/// The check of a 0- or 1-byte segment against the peer's (key side `peer`) mirrored ACK
+/// and window: on to `payload` (1 byte) or `skip` (none), or `pass`.
+fn small_segment(a: &mut Asm, peer: usize, pass: L, payload: L, skip: L) {
+    let p = peer as i16;
+    a.ldx(W, R3, R8, mirror(M_KNOWN));
+    let known = a.label();
+    a.j32(JSET, R3, ack_known(peer) as i32, known);
+    a.ja(pass);
+    a.mark(known);
+    a.ldx(W, R4, R8, mirror(M_ACK) + 4 * p);
+    a.ldx(W, R5, FP, SEQ);
+    a.alu32_imm(ADD, R5, 1);
+    a.j32x(JEQ, R5, R4, pass);
+    a.ldx(W, R1, FP, LEN);
+    a.j32(JEQ, R1, 0, skip);
+    a.ldx(W, R5, FP, SEQ);
+    a.j32x(JNE, R5, R4, payload);
+    let win = a.label();
+    a.j32(JSET, R3, win_known(peer) as i32, win);
+    a.ja(payload);
+    a.mark(win);
+    a.ldx(H, R4, R8, mirror(M_WIN) + 2 * p);
+    a.j32(JEQ, R4, 0, pass);
+    a.ja(payload);
+}
+
+/// Fold a withheld segment from key side `s` into the mirror, as the tracker would:
+/// the highest sequence end and ACK (in wrapping order), the window and the TTL.
+fn fold(a: &mut Asm, s: usize) {
+    let o = s as i16;
+    for (field, value, known) in [(M_NEXT, SEQ, next_known(s)), (M_ACK, ACK, ack_known(s))] {
+        let have = a.label();
+        let set = a.label();
+        let done = a.label();
+        a.ldx(W, R1, FP, value);
+        if field == M_NEXT {
+            a.ldx(W, R2, FP, LEN);
+            a.alu32(ADD, R1, R2);
+        }
+        a.ldx(W, R3, R8, mirror(M_KNOWN));
+        a.j32(JSET, R3, known as i32, have);
+        a.ja(set);
+        a.mark(have);
+        // keep the old value when it is not behind: old.diff(new) >= 0
+        a.ldx(W, R4, R8, mirror(field) + 4 * o);
+        a.raw(ALU | MOV | X, R5, R4, 0, 0);
+        a.alu32(SUB, R5, R1);
+        a.j32(JSGE, R5, 0, done);
+        a.mark(set);
+        a.stx(W, R8, mirror(field) + 4 * o, R1);
+        a.alu32_imm(OR, R3, known as i32);
+        a.stx(W, R8, mirror(M_KNOWN), R3);
+        a.mark(done);
+    }
+    a.ldx(W, R1, FP, MISC);
+    a.stx(H, R8, mirror(M_WIN) + 2 * o, R1);
+    a.ldx(W, R1, FP, TTL);
+    a.stx(B, R8, mirror(M_TTL) + o, R1);
+    a.ldx(W, R3, R8, mirror(M_KNOWN));
+    a.alu32_imm(OR, R3, (win_known(s) | ttl_known(s)) as i32);
+    a.stx(W, R8, mirror(M_KNOWN), R3);
+}
+
+/// The whole program: the classic filter `classic`, then the per-flow part over the maps
+/// `state_fd` (records) and `arm_fd` (requests).
+///
+/// # Errors
+/// When a jump does not fit (the classic program is at most 4096 instructions, far below).
+pub fn program(
+    framing: Framing,
+    classic: &[Insn],
+    state_fd: i32,
+    arm_fd: i32,
+) -> Result<Vec<Ins>, &'static str> {
+    let mut a = Asm::default();
+    a.mov64(CTX, R1);
+    a.mov64_imm(R0, 0);
+    a.mov64_imm(RX, 0);
+    for m in 0..16 {
+        a.st(W, FP, MEM_AT + 4 * m, 0);
+    }
+    let stateful = a.label();
+    translate(&mut a, classic, stateful);
+
+    let pass = a.label();
+    a.mark(stateful);
+    // Where the IP header is.
+    let ip = a.label();
+    match framing {
+        Framing::Ethernet => {
+            let vlan = a.label();
+            a.mov64_imm(RX, 14);
+            a.ld_abs(H, 12);
+            for t in [0x8100, 0x88a8, 0x9100] {
+                a.j32(JEQ, R0, t, vlan);
+            }
+            a.ja(ip);
+            a.mark(vlan);
+            a.mov64_imm(RX, 18);
+        }
+        Framing::Ip => a.mov64_imm(RX, 0),
+    }
+    a.mark(ip);
+    let (v4, v6, tcp) = (a.label(), a.label(), a.label());
+    // Every load below stays inside the packet (an out-of-bounds load would end the program
+    // with a drop): a cut packet is passed, for user space to count.
+    need(&mut a, RX, 20, pass);
+    a.ld_ind(B, RX, 0);
+    a.alu32_imm(RSH, R0, 4);
+    a.j32(JEQ, R0, 4, v4);
+    a.j32(JEQ, R0, 6, v6);
+    a.ja(pass);
+
+    a.mark(v4);
+    a.ld_ind(B, RX, 0);
+    a.alu32_imm(AND, R0, 0xf);
+    a.alu32_imm(LSH, R0, 2);
+    a.mov64(R8, RX);
+    a.raw(ALU64 | ADD | X, R8, R0, 0, 0);
+    a.stx(W, FP, LEN, R0);
+    a.ld_ind(H, RX, 2);
+    a.ldx(W, R1, FP, LEN);
+    a.j32x(JGT, R1, R0, pass);
+    a.alu32(SUB, R0, R1);
+    a.stx(W, FP, LEN, R0);
+    a.ld_ind(B, RX, 8);
+    a.stx(W, FP, TTL, R0);
+    a.ld_ind(W, RX, 12);
+    a.stx(W, FP, KEY, R0);
+    a.ld_ind(W, RX, 16);
+    a.stx(W, FP, KEY + 16, R0);
+    for w in [4, 8, 12, 20, 24, 28] {
+        a.st(W, FP, KEY + w, 0);
+    }
+    a.st(W, FP, KEY + 36, 4);
+    a.ja(tcp);
+
+    a.mark(v6);
+    need(&mut a, RX, 40, pass);
+    a.ld_ind(B, RX, 6);
+    a.j32(JNE, R0, 6, pass);
+    a.ld_ind(H, RX, 4);
+    a.j32(JEQ, R0, 0, pass);
+    a.stx(W, FP, LEN, R0);
+    a.ld_ind(B, RX, 7);
+    a.stx(W, FP, TTL, R0);
+    for w in 0..4i16 {
+        a.ld_ind(W, RX, 8 + 4 * i32::from(w));
+        a.stx(W, FP, KEY + 4 * w, R0);
+        a.ld_ind(W, RX, 24 + 4 * i32::from(w));
+        a.stx(W, FP, KEY + 16 + 4 * w, R0);
+    }
+    a.st(W, FP, KEY + 36, 6);
+    a.mov64(R8, RX);
+    a.add64_imm(R8, 40);
+
+    a.mark(tcp);
+    need(&mut a, R8, 20, pass);
+    a.ld_ind(H, R8, 0);
+    a.stx(W, FP, SPORT, R0);
+    a.ld_ind(H, R8, 2);
+    a.stx(W, FP, DPORT, R0);
+    a.ld_ind(W, R8, 4);
+    a.stx(W, FP, SEQ, R0);
+    a.ld_ind(W, R8, 8);
+    a.stx(W, FP, ACK, R0);
+    a.ld_ind(B, R8, 12);
+    a.alu32_imm(RSH, R0, 4);
+    a.alu32_imm(LSH, R0, 2);
+    a.ldx(W, R1, FP, LEN);
+    a.j32x(JGT, R0, R1, pass);
+    a.alu32(SUB, R1, R0);
+    a.stx(W, FP, LEN, R1);
+    a.ld_ind(B, R8, 13);
+    a.alu32_imm(LSH, R0, 16);
+    a.stx(W, FP, MISC, R0);
+    a.ld_ind(H, R8, 14);
+    a.ldx(W, R1, FP, MISC);
+    a.alu32(OR, R0, R1);
+    a.stx(W, FP, MISC, R0);
+
+    // The key: the lower endpoint (address words, then port) first, as `FlowKey` sorts.
+    let (src_lo, dst_lo, keyed) = (a.label(), a.label(), a.label());
+    for w in 0..4i16 {
+        a.ldx(W, R1, FP, KEY + 4 * w);
+        a.ldx(W, R2, FP, KEY + 16 + 4 * w);
+        a.j32x(JLT, R1, R2, src_lo);
+        a.j32x(JGT, R1, R2, dst_lo);
+    }
+    a.ldx(W, R1, FP, SPORT);
+    a.ldx(W, R2, FP, DPORT);
+    a.j32x(JGT, R1, R2, dst_lo);
+    a.mark(src_lo);
+    a.ldx(W, R1, FP, SPORT);
+    a.alu32_imm(LSH, R1, 16);
+    a.ldx(W, R2, FP, DPORT);
+    a.alu32(OR, R1, R2);
+    a.stx(W, FP, KEY + 32, R1);
+    a.st(W, FP, DIR, 0);
+    a.ja(keyed);
+    a.mark(dst_lo);
+    for w in 0..4i16 {
+        a.ldx(W, R1, FP, KEY + 4 * w);
+        a.ldx(W, R2, FP, KEY + 16 + 4 * w);
+        a.stx(W, FP, KEY + 4 * w, R2);
+        a.stx(W, FP, KEY + 16 + 4 * w, R1);
+    }
+    a.ldx(W, R1, FP, DPORT);
+    a.alu32_imm(LSH, R1, 16);
+    a.ldx(W, R2, FP, SPORT);
+    a.alu32(OR, R1, R2);
+    a.stx(W, FP, KEY + 32, R1);
+    a.st(W, FP, DIR, 1);
+    a.mark(keyed);
+
+    a.call(FN_KTIME_GET_NS);
+    a.stx(DW, FP, NOW, R0);
+    a.ld_map(R1, state_fd);
+    a.stack_ptr(R2, KEY);
+    a.call(FN_MAP_LOOKUP);
+    let found = a.label();
+    a.j64(JNE, R0, 0, found);
+    // A new flow: a record with this packet's fingerprint, passed.
+    for i in 0..(RECORD_SIZE as i16 / 8) {
+        a.st(DW, FP, INIT + 8 * i, 0);
+    }
+    a.ldx(DW, R1, FP, NOW);
+    a.stx(DW, FP, INIT + V_SEEN, R1);
+    for (from, to) in [(SEQ, M_FP_SEQ), (ACK, M_FP_ACK), (MISC, M_FP_MISC)] {
+        a.ldx(W, R1, FP, from);
+        a.stx(W, FP, INIT + V_MIRROR + to, R1);
+    }
+    a.ld_map(R1, state_fd);
+    a.stack_ptr(R2, KEY);
+    a.stack_ptr(R3, INIT);
+    a.mov64_imm(R4, 1); // BPF_NOEXIST
+    a.call(FN_MAP_UPDATE);
+    a.ja(pass);
+
+    a.mark(found);
+    a.mov64(R8, R0);
+    let (try_arm, routine, revoke, pass_update) = (a.label(), a.label(), a.label(), a.label());
+    a.ldx(W, R1, R8, V_ARMED);
+    a.j32(JEQ, R1, 0, try_arm);
+
+    a.mark(routine);
+    let (ack_ok, payload, skip, small1) = (a.label(), a.label(), a.label(), a.label());
+    a.ldx(W, R1, FP, MISC);
+    a.alu32_imm(RSH, R1, 16);
+    a.j32(JSET, R1, 0x07, revoke); // FIN, SYN, RST
+    a.j32(JSET, R1, 0x10, ack_ok);
+    a.ja(revoke);
+    a.mark(ack_ok);
+    a.ldx(DW, R1, FP, NOW);
+    a.ldx(DW, R2, R8, V_SEEN);
+    a.sub64(R1, R2);
+    a.j64(JGE, R1, 1_000_000_000, revoke);
+    a.ldx(W, R1, FP, LEN);
+    a.j32(JGE, R1, 2, payload);
+    a.ldx(W, R2, FP, DIR);
+    a.j32(JEQ, R2, 0, small1);
+    small_segment(&mut a, 0, revoke, payload, skip);
+    a.mark(small1);
+    small_segment(&mut a, 1, revoke, payload, skip);
+
+    a.mark(payload);
+    let set_last = a.label();
+    a.ldx(W, R3, R8, mirror(M_KNOWN));
+    a.j32(JSET, R3, LAST_PAYLOAD_KNOWN as i32, set_last);
+    let first = a.label();
+    a.ja(first);
+    a.mark(set_last);
+    a.ldx(DW, R1, FP, NOW);
+    a.ldx(DW, R2, R8, mirror(M_LAST_PAYLOAD));
+    a.sub64(R1, R2);
+    a.j64(JGE, R1, reuse_ns(), revoke);
+    a.mark(first);
+    a.ldx(DW, R1, FP, NOW);
+    a.stx(DW, R8, mirror(M_LAST_PAYLOAD), R1);
+    a.ldx(W, R3, R8, mirror(M_KNOWN));
+    a.alu32_imm(OR, R3, LAST_PAYLOAD_KNOWN as i32);
+    a.stx(W, R8, mirror(M_KNOWN), R3);
+
+    a.mark(skip);
+    let (side1, folded) = (a.label(), a.label());
+    a.ldx(W, R2, FP, DIR);
+    a.j32(JNE, R2, 0, side1);
+    fold(&mut a, 0);
+    a.ja(folded);
+    a.mark(side1);
+    fold(&mut a, 1);
+    a.mark(folded);
+    a.ldx(DW, R1, FP, NOW);
+    a.stx(DW, R8, V_SKIP_NS, R1);
+    a.stx(DW, R8, V_SEEN, R1);
+    a.mov64_imm(R1, 1);
+    a.raw(STX | ATOMIC | DW, R8, R1, V_SKIPPED, 0); // lock *(u64 *)(r8 + 0) += r1
+    a.mov64_imm(R0, 0);
+    a.exit();
+
+    a.mark(revoke);
+    a.st(W, R8, V_ARMED, 0);
+    a.ja(pass_update);
+
+    // Not armed: is there a request, made after reading the last packet passed?
+    a.mark(try_arm);
+    a.ld_map(R1, arm_fd);
+    a.stack_ptr(R2, KEY);
+    a.call(FN_MAP_LOOKUP);
+    a.j64(JEQ, R0, 0, pass_update);
+    for f in [M_FP_SEQ, M_FP_ACK, M_FP_MISC] {
+        a.ldx(W, R1, R0, f);
+        a.ldx(W, R2, R8, mirror(f));
+        a.j32x(JNE, R1, R2, pass_update);
+    }
+    for i in 0..(ARM_SIZE as i16 / 8) {
+        a.ldx(DW, R1, R0, 8 * i);
+        a.stx(DW, R8, V_MIRROR + 8 * i, R1);
+    }
+    a.st(W, R8, V_ARMED, 1);
+    a.ld_map(R1, arm_fd);
+    a.stack_ptr(R2, KEY);
+    a.call(FN_MAP_DELETE);
+    a.ja(routine);
+
+    // Passed: remember its fingerprint, for the next request.
+    a.mark(pass_update);
+    for (from, to) in [(SEQ, M_FP_SEQ), (ACK, M_FP_ACK), (MISC, M_FP_MISC)] {
+        a.ldx(W, R1, FP, from);
+        a.stx(W, R8, mirror(to), R1);
+    }
+    a.ldx(DW, R1, FP, NOW);
+    a.stx(DW, R8, V_SEEN, R1);
+    a.mark(pass);
+    a.mov64(R0, SNAP);
+    a.exit();
+    a.finish()
+}
+
+// The bpf(2) system call.
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const BPF_F_NO_PREALLOC: u32 = 1;
+const SO_ATTACH_BPF: libc::c_int = 50;
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<i64> {
+    // SAFETY: `attr` is a zero-padded `union bpf_attr` of the given size, laid out as the
+    // command expects; pointers inside it point at live buffers the caller owns.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn lo_hi(a: u32, b: u32) -> u64 {
+    u64::from(a) | (u64::from(b) << 32)
+}
+
+fn new_fd(r: i64) -> io::Result<OwnedFd> {
+    let fd = i32::try_from(r).map_err(|_| io::Error::other("descriptor out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn map_create(key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    attr[0] = lo_hi(BPF_MAP_TYPE_HASH, key);
+    attr[1] = lo_hi(value, entries);
+    attr[2] = u64::from(BPF_F_NO_PREALLOC);
+    new_fd(sys_bpf(BPF_MAP_CREATE, &mut attr)?)
+}
+
+fn elem(
+    cmd: libc::c_long,
+    map: &OwnedFd,
+    key: &[u8],
+    value: *mut u8,
+    flags: u64,
+) -> io::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = key.as_ptr() as u64;
+    attr[2] = value as u64;
+    attr[3] = flags;
+    sys_bpf(cmd, &mut attr).map(|_| ())
+}
+
+/// Load `prog` as a socket filter; the verifier's complaint on failure.
+fn prog_load(prog: &[Ins]) -> io::Result<OwnedFd> {
+    let license = b"GPL\0";
+    let mut log = vec![0u8; 1 << 16];
+    let mut attr = [0u64; 16];
+    attr[0] = lo_hi(BPF_PROG_TYPE_SOCKET_FILTER, prog.len() as u32);
+    attr[1] = prog.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[3] = lo_hi(1, log.len() as u32);
+    attr[4] = log.as_mut_ptr() as u64;
+    match sys_bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => new_fd(fd),
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let tail: String = text.lines().rev().take(12).collect::<Vec<_>>().join(" | ");
+            Err(io::Error::new(e.kind(), format!("{e}: {tail}")))
+        }
+    }
+}
+
+/// What the kernel folded into a flow's record since user space armed it, in the tracker's
+/// terms (times on the capture's clock). Sides are the flow key's: 0 the lower endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Folded {
+    /// Packets withheld while the record existed (cumulative).
+    pub skipped: u64,
+    /// When the latest withheld packet passed the filter.
+    pub last: Duration,
+    pub next_seq: [Option<u32>; 2],
+    pub last_ack: [Option<u32>; 2],
+    pub window: [Option<u16>; 2],
+    pub ttl: [Option<u8>; 2],
+    pub last_payload: Option<Duration>,
+}
+
+/// A request to withhold a flow's routine packets: the fingerprint of the last packet user
+/// space processed and the tracker's state after it (sides as in [`Folded`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArmRequest {
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    /// The TCP flags byte.
+    pub flags: u8,
+    pub next_seq: [Option<u32>; 2],
+    pub last_ack: [Option<u32>; 2],
+    pub window_of: [Option<u16>; 2],
+    pub ttl: [Option<u8>; 2],
+    pub last_payload: Option<Duration>,
+}
+
+/// A flow key as the program builds it: ten native-endian words, each address as four
+/// words read in network order (IPv4: one word and three zeros), then
+/// `lower port << 16 | higher port`, then the family (4 or 6).
+pub type KernelKey = [u32; 10];
+
+/// The key for the flow between `lo` and `hi` (already in `FlowKey` order).
+#[must_use]
+pub fn kernel_key(lo: (std::net::IpAddr, u16), hi: (std::net::IpAddr, u16)) -> KernelKey {
+    let mut k = [0u32; 10];
+    let words = |ip: std::net::IpAddr, out: &mut [u32]| match ip {
+        std::net::IpAddr::V4(a) => {
+            out[0] = u32::from(a);
+            4
+        }
+        std::net::IpAddr::V6(a) => {
+            for (o, c) in out.iter_mut().zip(a.octets().chunks_exact(4)) {
+                *o = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            6
+        }
+    };
+    let fam = words(lo.0, &mut k[0..4]);
+    words(hi.0, &mut k[4..8]);
+    k[8] = (u32::from(lo.1) << 16) | u32::from(hi.1);
+    k[9] = fam;
+    k
+}
+
+fn key_bytes(k: &KernelKey) -> [u8; KEY_SIZE as usize] {
+    let mut b = [0u8; KEY_SIZE as usize];
+    for (o, w) in b.chunks_exact_mut(4).zip(k) {
+        o.copy_from_slice(&w.to_ne_bytes());
+    }
+    b
+}
+
+fn rd32(b: &[u8], at: i16) -> u32 {
+    let at = at as usize;
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn rd64(b: &[u8], at: i16) -> u64 {
+    u64::from(rd32(b, at)) | (u64::from(rd32(b, at + 4)) << 32)
+}
+fn wr32(b: &mut [u8], at: i16, v: u32) {
+    let at = at as usize;
+    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+fn wr64(b: &mut [u8], at: i16, v: u64) {
+    wr32(b, at, v as u32);
+    wr32(b, at + 4, (v >> 32) as u32);
+}
+
+/// The maps and program of one live capture.
+pub struct KernelFlows {
+    state: OwnedFd,
+    arm: OwnedFd,
+    prog: OwnedFd,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC (the program's clock), in nanoseconds.
+    offset_ns: i128,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    // SAFETY: timespec is plain old data; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a valid pointer.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+impl KernelFlows {
+    /// Build and load the program for a socket whose frames start with `framing`, the
+    /// classic filter `classic` first.
+    ///
+    /// # Errors
+    /// When the kernel refuses the maps or the program (no CAP_BPF, an old kernel).
+    pub fn load(framing: Framing, classic: &[Insn]) -> io::Result<Self> {
+        let state = map_create(KEY_SIZE, RECORD_SIZE, MAX_KERNEL_FLOWS)?;
+        let arm = map_create(KEY_SIZE, ARM_SIZE, MAX_KERNEL_FLOWS)?;
+        let code = program(framing, classic, state.as_raw_fd(), arm.as_raw_fd())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let prog = prog_load(&code)?;
+        Ok(Self {
+            state,
+            arm,
+            prog,
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+        })
+    }
+
+    /// Attach the program to packet socket `fd` (replacing any filter).
+    ///
+    /// # Errors
+    /// setsockopt's.
+    pub fn attach(&self, fd: &OwnedFd) -> io::Result<()> {
+        let p: libc::c_int = self.prog.as_raw_fd();
+        // SAFETY: SO_ATTACH_BPF takes the program's descriptor as an int.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_ATTACH_BPF,
+                std::ptr::from_ref(&p).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn to_capture_clock(&self, mono_ns: u64) -> Duration {
+        let ns = i128::from(mono_ns) + self.offset_ns;
+        let ns = u128::try_from(ns.max(0)).unwrap_or(0);
+        Duration::new(
+            u64::try_from(ns / 1_000_000_000).unwrap_or(u64::MAX),
+            (ns % 1_000_000_000) as u32,
+        )
+    }
+
+    fn to_kernel_clock(&self, t: Duration) -> u64 {
+        let ns = i128::try_from(t.as_nanos()).unwrap_or(i128::MAX) - self.offset_ns;
+        u64::try_from(ns.max(1)).unwrap_or(u64::MAX)
+    }
+
+    /// The record of flow `key`, when the kernel keeps one.
+    #[must_use]
+    pub fn read(&self, key: &KernelKey) -> Option<Folded> {
+        let kb = key_bytes(key);
+        let mut v = [0u8; RECORD_SIZE as usize];
+        elem(BPF_MAP_LOOKUP_ELEM, &self.state, &kb, v.as_mut_ptr(), 0).ok()?;
+        let known = rd32(&v, mirror(M_KNOWN));
+        let on = |bit: u32| known & bit != 0;
+        let mut f = Folded {
+            skipped: rd64(&v, V_SKIPPED),
+            last: self.to_capture_clock(rd64(&v, V_SKIP_NS)),
+            last_payload: on(LAST_PAYLOAD_KNOWN)
+                .then(|| self.to_capture_clock(rd64(&v, mirror(M_LAST_PAYLOAD)))),
+            ..Folded::default()
+        };
+        for k in 0..2 {
+            let o = k as i16;
+            f.next_seq[k] = on(next_known(k)).then(|| rd32(&v, mirror(M_NEXT) + 4 * o));
+            f.last_ack[k] = on(ack_known(k)).then(|| rd32(&v, mirror(M_ACK) + 4 * o));
+            f.window[k] = on(win_known(k)).then(|| {
+                let at = (mirror(M_WIN) + 2 * o) as usize;
+                u16::from_ne_bytes([v[at], v[at + 1]])
+            });
+            f.ttl[k] = on(ttl_known(k)).then(|| v[(mirror(M_TTL) + o) as usize]);
+        }
+        Some(f)
+    }
+
+    /// Ask the kernel to withhold flow `key`'s routine packets from now on.
+    pub fn arm(&self, key: &KernelKey, r: &ArmRequest) {
+        let mut v = [0u8; ARM_SIZE as usize];
+        wr32(&mut v, M_FP_SEQ, r.seq);
+        wr32(&mut v, M_FP_ACK, r.ack);
+        wr32(
+            &mut v,
+            M_FP_MISC,
+            u32::from(r.window) | (u32::from(r.flags) << 16),
+        );
+        let mut known = 0;
+        for k in 0..2 {
+            let o = k as i16;
+            if let Some(n) = r.next_seq[k] {
+                wr32(&mut v, M_NEXT + 4 * o, n);
+                known |= next_known(k);
+            }
+            if let Some(a) = r.last_ack[k] {
+                wr32(&mut v, M_ACK + 4 * o, a);
+                known |= ack_known(k);
+            }
+            if let Some(w) = r.window_of[k] {
+                let at = (M_WIN + 2 * o) as usize;
+                v[at..at + 2].copy_from_slice(&w.to_ne_bytes());
+                known |= win_known(k);
+            }
+            if let Some(t) = r.ttl[k] {
+                v[(M_TTL + o) as usize] = t;
+                known |= ttl_known(k);
+            }
+        }
+        if let Some(t) = r.last_payload {
+            wr64(&mut v, M_LAST_PAYLOAD, self.to_kernel_clock(t));
+            known |= LAST_PAYLOAD_KNOWN;
+        }
+        wr32(&mut v, M_KNOWN, known);
+        let kb = key_bytes(key);
+        // A full map only means this flow is not withheld.
+        let _ = elem(BPF_MAP_UPDATE_ELEM, &self.arm, &kb, v.as_mut_ptr(), 0);
+    }
+
+    /// Forget flow `key` (the tracker dropped it).
+    pub fn forget(&self, key: &KernelKey) {
+        let kb = key_bytes(key);
+        let _ = elem(
+            BPF_MAP_DELETE_ELEM,
+            &self.state,
+            &kb,
+            std::ptr::null_mut(),
+            0,
+        );
+        let _ = elem(BPF_MAP_DELETE_ELEM, &self.arm, &kb, std::ptr::null_mut(), 0);
+    }
+
+    /// Run the program once over `frame` in the kernel (BPF_PROG_TEST_RUN): what it returns
+    /// (bytes kept, 0 dropped or withheld). For tests; `frame` starts with its link header.
+    ///
+    /// # Errors
+    /// The kernel's.
+    pub fn test_run(&self, frame: &[u8]) -> io::Result<u32> {
+        // The test run strips an Ethernet header before a socket filter sees the packet:
+        // a throw-away one goes first.
+        let mut data = vec![0u8; 14];
+        data[12] = 0x08;
+        data.extend_from_slice(frame);
+        let mut attr = [0u64; 10];
+        attr[0] = u64::from(self.prog.as_raw_fd() as u32);
+        attr[1] = u64::from(data.len() as u32);
+        attr[2] = data.as_ptr() as u64;
+        attr[4] = 1; // repeat once
+        sys_bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+        Ok((attr[0] >> 32) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::analyze::Filter;
+    use crate::craft::{ethernet_frame, ip_packet, TcpSpec};
+    use crate::io::bpf::{program_checked, run};
+    use std::net::SocketAddr;
+
+    /// The kernel lets this process load programs (root in CI); elsewhere the tests say so
+    /// and pass.
+    fn loadable() -> bool {
+        match map_create(8, 8, 1) {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI runs as root and must load eBPF: {e}"
+                );
+                eprintln!("skipped: needs CAP_BPF ({e})");
+                false
+            }
+        }
+    }
+
+    fn spec(src: &str, dst: &str, seq: u32, ack: u32, flags: u8, payload: usize) -> TcpSpec {
+        let mut s = TcpSpec::new(
+            src.parse::<SocketAddr>().unwrap(),
+            dst.parse::<SocketAddr>().unwrap(),
+            seq,
+            ack,
+        );
+        s.flags = flags;
+        s.payload = vec![0x61; payload];
+        s
+    }
+
+    #[test]
+    fn the_translated_filter_keeps_and_drops_what_the_classic_one_does() {
+        if !loadable() {
+            return;
+        }
+        let mut frames: Vec<TcpSpec> = Vec::new();
+        for (a, b) in [
+            ("127.0.0.1:5000", "127.0.0.1:80"),
+            ("127.0.0.2:81", "127.0.0.1:5001"),
+            ("[::1]:5000", "[::1]:80"),
+            ("[::2]:443", "[::1]:5002"),
+        ] {
+            for (flags, len) in [(0x02, 0), (0x10, 0), (0x18, 100), (0x11, 0), (0x04, 0)] {
+                frames.push(spec(a, b, 1000, 2000, flags, len));
+            }
+        }
+        let exprs = [
+            None,
+            Some("tcp[tcpflags] & tcp-syn != 0 and port 80"),
+            Some("ip6 and dst port 80"),
+            Some("len > 100 or src port 81"),
+            Some("tcp[13] / 8 = 3"),
+        ];
+        let filters = [
+            Filter::default(),
+            Filter {
+                port: Some(80),
+                host: None,
+            },
+            Filter {
+                port: None,
+                host: Some("::1".parse().unwrap()),
+            },
+        ];
+        let mut checked = 0;
+        for framing in [Framing::Ethernet, Framing::Ip] {
+            for f in &filters {
+                for e in exprs {
+                    let expr = e.map(|t| crate::filter::Expression::parse(t).unwrap());
+                    let classic =
+                        program_checked(framing, f, expr.as_ref().map(|x| &x.expr), 160).unwrap();
+                    let k = KernelFlows::load(framing, &classic).unwrap();
+                    let mut udp = ethernet_frame(&frames[0]);
+                    udp[14 + 9] = 17;
+                    let mut bytes: Vec<Vec<u8>> = frames
+                        .iter()
+                        .map(|s| match framing {
+                            Framing::Ethernet => ethernet_frame(s),
+                            Framing::Ip => ip_packet(s),
+                        })
+                        .collect();
+                    bytes.push(udp);
+                    // cut inside the TCP header
+                    let mut cut = bytes[0].clone();
+                    cut.truncate(cut.len() - 10);
+                    bytes.push(cut);
+                    for b in &bytes {
+                        assert_eq!(
+                            k.test_run(b).map_err(|e| format!("{e} {b:02x?}")).unwrap(),
+                            run(&classic, b),
+                            "{framing:?} {f:?} {e:?} {b:02x?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 300);
+    }
+
+    #[test]
+    fn routine_segments_of_an_armed_flow_are_folded_and_the_rest_passed() {
+        if !loadable() {
+            return;
+        }
+        const ACK: u8 = 0x10;
+        const PSH: u8 = 0x08;
+        for (client, server) in [
+            ("127.0.0.1:40000", "127.0.0.1:80"),
+            ("[::1]:40000", "[::1]:80"),
+        ] {
+            let classic =
+                program_checked(Framing::Ethernet, &Filter::default(), None, 160).unwrap();
+            let k = KernelFlows::load(Framing::Ethernet, &classic).unwrap();
+            let c: SocketAddr = client.parse().unwrap();
+            let s: SocketAddr = server.parse().unwrap();
+            // The server (port 80) is the key's lower endpoint: side 0.
+            let key = kernel_key((s.ip(), s.port()), (c.ip(), c.port()));
+            let up =
+                |seq, ack, flags, len| ethernet_frame(&spec(client, server, seq, ack, flags, len));
+            let down =
+                |seq, ack, flags, len| ethernet_frame(&spec(server, client, seq, ack, flags, len));
+            let arm_after = |seq: u32, ack: u32, flags: u8, next: [u32; 2], acked: [u32; 2]| {
+                k.arm(
+                    &key,
+                    &ArmRequest {
+                        seq,
+                        ack,
+                        window: 512,
+                        flags,
+                        next_seq: next.map(Some),
+                        last_ack: acked.map(Some),
+                        window_of: [Some(512); 2],
+                        ttl: [Some(64); 2],
+                        last_payload: None,
+                    },
+                );
+            };
+
+            assert_eq!(
+                k.test_run(&up(1000, 5000, ACK | PSH, 10)).unwrap(),
+                160,
+                "new flow"
+            );
+            assert_eq!(k.read(&key).unwrap().skipped, 0);
+            arm_after(1000, 5000, ACK | PSH, [5000, 1010], [1000, 5000]);
+            assert_eq!(
+                k.test_run(&up(1010, 5000, ACK | PSH, 10)).unwrap(),
+                0,
+                "data"
+            );
+            assert_eq!(k.test_run(&down(5000, 1020, ACK, 0)).unwrap(), 0, "its ACK");
+            let f = k.read(&key).unwrap();
+            assert_eq!(f.skipped, 2);
+            assert_eq!(f.next_seq, [Some(5000), Some(1020)]);
+            assert_eq!(f.last_ack, [Some(1020), Some(5000)]);
+            assert!(f.last_payload.is_some());
+            assert_eq!(f.ttl, [Some(64), Some(64)]);
+            // A keep-alive (one below what the server acknowledged) is passed and disarms.
+            assert_eq!(
+                k.test_run(&up(1019, 5000, ACK, 0)).unwrap(),
+                160,
+                "keep-alive"
+            );
+            assert_eq!(
+                k.test_run(&down(5000, 1020, ACK, 0)).unwrap(),
+                160,
+                "its answer"
+            );
+            // A request made before the last passed packet was read is not taken.
+            arm_after(1019, 5000, ACK, [5000, 1020], [1020, 5000]);
+            assert_eq!(
+                k.test_run(&up(1020, 5000, ACK | PSH, 10)).unwrap(),
+                160,
+                "stale"
+            );
+            arm_after(1020, 5000, ACK | PSH, [5000, 1030], [1020, 5000]);
+            assert_eq!(k.test_run(&up(1030, 5000, ACK | PSH, 10)).unwrap(), 0);
+            // FIN, RST, SYN: always passed.
+            assert_eq!(
+                k.test_run(&down(5000, 1040, ACK | 0x01, 0)).unwrap(),
+                160,
+                "FIN"
+            );
+            arm_after(5000, 1040, ACK | 0x01, [5001, 1040], [1040, 5000]);
+            assert_eq!(k.test_run(&up(1040, 5001, 0x04, 0)).unwrap(), 160, "RST");
+            assert_eq!(k.read(&key).unwrap().skipped, 3);
+            k.forget(&key);
+            assert!(k.read(&key).is_none());
+        }
+    }
+}
