@@ -20,6 +20,11 @@ pub trait WatchSink {
     fn event(&mut self, e: &Event);
     /// Called about once a second (wall clock) with the analyzer, for refreshing tables.
     fn tick(&mut self, _a: &Analyzer) {}
+    /// True when `tick` reads [`crate::flow::track::Tracker::snapshot`]: the flows it shows
+    /// first take in what the kernel withheld for them.
+    fn wants_snapshot(&self) -> bool {
+        false
+    }
 }
 
 /// Options for [`watch`].
@@ -52,6 +57,7 @@ pub fn watch<S: PacketSource + ?Sized>(
 ) -> Result<RunStats, CaptureError> {
     let mut a = Analyzer::new(opts.filter, opts.tracker.clone());
     a.expr.clone_from(&opts.expr);
+    a.tracker.set_kernel(source.kernel_flows());
     let start = Instant::now();
     let mut last_tick = start;
     let mut out = Vec::new();
@@ -119,6 +125,9 @@ pub fn watch<S: PacketSource + ?Sized>(
             last_tick = Instant::now();
             if let Some(t) = tap.as_deref_mut() {
                 t.flush()?;
+            }
+            if sink.wants_snapshot() {
+                a.tracker.take_withheld_for_snapshot();
             }
             a.sync_stats();
             a.stats.dropped = source.dropped();

@@ -210,6 +210,33 @@ impl EndTrack {
         !self.reuses.is_empty()
     }
 
+    /// No reuse is waiting for its result: a segment without FIN or RST that starts no
+    /// reuse changes only each side's TTL and the time of the last payload.
+    #[must_use]
+    pub fn settled(&self) -> bool {
+        self.open == 0
+    }
+
+    /// Each side's latest TTL and the time of the last payload (what [`EndTrack::fold`]
+    /// sets).
+    #[must_use]
+    pub fn routine_state(&self) -> ([Option<u8>; 2], Option<Duration>) {
+        (self.ttl, self.last_payload)
+    }
+
+    /// Take in segments that were counted elsewhere (withheld by the kernel while the
+    /// ending was settled): the latest TTL per side and the last payload's time.
+    pub fn fold(&mut self, ttl: [Option<u8>; 2], last_payload: Option<Duration>) {
+        for (mine, theirs) in self.ttl.iter_mut().zip(ttl) {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
+        }
+        if last_payload.is_some() {
+            self.last_payload = last_payload;
+        }
+    }
+
     /// Account for one segment.
     #[inline]
     pub fn on_segment(&mut self, g: &Seg) {

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -23,6 +24,7 @@ use serde::Serialize;
 use crate::flow::ending::{EndTrack, Ending, IdleLimit, IdleLimits, Seg};
 use crate::flow::infer::{infer, median, Inference};
 use crate::flow::table::{hash_key, Ep, FlowKey, FlowTable};
+use crate::io::ebpf::{kernel_key, ArmRequest, KernelFlows, KernelKey};
 use crate::wire::packet::{TcpFlags, TcpRepr};
 use crate::wire::seq::SeqNum;
 
@@ -228,6 +230,9 @@ pub struct TrackerStats {
     pub keepalive_acks: u64,
     pub zero_window_probes: u64,
     pub peak_flows: u64,
+    /// Of `tcp_packets`, those the kernel withheld from user space and counted in its flow
+    /// records (live capture with per-flow state in the kernel, see [`crate::io::ebpf`]).
+    pub withheld: u64,
 }
 
 /// A probe waiting for its answer.
@@ -284,6 +289,21 @@ struct Dir {
     /// This side has a probe pending or candidates held (`ProbeDir`): the peer's ACKs are
     /// to be checked against them.
     watching: bool,
+}
+
+/// Where a flow stands with the kernel's record of it (live capture with
+/// [`KernelFlows`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct KernelLink {
+    /// A request to withhold was made since the record was last read: the kernel may be
+    /// withholding this flow's segments.
+    armed: bool,
+    /// Withheld packets already taken in (the record's count is cumulative).
+    taken: u64,
+    /// Requests in a row that withheld nothing, and passed packets to let by before the
+    /// next request (a flow whose packets are never routine is not asked about for every one).
+    misses: u8,
+    wait: u16,
 }
 
 /// One direction's probe state and handshake, read at probes, their answers and SYNs.
@@ -377,6 +397,8 @@ struct Flow {
     /// Per-side probe counts and timings: allocated at the first probe, so flows without
     /// probes stay small.
     sides: Option<Box<[Side; 2]>>,
+    /// The kernel's record of this flow, when it keeps one.
+    kernel: KernelLink,
 }
 
 /// Bytes at the front of a [`Flow`] that every packet reads: the part worth prefetching.
@@ -405,6 +427,7 @@ impl Default for Flow {
             reported: false,
             sides: None,
             end: EndTrack::default(),
+            kernel: KernelLink::default(),
         }
     }
 }
@@ -423,6 +446,97 @@ impl Flow {
             last_seen: ts,
             ..Self::default()
         }
+    }
+
+    /// The flow's key in the kernel's maps.
+    fn kernel_key(&self) -> KernelKey {
+        let (lo, hi) = if self.side0_is_lo {
+            (self.eps[0], self.eps[1])
+        } else {
+            (self.eps[1], self.eps[0])
+        };
+        kernel_key((lo.ip(), lo.port()), (hi.ip(), hi.port()))
+    }
+
+    /// This flow's side index of the kernel key's side `k` (0: the lower endpoint).
+    fn side_of_key(&self, k: usize) -> usize {
+        usize::from((k == 0) != self.side0_is_lo)
+    }
+
+    /// Take in the segments the kernel withheld since the record was last read: their count,
+    /// the latest time, each side's sequence end, ACK, window and TTL, the last payload's
+    /// time: everything those segments would have changed here. The request is spent
+    /// (a packet the kernel passed ends it). Returns the packets taken in.
+    fn take_withheld(&mut self, k: &KernelFlows, stats: &mut TrackerStats) -> u64 {
+        self.kernel.armed = false;
+        let Some(r) = k.read(&self.kernel_key()) else {
+            return 0;
+        };
+        let n = r.skipped.saturating_sub(self.kernel.taken);
+        if n == 0 {
+            return 0;
+        }
+        self.kernel.taken = r.skipped;
+        self.packets += n;
+        stats.tcp_packets += n;
+        stats.withheld += n;
+        self.last_seen = self.last_seen.max(r.last);
+        self.last_activity = Some(self.last_activity.map_or(r.last, |t| t.max(r.last)));
+        let mut ttl = [None; 2];
+        for key_side in 0..2 {
+            let s = self.side_of_key(key_side);
+            let d = &mut self.dirs[s];
+            if let Some(n) = r.next_seq[key_side] {
+                d.next_seq = Some(SeqNum(n));
+            }
+            if let Some(a) = r.last_ack[key_side] {
+                d.last_ack = Some(SeqNum(a));
+            }
+            if let Some(w) = r.window[key_side] {
+                d.window = Some(w);
+            }
+            ttl[s] = r.ttl[key_side];
+        }
+        self.end.fold(ttl, r.last_payload);
+        n
+    }
+
+    /// After processing `p` (a packet the kernel passed), ask the kernel to withhold this
+    /// flow's routine segments, when nothing is under way that such a segment could change:
+    /// no probe pending or candidate held on either side, no reuse awaiting its result, not
+    /// ended.
+    fn request_withholding(&mut self, k: &KernelFlows, p: &TcpRepr) {
+        let quiet = self.ended.is_none()
+            && !self.reported
+            && !self.dirs[0].watching
+            && !self.dirs[1].watching
+            && self.end.settled();
+        if !quiet {
+            return;
+        }
+        if self.kernel.wait > 0 {
+            self.kernel.wait -= 1;
+            return;
+        }
+        let (ttl, last_payload) = self.end.routine_state();
+        let mut r = ArmRequest {
+            seq: p.seq.0,
+            ack: p.ack.0,
+            window: p.window,
+            flags: p.flags.0,
+            last_payload,
+            ..ArmRequest::default()
+        };
+        for key_side in 0..2 {
+            let s = self.side_of_key(key_side);
+            let d = &self.dirs[s];
+            r.next_seq[key_side] = d.next_seq.map(|x| x.0);
+            r.last_ack[key_side] = d.last_ack.map(|x| x.0);
+            r.window_of[key_side] = d.window;
+            r.ttl[key_side] = ttl[s];
+        }
+        k.arm(&self.kernel_key(), &r);
+        self.kernel.armed = true;
     }
 
     fn has_probes(&self) -> bool {
@@ -963,6 +1077,8 @@ pub struct Tracker {
     next_expiry: Duration,
     /// Reuses after idle per server, across flows: the idle limits they bracket.
     limits: IdleLimits,
+    /// The kernel's per-flow records (live capture), when it keeps them.
+    kernel: Option<Arc<KernelFlows>>,
 }
 
 impl Tracker {
@@ -975,6 +1091,50 @@ impl Tracker {
             stats: TrackerStats::default(),
             next_expiry: Duration::ZERO,
             limits: IdleLimits::new(MAX_LIMIT_SERVERS),
+            kernel: None,
+        }
+    }
+
+    /// Work with the kernel's per-flow records of a live capture: read what it withheld
+    /// before a flow's next packet, and ask it to withhold quiet flows' routine segments.
+    pub fn set_kernel(&mut self, k: Option<Arc<KernelFlows>>) {
+        self.kernel = k;
+    }
+
+    /// Take in what the kernel withheld for the flow at `key`, if it may have: true when
+    /// there was something.
+    fn take_withheld_at(&mut self, key: &FlowKey) -> bool {
+        let Some(k) = self.kernel.as_deref() else {
+            return false;
+        };
+        match self.table.get_mut(key) {
+            Some(f) if f.kernel.armed => f.take_withheld(k, &mut self.stats) > 0,
+            _ => false,
+        }
+    }
+
+    /// The kernel forgets a flow the table dropped.
+    fn forget(&self, f: &Flow) {
+        if let Some(k) = &self.kernel {
+            k.forget(&f.kernel_key());
+        }
+    }
+
+    /// Take in what the kernel withheld for every flow a snapshot shows (the ones with
+    /// probes, or all when every flow is reported), so live tables count those packets.
+    pub fn take_withheld_for_snapshot(&mut self) {
+        if self.kernel.is_none() {
+            return;
+        }
+        let all = self.cfg.report_all_flows;
+        let keys: Vec<FlowKey> = self
+            .table
+            .iter()
+            .filter(|(_, f)| f.kernel.armed && (all || f.has_probes()))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.take_withheld_at(&key);
         }
     }
 
@@ -1068,11 +1228,23 @@ impl Tracker {
             return;
         };
         let s = usize::from(src_is_lo != flow.side0_is_lo);
+        if let Some(k) = self.kernel.as_deref() {
+            if flow.kernel.armed {
+                if flow.take_withheld(k, &mut self.stats) > 0 {
+                    flow.kernel.misses = 0;
+                } else {
+                    flow.kernel.misses = (flow.kernel.misses + 1).min(10);
+                    flow.kernel.wait = (1 << flow.kernel.misses) - 1;
+                }
+            }
+        }
         let new_connection = p.flags.syn()
             && !p.flags.ack()
             && (flow.ended.is_some() || flow.probe[s].isn.is_some_and(|i| i != p.seq));
         if new_connection {
             let mut old = std::mem::replace(flow, Flow::new(p, ts, src_is_lo));
+            // The kernel's record goes on: its count is cumulative.
+            flow.kernel = old.kernel;
             Self::report(&self.cfg, &mut self.limits, &mut old, None, out);
             self.stats.flows += 1;
         }
@@ -1086,8 +1258,13 @@ impl Tracker {
                 self.closed.push_back((at, key));
             }
         }
+        if let Some(k) = self.kernel.as_deref() {
+            flow.request_withholding(k, p);
+        }
         if was_ended && flow.is_final_ack(s, p) {
-            self.table.remove(&key);
+            if let Some(f) = self.table.remove(&key) {
+                self.forget(&f);
+            }
         }
     }
 
@@ -1115,10 +1292,24 @@ impl Tracker {
             }
             return i;
         }
+        if self.kernel.is_some() && self.table.is_full() {
+            // The least recently active flow may only look idle: the kernel withheld its
+            // packets. Such a flow moves up; a few tries, then the oldest goes.
+            for _ in 0..8 {
+                let Some(oldest) = self.table.oldest().map(|(k, _)| *k) else {
+                    break;
+                };
+                if !self.take_withheld_at(&oldest) {
+                    break;
+                }
+                self.table.lookup_touch(&oldest, true);
+            }
+        }
         let (evicted, i) = self.table.insert(key, Flow::new(p, ts, src_is_lo));
         self.stats.flows += 1;
         self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
         if let Some((_, mut old)) = evicted {
+            self.forget(&old);
             self.stats.evictions += 1;
             Self::report(
                 &self.cfg,
@@ -1148,14 +1339,28 @@ impl Tracker {
                 .get_mut(&key)
                 .is_some_and(|f| f.ended.is_some_and(|(_, t)| t == at));
             if remove {
-                self.table.remove(&key);
+                if let Some(f) = self.table.remove(&key) {
+                    self.forget(&f);
+                }
             }
         }
-        while let Some((_, f)) = self.table.oldest() {
+        while let Some((key, f)) = self.table.oldest() {
             if f.last_seen + self.cfg.idle_timeout > now {
                 break;
             }
+            let key = *key;
+            if self.take_withheld_at(&key)
+                && self
+                    .table
+                    .get_mut(&key)
+                    .is_some_and(|f| f.last_seen + self.cfg.idle_timeout > now)
+            {
+                // Busy after all, in the kernel.
+                self.table.lookup_touch(&key, true);
+                continue;
+            }
             if let Some((_, mut f)) = self.table.pop_oldest() {
+                self.forget(&f);
                 if f.ended.is_none() {
                     self.stats.expired += 1;
                 }
@@ -1183,6 +1388,9 @@ impl Tracker {
     /// End of input: summaries of all flows not yet reported.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         for (_, mut f) in self.table.drain() {
+            if let (Some(k), true) = (self.kernel.as_deref(), f.kernel.armed) {
+                f.take_withheld(k, &mut self.stats);
+            }
             Self::report(&self.cfg, &mut self.limits, &mut f, None, out);
         }
         self.closed.clear();

@@ -15,11 +15,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::analyze::Filter;
 use crate::error::CaptureError;
 use crate::io::bpf::{self, Framing, DEFAULT_SNAPLEN};
+use crate::io::ebpf::KernelFlows;
 use crate::io::source::{Frame, Next, PacketSource};
 use crate::wire::packet::LinkType;
 
@@ -85,6 +87,11 @@ pub struct LiveOptions {
     pub filter: Filter,
     /// Bytes kept of each packet (0: whole packets).
     pub snaplen: u32,
+    /// Keep per-flow state in the kernel and withhold the routine segments of quiet flows
+    /// (see [`crate::io::ebpf`]); falls back on handing over every packet where the kernel
+    /// does not load the program. Off when every packet must reach user space (a copy to a
+    /// file).
+    pub withhold: bool,
 }
 
 impl Default for LiveOptions {
@@ -93,6 +100,7 @@ impl Default for LiveOptions {
             promisc: false,
             filter: Filter::default(),
             snaplen: DEFAULT_SNAPLEN,
+            withhold: true,
         }
     }
 }
@@ -157,6 +165,10 @@ pub struct LiveSource {
     kernel_drops: u64,
     kernel_packets: u64,
     since_stats: u32,
+    /// The per-flow records of the eBPF filter, when it is the one attached.
+    kernel_flows: Option<Arc<KernelFlows>>,
+    /// Why per-flow state in the kernel was asked for but is not used.
+    withhold_error: Option<String>,
 }
 
 // SAFETY: the ring mapping is owned by the source alone and only touched through `&mut self`.
@@ -294,8 +306,22 @@ impl LiveSource {
             len: u16::try_from(prog.len()).unwrap_or(u16::MAX),
             filter: prog.as_ptr().cast_mut().cast(),
         };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
-            .map_err(|e| sock_err("attach the packet filter", e))?;
+        let mut withhold_error = None;
+        let kernel_flows = if o.withhold {
+            match KernelFlows::load(framing, &prog).and_then(|k| k.attach(&fd).map(|()| k)) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    withhold_error = Some(e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if kernel_flows.is_none() {
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+                .map_err(|e| sock_err("attach the packet filter", e))?;
+        }
         let ring = setup_ring(&fd, snaplen);
         if ring.is_none() {
             // Fallback path: the wire length of truncated packets comes as ancillary data.
@@ -360,6 +386,8 @@ impl LiveSource {
             kernel_drops: 0,
             kernel_packets: 0,
             since_stats: 0,
+            kernel_flows,
+            withhold_error,
         };
         src.read_drops();
         src.kernel_drops = 0;
@@ -371,6 +399,13 @@ impl LiveSource {
     #[must_use]
     pub fn snaplen(&self) -> u32 {
         self.snaplen
+    }
+
+    /// Why the kernel keeps no per-flow state although it was asked to (it refused the eBPF
+    /// program: no CAP_BPF, an old kernel), or `None`.
+    #[must_use]
+    pub fn withhold_error(&self) -> Option<&str> {
+        self.withhold_error.as_deref()
     }
 
     /// True when packets come through the memory-mapped ring (false: recvmsg fallback).
@@ -599,6 +634,10 @@ fn setup_ring(fd: &OwnedFd, snaplen: u32) -> Option<Ring> {
 }
 
 impl PacketSource for LiveSource {
+    fn kernel_flows(&self) -> Option<Arc<KernelFlows>> {
+        self.kernel_flows.clone()
+    }
+
     #[inline]
     fn next_frame(&mut self) -> Result<Next<'_>, CaptureError> {
         if let Rx::Ring(_) = self.rx {

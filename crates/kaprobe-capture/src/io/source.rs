@@ -57,6 +57,12 @@ pub trait PacketSource {
 
     /// Called once when the caller stops reading (live sources collect final counters).
     fn close(&mut self) {}
+
+    /// The kernel's per-flow records, when the source's filter keeps them and withholds
+    /// routine segments (see [`crate::io::ebpf`]): the tracker must read them.
+    fn kernel_flows(&self) -> Option<std::sync::Arc<crate::io::ebpf::KernelFlows>> {
+        None
+    }
 }
 
 enum Inner {

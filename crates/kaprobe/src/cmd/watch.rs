@@ -30,7 +30,9 @@ use crate::render::capture::{
 /// (a summary is printed) or let `--duration` stop it.
 ///
 /// Cheap on busy interfaces: the kernel keeps only TCP (and only --port/--host when given)
-/// and hands over the headers (--snaplen bytes), through a memory-mapped ring. Packets the
+/// and hands over the headers (--snaplen bytes), through a memory-mapped ring; it keeps a
+/// small record per flow and withholds the segments that change nothing but counters
+/// (see --every-packet). Packets the
 /// kernel had to drop because watch fell behind are counted in the table, the summary and
 /// the JSON stats, and a warning goes to stderr once a second while drops happen.
 ///
@@ -102,6 +104,13 @@ pub struct Args {
     /// [::]:9464; port 0 picks a free port). The bound address is printed on stderr.
     #[arg(long, value_name = "ADDR", value_parser = crate::args::parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
+    /// Hand every TCP packet to user space. By default the kernel keeps a small record per
+    /// flow (an eBPF socket filter) and withholds the routine segments of quiet flows (data
+    /// and ACKs in order, no probe pending, no reuse after idle, no FIN/RST), counting them
+    /// in the record that watch reads back: the same results for a fraction of the CPU on
+    /// busy links. Without CAP_BPF, or with --write, every packet is handed over anyway.
+    #[arg(long)]
+    pub every_packet: bool,
     /// On exit, write a picture of the flows seen to this HTML file (as `read --html`: a
     /// lane per flow, how each ended, failed reuses).
     #[arg(long, value_name = "FILE")]
@@ -241,6 +250,10 @@ impl WatchSink for Sink {
         }
     }
 
+    fn wants_snapshot(&self) -> bool {
+        self.metrics.is_some() || (!self.json && self.tty)
+    }
+
     fn tick(&mut self, a: &Analyzer) {
         let dropped = a.stats.dropped;
         if dropped > self.drops_seen {
@@ -252,10 +265,10 @@ impl WatchSink for Sink {
             );
             self.drops_seen = dropped;
         }
-        let want_table = !self.json && self.tty;
-        if self.metrics.is_none() && !want_table {
+        if !self.wants_snapshot() {
             return;
         }
+        let want_table = !self.json && self.tty;
         let mut flows = a.tracker.snapshot();
         if let Some(m) = &self.metrics {
             let probing = flows
@@ -312,10 +325,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             promisc: args.promisc,
             filter,
             snaplen: args.snaplen,
+            // A copy to a file needs every packet.
+            withhold: !args.every_packet && args.write.is_none(),
         },
         expr.as_ref(),
     )
     .map_err(capture_failure)?;
+    if let Some(why) = src.withhold_error() {
+        eprintln!(
+            "kaprobe watch: note: the kernel keeps no per-flow state ({why}); every packet \
+             is handed over (more CPU on busy links)"
+        );
+    }
     let mut tap = match (&args.write, args.write_size) {
         (Some(p), Some(max_bytes)) => Some(
             PcapFile::rotating(
@@ -413,6 +434,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         fn tick(&mut self, a: &Analyzer) {
             self.inner.tick(a);
+        }
+        fn wants_snapshot(&self) -> bool {
+            self.inner.wants_snapshot()
         }
     }
     let mut fin = Final {

@@ -139,8 +139,9 @@ pub(crate) fn stats_json(s: &RunStats, elapsed: Duration) -> Value {
     let t = &s.tracker;
     json!({
         "type": "stats",
-        "frames": s.frames,
+        "frames": s.frames + t.withheld,
         "tcp_packets": t.tcp_packets,
+        "withheld": t.withheld,
         "skipped": s.skipped_total(),
         "skipped_by_reason": s.skipped,
         "unsupported_link": s.unsupported_link,
@@ -160,8 +161,9 @@ pub(crate) fn stats_json(s: &RunStats, elapsed: Duration) -> Value {
 /// One line of totals for human output.
 pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
     let t = &s.tracker;
+    let frames = s.frames + t.withheld;
     let rate = if elapsed.as_secs_f64() > 0.0 {
-        s.frames as f64 / elapsed.as_secs_f64()
+        frames as f64 / elapsed.as_secs_f64()
     } else {
         0.0
     };
@@ -176,10 +178,15 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
     } else {
         format!("{} TCP", t.tcp_packets)
     };
+    let tcp = if t.withheld > 0 {
+        format!("{tcp}; {} withheld in the kernel and counted there", t.withheld)
+    } else {
+        tcp
+    };
     let mut line = format!(
         "{} frames ({tcp}) in {:.2}s ({:.0} frames/s)\n{} keep-alives, {} keep-alive ACKs, \
          {} zero-window probes\n{} flows (peak {} tracked, {} evicted)",
-        s.frames,
+        frames,
         elapsed.as_secs_f64(),
         rate,
         t.keepalives,
