@@ -179,7 +179,10 @@ pub(crate) fn stats_line(s: &RunStats, elapsed: Duration) -> String {
         format!("{} TCP", t.tcp_packets)
     };
     let tcp = if t.withheld > 0 {
-        format!("{tcp}; {} withheld in the kernel and counted there", t.withheld)
+        format!(
+            "{tcp}; {} withheld in the kernel and counted there",
+            t.withheld
+        )
     } else {
         tcp
     };
