@@ -23,7 +23,7 @@ fn start_watch(
     html: &std::path::Path,
 ) -> (KillOnDrop, Receiver<String>) {
     let mut cmd = ns.command(kaprobe_bin());
-    cmd.args(["watch", "lo", "--json", "--duration", "10s", "--html"])
+    cmd.args(["watch", "lo", "--json", "--duration", "12s", "--html"])
         .arg(html)
         .args(extra)
         .stdout(Stdio::piped())
@@ -106,29 +106,17 @@ fn traffic() {
     let mut doomed: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(closing).unwrap())
         .collect();
-    // Busy: small messages every 30 ms, long enough for the kernel to take over (the
-    // closing server's two first: it closes them 1.5 s after their last message).
-    chat(
-        &mut doomed,
-        100,
-        Duration::from_millis(30),
-        Duration::from_millis(300),
-    );
-    chat(
-        &mut conns,
-        200,
-        Duration::from_millis(30),
-        Duration::from_millis(1500),
-    );
-    // Idle: keep-alive probes on six of them; the closing server gives up on its two.
+    // Busy: small messages every 100 ms (longer than the capture ring's 50 ms block
+    // timeout, so watch has read a flow's last exchange before the next one and can ask the
+    // kernel to withhold), for long enough that it does (the closing server's two first: it
+    // closes them 1.5 s after their last message).
+    let every = Duration::from_millis(100);
+    chat(&mut doomed, 100, every, Duration::from_millis(300));
+    chat(&mut conns, 200, every, Duration::from_millis(2500));
+    // Idle: keep-alive probes on six of them; the closing server gave up on its two.
     std::thread::sleep(Duration::from_millis(2300));
     // Reuse after idle on half, then more chatter.
-    chat(
-        &mut conns[..5],
-        50,
-        Duration::from_millis(30),
-        Duration::from_millis(600),
-    );
+    chat(&mut conns[..5], 50, every, Duration::from_millis(800));
     // The closed connections written to: a failed reuse (RST).
     for s in &mut doomed {
         let _ = s.write_all(b"late");

@@ -191,6 +191,9 @@ pub enum Event {
 /// many seconds.
 const PROMOTE_SECS: u64 = 8;
 
+/// Packets a flow has had before the kernel is asked to withhold its routine segments.
+const MIN_PACKETS_TO_WITHHOLD: u64 = 8;
+
 /// Servers whose reuses are bracketed at most (the rest are not counted).
 const MAX_LIMIT_SERVERS: usize = 4096;
 
@@ -511,7 +514,9 @@ impl Flow {
             && !self.dirs[0].watching
             && !self.dirs[1].watching
             && self.end.settled();
-        if !quiet {
+        // A short flow (a handshake, one exchange, a close) would pay for the request and
+        // the read back with nothing withheld.
+        if !quiet || self.packets < MIN_PACKETS_TO_WITHHOLD {
             return;
         }
         if self.kernel.wait > 0 {
