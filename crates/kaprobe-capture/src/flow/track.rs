@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::flow::ending::{EndTrack, Ending, IdleLimit, IdleLimits, Seg};
 use crate::flow::infer::{infer, median, Inference};
 use crate::flow::table::{hash_key, Ep, FlowKey, FlowTable};
-use crate::io::ebpf::{kernel_key, ArmRequest, KernelFlows, KernelKey};
+use crate::io::ebpf::{kernel_key, Fingerprint, KernelFlows, KernelKey, Mirror};
 use crate::wire::packet::{TcpFlags, TcpRepr};
 use crate::wire::seq::SeqNum;
 
@@ -298,15 +298,26 @@ struct Dir {
 /// [`KernelFlows`]).
 #[derive(Debug, Clone, Copy, Default)]
 struct KernelLink {
-    /// A request to withhold was made since the record was last read: the kernel may be
-    /// withholding this flow's segments.
-    armed: bool,
+    /// The flow's first packet: the kernel's record made at the same packet has it too.
+    first: Fingerprint,
+    /// Packets of the flow processed here (all passed by the kernel): the record counts
+    /// the same ones.
+    count: u32,
+    /// A request to withhold is outstanding, made after `req_count` packets.
+    outstanding: bool,
+    req_count: u32,
+    /// Armings of the record already accounted for.
+    arms_seen: u32,
     /// Withheld packets already taken in (the record's count is cumulative).
     taken: u64,
-    /// Requests in a row that withheld nothing, and passed packets to let by before the
-    /// next request (a flow whose packets are never routine is not asked about for every one).
+    /// Requests in a row that came to nothing, and passed packets to let by before the
+    /// next request (a flow whose packets are seldom routine is not asked about after
+    /// every one).
     misses: u8,
     wait: u16,
+    /// Never ask: a new connection reused the 4-tuple, and the kernel's record mirrors the
+    /// old one.
+    off: bool,
 }
 
 /// One direction's probe state and handshake, read at probes, their answers and SYNs.
@@ -466,41 +477,95 @@ impl Flow {
         usize::from((k == 0) != self.side0_is_lo)
     }
 
-    /// Take in the segments the kernel withheld since the record was last read: their count,
-    /// the latest time, each side's sequence end, ACK, window and TTL, the last payload's
-    /// time: everything those segments would have changed here. The request is spent
-    /// (a packet the kernel passed ends it). Returns the packets taken in.
-    fn take_withheld(&mut self, k: &KernelFlows, stats: &mut TrackerStats) -> u64 {
-        self.kernel.armed = false;
-        let Some(r) = k.read(&self.kernel_key()) else {
-            return 0;
-        };
-        let n = r.skipped.saturating_sub(self.kernel.taken);
+    /// Count `total` withheld packets (cumulative), the latest at `last`: returns how many
+    /// were new.
+    fn add_withheld(&mut self, total: u64, last: Duration, stats: &mut TrackerStats) -> u64 {
+        let n = total.saturating_sub(self.kernel.taken);
         if n == 0 {
             return 0;
         }
-        self.kernel.taken = r.skipped;
+        self.kernel.taken = total;
         self.packets += n;
         stats.tcp_packets += n;
         stats.withheld += n;
-        self.last_seen = self.last_seen.max(r.last);
-        self.last_activity = Some(self.last_activity.map_or(r.last, |t| t.max(r.last)));
+        self.last_seen = self.last_seen.max(last);
+        self.last_activity = Some(self.last_activity.map_or(last, |t| t.max(last)));
+        n
+    }
+
+    /// Take the state the withheld segments left: each side's sequence end, ACK, window
+    /// and TTL, the last payload's time.
+    fn apply_mirror(&mut self, m: &Mirror) {
         let mut ttl = [None; 2];
         for key_side in 0..2 {
             let s = self.side_of_key(key_side);
             let d = &mut self.dirs[s];
-            if let Some(n) = r.next_seq[key_side] {
+            if let Some(n) = m.next_seq[key_side] {
                 d.next_seq = Some(SeqNum(n));
             }
-            if let Some(a) = r.last_ack[key_side] {
+            if let Some(a) = m.last_ack[key_side] {
                 d.last_ack = Some(SeqNum(a));
             }
-            if let Some(w) = r.window[key_side] {
+            if let Some(w) = m.window[key_side] {
                 d.window = Some(w);
             }
-            ttl[s] = r.ttl[key_side];
+            ttl[s] = m.ttl[key_side];
         }
-        self.end.fold(ttl, r.last_payload);
+        self.end.fold(ttl, m.last_payload);
+    }
+
+    /// Before processing a packet the kernel passed (already counted in `kernel.count`):
+    /// when it ended a withholding, take in what was withheld first, as the kernel froze it;
+    /// when a packet that was not routine passed after the request, the request is dead.
+    fn before_passed(&mut self, k: &KernelFlows, stats: &mut TrackerStats) {
+        if !self.kernel.outstanding {
+            return;
+        }
+        let Some(r) = k.read(&self.kernel_key()) else {
+            self.kernel.outstanding = false;
+            return;
+        };
+        let link = &mut self.kernel;
+        if r.arms > link.arms_seen {
+            if link.count <= r.armed_at {
+                // passed before the kernel started withholding: the withheld come after
+                return;
+            }
+            link.arms_seen = r.arms;
+            link.outstanding = false;
+            let (total, last, m) = if r.armed {
+                (r.skipped, r.last, r.live)
+            } else {
+                (r.fold_skipped, r.fold_last, r.fold)
+            };
+            if self.add_withheld(total, last, stats) > 0 {
+                self.apply_mirror(&m);
+                self.kernel.misses = 0;
+            }
+        } else if r.nr_idx > link.req_count {
+            link.outstanding = false;
+            link.misses = (link.misses + 1).min(10);
+            link.wait = (1 << link.misses) - 1;
+        }
+    }
+
+    /// Take in what the kernel is withholding now, when every packet it passed has been
+    /// processed (the record is then exact): for summaries, expiry and eviction. Returns
+    /// the packets taken in.
+    fn take_withheld(&mut self, k: &KernelFlows, stats: &mut TrackerStats) -> u64 {
+        if !self.kernel.outstanding {
+            return 0;
+        }
+        let Some(r) = k.read(&self.kernel_key()) else {
+            return 0;
+        };
+        if !(r.armed && r.arms > self.kernel.arms_seen && self.kernel.count >= r.armed_at) {
+            return 0;
+        }
+        let n = self.add_withheld(r.skipped, r.last, stats);
+        if n > 0 {
+            self.apply_mirror(&r.live);
+        }
         n
     }
 
@@ -508,14 +573,17 @@ impl Flow {
     /// flow's routine segments, when nothing is under way that such a segment could change:
     /// no probe pending or candidate held on either side, no reuse awaiting its result, not
     /// ended.
-    fn request_withholding(&mut self, k: &KernelFlows, p: &TcpRepr) {
+    fn request_withholding(&mut self, k: &KernelFlows) {
+        if self.kernel.off || self.kernel.outstanding {
+            return;
+        }
         let quiet = self.ended.is_none()
             && !self.reported
             && !self.dirs[0].watching
             && !self.dirs[1].watching
             && self.end.settled();
         // A short flow (a handshake, one exchange, a close) would pay for the request and
-        // the read back with nothing withheld.
+        // the reads with nothing withheld.
         if !quiet || self.packets < MIN_PACKETS_TO_WITHHOLD {
             return;
         }
@@ -523,25 +591,9 @@ impl Flow {
             self.kernel.wait -= 1;
             return;
         }
-        let (ttl, last_payload) = self.end.routine_state();
-        let mut r = ArmRequest {
-            seq: p.seq.0,
-            ack: p.ack.0,
-            window: p.window,
-            flags: p.flags.0,
-            last_payload,
-            ..ArmRequest::default()
-        };
-        for key_side in 0..2 {
-            let s = self.side_of_key(key_side);
-            let d = &self.dirs[s];
-            r.next_seq[key_side] = d.next_seq.map(|x| x.0);
-            r.last_ack[key_side] = d.last_ack.map(|x| x.0);
-            r.window_of[key_side] = d.window;
-            r.ttl[key_side] = ttl[s];
-        }
-        k.arm(&self.kernel_key(), &r);
-        self.kernel.armed = true;
+        k.arm(&self.kernel_key(), &self.kernel.first, self.kernel.count);
+        self.kernel.outstanding = true;
+        self.kernel.req_count = self.kernel.count;
     }
 
     fn has_probes(&self) -> bool {
@@ -1113,7 +1165,7 @@ impl Tracker {
             return false;
         };
         match self.table.get_mut(key) {
-            Some(f) if f.kernel.armed => f.take_withheld(k, &mut self.stats) > 0,
+            Some(f) => f.take_withheld(k, &mut self.stats) > 0,
             _ => false,
         }
     }
@@ -1135,7 +1187,7 @@ impl Tracker {
         let keys: Vec<FlowKey> = self
             .table
             .iter()
-            .filter(|(_, f)| f.kernel.armed && (all || f.has_probes()))
+            .filter(|(_, f)| f.kernel.outstanding && (all || f.has_probes()))
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
@@ -1234,22 +1286,27 @@ impl Tracker {
         };
         let s = usize::from(src_is_lo != flow.side0_is_lo);
         if let Some(k) = self.kernel.as_deref() {
-            if flow.kernel.armed {
-                if flow.take_withheld(k, &mut self.stats) > 0 {
-                    flow.kernel.misses = 0;
-                } else {
-                    flow.kernel.misses = (flow.kernel.misses + 1).min(10);
-                    flow.kernel.wait = (1 << flow.kernel.misses) - 1;
-                }
+            let link = &mut flow.kernel;
+            link.count = link.count.wrapping_add(1);
+            if link.count == 1 {
+                link.first = Fingerprint {
+                    seq: p.seq.0,
+                    ack: p.ack.0,
+                    window: p.window,
+                    flags: p.flags.0,
+                };
             }
+            flow.before_passed(k, &mut self.stats);
         }
         let new_connection = p.flags.syn()
             && !p.flags.ack()
             && (flow.ended.is_some() || flow.probe[s].isn.is_some_and(|i| i != p.seq));
         if new_connection {
             let mut old = std::mem::replace(flow, Flow::new(p, ts, src_is_lo));
-            // The kernel's record goes on: its count is cumulative.
+            // The kernel's record goes on (counts, an outstanding request), but its mirror
+            // is the old connection's: no more requests for this one.
             flow.kernel = old.kernel;
+            flow.kernel.off = true;
             Self::report(&self.cfg, &mut self.limits, &mut old, None, out);
             self.stats.flows += 1;
         }
@@ -1264,7 +1321,7 @@ impl Tracker {
             }
         }
         if let Some(k) = self.kernel.as_deref() {
-            flow.request_withholding(k, p);
+            flow.request_withholding(k);
         }
         if was_ended && flow.is_final_ack(s, p) {
             if let Some(f) = self.table.remove(&key) {
@@ -1393,7 +1450,7 @@ impl Tracker {
     /// End of input: summaries of all flows not yet reported.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         for (_, mut f) in self.table.drain() {
-            if let (Some(k), true) = (self.kernel.as_deref(), f.kernel.armed) {
+            if let Some(k) = self.kernel.as_deref() {
                 f.take_withheld(k, &mut self.stats);
             }
             Self::report(&self.cfg, &mut self.limits, &mut f, None, out);

@@ -5,24 +5,30 @@
 //! segment or a plain ACK in a flow with no probe pending, no reuse after idle open and no
 //! ending under way moves the flow's sequence numbers, ACK, window, TTL and clock forward,
 //! and that is all. The program here runs the classic filter of [`crate::io::bpf`]
-//! (translated instruction by instruction), then keeps a small record per flow in a hash map.
-//! Once user space has *armed* a flow (its state is quiet and every packet the kernel passed
-//! has been read: the last one's fingerprint matches), the kernel drops such packets from the
-//! socket and folds them into the record: a count, the latest times and the sequence state,
-//! which user space reads back ([`KernelFlows::read`]) before it processes the flow's next
-//! packet, expires or reports it. Anything else is passed and disarms the flow:
+//! (translated instruction by instruction), then keeps a record per flow in a hash map: a
+//! *mirror* of that part of the tracker's state, updated from every packet by the tracker's
+//! own rules, and whether each packet is *routine*. A packet is not routine when it is:
 //!
-//! - SYN, FIN, RST, or no ACK;
+//! - SYN, FIN or RST, or carries no ACK;
 //! - 0 or 1 byte whose sequence number is one below the peer's ACK (a keep-alive), or one
 //!   byte at it into a zero window, or any such segment before the peer's ACK is known;
 //! - data after at least [`REUSE_GAP`] (less a margin) without data: a reuse after idle;
-//! - any packet after a second of silence in the flow;
-//! - IPv6 with extension headers, malformed lengths, anything the parser here does not follow.
+//! - any packet after a second of silence in the flow.
 //!
-//! Arming is a request in a second map, with the fingerprint (sequence, ACK, window and
-//! flags) of the last packet user space processed; the kernel takes it only when that is
-//! also the last packet it passed, so no packet of the flow is still in the ring when it
-//! starts withholding, and the folded packets always come after everything read before.
+//! IPv6 extension headers, cut or malformed headers: passed without a look.
+//!
+//! User space *arms* a flow when its state is quiet (nothing under way that a routine
+//! packet could change) by a request in a second map: the first packet's fingerprint (so a
+//! record of another lifetime of the 4-tuple never takes it) and how many packets it has
+//! processed. The kernel takes the request at the next routine packet when that count
+//! covers every packet it passed that was not routine: the packets still in the ring are
+//! routine and leave the flow quiet. From then on it drops routine packets from the socket,
+//! counting them and mirroring their effect, until a packet that is not routine: that one is
+//! passed, and the mirror as the withheld packets left it is frozen in the record. User
+//! space reads the record ([`KernelFlows::read`]) before processing that packet (the
+//! packet after the count the record was armed at) and takes the frozen state in as if it
+//! had seen every withheld packet; before a flow's summary, expiry or eviction it takes in
+//! what is being withheld at the moment.
 //!
 //! Needs CAP_BPF (root); where the kernel refuses, the live source falls back on the classic
 //! filter and user space sees every packet, as before.
@@ -277,26 +283,47 @@ const DIR: i16 = -128;
 const NOW: i16 = -136;
 const SPORT: i16 = -140;
 const DPORT: i16 = -144;
-const INIT: i16 = -224;
+/// 1 when the packet is routine (see [`routine`]).
+const ROUTINE: i16 = -148;
+/// 1 when the packet is a probe by its sequence number (see [`mirror_packet`]).
+const PROBE: i16 = -152;
+const INIT: i16 = -304;
 
-// The flow record (map value), see [`Record`].
+// The flow record (map value): counters, the arming protocol, the first packet's
+// fingerprint, the live mirror of the tracker's per-flow state and a frozen copy of it.
 const V_SKIPPED: i16 = 0;
 const V_SEEN: i16 = 8;
 const V_SKIP_NS: i16 = 16;
 const V_ARMED: i16 = 24;
-/// The mirror: the same 48 bytes as an arm request.
-const V_MIRROR: i16 = 32;
-const M_FP_SEQ: i16 = 0;
-const M_FP_ACK: i16 = 4;
-const M_FP_MISC: i16 = 8;
-const M_KNOWN: i16 = 12;
-const M_NEXT: i16 = 16;
-const M_ACK: i16 = 24;
-const M_WIN: i16 = 32;
-const M_TTL: i16 = 36;
-const M_LAST_PAYLOAD: i16 = 40;
-const RECORD_SIZE: u32 = 80;
-const ARM_SIZE: u32 = 48;
+/// Packets passed since the record was made.
+const V_PASSED: i16 = 28;
+/// `V_PASSED`'s value at the latest passed packet that was not routine.
+const V_NR_IDX: i16 = 32;
+/// `V_PASSED`'s value when the record was last armed.
+const V_ARMED_AT: i16 = 36;
+/// Times the record was armed.
+const V_ARMS: i16 = 40;
+/// The first packet's fingerprint: sequence, ACK, window | flags << 16.
+const V_FP: i16 = 44;
+/// The mirror, kept from every packet.
+const V_LIVE: i16 = 56;
+/// The mirror as it stood after the last withheld packet, frozen when a packet ends the
+/// withholding; with the withheld count and time at that moment.
+const V_FOLD: i16 = 96;
+const V_FOLD_SKIPPED: i16 = 136;
+const V_FOLD_LAST: i16 = 144;
+const RECORD_SIZE: u32 = 152;
+// The mirror's fields.
+const M_KNOWN: i16 = 0;
+const M_NEXT: i16 = 4;
+const M_ACK: i16 = 12;
+const M_WIN: i16 = 20;
+const M_TTL: i16 = 24;
+const M_LAST_PAYLOAD: i16 = 32;
+const MIRROR_SIZE: i16 = 40;
+// An arm request: the first packet's fingerprint and the packets user space processed.
+const A_COUNT: i16 = 12;
+const ARM_SIZE: u32 = 16;
 const KEY_SIZE: u32 = 40;
 
 /// `known` bits, per key side `k` (0: the lower endpoint).
@@ -319,10 +346,6 @@ const LAST_PAYLOAD_KNOWN: u32 = 1 << 8;
 fn reuse_ns() -> i32 {
     let margin = Duration::from_millis(20);
     i32::try_from(REUSE_GAP.saturating_sub(margin).as_nanos()).unwrap_or(i32::MAX)
-}
-
-fn mirror(f: i16) -> i16 {
-    V_MIRROR + f
 }
 
 /// Emit the classic program `prog` as eBPF: its drops return 0, its accepts go to `accept`
@@ -437,67 +460,186 @@ fn need(a: &mut Asm, reg: u8, n: i32, short: L) {
     a.jump(JMP | JGT | X, R2, R1, 0, short);
 }
 
-/// The check of a 0- or 1-byte segment against the peer's (key side `peer`) mirrored ACK
-/// and window: on to `payload` (1 byte) or `skip` (none), or `pass`.
-fn small_segment(a: &mut Asm, peer: usize, pass: L, payload: L, skip: L) {
-    let p = peer as i16;
-    a.ldx(W, R3, R8, mirror(M_KNOWN));
-    let known = a.label();
-    a.j32(JSET, R3, ack_known(peer) as i32, known);
-    a.ja(pass);
-    a.mark(known);
-    a.ldx(W, R4, R8, mirror(M_ACK) + 4 * p);
-    a.ldx(W, R5, FP, SEQ);
-    a.alu32_imm(ADD, R5, 1);
-    a.j32x(JEQ, R5, R4, pass);
-    a.ldx(W, R1, FP, LEN);
-    a.j32(JEQ, R1, 0, skip);
-    a.ldx(W, R5, FP, SEQ);
-    a.j32x(JNE, R5, R4, payload);
-    let win = a.label();
-    a.j32(JSET, R3, win_known(peer) as i32, win);
-    a.ja(payload);
-    a.mark(win);
-    a.ldx(H, R4, R8, mirror(M_WIN) + 2 * p);
-    a.j32(JEQ, R4, 0, pass);
-    a.ja(payload);
+fn live(f: i16) -> i16 {
+    V_LIVE + f
 }
 
-/// Fold a withheld segment from key side `s` into the mirror, as the tracker would:
-/// the highest sequence end and ACK (in wrapping order), the window and the TTL.
-fn fold(a: &mut Asm, s: usize) {
-    let o = s as i16;
-    for (field, value, known) in [(M_NEXT, SEQ, next_known(s)), (M_ACK, ACK, ack_known(s))] {
-        let have = a.label();
-        let set = a.label();
-        let done = a.label();
-        a.ldx(W, R1, FP, value);
-        if field == M_NEXT {
-            a.ldx(W, R2, FP, LEN);
-            a.alu32(ADD, R1, R2);
-        }
-        a.ldx(W, R3, R8, mirror(M_KNOWN));
-        a.j32(JSET, R3, known as i32, have);
-        a.ja(set);
-        a.mark(have);
-        // keep the old value when it is not behind: old.diff(new) >= 0
-        a.ldx(W, R4, R8, mirror(field) + 4 * o);
-        a.raw(ALU | MOV | X, R5, R4, 0, 0);
-        a.alu32(SUB, R5, R1);
-        a.j32(JSGE, R5, 0, done);
-        a.mark(set);
-        a.stx(W, R8, mirror(field) + 4 * o, R1);
-        a.alu32_imm(OR, R3, known as i32);
-        a.stx(W, R8, mirror(M_KNOWN), R3);
-        a.mark(done);
-    }
+/// On to `yes` when the 0- or 1-byte segment in the stack slots is a probe by its sequence
+/// number, judged by the peer's (key side `peer`) ACK and window in the live mirror, as the
+/// tracker judges it: one below the peer's ACK, or one byte at it into a zero window. On to
+/// `unknown` when the peer's ACK is not known yet, else to `no`.
+fn probe_by_seq(a: &mut Asm, peer: usize, yes: L, unknown: L, no: L) {
+    let p = peer as i16;
+    let known = a.label();
+    a.ldx(W, R3, R8, live(M_KNOWN));
+    a.j32(JSET, R3, ack_known(peer) as i32, known);
+    a.ja(unknown);
+    a.mark(known);
+    a.ldx(W, R4, R8, live(M_ACK) + 4 * p);
+    a.ldx(W, R5, FP, SEQ);
+    a.alu32_imm(ADD, R5, 1);
+    a.j32x(JEQ, R5, R4, yes);
+    a.ldx(W, R1, FP, LEN);
+    a.j32(JNE, R1, 1, no);
+    a.ldx(W, R5, FP, SEQ);
+    a.j32x(JNE, R5, R4, no);
+    let win = a.label();
+    a.j32(JSET, R3, win_known(peer) as i32, win);
+    a.ja(no);
+    a.mark(win);
+    a.ldx(H, R4, R8, live(M_WIN) + 2 * p);
+    a.j32(JEQ, R4, 0, yes);
+    a.ja(no);
+}
+
+/// Set the ROUTINE slot: 1 when the packet from key side `s` changes nothing but the
+/// mirror and the counters of a flow with nothing under way (see the module's list).
+fn routine(a: &mut Asm, s: usize) {
+    let (no, payload, yes, ack_ok, small_ok, gap) = (
+        a.label(),
+        a.label(),
+        a.label(),
+        a.label(),
+        a.label(),
+        a.label(),
+    );
+    a.st(W, FP, ROUTINE, 0);
     a.ldx(W, R1, FP, MISC);
-    a.stx(H, R8, mirror(M_WIN) + 2 * o, R1);
+    a.alu32_imm(RSH, R1, 16);
+    a.j32(JSET, R1, 0x07, no); // FIN, SYN, RST
+    a.j32(JSET, R1, 0x10, ack_ok);
+    a.ja(no);
+    a.mark(ack_ok);
+    a.ldx(DW, R1, FP, NOW);
+    a.ldx(DW, R2, R8, V_SEEN);
+    a.sub64(R1, R2);
+    a.j64(JGE, R1, 1_000_000_000, no);
+    a.ldx(W, R1, FP, LEN);
+    a.j32(JGE, R1, 2, payload);
+    probe_by_seq(a, 1 - s, no, no, small_ok);
+    a.mark(small_ok);
+    a.ldx(W, R1, FP, LEN);
+    a.j32(JEQ, R1, 0, yes);
+    // Data: not a reuse after idle.
+    a.mark(payload);
+    a.ldx(W, R3, R8, live(M_KNOWN));
+    a.j32(JSET, R3, LAST_PAYLOAD_KNOWN as i32, gap);
+    a.ja(yes);
+    a.mark(gap);
+    a.ldx(DW, R1, FP, NOW);
+    a.ldx(DW, R2, R8, live(M_LAST_PAYLOAD));
+    a.sub64(R1, R2);
+    a.j64(JGE, R1, reuse_ns(), no);
+    a.mark(yes);
+    a.st(W, FP, ROUTINE, 1);
+    a.mark(no);
+}
+
+/// `live(field)` = the value in r1 unless the field (known by `bit`) is not behind it in
+/// wrapping order (`old.diff(new) >= 0` keeps the old one, as `SeqNum::max`).
+fn highest(a: &mut Asm, field: i16, bit: u32) {
+    let (have, set, done) = (a.label(), a.label(), a.label());
+    a.ldx(W, R3, R8, live(M_KNOWN));
+    a.j32(JSET, R3, bit as i32, have);
+    a.ja(set);
+    a.mark(have);
+    a.ldx(W, R4, R8, live(field));
+    a.raw(ALU | MOV | X, R5, R4, 0, 0);
+    a.alu32(SUB, R5, R1);
+    a.j32(JSGE, R5, 0, done);
+    a.mark(set);
+    a.stx(W, R8, live(field), R1);
+    a.alu32_imm(OR, R3, bit as i32);
+    a.stx(W, R8, live(M_KNOWN), R3);
+    a.mark(done);
+}
+
+/// Update the live mirror with the packet from key side `s`, as the tracker updates its
+/// state from any packet: the sequence end (one past a probe's sequence number, else past
+/// its data, SYN and FIN) and the ACK at their highest in wrapping order; unless it is a
+/// RST, the window, the TTL and, for data that is not a probe, the time of the last payload.
+fn mirror_packet(a: &mut Asm, s: usize) {
+    let o = s as i16;
+    let (is_probe, not_probe, pure_ack) = (a.label(), a.label(), a.label());
+    a.st(W, FP, PROBE, 0);
+    a.ldx(W, R1, FP, MISC);
+    a.alu32_imm(RSH, R1, 16);
+    a.j32(JSET, R1, 0x07, not_probe);
+    a.j32(JSET, R1, 0x10, pure_ack);
+    a.ja(not_probe);
+    a.mark(pure_ack);
+    a.ldx(W, R1, FP, LEN);
+    a.j32(JGT, R1, 1, not_probe);
+    probe_by_seq(a, 1 - s, is_probe, not_probe, not_probe);
+    a.mark(is_probe);
+    a.st(W, FP, PROBE, 1);
+    a.mark(not_probe);
+
+    // The sequence end.
+    let (end_done, probe_end) = (a.label(), a.label());
+    a.ldx(W, R1, FP, SEQ);
+    a.ldx(W, R2, FP, PROBE);
+    a.j32(JNE, R2, 0, probe_end);
+    a.ldx(W, R2, FP, LEN);
+    a.alu32(ADD, R1, R2);
+    a.ldx(W, R2, FP, MISC);
+    a.alu32_imm(RSH, R2, 16);
+    a.mov64(R3, R2);
+    a.alu32_imm(AND, R3, 1); // FIN
+    a.alu32(ADD, R1, R3);
+    a.alu32_imm(RSH, R2, 1);
+    a.alu32_imm(AND, R2, 1); // SYN
+    a.alu32(ADD, R1, R2);
+    a.ja(end_done);
+    a.mark(probe_end);
+    a.alu32_imm(ADD, R1, 1);
+    a.mark(end_done);
+    highest(a, M_NEXT + 4 * o, next_known(s));
+
+    // The ACK, when the segment carries one.
+    let (ack, no_ack) = (a.label(), a.label());
+    a.ldx(W, R2, FP, MISC);
+    a.alu32_imm(RSH, R2, 16);
+    a.j32(JSET, R2, 0x10, ack);
+    a.ja(no_ack);
+    a.mark(ack);
+    a.ldx(W, R1, FP, ACK);
+    highest(a, M_ACK + 4 * o, ack_known(s));
+    a.mark(no_ack);
+
+    // Window, TTL and the last payload: not from a RST.
+    let done = a.label();
+    a.ldx(W, R2, FP, MISC);
+    a.alu32_imm(RSH, R2, 16);
+    a.j32(JSET, R2, 0x04, done);
+    a.ldx(W, R1, FP, MISC);
+    a.stx(H, R8, live(M_WIN) + 2 * o, R1);
     a.ldx(W, R1, FP, TTL);
-    a.stx(B, R8, mirror(M_TTL) + o, R1);
-    a.ldx(W, R3, R8, mirror(M_KNOWN));
+    a.stx(B, R8, live(M_TTL) + o, R1);
+    a.ldx(W, R3, R8, live(M_KNOWN));
     a.alu32_imm(OR, R3, (win_known(s) | ttl_known(s)) as i32);
-    a.stx(W, R8, mirror(M_KNOWN), R3);
+    a.stx(W, R8, live(M_KNOWN), R3);
+    a.ldx(W, R1, FP, LEN);
+    a.j32(JEQ, R1, 0, done);
+    a.ldx(W, R1, FP, PROBE);
+    a.j32(JNE, R1, 0, done);
+    a.ldx(DW, R1, FP, NOW);
+    a.stx(DW, R8, live(M_LAST_PAYLOAD), R1);
+    a.alu32_imm(OR, R3, LAST_PAYLOAD_KNOWN as i32);
+    a.stx(W, R8, live(M_KNOWN), R3);
+    a.mark(done);
+}
+
+/// Emit `f(0)` or `f(1)` by the packet's key side (the DIR slot), then go on to `then`.
+fn by_side(a: &mut Asm, f: fn(&mut Asm, usize), then: L) {
+    let one = a.label();
+    a.ldx(W, R2, FP, DIR);
+    a.j32(JNE, R2, 0, one);
+    f(a, 0);
+    a.ja(then);
+    a.mark(one);
+    f(a, 1);
+    a.ja(then);
 }
 
 /// The whole program: the classic filter `classic`, then the per-flow part over the maps
@@ -657,78 +799,83 @@ pub fn program(
     a.ld_map(R1, state_fd);
     a.stack_ptr(R2, KEY);
     a.call(FN_MAP_LOOKUP);
-    let found = a.label();
+    let (found, pass_path, withhold, not_armed) = (a.label(), a.label(), a.label(), a.label());
     a.j64(JNE, R0, 0, found);
-    // A new flow: a record with this packet's fingerprint, passed.
+    // A new flow: a record with this packet's fingerprint; the packet is passed (not
+    // routine: user space has not seen the flow yet).
     for i in 0..(RECORD_SIZE as i16 / 8) {
         a.st(DW, FP, INIT + 8 * i, 0);
     }
-    a.ldx(DW, R1, FP, NOW);
-    a.stx(DW, FP, INIT + V_SEEN, R1);
-    for (from, to) in [(SEQ, M_FP_SEQ), (ACK, M_FP_ACK), (MISC, M_FP_MISC)] {
+    for (i, from) in [SEQ, ACK, MISC].into_iter().enumerate() {
         a.ldx(W, R1, FP, from);
-        a.stx(W, FP, INIT + V_MIRROR + to, R1);
+        a.stx(W, FP, INIT + V_FP + 4 * i as i16, R1);
     }
     a.ld_map(R1, state_fd);
     a.stack_ptr(R2, KEY);
     a.stack_ptr(R3, INIT);
     a.mov64_imm(R4, 1); // BPF_NOEXIST
     a.call(FN_MAP_UPDATE);
-    a.ja(pass);
+    a.ld_map(R1, state_fd);
+    a.stack_ptr(R2, KEY);
+    a.call(FN_MAP_LOOKUP);
+    a.j64(JEQ, R0, 0, pass);
+    a.mov64(R8, R0);
+    a.st(W, FP, ROUTINE, 0);
+    a.ja(pass_path);
 
     a.mark(found);
     a.mov64(R8, R0);
-    let (try_arm, routine, revoke, pass_update) = (a.label(), a.label(), a.label(), a.label());
+    let judged = a.label();
+    by_side(&mut a, routine, judged);
+    a.mark(judged);
     a.ldx(W, R1, R8, V_ARMED);
-    a.j32(JEQ, R1, 0, try_arm);
+    a.j32(JEQ, R1, 0, not_armed);
+    a.ldx(W, R1, FP, ROUTINE);
+    a.j32(JNE, R1, 0, withhold);
+    // The first packet that is not routine ends the withholding: the mirror as the withheld
+    // packets left it is frozen for user space, which reads it before this packet.
+    for i in 0..(MIRROR_SIZE / 8) {
+        a.ldx(DW, R1, R8, V_LIVE + 8 * i);
+        a.stx(DW, R8, V_FOLD + 8 * i, R1);
+    }
+    a.ldx(DW, R1, R8, V_SKIPPED);
+    a.stx(DW, R8, V_FOLD_SKIPPED, R1);
+    a.ldx(DW, R1, R8, V_SKIP_NS);
+    a.stx(DW, R8, V_FOLD_LAST, R1);
+    a.st(W, R8, V_ARMED, 0);
+    a.ja(pass_path);
 
-    a.mark(routine);
-    let (ack_ok, payload, skip, small1) = (a.label(), a.label(), a.label(), a.label());
-    a.ldx(W, R1, FP, MISC);
-    a.alu32_imm(RSH, R1, 16);
-    a.j32(JSET, R1, 0x07, revoke); // FIN, SYN, RST
-    a.j32(JSET, R1, 0x10, ack_ok);
-    a.ja(revoke);
-    a.mark(ack_ok);
-    a.ldx(DW, R1, FP, NOW);
-    a.ldx(DW, R2, R8, V_SEEN);
-    a.sub64(R1, R2);
-    a.j64(JGE, R1, 1_000_000_000, revoke);
-    a.ldx(W, R1, FP, LEN);
-    a.j32(JGE, R1, 2, payload);
-    a.ldx(W, R2, FP, DIR);
-    a.j32(JEQ, R2, 0, small1);
-    small_segment(&mut a, 0, revoke, payload, skip);
-    a.mark(small1);
-    small_segment(&mut a, 1, revoke, payload, skip);
+    // Not armed, a routine packet: is there a request for this record (same first packet)
+    // from user space having read every packet passed that was not routine?
+    a.mark(not_armed);
+    a.ldx(W, R1, FP, ROUTINE);
+    a.j32(JEQ, R1, 0, pass_path);
+    a.ld_map(R1, arm_fd);
+    a.stack_ptr(R2, KEY);
+    a.call(FN_MAP_LOOKUP);
+    a.j64(JEQ, R0, 0, pass_path);
+    for i in 0..3 {
+        a.ldx(W, R1, R0, 4 * i);
+        a.ldx(W, R2, R8, V_FP + 4 * i);
+        a.j32x(JNE, R1, R2, pass_path);
+    }
+    a.ldx(W, R1, R0, A_COUNT);
+    a.ldx(W, R2, R8, V_NR_IDX);
+    a.j32x(JLT, R1, R2, pass_path);
+    a.ldx(W, R1, R8, V_PASSED);
+    a.stx(W, R8, V_ARMED_AT, R1);
+    a.ldx(W, R1, R8, V_ARMS);
+    a.alu32_imm(ADD, R1, 1);
+    a.stx(W, R8, V_ARMS, R1);
+    a.st(W, R8, V_ARMED, 1);
+    a.ld_map(R1, arm_fd);
+    a.stack_ptr(R2, KEY);
+    a.call(FN_MAP_DELETE);
 
-    a.mark(payload);
-    let set_last = a.label();
-    a.ldx(W, R3, R8, mirror(M_KNOWN));
-    a.j32(JSET, R3, LAST_PAYLOAD_KNOWN as i32, set_last);
-    let first = a.label();
-    a.ja(first);
-    a.mark(set_last);
-    a.ldx(DW, R1, FP, NOW);
-    a.ldx(DW, R2, R8, mirror(M_LAST_PAYLOAD));
-    a.sub64(R1, R2);
-    a.j64(JGE, R1, reuse_ns(), revoke);
-    a.mark(first);
-    a.ldx(DW, R1, FP, NOW);
-    a.stx(DW, R8, mirror(M_LAST_PAYLOAD), R1);
-    a.ldx(W, R3, R8, mirror(M_KNOWN));
-    a.alu32_imm(OR, R3, LAST_PAYLOAD_KNOWN as i32);
-    a.stx(W, R8, mirror(M_KNOWN), R3);
-
-    a.mark(skip);
-    let (side1, folded) = (a.label(), a.label());
-    a.ldx(W, R2, FP, DIR);
-    a.j32(JNE, R2, 0, side1);
-    fold(&mut a, 0);
-    a.ja(folded);
-    a.mark(side1);
-    fold(&mut a, 1);
-    a.mark(folded);
+    a.mark(withhold);
+    let withheld = a.label();
+    by_side(&mut a, mirror_packet, withheld);
+    a.mark(withheld);
     a.ldx(DW, R1, FP, NOW);
     a.stx(DW, R8, V_SKIP_NS, R1);
     a.stx(DW, R8, V_SEEN, R1);
@@ -737,37 +884,20 @@ pub fn program(
     a.mov64_imm(R0, 0);
     a.exit();
 
-    a.mark(revoke);
-    a.st(W, R8, V_ARMED, 0);
-    a.ja(pass_update);
-
-    // Not armed: is there a request, made after reading the last packet passed?
-    a.mark(try_arm);
-    a.ld_map(R1, arm_fd);
-    a.stack_ptr(R2, KEY);
-    a.call(FN_MAP_LOOKUP);
-    a.j64(JEQ, R0, 0, pass_update);
-    for f in [M_FP_SEQ, M_FP_ACK, M_FP_MISC] {
-        a.ldx(W, R1, R0, f);
-        a.ldx(W, R2, R8, mirror(f));
-        a.j32x(JNE, R1, R2, pass_update);
-    }
-    for i in 0..(ARM_SIZE as i16 / 8) {
-        a.ldx(DW, R1, R0, 8 * i);
-        a.stx(DW, R8, V_MIRROR + 8 * i, R1);
-    }
-    a.st(W, R8, V_ARMED, 1);
-    a.ld_map(R1, arm_fd);
-    a.stack_ptr(R2, KEY);
-    a.call(FN_MAP_DELETE);
-    a.ja(routine);
-
-    // Passed: remember its fingerprint, for the next request.
-    a.mark(pass_update);
-    for (from, to) in [(SEQ, M_FP_SEQ), (ACK, M_FP_ACK), (MISC, M_FP_MISC)] {
-        a.ldx(W, R1, FP, from);
-        a.stx(W, R8, mirror(to), R1);
-    }
+    // Passed: counted (its index kept when it is not routine) and mirrored.
+    a.mark(pass_path);
+    let mirrored = a.label();
+    by_side(&mut a, mirror_packet, mirrored);
+    a.mark(mirrored);
+    a.mov64_imm(R1, 1);
+    // r1 = fetch_add(passed, 1): concurrent passes on other CPUs get their own index
+    a.raw(STX | ATOMIC | W, R8, R1, V_PASSED, 0x01);
+    a.alu32_imm(ADD, R1, 1);
+    let counted = a.label();
+    a.ldx(W, R2, FP, ROUTINE);
+    a.j32(JNE, R2, 0, counted);
+    a.stx(W, R8, V_NR_IDX, R1);
+    a.mark(counted);
     a.ldx(DW, R1, FP, NOW);
     a.stx(DW, R8, V_SEEN, R1);
     a.mark(pass);
@@ -860,14 +990,10 @@ fn prog_load(prog: &[Ins]) -> io::Result<OwnedFd> {
     }
 }
 
-/// What the kernel folded into a flow's record since user space armed it, in the tracker's
-/// terms (times on the capture's clock). Sides are the flow key's: 0 the lower endpoint.
+/// The tracker's per-flow state that a withheld segment changes, as the record mirrors it
+/// (times on the capture's clock). Sides are the flow key's: 0 the lower endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Folded {
-    /// Packets withheld while the record existed (cumulative).
-    pub skipped: u64,
-    /// When the latest withheld packet passed the filter.
-    pub last: Duration,
+pub struct Mirror {
     pub next_seq: [Option<u32>; 2],
     pub last_ack: [Option<u32>; 2],
     pub window: [Option<u16>; 2],
@@ -875,20 +1001,50 @@ pub struct Folded {
     pub last_payload: Option<Duration>,
 }
 
-/// A request to withhold a flow's routine packets: the fingerprint of the last packet user
-/// space processed and the tracker's state after it (sides as in [`Folded`]).
+/// A flow's record as the kernel keeps it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ArmRequest {
+pub struct Record {
+    /// Packets withheld while the record existed.
+    pub skipped: u64,
+    /// When the latest withheld packet passed the filter.
+    pub last: Duration,
+    /// Withholding now.
+    pub armed: bool,
+    /// Packets passed to user space since the record was made.
+    pub passed: u32,
+    /// `passed` at the latest passed packet that was not routine.
+    pub nr_idx: u32,
+    /// `passed` when the record was last armed: the packet after it ended the withholding.
+    pub armed_at: u32,
+    /// Times the record was armed.
+    pub arms: u32,
+    /// The mirror as of the latest packet.
+    pub live: Mirror,
+    /// The mirror, withheld count and time as the last withholding left them (frozen when a
+    /// packet ended it).
+    pub fold: Mirror,
+    pub fold_skipped: u64,
+    pub fold_last: Duration,
+}
+
+/// What identifies a packet well enough to tell a record's first one: sequence number, ACK,
+/// window and the TCP flags byte.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fingerprint {
     pub seq: u32,
     pub ack: u32,
     pub window: u16,
-    /// The TCP flags byte.
     pub flags: u8,
-    pub next_seq: [Option<u32>; 2],
-    pub last_ack: [Option<u32>; 2],
-    pub window_of: [Option<u16>; 2],
-    pub ttl: [Option<u8>; 2],
-    pub last_payload: Option<Duration>,
+}
+
+impl Fingerprint {
+    fn words(&self) -> [u32; 3] {
+        [
+            self.seq,
+            self.ack,
+            u32::from(self.window) | (u32::from(self.flags) << 16),
+        ]
+    }
 }
 
 /// A flow key as the program builds it: ten native-endian words, each address as four
@@ -937,10 +1093,6 @@ fn rd64(b: &[u8], at: i16) -> u64 {
 fn wr32(b: &mut [u8], at: i16, v: u32) {
     let at = at as usize;
     b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-}
-fn wr64(b: &mut [u8], at: i16, v: u64) {
-    wr32(b, at, v as u32);
-    wr32(b, at + 4, (v >> 32) as u32);
 }
 
 /// The maps and program of one live capture.
@@ -1012,75 +1164,58 @@ impl KernelFlows {
         )
     }
 
-    fn to_kernel_clock(&self, t: Duration) -> u64 {
-        let ns = i128::try_from(t.as_nanos()).unwrap_or(i128::MAX) - self.offset_ns;
-        u64::try_from(ns.max(1)).unwrap_or(u64::MAX)
+    fn mirror_at(&self, v: &[u8], at: i16) -> Mirror {
+        let known = rd32(v, at + M_KNOWN);
+        let on = |bit: u32| known & bit != 0;
+        let mut m = Mirror {
+            last_payload: on(LAST_PAYLOAD_KNOWN)
+                .then(|| self.to_capture_clock(rd64(v, at + M_LAST_PAYLOAD))),
+            ..Mirror::default()
+        };
+        for k in 0..2 {
+            let o = k as i16;
+            m.next_seq[k] = on(next_known(k)).then(|| rd32(v, at + M_NEXT + 4 * o));
+            m.last_ack[k] = on(ack_known(k)).then(|| rd32(v, at + M_ACK + 4 * o));
+            m.window[k] = on(win_known(k)).then(|| {
+                let i = (at + M_WIN + 2 * o) as usize;
+                u16::from_ne_bytes([v[i], v[i + 1]])
+            });
+            m.ttl[k] = on(ttl_known(k)).then(|| v[(at + M_TTL + o) as usize]);
+        }
+        m
     }
 
     /// The record of flow `key`, when the kernel keeps one.
     #[must_use]
-    pub fn read(&self, key: &KernelKey) -> Option<Folded> {
+    pub fn read(&self, key: &KernelKey) -> Option<Record> {
         let kb = key_bytes(key);
         let mut v = [0u8; RECORD_SIZE as usize];
         elem(BPF_MAP_LOOKUP_ELEM, &self.state, &kb, v.as_mut_ptr(), 0).ok()?;
-        let known = rd32(&v, mirror(M_KNOWN));
-        let on = |bit: u32| known & bit != 0;
-        let mut f = Folded {
+        Some(Record {
             skipped: rd64(&v, V_SKIPPED),
             last: self.to_capture_clock(rd64(&v, V_SKIP_NS)),
-            last_payload: on(LAST_PAYLOAD_KNOWN)
-                .then(|| self.to_capture_clock(rd64(&v, mirror(M_LAST_PAYLOAD)))),
-            ..Folded::default()
-        };
-        for k in 0..2 {
-            let o = k as i16;
-            f.next_seq[k] = on(next_known(k)).then(|| rd32(&v, mirror(M_NEXT) + 4 * o));
-            f.last_ack[k] = on(ack_known(k)).then(|| rd32(&v, mirror(M_ACK) + 4 * o));
-            f.window[k] = on(win_known(k)).then(|| {
-                let at = (mirror(M_WIN) + 2 * o) as usize;
-                u16::from_ne_bytes([v[at], v[at + 1]])
-            });
-            f.ttl[k] = on(ttl_known(k)).then(|| v[(mirror(M_TTL) + o) as usize]);
-        }
-        Some(f)
+            armed: rd32(&v, V_ARMED) != 0,
+            passed: rd32(&v, V_PASSED),
+            nr_idx: rd32(&v, V_NR_IDX),
+            armed_at: rd32(&v, V_ARMED_AT),
+            arms: rd32(&v, V_ARMS),
+            live: self.mirror_at(&v, V_LIVE),
+            fold: self.mirror_at(&v, V_FOLD),
+            fold_skipped: rd64(&v, V_FOLD_SKIPPED),
+            fold_last: self.to_capture_clock(rd64(&v, V_FOLD_LAST)),
+        })
     }
 
-    /// Ask the kernel to withhold flow `key`'s routine packets from now on.
-    pub fn arm(&self, key: &KernelKey, r: &ArmRequest) {
+    /// Ask the kernel to withhold flow `key`'s routine segments: user space has processed
+    /// `count` packets of the flow whose first packet was `first`, and the flow is quiet
+    /// after them. Taken at the next routine packet if every packet passed since the last
+    /// one that was not routine has been processed.
+    pub fn arm(&self, key: &KernelKey, first: &Fingerprint, count: u32) {
         let mut v = [0u8; ARM_SIZE as usize];
-        wr32(&mut v, M_FP_SEQ, r.seq);
-        wr32(&mut v, M_FP_ACK, r.ack);
-        wr32(
-            &mut v,
-            M_FP_MISC,
-            u32::from(r.window) | (u32::from(r.flags) << 16),
-        );
-        let mut known = 0;
-        for k in 0..2 {
-            let o = k as i16;
-            if let Some(n) = r.next_seq[k] {
-                wr32(&mut v, M_NEXT + 4 * o, n);
-                known |= next_known(k);
-            }
-            if let Some(a) = r.last_ack[k] {
-                wr32(&mut v, M_ACK + 4 * o, a);
-                known |= ack_known(k);
-            }
-            if let Some(w) = r.window_of[k] {
-                let at = (M_WIN + 2 * o) as usize;
-                v[at..at + 2].copy_from_slice(&w.to_ne_bytes());
-                known |= win_known(k);
-            }
-            if let Some(t) = r.ttl[k] {
-                v[(M_TTL + o) as usize] = t;
-                known |= ttl_known(k);
-            }
+        for (i, w) in first.words().into_iter().enumerate() {
+            wr32(&mut v, 4 * i as i16, w);
         }
-        if let Some(t) = r.last_payload {
-            wr64(&mut v, M_LAST_PAYLOAD, self.to_kernel_clock(t));
-            known |= LAST_PAYLOAD_KNOWN;
-        }
-        wr32(&mut v, M_KNOWN, known);
+        wr32(&mut v, A_COUNT, count);
         let kb = key_bytes(key);
         // A full map only means this flow is not withheld.
         let _ = elem(BPF_MAP_UPDATE_ELEM, &self.arm, &kb, v.as_mut_ptr(), 0);
@@ -1228,7 +1363,7 @@ mod tests {
     }
 
     #[test]
-    fn routine_segments_of_an_armed_flow_are_folded_and_the_rest_passed() {
+    fn routine_segments_of_an_armed_flow_are_withheld_and_the_rest_passed() {
         if !loadable() {
             return;
         }
@@ -1243,77 +1378,68 @@ mod tests {
             let k = KernelFlows::load(Framing::Ethernet, &classic).unwrap();
             let c: SocketAddr = client.parse().unwrap();
             let s: SocketAddr = server.parse().unwrap();
-            // The server (port 80) is the key's lower endpoint: side 0.
+            // The server (port 80) is the key's lower endpoint: side 0, the client side 1.
             let key = kernel_key((s.ip(), s.port()), (c.ip(), c.port()));
-            let up =
-                |seq, ack, flags, len| ethernet_frame(&spec(client, server, seq, ack, flags, len));
-            let down =
-                |seq, ack, flags, len| ethernet_frame(&spec(server, client, seq, ack, flags, len));
-            let arm_after = |seq: u32, ack: u32, flags: u8, next: [u32; 2], acked: [u32; 2]| {
-                k.arm(
-                    &key,
-                    &ArmRequest {
-                        seq,
-                        ack,
-                        window: 512,
-                        flags,
-                        next_seq: next.map(Some),
-                        last_ack: acked.map(Some),
-                        window_of: [Some(512); 2],
-                        ttl: [Some(64); 2],
-                        last_payload: None,
-                    },
-                );
+            let up = |seq, ack, flags, len| {
+                k.test_run(&ethernet_frame(&spec(client, server, seq, ack, flags, len)))
+                    .unwrap()
+            };
+            let down = |seq, ack, flags, len| {
+                k.test_run(&ethernet_frame(&spec(server, client, seq, ack, flags, len)))
+                    .unwrap()
+            };
+            let first = Fingerprint {
+                seq: 1000,
+                ack: 5000,
+                window: 512,
+                flags: ACK | PSH,
             };
 
-            assert_eq!(
-                k.test_run(&up(1000, 5000, ACK | PSH, 10)).unwrap(),
-                160,
-                "new flow"
-            );
-            assert_eq!(k.read(&key).unwrap().skipped, 0);
-            arm_after(1000, 5000, ACK | PSH, [5000, 1010], [1000, 5000]);
-            assert_eq!(
-                k.test_run(&up(1010, 5000, ACK | PSH, 10)).unwrap(),
-                0,
-                "data"
-            );
-            assert_eq!(k.test_run(&down(5000, 1020, ACK, 0)).unwrap(), 0, "its ACK");
-            let f = k.read(&key).unwrap();
-            assert_eq!(f.skipped, 2);
-            assert_eq!(f.next_seq, [Some(5000), Some(1020)]);
-            assert_eq!(f.last_ack, [Some(1020), Some(5000)]);
-            assert!(f.last_payload.is_some());
-            assert_eq!(f.ttl, [Some(64), Some(64)]);
-            // A keep-alive (one below what the server acknowledged) is passed and disarms.
-            assert_eq!(
-                k.test_run(&up(1019, 5000, ACK, 0)).unwrap(),
-                160,
-                "keep-alive"
-            );
-            assert_eq!(
-                k.test_run(&down(5000, 1020, ACK, 0)).unwrap(),
-                160,
-                "its answer"
-            );
-            // A request made before the last passed packet was read is not taken.
-            arm_after(1019, 5000, ACK, [5000, 1020], [1020, 5000]);
-            assert_eq!(
-                k.test_run(&up(1020, 5000, ACK | PSH, 10)).unwrap(),
-                160,
-                "stale"
-            );
-            arm_after(1020, 5000, ACK | PSH, [5000, 1030], [1020, 5000]);
-            assert_eq!(k.test_run(&up(1030, 5000, ACK | PSH, 10)).unwrap(), 0);
-            // FIN, RST, SYN: always passed.
-            assert_eq!(
-                k.test_run(&down(5000, 1040, ACK | 0x01, 0)).unwrap(),
-                160,
-                "FIN"
-            );
-            arm_after(5000, 1040, ACK | 0x01, [5001, 1040], [1040, 5000]);
-            assert_eq!(k.test_run(&up(1040, 5001, 0x04, 0)).unwrap(), 160, "RST");
-            assert_eq!(k.read(&key).unwrap().skipped, 3);
+            assert_eq!(up(1000, 5000, ACK | PSH, 10), 160, "a new flow");
+            assert_eq!(up(1010, 5000, ACK | PSH, 10), 160, "not asked to withhold");
+            let r = k.read(&key).unwrap();
+            assert_eq!((r.passed, r.nr_idx, r.arms, r.skipped), (2, 1, 0, 0));
+            assert_eq!(r.live.next_seq, [None, Some(1020)]);
+            // Asked after both: the next routine segment starts the withholding.
+            k.arm(&key, &first, 2);
+            assert_eq!(down(5000, 1020, ACK, 0), 0, "an ACK");
+            assert_eq!(up(1020, 5000, ACK | PSH, 10), 0, "data");
+            assert_eq!(down(5000, 1030, ACK, 0), 0, "its ACK");
+            let r = k.read(&key).unwrap();
+            assert!(r.armed);
+            assert_eq!((r.armed_at, r.arms, r.skipped), (2, 1, 3));
+            assert_eq!(r.live.next_seq, [Some(5000), Some(1030)]);
+            assert_eq!(r.live.last_ack, [Some(1030), Some(5000)]);
+            // A keep-alive (one below what the server acknowledged) ends it, and the state
+            // the withheld segments left is frozen for user space.
+            assert_eq!(up(1029, 5000, ACK, 0), 160, "keep-alive");
+            let r = k.read(&key).unwrap();
+            assert!(!r.armed);
+            assert_eq!((r.passed, r.nr_idx, r.fold_skipped), (3, 3, 3));
+            assert_eq!(r.fold.next_seq, [Some(5000), Some(1030)]);
+            assert!(r.fold.last_payload.is_some());
+            assert_eq!(r.fold.ttl, [Some(64), Some(64)]);
+            assert_eq!(down(5000, 1030, ACK, 0), 160, "its answer");
+            // A request made before the keep-alive was read is never taken; nor one for
+            // another first packet (a record of another lifetime).
+            k.arm(&key, &first, 2);
+            assert_eq!(up(1030, 5000, ACK | PSH, 10), 160, "stale");
+            k.arm(&key, &Fingerprint { seq: 1, ..first }, 9);
+            assert_eq!(up(1040, 5000, ACK | PSH, 10), 160, "another lifetime");
+            // Asked after the keep-alive (its answer and the data still unread, both
+            // routine): taken.
+            k.arm(&key, &first, 3);
+            assert_eq!(up(1050, 5000, ACK | PSH, 10), 0);
+            let r = k.read(&key).unwrap();
+            assert_eq!((r.armed_at, r.arms, r.skipped), (6, 2, 4));
+            // Data after half a second of silence is a reuse: passed.
+            std::thread::sleep(Duration::from_millis(600));
+            assert_eq!(up(1060, 5000, ACK | PSH, 10), 160, "reuse after idle");
+            // FIN and RST: always passed.
+            k.arm(&key, &first, 7);
+            assert_eq!(down(5000, 1070, ACK | 0x01, 0), 160, "FIN");
+            assert_eq!(up(1070, 5001, 0x04, 0), 160, "RST");
+            assert_eq!(k.read(&key).unwrap().skipped, 4);
             k.forget(&key);
             assert!(k.read(&key).is_none());
         }
