@@ -74,11 +74,43 @@ fn echo_server(addr: &str, close_after: Option<Duration>) -> SocketAddr {
     at
 }
 
+/// A client writing into a server that reads nothing for 2 s: its window closes and the
+/// client's kernel sends zero-window probes; then the server drains it and both close.
+fn stalled_receiver() -> std::thread::JoinHandle<()> {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = l.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut buf = vec![0u8; 1 << 16];
+        while c.read(&mut buf).is_ok_and(|n| n > 0) {}
+    });
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(at).unwrap();
+        let r = socket2::SockRef::from(&c);
+        r.set_send_buffer_size(64 << 10).unwrap();
+        let chunk = vec![b'z'; 64 << 10];
+        for _ in 0..64 {
+            c.write_all(&chunk).unwrap();
+        }
+        drop(c);
+        server.join().unwrap();
+    })
+}
+
 /// Send `n` bytes and read the echo.
 fn ping(s: &mut TcpStream, n: usize) {
-    s.write_all(&vec![b'k'; n]).unwrap();
     let mut back = vec![0u8; n];
+    if n <= 4096 {
+        s.write_all(&back).unwrap();
+        s.read_exact(&mut back).unwrap();
+        return;
+    }
+    // More than the buffers hold: write while reading the echo.
+    let mut w = s.try_clone().unwrap();
+    let out = std::thread::spawn(move || w.write_all(&vec![b'k'; n]).unwrap());
     s.read_exact(&mut back).unwrap();
+    out.join().unwrap();
 }
 
 /// Chat on every stream: `n` bytes each `every`, for `dur`.
@@ -113,8 +145,19 @@ fn traffic() {
     let every = Duration::from_millis(100);
     chat(&mut doomed, 100, every, Duration::from_millis(300));
     chat(&mut conns, 200, every, Duration::from_millis(2500));
+    // Back to back on four (packets still in the ring when watch asks), and a bulk
+    // transfer both ways on another.
+    for _ in 0..400 {
+        for s in &mut conns[2..6] {
+            ping(s, 100);
+        }
+    }
+    ping(&mut conns[6], 4 << 20);
+    // A receiver that stops reading: zero-window probes, during the idle time below.
+    let stalled = stalled_receiver();
     // Idle: keep-alive probes on six of them; the closing server gave up on its two.
     std::thread::sleep(Duration::from_millis(2300));
+    stalled.join().unwrap();
     // Reuse after idle on half, then more chatter.
     chat(&mut conns[..5], 50, every, Duration::from_millis(800));
     // The closed connections written to: a failed reuse (RST).
@@ -215,6 +258,13 @@ fn withholding_in_the_kernel_changes_no_result() {
     };
     assert_eq!(probes(&ea), probes(&eb));
     assert!(probes(&ea).len() >= 12, "keep-alives on six idle flows");
+    assert!(
+        probes(&ea)
+            .iter()
+            .any(|p| p.starts_with("\"zero_window_probe\"")),
+        "zero-window probes: {:#?}",
+        probes(&ea)
+    );
     let stats = |ev: &[Value]| ev.iter().find(|e| e["type"] == "stats").cloned().unwrap();
     let (sa, sb) = (stats(&ea), stats(&eb));
     assert_eq!(sa["tcp_packets"], sb["tcp_packets"], "{sa}\n{sb}");
