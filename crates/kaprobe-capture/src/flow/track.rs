@@ -526,6 +526,13 @@ impl Flow {
             return;
         };
         let link = &mut self.kernel;
+        if r.first != link.first {
+            // Another lifetime's record (this flow began with a packet it had counted):
+            // it never takes this flow's requests.
+            link.outstanding = false;
+            link.off = true;
+            return;
+        }
         if r.arms > link.arms_seen {
             if link.count <= r.armed_at {
                 // passed before the kernel started withholding: the withheld come after
@@ -559,7 +566,11 @@ impl Flow {
         let Some(r) = k.read(&self.kernel_key()) else {
             return 0;
         };
-        if !(r.armed && r.arms > self.kernel.arms_seen && self.kernel.count >= r.armed_at) {
+        if !(r.first == self.kernel.first
+            && r.armed
+            && r.arms > self.kernel.arms_seen
+            && self.kernel.count >= r.armed_at)
+        {
             return 0;
         }
         let n = self.add_withheld(r.skipped, r.last, stats);
@@ -1170,10 +1181,16 @@ impl Tracker {
         }
     }
 
-    /// The kernel forgets a flow the table dropped.
+    /// The kernel forgets a flow the table dropped, when its record counts exactly the
+    /// packets processed here: a packet still in the ring was counted in the record, and a
+    /// flow made here from it must not meet a fresh record made from the packet after it
+    /// (their counts would differ by the packets in between). Such a record stays: it never
+    /// matches a request of the new flow (another first packet), so nothing is withheld.
     fn forget(&self, f: &Flow) {
         if let Some(k) = &self.kernel {
-            k.forget(&f.kernel_key());
+            let key = f.kernel_key();
+            let aligned = k.read(&key).is_some_and(|r| r.passed == f.kernel.count);
+            k.forget(&key, aligned);
         }
     }
 
