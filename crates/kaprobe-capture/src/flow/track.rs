@@ -1388,6 +1388,9 @@ impl Tracker {
         self.stats.flows += 1;
         self.stats.peak_flows = self.stats.peak_flows.max(self.table.len() as u64);
         if let Some((_, mut old)) = evicted {
+            if let Some(k) = self.kernel.as_deref() {
+                old.take_withheld(k, &mut self.stats);
+            }
             self.forget(&old);
             self.stats.evictions += 1;
             Self::report(

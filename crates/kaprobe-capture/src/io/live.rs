@@ -311,7 +311,11 @@ impl LiveSource {
             match KernelFlows::load(framing, &prog).and_then(|k| k.attach(&fd).map(|()| k)) {
                 Ok(k) => Some(Arc::new(k)),
                 Err(e) => {
-                    withhold_error = Some(e.to_string());
+                    withhold_error = Some(if e.kind() == io::ErrorKind::PermissionDenied {
+                        format!("{e}: loading eBPF needs CAP_BPF, as root has")
+                    } else {
+                        e.to_string()
+                    });
                     None
                 }
             }
