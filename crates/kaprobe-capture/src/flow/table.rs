@@ -118,6 +118,27 @@ impl FlowKey {
         self.lo == *ep
     }
 
+    /// The key of the flow a kernel record is for (see
+    /// [`kernel_key`](crate::io::ebpf::kernel_key)).
+    #[must_use]
+    pub fn from_kernel_key(k: &[u32; 10]) -> Self {
+        let ip = |w: &[u32]| -> IpAddr {
+            if k[9] == 4 {
+                IpAddr::V4(std::net::Ipv4Addr::from(w[0]))
+            } else {
+                let mut o = [0u8; 16];
+                for (chunk, x) in o.chunks_exact_mut(4).zip(w) {
+                    chunk.copy_from_slice(&x.to_be_bytes());
+                }
+                IpAddr::V6(std::net::Ipv6Addr::from(o))
+            }
+        };
+        Self::new(
+            Ep::new(ip(&k[0..4]), (k[8] >> 16) as u16),
+            Ep::new(ip(&k[4..8]), k[8] as u16),
+        )
+    }
+
     /// The key for a packet between `a` and `b` (either direction gives the same key).
     #[must_use]
     pub fn new(a: Ep, b: Ep) -> Self {

@@ -303,16 +303,17 @@ struct KernelLink {
     /// Packets of the flow processed here (all passed by the kernel): the record counts
     /// the same ones.
     count: u32,
-    /// A request to withhold is outstanding, made after `req_count` packets.
+    /// A request to withhold is outstanding.
     outstanding: bool,
-    req_count: u32,
-    /// Armings of the record already accounted for.
-    arms_seen: u32,
+    /// The kernel took it (its arming event): the count of passed packets it was armed at.
+    armed_at: Option<u32>,
+    /// Passed packets processed since the request, while it was not taken.
+    since_request: u32,
     /// Withheld packets already taken in (the record's count is cumulative).
     taken: u64,
-    /// Requests in a row that came to nothing, and passed packets to let by before the
-    /// next request (a flow whose packets are seldom routine is not asked about after
-    /// every one).
+    /// Requests in a row that came to nothing (each next one waits twice as many passed
+    /// packets: a flow whose packets are seldom routine is not asked about after every one),
+    /// and passed packets to let by before asking again after an ended withholding.
     misses: u8,
     wait: u16,
     /// Never ask: a new connection reused the 4-tuple, and the kernel's record mirrors the
@@ -515,44 +516,32 @@ impl Flow {
     }
 
     /// Before processing a packet the kernel passed (already counted in `kernel.count`):
-    /// when it ended a withholding, take in what was withheld first, as the kernel froze it;
-    /// when a packet that was not routine passed after the request, the request is dead.
+    /// when it is the one after the count the record was armed at, it ended a withholding:
+    /// take in what was withheld first, as the kernel froze it.
     fn before_passed(&mut self, k: &KernelFlows, stats: &mut TrackerStats) {
-        if !self.kernel.outstanding {
-            return;
+        let link = &mut self.kernel;
+        match link.armed_at {
+            Some(at) if link.outstanding && link.count > at => {}
+            _ => return,
         }
+        link.outstanding = false;
+        link.armed_at = None;
         let Some(r) = k.read(&self.kernel_key()) else {
-            self.kernel.outstanding = false;
             return;
         };
-        let link = &mut self.kernel;
-        if r.first != link.first {
-            // Another lifetime's record (this flow began with a packet it had counted):
-            // it never takes this flow's requests.
-            link.outstanding = false;
-            link.off = true;
+        if r.first != self.kernel.first {
+            // Another lifetime's record: it never takes this flow's requests.
+            self.kernel.off = true;
             return;
         }
-        if r.arms > link.arms_seen {
-            if link.count <= r.armed_at {
-                // passed before the kernel started withholding: the withheld come after
-                return;
-            }
-            link.arms_seen = r.arms;
-            link.outstanding = false;
-            let (total, last, m) = if r.armed {
-                (r.skipped, r.last, r.live)
-            } else {
-                (r.fold_skipped, r.fold_last, r.fold)
-            };
-            if self.add_withheld(total, last, stats) > 0 {
-                self.apply_mirror(&m);
-                self.kernel.misses = 0;
-            }
-        } else if r.nr_idx > link.req_count {
-            link.outstanding = false;
-            link.misses = (link.misses + 1).min(10);
-            link.wait = (1 << link.misses) - 1;
+        let (total, last, m) = if r.armed {
+            (r.skipped, r.last, r.live)
+        } else {
+            (r.fold_skipped, r.fold_last, r.fold)
+        };
+        if self.add_withheld(total, last, stats) > 0 {
+            self.apply_mirror(&m);
+            self.kernel.misses = 0;
         }
     }
 
@@ -560,17 +549,14 @@ impl Flow {
     /// processed (the record is then exact): for summaries, expiry and eviction. Returns
     /// the packets taken in.
     fn take_withheld(&mut self, k: &KernelFlows, stats: &mut TrackerStats) -> u64 {
-        if !self.kernel.outstanding {
+        let link = &self.kernel;
+        if !(link.outstanding && link.armed_at.is_some_and(|at| link.count >= at)) {
             return 0;
         }
         let Some(r) = k.read(&self.kernel_key()) else {
             return 0;
         };
-        if !(r.first == self.kernel.first
-            && r.armed
-            && r.arms > self.kernel.arms_seen
-            && self.kernel.count >= r.armed_at)
-        {
+        if !(r.first == self.kernel.first && r.armed) {
             return 0;
         }
         let n = self.add_withheld(r.skipped, r.last, stats);
@@ -585,8 +571,19 @@ impl Flow {
     /// no probe pending or candidate held on either side, no reuse awaiting its result, not
     /// ended.
     fn request_withholding(&mut self, k: &KernelFlows) {
-        if self.kernel.off || self.kernel.outstanding {
+        let link = &mut self.kernel;
+        if link.off || link.armed_at.is_some() {
             return;
+        }
+        if link.outstanding {
+            // Not taken yet: the packets still in the ring when it was made, or a packet
+            // that is not routine passed since. Ask again (with the newer count) after
+            // twice as many passed packets as the last time.
+            link.since_request += 1;
+            if link.since_request < 8 << link.misses.min(7) {
+                return;
+            }
+            link.misses = link.misses.saturating_add(1);
         }
         let quiet = self.ended.is_none()
             && !self.reported
@@ -604,7 +601,7 @@ impl Flow {
         }
         k.arm(&self.kernel_key(), &self.kernel.first, self.kernel.count);
         self.kernel.outstanding = true;
-        self.kernel.req_count = self.kernel.count;
+        self.kernel.since_request = 0;
     }
 
     fn has_probes(&self) -> bool {
@@ -1169,6 +1166,22 @@ impl Tracker {
         self.kernel = k;
     }
 
+    /// Note in each flow the kernel armed since the last look the count it was armed at.
+    #[inline]
+    fn note_armings(&mut self) {
+        let Some(k) = self.kernel.as_deref() else {
+            return;
+        };
+        let table = &mut self.table;
+        k.armings(|key, first, at| {
+            if let Some(f) = table.get_mut(&FlowKey::from_kernel_key(&key)) {
+                if f.kernel.outstanding && f.kernel.first == first {
+                    f.kernel.armed_at = Some(at);
+                }
+            }
+        });
+    }
+
     /// Take in what the kernel withheld for the flow at `key`, if it may have: true when
     /// there was something.
     fn take_withheld_at(&mut self, key: &FlowKey) -> bool {
@@ -1200,11 +1213,12 @@ impl Tracker {
         if self.kernel.is_none() {
             return;
         }
+        self.note_armings();
         let all = self.cfg.report_all_flows;
         let keys: Vec<FlowKey> = self
             .table
             .iter()
-            .filter(|(_, f)| f.kernel.outstanding && (all || f.has_probes()))
+            .filter(|(_, f)| f.kernel.armed_at.is_some() && (all || f.has_probes()))
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
@@ -1293,6 +1307,7 @@ impl Tracker {
         out: &mut Vec<Event>,
     ) {
         self.stats.tcp_packets += 1;
+        self.note_armings();
         if ts >= self.next_expiry {
             self.expire(ts, out);
         }
@@ -1411,6 +1426,7 @@ impl Tracker {
             return;
         }
         self.next_expiry = now.saturating_add(Duration::from_secs(1));
+        self.note_armings();
         while let Some(&(at, key)) = self.closed.front() {
             if at + self.cfg.closed_linger > now {
                 break;
@@ -1469,6 +1485,7 @@ impl Tracker {
 
     /// End of input: summaries of all flows not yet reported.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.note_armings();
         for (_, mut f) in self.table.drain() {
             if let Some(k) = self.kernel.as_deref() {
                 f.take_withheld(k, &mut self.stats);

@@ -83,6 +83,7 @@ const FN_MAP_LOOKUP: i32 = 1;
 const FN_MAP_UPDATE: i32 = 2;
 const FN_MAP_DELETE: i32 = 3;
 const FN_KTIME_GET_NS: i32 = 5;
+const FN_RINGBUF_OUTPUT: i32 = 130;
 
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
@@ -288,6 +289,12 @@ const ROUTINE: i16 = -148;
 /// 1 when the packet is a probe by its sequence number (see [`mirror_packet`]).
 const PROBE: i16 = -152;
 const INIT: i16 = -304;
+/// An arming event: the key (at [`KEY`]), then the count armed at and the first packet's
+/// fingerprint, over the classic scratch memory (unused by then).
+const EVENT: i16 = KEY;
+const E_ARMED_AT: i16 = 40;
+const E_FIRST: i16 = 44;
+const EVENT_SIZE: i16 = 56;
 
 // The flow record (map value): counters, the arming protocol, the first packet's
 // fingerprint, the live mirror of the tracker's per-flow state and a frozen copy of it.
@@ -652,6 +659,7 @@ pub fn program(
     classic: &[Insn],
     state_fd: i32,
     arm_fd: i32,
+    events_fd: i32,
 ) -> Result<Vec<Ins>, &'static str> {
     let mut a = Asm::default();
     a.mov64(CTX, R1);
@@ -862,6 +870,20 @@ pub fn program(
     a.ldx(W, R1, R0, A_COUNT);
     a.ldx(W, R2, R8, V_NR_IDX);
     a.j32x(JLT, R1, R2, pass_path);
+    // Tell user space first (the key, the count armed at, the first packet): it reads the
+    // record at the packet after that count. No room for the event: no arming.
+    a.ldx(W, R1, R8, V_PASSED);
+    a.stx(W, FP, EVENT + E_ARMED_AT, R1);
+    for i in 0..3 {
+        a.ldx(W, R1, R8, V_FP + 4 * i);
+        a.stx(W, FP, EVENT + E_FIRST + 4 * i, R1);
+    }
+    a.ld_map(R1, events_fd);
+    a.stack_ptr(R2, EVENT);
+    a.mov64_imm(R3, i32::from(EVENT_SIZE));
+    a.mov64_imm(R4, 0);
+    a.call(FN_RINGBUF_OUTPUT);
+    a.j64(JNE, R0, 0, pass_path);
     a.ldx(W, R1, R8, V_PASSED);
     a.stx(W, R8, V_ARMED_AT, R1);
     a.ldx(W, R1, R8, V_ARMS);
@@ -914,6 +936,9 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+/// Bytes of arming events the kernel can queue for user space.
+const EVENTS_BYTES: u32 = 1 << 18;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const BPF_F_NO_PREALLOC: u32 = 1;
 const SO_ATTACH_BPF: libc::c_int = 50;
@@ -951,6 +976,13 @@ fn map_create(key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
     attr[0] = lo_hi(BPF_MAP_TYPE_HASH, key);
     attr[1] = lo_hi(value, entries);
     attr[2] = u64::from(BPF_F_NO_PREALLOC);
+    new_fd(sys_bpf(BPF_MAP_CREATE, &mut attr)?)
+}
+
+fn ringbuf_create(bytes: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    attr[0] = lo_hi(BPF_MAP_TYPE_RINGBUF, 0);
+    attr[1] = lo_hi(0, bytes);
     new_fd(sys_bpf(BPF_MAP_CREATE, &mut attr)?)
 }
 
@@ -1106,10 +1138,127 @@ fn wr32(b: &mut [u8], at: i16, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
+/// The arming events' ring buffer, mapped: the consumer position (written here) on one
+/// page, then the producer position and the data, mapped twice in a row so that a record
+/// never wraps.
+struct Events {
+    _fd: OwnedFd,
+    cons: *mut u8,
+    prod: *mut u8,
+    page: usize,
+    bytes: usize,
+}
+
+const RINGBUF_BUSY: u32 = 1 << 31;
+const RINGBUF_DISCARD: u32 = 1 << 30;
+
+impl Events {
+    fn new(bytes: u32) -> io::Result<Self> {
+        let fd = ringbuf_create(bytes)?;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = bytes as usize;
+        // SAFETY: mapping the ring buffer's pages as the kernel lays them out: the consumer
+        // page read-write at offset 0, the producer page and twice the data read-only after
+        // it; the descriptor is valid and the lengths are the map's.
+        let cons = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if cons == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let prod = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page + 2 * bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                libc::off_t::try_from(page).unwrap_or(4096),
+            )
+        };
+        if prod == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            // SAFETY: unmapping what was mapped just above.
+            unsafe { libc::munmap(cons, page) };
+            return Err(e);
+        }
+        Ok(Self {
+            _fd: fd,
+            cons: cons.cast(),
+            prod: prod.cast(),
+            page,
+            bytes,
+        })
+    }
+
+    /// Hand each queued event's words to `f`, and free their room.
+    fn drain(&self, mut f: impl FnMut(&[u32; EVENT_SIZE as usize / 4])) {
+        use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+        // SAFETY: both positions are 8-byte aligned u64s at the start of their pages, which
+        // stay mapped while `self` lives; the kernel writes the producer position, only this
+        // (single) consumer writes the consumer position.
+        let (cons_pos, prod_pos) = unsafe {
+            (
+                &*self.cons.cast::<AtomicU64>(),
+                &*self.prod.cast::<AtomicU64>(),
+            )
+        };
+        let mut c = cons_pos.load(Ordering::Relaxed);
+        let p = prod_pos.load(Ordering::Acquire);
+        if c == p {
+            return;
+        }
+        let mask = self.bytes as u64 - 1;
+        // SAFETY: the data starts one page after the producer page; it is mapped twice, so
+        // any record (at most EVENT_SIZE + 8 bytes) is contiguous from its start.
+        let data = unsafe { self.prod.add(self.page) };
+        while c < p {
+            let at = (c & mask) as usize;
+            // SAFETY: `at` is inside the first copy of the data; headers are 8-byte aligned.
+            let hdr = unsafe { &*data.add(at).cast::<AtomicU32>() }.load(Ordering::Acquire);
+            if hdr & RINGBUF_BUSY != 0 {
+                break;
+            }
+            let len = hdr & !(RINGBUF_BUSY | RINGBUF_DISCARD);
+            if hdr & RINGBUF_DISCARD == 0 && len == EVENT_SIZE as u32 {
+                let mut w = [0u32; EVENT_SIZE as usize / 4];
+                for (i, x) in w.iter_mut().enumerate() {
+                    // SAFETY: within the record, contiguous thanks to the double mapping.
+                    *x =
+                        unsafe { std::ptr::read_unaligned(data.add(at + 8 + 4 * i).cast::<u32>()) };
+                }
+                f(&w);
+            }
+            c += u64::from((len + 8 + 7) & !7);
+        }
+        cons_pos.store(c, Ordering::Release);
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the two mappings made in `new`.
+        unsafe {
+            libc::munmap(self.cons.cast(), self.page);
+            libc::munmap(self.prod.cast(), self.page + 2 * self.bytes);
+        }
+    }
+}
+
 /// The maps and program of one live capture.
 pub struct KernelFlows {
     state: OwnedFd,
     arm: OwnedFd,
+    events: Events,
     prog: OwnedFd,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC (the program's clock), in nanoseconds.
     offset_ns: i128,
@@ -1132,12 +1281,20 @@ impl KernelFlows {
     pub fn load(framing: Framing, classic: &[Insn]) -> io::Result<Self> {
         let state = map_create(KEY_SIZE, RECORD_SIZE, MAX_KERNEL_FLOWS)?;
         let arm = map_create(KEY_SIZE, ARM_SIZE, MAX_KERNEL_FLOWS)?;
-        let code = program(framing, classic, state.as_raw_fd(), arm.as_raw_fd())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let events = Events::new(EVENTS_BYTES)?;
+        let code = program(
+            framing,
+            classic,
+            state.as_raw_fd(),
+            arm.as_raw_fd(),
+            events._fd.as_raw_fd(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let prog = prog_load(&code)?;
         Ok(Self {
             state,
             arm,
+            events,
             prog,
             offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
         })
@@ -1220,6 +1377,17 @@ impl KernelFlows {
             fold_skipped: rd64(&v, V_FOLD_SKIPPED),
             fold_last: self.to_capture_clock(rd64(&v, V_FOLD_LAST)),
         })
+    }
+
+    /// Hand each arming since the last call to `f`: the flow's key, its record's first
+    /// packet, and the count of passed packets it was armed at (the packet after it ends
+    /// the withholding; read the record then). Cheap when there is none: one load.
+    pub fn armings(&self, mut f: impl FnMut(KernelKey, Fingerprint, u32)) {
+        self.events.drain(|w| {
+            let mut key = [0u32; 10];
+            key.copy_from_slice(&w[..10]);
+            f(key, Fingerprint::from_words([w[11], w[12], w[13]]), w[10]);
+        });
     }
 
     /// Ask the kernel to withhold flow `key`'s routine segments: user space has processed
@@ -1427,6 +1595,16 @@ mod tests {
             let r = k.read(&key).unwrap();
             assert!(r.armed);
             assert_eq!((r.armed_at, r.arms, r.skipped), (2, 1, 3));
+            let mut events = Vec::new();
+            k.armings(|kk, f, at| events.push((kk, f, at)));
+            assert_eq!(events, vec![(key, first, 2)], "one arming event");
+            assert_eq!(
+                crate::flow::table::FlowKey::from_kernel_key(&key),
+                crate::flow::table::FlowKey::new(
+                    crate::flow::table::Ep::new(c.ip(), c.port()),
+                    crate::flow::table::Ep::new(s.ip(), s.port())
+                )
+            );
             assert_eq!(r.live.next_seq, [Some(5000), Some(1030)]);
             assert_eq!(r.live.last_ack, [Some(1030), Some(5000)]);
             // A keep-alive (one below what the server acknowledged) ends it, and the state
