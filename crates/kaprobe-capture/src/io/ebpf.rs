@@ -1147,7 +1147,16 @@ struct Events {
     prod: *mut u8,
     page: usize,
     bytes: usize,
+    /// Held while draining: one consumer at a time.
+    draining: std::sync::atomic::AtomicBool,
 }
+
+// SAFETY: the mappings belong to the process, not to a thread; the positions in them are
+// read and written through atomics, the data only read, and `drain` lets one caller at a
+// time consume (the others return at once).
+unsafe impl Send for Events {}
+// SAFETY: as above.
+unsafe impl Sync for Events {}
 
 const RINGBUF_BUSY: u32 = 1 << 31;
 const RINGBUF_DISCARD: u32 = 1 << 30;
@@ -1197,6 +1206,7 @@ impl Events {
             prod: prod.cast(),
             page,
             bytes,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1214,9 +1224,11 @@ impl Events {
         };
         let mut c = cons_pos.load(Ordering::Relaxed);
         let p = prod_pos.load(Ordering::Acquire);
-        if c == p {
+        if c == p || self.draining.swap(true, Ordering::Acquire) {
             return;
         }
+        // Read again under the flag: another consumer may have moved it.
+        c = c.max(cons_pos.load(Ordering::Relaxed));
         let mask = self.bytes as u64 - 1;
         // SAFETY: the data starts one page after the producer page; it is mapped twice, so
         // any record (at most EVENT_SIZE + 8 bytes) is contiguous from its start.
@@ -1241,6 +1253,7 @@ impl Events {
             c += u64::from((len + 8 + 7) & !7);
         }
         cons_pos.store(c, Ordering::Release);
+        self.draining.store(false, Ordering::Release);
     }
 }
 
