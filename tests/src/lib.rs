@@ -926,3 +926,25 @@ pub fn make_certs(dir: &TempDir) -> (String, String, String) {
         p(dir.write("server.key", &key.serialize_pem())),
     )
 }
+
+/// Start `kaprobe watch` (already configured in `cmd`) and wait for its start line.
+pub fn start_watch(cmd: &mut Command) -> (KillOnDrop, Receiver<String>) {
+    let mut child = KillOnDrop::spawn(cmd);
+    let rx = line_reader(child.0.stdout.take().unwrap());
+    let started = wait_line(&rx, Duration::from_secs(20), |l| l.contains("\"start\""));
+    if started.is_err() {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err);
+        panic!("watch did not start: {started:?} {err}");
+    }
+    (child, rx)
+}
+
+/// Every JSON line until the watcher (from [`start_watch`]) exits successfully.
+pub fn watch_rest(child: &mut KillOnDrop, rx: &Receiver<String>) -> Vec<serde_json::Value> {
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "watch exited with {status}");
+    rx.iter()
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}

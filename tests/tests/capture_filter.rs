@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use kaprobe_capture::craft::Rng;
 use kaprobe_capture::filter::Expression;
 use kaprobe_capture::io::source::{FileSource, Next, PacketSource};
 use kaprobe_capture::wire::packet::{ip_start, parse_frame};
@@ -587,24 +588,6 @@ fn watch_write_rotates_files_as_tcpdump_c_and_w_do() {
         let o = run(&all);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
-    }
-}
-
-/// A small deterministic generator (xorshift64*), seeded per run and named in failures.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
-        v[self.below(v.len() as u64) as usize]
     }
 }
 

@@ -5,36 +5,13 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use kaprobe_tests::{
-    json_lines, kaprobe, keepalive, line_reader, require_root, require_tool, run, stderr,
-    wait_line, KillOnDrop, NsPair,
+    json_lines, kaprobe, keepalive, line_reader, require_root, require_tool, run, start_watch,
+    stderr, wait_line, watch_rest, KillOnDrop, NsPair,
 };
 use serde_json::Value;
-
-/// Start `kaprobe watch` (already configured in `cmd`) and wait for its start line.
-fn start_watch(cmd: &mut Command) -> (KillOnDrop, Receiver<String>) {
-    let mut child = KillOnDrop::spawn(cmd);
-    let rx = line_reader(child.0.stdout.take().unwrap());
-    let started = wait_line(&rx, Duration::from_secs(20), |l| l.contains("\"start\""));
-    if started.is_err() {
-        let mut err = String::new();
-        let _ = child.0.stderr.take().unwrap().read_to_string(&mut err);
-        panic!("watch did not start: {started:?} {err}");
-    }
-    (child, rx)
-}
-
-/// Every JSON line until the watcher exits.
-fn rest(child: &mut KillOnDrop, rx: &Receiver<String>) -> Vec<Value> {
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "watch exited with {status}");
-    rx.iter()
-        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
 
 fn of_type<'a>(v: &'a [Value], t: &str) -> Vec<&'a Value> {
     v.iter().filter(|x| x["type"] == t).collect()
@@ -63,7 +40,7 @@ fn watch_reports_kernel_probes_on_loopback_at_1s() {
     client.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     server.read_exact(&mut buf).unwrap();
-    let events = rest(&mut child, &rx);
+    let events = watch_rest(&mut child, &rx);
     let probes: Vec<&Value> = of_type(&events, "packet")
         .into_iter()
         .filter(|p| p["kind"] == "keepalive")
@@ -132,7 +109,7 @@ fn dead_peer_in_a_namespace_shows_unanswered_probes_then_rst() {
     let mut cmd = pair.watch_in_a(port, &["--duration", "7s", "--json"]);
     let (mut child, rx) = start_watch(&mut cmd);
     let _conn = pair.lose_peer(&listener);
-    let events = rest(&mut child, &rx);
+    let events = watch_rest(&mut child, &rx);
     let probes: Vec<&Value> = of_type(&events, "packet")
         .into_iter()
         .filter(|p| p["kind"] == "keepalive")
@@ -265,7 +242,7 @@ fn ctrl_c_stops_watch_with_a_summary() {
     let (mut child, rx) = start_watch(kaprobe().args(["watch", "lo", "--json", "--port", "9"]));
     // SAFETY: SIGINT to our own child, as Ctrl-C would send.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
-    let events = rest(&mut child, &rx);
+    let events = watch_rest(&mut child, &rx);
     let stats = of_type(&events, "stats");
     assert_eq!(stats.len(), 1, "{events:#?}");
     assert!(stats[0]["elapsed"].as_f64().unwrap() < 10.0);

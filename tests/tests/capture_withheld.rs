@@ -12,12 +12,12 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use kaprobe_tests::{
-    in_netns, kaprobe_bin, keepalive, line_reader, require_root, wait_line, KillOnDrop, Netns,
+    in_netns, kaprobe_bin, keepalive, require_root, start_watch, watch_rest, KillOnDrop, Netns,
     TempDir,
 };
 use serde_json::Value;
 
-fn start_watch(
+fn watch_json(
     ns: &Netns,
     extra: &[&str],
     html: &std::path::Path,
@@ -28,23 +28,7 @@ fn start_watch(
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = KillOnDrop::spawn(&mut cmd);
-    let rx = line_reader(child.0.stdout.take().unwrap());
-    let started = wait_line(&rx, Duration::from_secs(20), |l| l.contains("\"start\""));
-    if started.is_err() {
-        let mut err = String::new();
-        let _ = child.0.stderr.take().unwrap().read_to_string(&mut err);
-        panic!("watch did not start: {started:?} {err}");
-    }
-    (child, rx)
-}
-
-fn rest(child: &mut KillOnDrop, rx: &Receiver<String>) -> Vec<Value> {
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "watch exited with {status}");
-    rx.iter()
-        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    start_watch(&mut cmd)
 }
 
 /// An echo server on `addr`: each connection in its own thread. With `close_after` the
@@ -230,10 +214,10 @@ fn withholding_in_the_kernel_changes_no_result() {
     require_root!();
     let ns = Netns::new("wh");
     let dir = TempDir::new("withheld");
-    let (mut a, ra) = start_watch(&ns, &[], &dir.path().join("a.html"));
-    let (mut b, rb) = start_watch(&ns, &["--every-packet"], &dir.path().join("b.html"));
+    let (mut a, ra) = watch_json(&ns, &[], &dir.path().join("a.html"));
+    let (mut b, rb) = watch_json(&ns, &["--every-packet"], &dir.path().join("b.html"));
     in_netns(&ns.name, traffic);
-    let (ea, eb) = (rest(&mut a, &ra), rest(&mut b, &rb));
+    let (ea, eb) = (watch_rest(&mut a, &ra), watch_rest(&mut b, &rb));
     let (fa, fb) = (flows(&ea), flows(&eb));
     assert_eq!(
         fa.keys().collect::<Vec<_>>(),

@@ -779,13 +779,17 @@ pub fn program(
     a.ldx(W, R1, FP, SPORT);
     a.ldx(W, R2, FP, DPORT);
     a.j32x(JGT, R1, R2, dst_lo);
+    // `lo port << 16 | hi port`, and the packet's side (0: from the lower endpoint).
+    let key_ports = |a: &mut Asm, lo: i16, hi: i16, side: i32| {
+        a.ldx(W, R1, FP, lo);
+        a.alu32_imm(LSH, R1, 16);
+        a.ldx(W, R2, FP, hi);
+        a.alu32(OR, R1, R2);
+        a.stx(W, FP, KEY + 32, R1);
+        a.st(W, FP, DIR, side);
+    };
     a.mark(src_lo);
-    a.ldx(W, R1, FP, SPORT);
-    a.alu32_imm(LSH, R1, 16);
-    a.ldx(W, R2, FP, DPORT);
-    a.alu32(OR, R1, R2);
-    a.stx(W, FP, KEY + 32, R1);
-    a.st(W, FP, DIR, 0);
+    key_ports(&mut a, SPORT, DPORT, 0);
     a.ja(keyed);
     a.mark(dst_lo);
     for w in 0..4i16 {
@@ -794,12 +798,7 @@ pub fn program(
         a.stx(W, FP, KEY + 4 * w, R2);
         a.stx(W, FP, KEY + 16 + 4 * w, R1);
     }
-    a.ldx(W, R1, FP, DPORT);
-    a.alu32_imm(LSH, R1, 16);
-    a.ldx(W, R2, FP, SPORT);
-    a.alu32(OR, R1, R2);
-    a.stx(W, FP, KEY + 32, R1);
-    a.st(W, FP, DIR, 1);
+    key_ports(&mut a, DPORT, SPORT, 1);
     a.mark(keyed);
 
     a.call(FN_KTIME_GET_NS);
@@ -1460,7 +1459,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::analyze::Filter;
-    use crate::craft::{ethernet_frame, ip_packet, TcpSpec};
+    use crate::craft::{ethernet_frame, ip_packet, Rng, TcpSpec};
     use crate::io::bpf::{program_checked, run};
     use std::net::SocketAddr;
 
@@ -1665,20 +1664,6 @@ mod tests {
                 _ => None,
             })
             .collect()
-    }
-
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     /// One random flow's state as the generator sends it.
