@@ -22,13 +22,15 @@
 //! record of another lifetime of the 4-tuple never takes it) and how many packets it has
 //! processed. The kernel takes the request at the next routine packet when that count
 //! covers every packet it passed that was not routine: the packets still in the ring are
-//! routine and leave the flow quiet. From then on it drops routine packets from the socket,
-//! counting them and mirroring their effect, until a packet that is not routine: that one is
-//! passed, and the mirror as the withheld packets left it is frozen in the record. User
-//! space reads the record ([`KernelFlows::read`]) before processing that packet (the
-//! packet after the count the record was armed at) and takes the frozen state in as if it
-//! had seen every withheld packet; before a flow's summary, expiry or eviction it takes in
-//! what is being withheld at the moment.
+//! routine and leave the flow quiet. It says so through a ring buffer of arming events (the
+//! key, the first packet, the count it armed at; no room for the event, no arming), so that
+//! user space reads a record only when it must. From then on it drops routine packets from
+//! the socket, counting them and mirroring their effect, until a packet that is not
+//! routine: that one is passed, and the mirror as the withheld packets left it is frozen in
+//! the record. User space reads the record ([`KernelFlows::read`]) before processing that
+//! packet (the one after the count the record was armed at) and takes the frozen state in
+//! as if it had seen every withheld packet; before a flow's summary, expiry or eviction it
+//! takes in what is being withheld at the moment.
 //!
 //! Needs CAP_BPF (root); where the kernel refuses, the live source falls back on the classic
 //! filter and user space sees every packet, as before.
@@ -1782,7 +1784,10 @@ mod tests {
                 spec.payload = vec![b'p'; len as usize];
                 let ip = ip_packet(&spec);
                 let kept = k.test_run(&ip).unwrap();
-                trace.push(format!("#{n} {} > {} seq {seq} ack {ack} flags {flags:#x} len {len} win {} kept {kept}", spec.src, spec.dst, spec.window));
+                trace.push(format!(
+                    "#{n} {} > {} seq {seq} ack {ack} flags {flags:#x} len {len} win {} kept {kept}",
+                    spec.src, spec.dst, spec.window
+                ));
                 let ts = now();
                 let p = parse_frame(LinkType::RawIp, &ip).unwrap();
                 every.process(n, ts, &p, &mut out_a);
