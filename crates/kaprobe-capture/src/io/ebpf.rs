@@ -308,20 +308,16 @@ const V_ARMED: i16 = 24;
 const V_PASSED: i16 = 28;
 /// `V_PASSED`'s value at the latest passed packet that was not routine.
 const V_NR_IDX: i16 = 32;
-/// `V_PASSED`'s value when the record was last armed.
-const V_ARMED_AT: i16 = 36;
-/// Times the record was armed.
-const V_ARMS: i16 = 40;
 /// The first packet's fingerprint: sequence, ACK, window | flags << 16.
-const V_FP: i16 = 44;
+const V_FP: i16 = 36;
 /// The mirror, kept from every packet.
-const V_LIVE: i16 = 56;
+const V_LIVE: i16 = 48;
 /// The mirror as it stood after the last withheld packet, frozen when a packet ends the
 /// withholding; with the withheld count and time at that moment.
-const V_FOLD: i16 = 96;
-const V_FOLD_SKIPPED: i16 = 136;
-const V_FOLD_LAST: i16 = 144;
-const RECORD_SIZE: u32 = 152;
+const V_FOLD: i16 = 88;
+const V_FOLD_SKIPPED: i16 = 128;
+const V_FOLD_LAST: i16 = 136;
+const RECORD_SIZE: u32 = 144;
 // The mirror's fields.
 const M_KNOWN: i16 = 0;
 const M_NEXT: i16 = 4;
@@ -885,11 +881,6 @@ pub fn program(
     a.mov64_imm(R4, 0);
     a.call(FN_RINGBUF_OUTPUT);
     a.j64(JNE, R0, 0, pass_path);
-    a.ldx(W, R1, R8, V_PASSED);
-    a.stx(W, R8, V_ARMED_AT, R1);
-    a.ldx(W, R1, R8, V_ARMS);
-    a.alu32_imm(ADD, R1, 1);
-    a.stx(W, R8, V_ARMS, R1);
     a.st(W, R8, V_ARMED, 1);
     a.ld_map(R1, arm_fd);
     a.stack_ptr(R2, KEY);
@@ -1047,10 +1038,6 @@ pub struct Record {
     pub passed: u32,
     /// `passed` at the latest passed packet that was not routine.
     pub nr_idx: u32,
-    /// `passed` when the record was last armed: the packet after it ended the withholding.
-    pub armed_at: u32,
-    /// Times the record was armed.
-    pub arms: u32,
     /// The record's first packet.
     pub first: Fingerprint,
     /// The mirror as of the latest packet.
@@ -1379,8 +1366,6 @@ impl KernelFlows {
             armed: rd32(&v, V_ARMED) != 0,
             passed: rd32(&v, V_PASSED),
             nr_idx: rd32(&v, V_NR_IDX),
-            armed_at: rd32(&v, V_ARMED_AT),
-            arms: rd32(&v, V_ARMS),
             first: Fingerprint::from_words([
                 rd32(&v, V_FP),
                 rd32(&v, V_FP + 4),
@@ -1599,7 +1584,13 @@ mod tests {
             assert_eq!(up(1000, 5000, ACK | PSH, 10), 160, "a new flow");
             assert_eq!(up(1010, 5000, ACK | PSH, 10), 160, "not asked to withhold");
             let r = k.read(&key).unwrap();
-            assert_eq!((r.passed, r.nr_idx, r.arms, r.skipped), (2, 1, 0, 0));
+            assert_eq!((r.passed, r.nr_idx, r.skipped), (2, 1, 0));
+            let armings = || {
+                let mut v = Vec::new();
+                k.armings(|kk, f, at| v.push((kk, f, at)));
+                v
+            };
+            assert_eq!(armings(), vec![], "not armed");
             assert_eq!(r.live.next_seq, [None, Some(1020)]);
             // Asked after both: the next routine segment starts the withholding.
             k.arm(&key, &first, 2);
@@ -1608,10 +1599,8 @@ mod tests {
             assert_eq!(down(5000, 1030, ACK, 0), 0, "its ACK");
             let r = k.read(&key).unwrap();
             assert!(r.armed);
-            assert_eq!((r.armed_at, r.arms, r.skipped), (2, 1, 3));
-            let mut events = Vec::new();
-            k.armings(|kk, f, at| events.push((kk, f, at)));
-            assert_eq!(events, vec![(key, first, 2)], "one arming event");
+            assert_eq!(r.skipped, 3);
+            assert_eq!(armings(), vec![(key, first, 2)], "one arming, at 2 passed");
             assert_eq!(
                 crate::flow::table::FlowKey::from_kernel_key(&key),
                 crate::flow::table::FlowKey::new(
@@ -1642,7 +1631,8 @@ mod tests {
             k.arm(&key, &first, 3);
             assert_eq!(up(1050, 5000, ACK | PSH, 10), 0);
             let r = k.read(&key).unwrap();
-            assert_eq!((r.armed_at, r.arms, r.skipped), (6, 2, 4));
+            assert_eq!(r.skipped, 4);
+            assert_eq!(armings(), vec![(key, first, 6)], "armed again, at 6 passed");
             // Data after half a second of silence is a reuse: passed.
             std::thread::sleep(Duration::from_millis(600));
             assert_eq!(up(1060, 5000, ACK | PSH, 10), 160, "reuse after idle");
