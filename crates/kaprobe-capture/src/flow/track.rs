@@ -312,10 +312,8 @@ struct KernelLink {
     /// Withheld packets already taken in (the record's count is cumulative).
     taken: u64,
     /// Requests in a row that came to nothing (each next one waits twice as many passed
-    /// packets: a flow whose packets are seldom routine is not asked about after every one),
-    /// and passed packets to let by before asking again after an ended withholding.
+    /// packets: a flow whose packets are seldom routine is not asked about after every one).
     misses: u8,
-    wait: u16,
     /// Never ask: a new connection reused the 4-tuple, and the kernel's record mirrors the
     /// old one.
     off: bool,
@@ -571,19 +569,8 @@ impl Flow {
     /// no probe pending or candidate held on either side, no reuse awaiting its result, not
     /// ended.
     fn request_withholding(&mut self, k: &KernelFlows) {
-        let link = &mut self.kernel;
-        if link.off || link.armed_at.is_some() {
+        if self.kernel.off || self.kernel.armed_at.is_some() {
             return;
-        }
-        if link.outstanding {
-            // Not taken yet: the packets still in the ring when it was made, or a packet
-            // that is not routine passed since. Ask again (with the newer count) after
-            // twice as many passed packets as the last time.
-            link.since_request += 1;
-            if link.since_request < 8 << link.misses.min(7) {
-                return;
-            }
-            link.misses = link.misses.saturating_add(1);
         }
         let quiet = self.ended.is_none()
             && !self.reported
@@ -595,9 +582,16 @@ impl Flow {
         if !quiet || self.packets < MIN_PACKETS_TO_WITHHOLD {
             return;
         }
-        if self.kernel.wait > 0 {
-            self.kernel.wait -= 1;
-            return;
+        let link = &mut self.kernel;
+        if link.outstanding {
+            // Not taken yet: the packets still in the ring when it was made, or a packet
+            // that is not routine passed since. Ask again (with the newer count) after
+            // twice as many passed packets as the last time.
+            link.since_request += 1;
+            if link.since_request < 8 << link.misses.min(7) {
+                return;
+            }
+            link.misses = link.misses.saturating_add(1);
         }
         k.arm(&self.kernel_key(), &self.kernel.first, self.kernel.count);
         self.kernel.outstanding = true;
