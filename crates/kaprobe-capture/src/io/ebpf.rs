@@ -288,9 +288,13 @@ const SPORT: i16 = -140;
 const DPORT: i16 = -144;
 /// 1 when the packet is routine (see [`routine`]).
 const ROUTINE: i16 = -148;
-/// 1 when the packet is a probe by its sequence number (see [`mirror_packet`]).
+/// What a pure ACK of 0 or 1 byte is (see [`classify`]): [`NOT_PROBE`], [`IS_PROBE`] or
+/// [`PEER_ACK_UNKNOWN`].
 const PROBE: i16 = -152;
+/// The TCP flags byte.
+const FLAGS: i16 = -156;
 const INIT: i16 = -304;
+const _: () = assert!(INIT + RECORD_SIZE as i16 <= FLAGS);
 /// An arming event: the key (at [`KEY`]), then the count armed at and the first packet's
 /// fingerprint, over the classic scratch memory (unused by then).
 const EVENT: i16 = KEY;
@@ -497,20 +501,36 @@ fn probe_by_seq(a: &mut Asm, peer: usize, yes: L, unknown: L, no: L) {
     a.ja(no);
 }
 
-/// Set the ROUTINE slot: 1 when the packet from key side `s` changes nothing but the
-/// mirror and the counters of a flow with nothing under way (see the module's list).
-fn routine(a: &mut Asm, s: usize) {
-    let (no, payload, yes, ack_ok, small_ok, gap) = (
-        a.label(),
-        a.label(),
-        a.label(),
-        a.label(),
-        a.label(),
-        a.label(),
-    );
+const NOT_PROBE: i32 = 0;
+const IS_PROBE: i32 = 1;
+const PEER_ACK_UNKNOWN: i32 = 2;
+
+/// Set the PROBE slot for the packet from key side `s`, before the mirror takes it in.
+fn classify(a: &mut Asm, s: usize) {
+    let (pure_ack, is_probe, unknown, done) = (a.label(), a.label(), a.label(), a.label());
+    a.st(W, FP, PROBE, NOT_PROBE);
+    a.ldx(W, R1, FP, FLAGS);
+    a.j32(JSET, R1, 0x07, done); // FIN, SYN, RST
+    a.j32(JSET, R1, 0x10, pure_ack);
+    a.ja(done);
+    a.mark(pure_ack);
+    a.ldx(W, R1, FP, LEN);
+    a.j32(JGT, R1, 1, done);
+    probe_by_seq(a, 1 - s, is_probe, unknown, done);
+    a.mark(is_probe);
+    a.st(W, FP, PROBE, IS_PROBE);
+    a.ja(done);
+    a.mark(unknown);
+    a.st(W, FP, PROBE, PEER_ACK_UNKNOWN);
+    a.mark(done);
+}
+
+/// Set the ROUTINE slot: 1 when the packet (classified) changes nothing but the mirror and
+/// the counters of a flow with nothing under way (see the module's list).
+fn routine(a: &mut Asm) {
+    let (no, payload, yes, ack_ok, gap) = (a.label(), a.label(), a.label(), a.label(), a.label());
     a.st(W, FP, ROUTINE, 0);
-    a.ldx(W, R1, FP, MISC);
-    a.alu32_imm(RSH, R1, 16);
+    a.ldx(W, R1, FP, FLAGS);
     a.j32(JSET, R1, 0x07, no); // FIN, SYN, RST
     a.j32(JSET, R1, 0x10, ack_ok);
     a.ja(no);
@@ -521,9 +541,9 @@ fn routine(a: &mut Asm, s: usize) {
     a.j64(JGE, R1, 1_000_000_000, no);
     a.ldx(W, R1, FP, LEN);
     a.j32(JGE, R1, 2, payload);
-    probe_by_seq(a, 1 - s, no, no, small_ok);
-    a.mark(small_ok);
-    a.ldx(W, R1, FP, LEN);
+    // 0 or 1 byte: neither a probe nor perhaps one.
+    a.ldx(W, R2, FP, PROBE);
+    a.j32(JNE, R2, NOT_PROBE, no);
     a.j32(JEQ, R1, 0, yes);
     // Data: not a reuse after idle.
     a.mark(payload);
@@ -559,36 +579,21 @@ fn highest(a: &mut Asm, field: i16, bit: u32) {
     a.mark(done);
 }
 
-/// Update the live mirror with the packet from key side `s`, as the tracker updates its
-/// state from any packet: the sequence end (one past a probe's sequence number, else past
-/// its data, SYN and FIN) and the ACK at their highest in wrapping order; unless it is a
-/// RST, the window, the TTL and, for data that is not a probe, the time of the last payload.
+/// Update the live mirror with the packet from key side `s` (classified by [`classify`]),
+/// as the tracker updates its state from any packet: the sequence end (one past a probe's
+/// sequence number, else past its data, SYN and FIN) and the ACK at their highest in
+/// wrapping order; unless it is a RST, the window, the TTL and, for data that is not a
+/// probe, the time of the last payload.
 fn mirror_packet(a: &mut Asm, s: usize) {
     let o = s as i16;
-    let (is_probe, not_probe, pure_ack) = (a.label(), a.label(), a.label());
-    a.st(W, FP, PROBE, 0);
-    a.ldx(W, R1, FP, MISC);
-    a.alu32_imm(RSH, R1, 16);
-    a.j32(JSET, R1, 0x07, not_probe);
-    a.j32(JSET, R1, 0x10, pure_ack);
-    a.ja(not_probe);
-    a.mark(pure_ack);
-    a.ldx(W, R1, FP, LEN);
-    a.j32(JGT, R1, 1, not_probe);
-    probe_by_seq(a, 1 - s, is_probe, not_probe, not_probe);
-    a.mark(is_probe);
-    a.st(W, FP, PROBE, 1);
-    a.mark(not_probe);
-
     // The sequence end.
     let (end_done, probe_end) = (a.label(), a.label());
     a.ldx(W, R1, FP, SEQ);
     a.ldx(W, R2, FP, PROBE);
-    a.j32(JNE, R2, 0, probe_end);
+    a.j32(JEQ, R2, IS_PROBE, probe_end);
     a.ldx(W, R2, FP, LEN);
     a.alu32(ADD, R1, R2);
-    a.ldx(W, R2, FP, MISC);
-    a.alu32_imm(RSH, R2, 16);
+    a.ldx(W, R2, FP, FLAGS);
     a.mov64(R3, R2);
     a.alu32_imm(AND, R3, 1); // FIN
     a.alu32(ADD, R1, R3);
@@ -603,8 +608,7 @@ fn mirror_packet(a: &mut Asm, s: usize) {
 
     // The ACK, when the segment carries one.
     let (ack, no_ack) = (a.label(), a.label());
-    a.ldx(W, R2, FP, MISC);
-    a.alu32_imm(RSH, R2, 16);
+    a.ldx(W, R2, FP, FLAGS);
     a.j32(JSET, R2, 0x10, ack);
     a.ja(no_ack);
     a.mark(ack);
@@ -614,8 +618,7 @@ fn mirror_packet(a: &mut Asm, s: usize) {
 
     // Window, TTL and the last payload: not from a RST.
     let done = a.label();
-    a.ldx(W, R2, FP, MISC);
-    a.alu32_imm(RSH, R2, 16);
+    a.ldx(W, R2, FP, FLAGS);
     a.j32(JSET, R2, 0x04, done);
     a.ldx(W, R1, FP, MISC);
     a.stx(H, R8, live(M_WIN) + 2 * o, R1);
@@ -627,7 +630,7 @@ fn mirror_packet(a: &mut Asm, s: usize) {
     a.ldx(W, R1, FP, LEN);
     a.j32(JEQ, R1, 0, done);
     a.ldx(W, R1, FP, PROBE);
-    a.j32(JNE, R1, 0, done);
+    a.j32(JEQ, R1, IS_PROBE, done);
     a.ldx(DW, R1, FP, NOW);
     a.stx(DW, R8, live(M_LAST_PAYLOAD), R1);
     a.alu32_imm(OR, R3, LAST_PAYLOAD_KNOWN as i32);
@@ -759,6 +762,7 @@ pub fn program(
     a.alu32(SUB, R1, R0);
     a.stx(W, FP, LEN, R1);
     a.ld_ind(B, R8, 13);
+    a.stx(W, FP, FLAGS, R0);
     a.alu32_imm(LSH, R0, 16);
     a.stx(W, FP, MISC, R0);
     a.ld_ind(H, R8, 14);
@@ -826,13 +830,15 @@ pub fn program(
     a.j64(JEQ, R0, 0, pass);
     a.mov64(R8, R0);
     a.st(W, FP, ROUTINE, 0);
+    a.st(W, FP, PROBE, NOT_PROBE); // nothing of the peer known yet: never a probe
     a.ja(pass_path);
 
     a.mark(found);
     a.mov64(R8, R0);
-    let judged = a.label();
-    by_side(&mut a, routine, judged);
-    a.mark(judged);
+    let classified = a.label();
+    by_side(&mut a, classify, classified);
+    a.mark(classified);
+    routine(&mut a);
     a.ldx(W, R1, R8, V_ARMED);
     a.j32(JEQ, R1, 0, not_armed);
     a.ldx(W, R1, FP, ROUTINE);
